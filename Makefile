@@ -1,0 +1,59 @@
+# One-command set-up and run. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXTRAS ?= dev
+HOST ?= 127.0.0.1
+PORT ?= 5000
+WORKERS ?= 1
+TRIALS ?=
+APPLY ?= 0
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED := 0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup setup-gpu data run test lint format ui tune dashboard bench contact-sheet clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## Create .venv and install the pinned dependencies (quick when nothing changed)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	@touch $(STAMP)
+
+setup-gpu: setup ## Swap tensorflow-cpu for tensorflow[and-cuda] (Linux with an NVIDIA GPU)
+	$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu
+	$(BIN)/python -m pip install --quiet "tensorflow[and-cuda]==$$(grep -i '^tensorflow.cpu==' constraints.txt | cut -d= -f3)"
+
+data: setup ## Generate the synthetic demo data set in data/raw if it is not there
+	@test -d data/raw || $(BIN)/petscan generate
+
+run: data ## Set up, make the demo data if needed, then run the whole DVC pipeline
+	$(BIN)/dvc repro
+
+test: setup ## Run the test suite
+	$(BIN)/python -m pytest -q
+
+lint: setup ## Check style with ruff
+	$(BIN)/ruff check src stages tests bench
+	$(BIN)/ruff format --check src stages tests bench
+
+format: setup ## Reformat the code with ruff
+	$(BIN)/ruff format src stages tests bench
+	$(BIN)/ruff check --fix src stages tests bench
+
+ui: setup ## Open the MLflow UI on the project's own store
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
+
+contact-sheet: data ## Write reports/contact_sheet.png with a few demo images per class
+	$(BIN)/petscan contact-sheet --out reports/contact_sheet.png
+
+clean: ## Remove pipeline outputs (keeps data/raw, .venv and mlruns)
+	rm -rf data/split data/features models/backbone models/*.keras reports

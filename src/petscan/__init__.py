@@ -1,0 +1,1 @@
+"""PET scan classification pipeline."""

@@ -1,0 +1,78 @@
+"""Reading `params.yaml` and locating the repository.
+
+Stage scripts read only the sections they declare in `dvc.yaml`; `load_section`
+is the one way they do it, so a typo in a section name fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The real repository root.
+
+    `dvc exp run --queue` runs stages in a temporary copy and exports `DVC_ROOT`
+    pointing at the real repository; stores that must be shared between
+    experiments (MLflow, Optuna) are anchored there.
+    """
+    if os.environ.get("PETSCAN_ROOT"):
+        return Path(os.environ["PETSCAN_ROOT"]).resolve()
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    return workspace_root(start)
+
+
+def workspace_root(start: Path | None = None) -> Path:
+    """The folder holding `params.yaml` at or above `start` (default: the cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder
+    return here
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
+    with path.open() as fh:
+        params = yaml.safe_load(fh) or {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def load_section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """One section of `params.yaml`, with a clear error when it is missing."""
+    params = load_params(path)
+    if name not in params:
+        raise KeyError(f"{path} has no '{name}' section (sections: {', '.join(params)})")
+    return params[name]
+
+
+def class_names(data: dict[str, Any]) -> list[str]:
+    """Class names in label order, from the `data.classes` folder-to-class mapping."""
+    names: list[str] = []
+    for name in data["classes"].values():
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"loss": {"gamma": 2}}}` -> `{"train.loss.gamma": 2}` (lists kept whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
