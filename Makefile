@@ -12,6 +12,8 @@ TRIALS ?=
 APPLY ?= 0
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED := 0
+# Stage commands in dvc.yaml call `python`: make it the project's interpreter.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help setup setup-gpu data run test lint format ui tune dashboard bench contact-sheet clean
