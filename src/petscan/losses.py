@@ -1,0 +1,205 @@
+"""Training losses and class weights (params section `train.loss`, `train.class_weight`).
+
+Label convention: every loss here takes **sparse integer labels** (shape `(N,)` or
+`(N, 1)`), like Keras' `SparseCategoricalCrossentropy`, and softmax probabilities
+`y_pred` of shape `(N, K)`. One-hot labels are refused with a clear error.
+
+Two focal-loss variants are offered, because the seed project's README and its code
+disagree (see `shared/seed/notebook-facts.md`):
+
+* `categorical` -- the README's formula, on the true class only:
+  `FL = -alpha_t * (1 - p_t)**gamma * log(p_t)`.
+* `one_vs_rest` -- what the notebook computed: for every class `c`,
+  `-y_c alpha_c (1-p_c)**gamma log(p_c) - (1-y_c)(1-alpha_c) p_c**gamma log(1-p_c)`,
+  with `p` clipped to `[1e-7, 1 - 1e-7]`, averaged over the classes (and, by the
+  default reduction, over the batch).
+
+Both return one value per sample, so Keras applies `sample_weight` / `class_weight`
+and the reduction exactly as for its built-in losses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+EPSILON = 1e-7
+LOSS_NAMES = ("focal", "crossentropy")
+FOCAL_VARIANTS = ("categorical", "one_vs_rest")
+
+
+def _sparse_one_hot(y_true, y_pred):
+    """Integer labels `(N,)` / `(N, 1)` -> one-hot `(N, K)` in `y_pred`'s dtype."""
+    num_classes = y_pred.shape[-1]
+    if len(y_true.shape) == len(y_pred.shape):
+        if y_true.shape[-1] not in (1, None):
+            raise ValueError(
+                f"petscan losses take sparse integer labels of shape (N,), got y_true of shape "
+                f"{tuple(y_true.shape)}: pass class indices, not one-hot rows"
+            )
+        y_true = ops.squeeze(y_true, axis=-1)
+    labels = ops.cast(y_true, "int32")
+    return ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+
+
+def _check_alpha(alpha: Sequence[float], gamma: float) -> tuple[list[float], float]:
+    alpha = [float(a) for a in alpha]
+    if not alpha or any(not math.isfinite(a) or a < 0 for a in alpha):
+        raise ValueError(f"focal loss alpha must be a list of finite numbers >= 0, got {alpha}")
+    gamma = float(gamma)
+    if not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"focal loss gamma must be a finite number >= 0, got {gamma}")
+    return alpha, gamma
+
+
+class _FocalBase(keras.losses.Loss):
+    def __init__(
+        self,
+        alpha: Sequence[float],
+        gamma: float = 2.0,
+        reduction: str | None = "sum_over_batch_size",
+        name: str | None = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha, self.gamma = _check_alpha(alpha, gamma)
+
+    def _alpha(self, y_pred):
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != len(self.alpha):
+            raise ValueError(
+                f"{type(self).__name__} has {len(self.alpha)} alpha values but the model "
+                f"outputs {y_pred.shape[-1]} classes: set params.yaml train.loss.alpha to "
+                f"one value per class"
+            )
+        return ops.convert_to_tensor(self.alpha, dtype=y_pred.dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "alpha": list(self.alpha), "gamma": self.gamma}
+
+
+@keras.saving.register_keras_serializable(package="petscan")
+class CategoricalFocalLoss(_FocalBase):
+    """`-alpha_t (1 - p_t)**gamma log(p_t)` for the true class `t` (sparse int labels).
+
+    With `gamma=0` and all `alpha=1` it is the sparse categorical cross-entropy.
+    """
+
+    def __init__(self, alpha, gamma=2.0, reduction="sum_over_batch_size", name=None, dtype=None):
+        super().__init__(alpha, gamma, reduction, name or "categorical_focal_loss", dtype)
+
+    def call(self, y_true, y_pred):
+        one_hot = _sparse_one_hot(y_true, y_pred)
+        p_t = ops.sum(one_hot * y_pred, axis=-1)
+        p_t = ops.clip(p_t, EPSILON, 1.0)
+        alpha_t = ops.sum(one_hot * self._alpha(y_pred), axis=-1)
+        return -alpha_t * ops.power(1.0 - p_t, self.gamma) * ops.log(p_t)
+
+
+@keras.saving.register_keras_serializable(package="petscan")
+class OneVsRestFocalLoss(_FocalBase):
+    """The notebook's per-class binary focal loss, averaged over classes (sparse int labels)."""
+
+    def __init__(self, alpha, gamma=2.0, reduction="sum_over_batch_size", name=None, dtype=None):
+        super().__init__(alpha, gamma, reduction, name or "one_vs_rest_focal_loss", dtype)
+        if any(a > 1 for a in self.alpha):
+            raise ValueError(
+                f"one_vs_rest focal loss weighs negatives by (1 - alpha): every alpha must be "
+                f"in [0, 1], got {self.alpha}"
+            )
+
+    def call(self, y_true, y_pred):
+        y = _sparse_one_hot(y_true, y_pred)
+        p = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
+        alpha = self._alpha(y_pred)
+        positive = y * alpha * ops.power(1.0 - p, self.gamma) * ops.log(p)
+        negative = (1.0 - y) * (1.0 - alpha) * ops.power(p, self.gamma) * ops.log(1.0 - p)
+        return -ops.mean(positive + negative, axis=-1)
+
+
+def make_loss(loss_params: dict[str, Any], num_classes: int) -> keras.losses.Loss:
+    """The training loss described by params `train.loss`.
+
+    `name: crossentropy` -> `SparseCategoricalCrossentropy`; `name: focal` with
+    `variant: categorical | one_vs_rest`, `alpha` (one value per class in label order,
+    or one number for all; null = 1 for `categorical`, 0.5 for `one_vs_rest`) and
+    `gamma >= 0`.
+    """
+    name = loss_params.get("name", "focal")
+    if name == "crossentropy":
+        return keras.losses.SparseCategoricalCrossentropy(name="crossentropy")
+    if name != "focal":
+        raise ValueError(f"params.yaml train.loss.name must be one of {LOSS_NAMES}, got {name!r}")
+    variant = loss_params.get("variant", "categorical")
+    if variant not in FOCAL_VARIANTS:
+        raise ValueError(
+            f"params.yaml train.loss.variant must be one of {FOCAL_VARIANTS}, got {variant!r}"
+        )
+    alpha = loss_params.get("alpha")
+    if alpha is None:
+        alpha = [1.0 if variant == "categorical" else 0.5] * num_classes
+    if isinstance(alpha, int | float):
+        alpha = [float(alpha)] * num_classes
+    if len(alpha) != num_classes:
+        raise ValueError(
+            f"params.yaml train.loss.alpha has {len(alpha)} values for {num_classes} classes: "
+            f"give one value per class, in data.classes order"
+        )
+    gamma = loss_params.get("gamma", 2.0)
+    cls = CategoricalFocalLoss if variant == "categorical" else OneVsRestFocalLoss
+    try:
+        return cls(alpha=alpha, gamma=gamma)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"params.yaml train.loss: {err}") from err
+
+
+def class_weights(
+    labels: Sequence[int] | np.ndarray, mode: str | Sequence[float] | None, num_classes: int
+) -> dict[int, float] | None:
+    """Keras `class_weight` dict from params `train.class_weight`.
+
+    `"balanced"`: scikit-learn's `compute_class_weight("balanced")`, `n / (k * count_c)`;
+    `"none"` / None: no weighting (returns None); a list: one weight per class.
+    """
+    if mode is None or (isinstance(mode, str) and mode.lower() == "none"):
+        return None
+    if isinstance(mode, str):
+        if mode != "balanced":
+            raise ValueError(
+                f"params.yaml train.class_weight must be 'balanced', 'none' or a list of "
+                f"{num_classes} weights, got {mode!r}"
+            )
+        return _balanced(np.asarray(labels).ravel(), num_classes)
+    weights = [float(w) for w in mode]
+    if len(weights) != num_classes or any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError(
+            f"params.yaml train.class_weight must list {num_classes} positive weights, "
+            f"got {weights}"
+        )
+    return dict(enumerate(weights))
+
+
+def _balanced(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    from sklearn.utils.class_weight import compute_class_weight
+
+    if labels.size == 0:
+        raise ValueError("class_weight 'balanced' needs training labels, got none")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"class labels must be integers, got dtype {labels.dtype}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"class labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}"
+        )
+    counts = np.bincount(labels, minlength=num_classes)
+    missing = [c for c in range(num_classes) if counts[c] == 0]
+    if missing:
+        raise ValueError(
+            f"class_weight 'balanced' is undefined: class index(es) {missing} have no training "
+            f"images; check data/split/train.csv or set train.class_weight to a list or 'none'"
+        )
+    weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
+    return {c: float(w) for c, w in enumerate(weights)}
