@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 RESIZE_MODES = ("stretch", "pad")
+# PIL modes `to_rgb` converts; anything else is reported as unusable.
+GREY_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+PLAIN_MODES = ("RGB", "RGBX", "L", "P", "CMYK", "YCbCr", "1", "LAB", "HSV")
+SUPPORTED_MODES = GREY_HIGH_DEPTH_MODES + ALPHA_MODES + PLAIN_MODES
 # Never read a truncated file as if it were whole.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -28,8 +34,20 @@ class ImageError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+class ImageInfo(NamedTuple):
+    """What `inspect_image` learns about a usable file."""
+
+    width: int
+    height: int
+    mode: str
+
+
 def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
-    """Open and fully decode `path`, raising `ImageError` on anything unusable."""
+    """Open and fully decode `path`, raising `ImageError` on anything unusable.
+
+    The pixel count is checked from the header, before any pixel is decoded, so a
+    file claiming absurd dimensions costs nothing.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -37,6 +55,7 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise ImageError(path, f"cannot read file ({err.strerror})") from err
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
+    image = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -45,34 +64,70 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(path, f"too large: {width} x {height} pixels (limit {max_pixels})")
             image.load()
-    except ImageError:
-        raise
-    except UnidentifiedImageError as err:
-        raise ImageError(path, "not an image (unknown format)") from err
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageError(path, f"too large: {err}") from err
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageError(path, f"corrupt or truncated image ({err})") from err
+    except Exception as err:
+        if image is not None:
+            image.close()
+        raise _as_image_error(path, err) from err
     return image
 
 
+def _as_image_error(path: Path, err: Exception) -> ImageError:
+    if isinstance(err, ImageError):
+        return err
+    if isinstance(err, UnidentifiedImageError):
+        return ImageError(path, "not an image (unknown format)")
+    if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return ImageError(path, f"too large: {err}")
+    if isinstance(err, PermissionError):
+        return ImageError(path, f"cannot read file ({err.strerror})")
+    if isinstance(err, OSError | SyntaxError | ValueError | EOFError):
+        return ImageError(path, f"corrupt or truncated image ({err})")
+    return ImageError(path, f"cannot decode ({type(err).__name__}: {err})")
+
+
+def inspect_image(path: str | Path, max_pixels: int | None = None) -> ImageInfo:
+    """Check that `path` decodes to RGB (the loaders' own path) and return its header facts."""
+    image = open_image(path, max_pixels=max_pixels)
+    try:
+        info = ImageInfo(image.width, image.height, image.mode)
+        to_rgb(image, path)
+    finally:
+        image.close()
+    return info
+
+
 def to_rgb(image: Image.Image, path: str | Path = "<image>") -> np.ndarray:
-    """8-bit RGB array (H, W, 3) from any PIL mode; alpha is composited onto white."""
+    """8-bit RGB array (H, W, 3) from any supported PIL mode.
+
+    16-bit grey (`I;16*`) is scaled by 65535; 32-bit `I`/`F` by 255 when its values
+    fit in 8 bits, by 65535 when they fit in 16 bits, else by its maximum. Alpha is
+    composited onto white (the background of an inverted-grey PET display).
+    """
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if mode.startswith("I;16") else max(float(arr.max()), 1.0)
-        if mode in ("I", "F") and arr.max() <= 255:
-            peak = 255.0
-        grey = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[:, :, None], 3, axis=2)
-    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
-    if mode in ("RGB", "L", "P", "CMYK", "YCbCr", "1", "LAB", "HSV"):
-        return np.asarray(image.convert("RGB"))
+    try:
+        if mode in GREY_HIGH_DEPTH_MODES:
+            return _grey_to_rgb(np.asarray(image, dtype=np.float64), mode)
+        if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA") if mode != "La" else image.convert("LA").convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+        if mode in PLAIN_MODES:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as err:
+        raise ImageError(path, f"cannot convert mode {mode!r} to RGB ({err})") from err
     raise ImageError(path, f"unsupported image mode {mode!r}")
+
+
+def _grey_to_rgb(arr: np.ndarray, mode: str) -> np.ndarray:
+    top = float(np.nanmax(arr)) if arr.size else 0.0
+    if mode.startswith("I;16") or 255.0 < top <= 65535.0:
+        peak = 65535.0
+    elif top <= 255.0:
+        peak = 255.0
+    else:
+        peak = top
+    grey = np.clip(np.nan_to_num(arr) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def load_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
