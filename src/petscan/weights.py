@@ -1,0 +1,871 @@
+"""The frozen backbone's weights at one fixed path, from the first source that works.
+
+`fetch_weights` tries the sources listed in params `weights.sources` in order (a local
+`file`, an http(s) `url` including Google Drive share links, a `kaggle` data set, a
+`huggingface` hub file), checks that the result loads into the configured backbone, and
+installs it as `<weights.dir>/weights.h5` with `<weights.dir>/weights.json` beside it:
+
+    {"backbone": ..., "source": "file:/x.h5" | "url:https://..." | "kaggle:..." |
+     "huggingface:..." | "random" | "imagenet", "sha256": ..., "random_init": bool,
+     "label": "RadImageNet" | "RANDOM-INIT backbone (not RadImageNet)" | ...}
+
+When no source works, `weights.fallback` decides: `none` fails with a message naming every
+source and why it failed, `random` writes a seeded random-init backbone in the same `.h5`
+format (labelled loudly, see `is_random_init`), `imagenet` asks Keras for its ImageNet
+weights (needs internet access).
+
+Downloads use only the standard library: a `.part` file resumed with HTTP Range requests,
+retried, verified against `weights.sha256` and renamed into place only when complete, so a
+stopped or corrupt download never leaves a file that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import http.client
+import http.cookiejar
+import importlib
+import logging
+import os
+import re
+import socket
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from tqdm.auto import tqdm
+
+from petscan import backbones, config
+from petscan.io import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.h5"
+META_FILE = "weights.json"
+RANDOM_LABEL = "RANDOM-INIT backbone (not RadImageNet)"
+IMAGENET_LABEL = "ImageNet (not RadImageNet)"
+DEFAULT_LABEL = "RadImageNet"
+FALLBACKS = ("none", "random", "imagenet")
+SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
+    "file": ("path",),
+    "url": ("url",),
+    "kaggle": ("dataset", "file"),
+    "huggingface": ("repo_id", "filename"),
+}
+CHUNK = 1 << 20
+USER_AGENT = "petscan-fetch-weights/0.1 (+python urllib)"
+_CANDIDATE = ".weights.candidate.h5"  # Keras wants an .h5 name to load the legacy format
+_DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google.com"}
+
+
+class WeightsError(RuntimeError):
+    """Weights that cannot be used: a wrong file, or no source that works."""
+
+
+class SourceError(WeightsError):
+    """One source failed; the message says why (collected into the final report)."""
+
+
+class _RetryableError(Exception):
+    """One download attempt failed in a way another attempt may fix."""
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def weights_file(weights_dir: str | Path) -> Path:
+    """`<weights_dir>/weights.h5`, the path every later stage loads."""
+    return Path(weights_dir) / WEIGHTS_FILE
+
+
+def load_weights_meta(weights_dir: str | Path) -> dict[str, Any]:
+    """The `weights.json` written beside `weights.h5`, checked for its required keys."""
+    path = Path(weights_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: run the fetch_weights stage first "
+            "(`dvc repro fetch_weights` or `python stages/fetch_weights.py`)"
+        )
+    meta = read_json(path)
+    missing = [k for k in ("backbone", "source", "sha256", "random_init", "label") if k not in meta]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}: rerun `python stages/fetch_weights.py --force`")
+    return meta
+
+
+def is_random_init(meta: Mapping[str, Any]) -> bool:
+    """True when the backbone is randomly initialised (not RadImageNet): say so everywhere."""
+    return bool(meta.get("random_init", False))
+
+
+def warning_banner(meta: Mapping[str, Any]) -> str | None:
+    """The text to stamp on figures and reports, or None for a real pretrained backbone."""
+    return str(meta.get("label") or RANDOM_LABEL) if is_random_init(meta) else None
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- Google Drive
+
+
+def gdrive_file_id(url: str) -> str | None:
+    """The file id of a Google Drive link (`/file/d/<id>/view`, `open?id=`, `uc?id=`)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname not in _DRIVE_HOSTS:
+        return None
+    match = re.search(r"/file/d/([0-9A-Za-z_-]+)", parts.path)
+    if match:
+        return match.group(1)
+    ids = urllib.parse.parse_qs(parts.query).get("id")
+    return ids[0] if ids else None
+
+
+def normalize_url(url: str) -> str:
+    """A direct-download URL: Drive `file/d/<id>/view` and `open?id=` links become
+    `https://drive.google.com/uc?export=download&id=<id>`; other URLs are unchanged."""
+    file_id = gdrive_file_id(url)
+    parts = urllib.parse.urlsplit(url)
+    if file_id is None or parts.hostname == "drive.usercontent.google.com":
+        return url
+    if parts.path.startswith("/uc"):
+        query = urllib.parse.parse_qs(parts.query)
+        if "confirm" in query:  # already past the interstitial
+            return url
+    return f"https://drive.google.com/uc?export=download&id={file_id}"
+
+
+class _FormParser(HTMLParser):
+    """Collects forms (action + hidden inputs) and link targets of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: list[tuple[str, dict[str, str]]] = []
+        self.links: list[str] = []
+        self.title = ""
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append((attr.get("action", ""), {}))
+        elif tag == "input" and self.forms and attr.get("name"):
+            self.forms[-1][1][attr["name"]] = attr.get("value", "")
+        elif tag == "a" and attr.get("href"):
+            self.links.append(attr["href"])
+        elif tag == "title":
+            self._in_title = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+
+
+def gdrive_confirm_url(page: str, base_url: str) -> str | None:
+    """The real download URL behind a Google Drive "can't scan this file for viruses" page.
+
+    Handles the current form (`<form action=".../download">` with hidden `id`, `confirm`,
+    `uuid` inputs) and the older `href="/uc?export=download&confirm=XXXX&id=..."` link.
+    Returns None when the page is no such interstitial (an error or quota page).
+    """
+    parser = _FormParser()
+    parser.feed(page)
+    for action, inputs in parser.forms:
+        if "confirm" in inputs or "download" in action:
+            target = urllib.parse.urljoin(base_url, html.unescape(action) or base_url)
+            query = urllib.parse.urlencode(inputs)
+            return f"{target}{'&' if '?' in target else '?'}{query}" if query else target
+    for href in parser.links:
+        if "confirm=" in href:
+            return urllib.parse.urljoin(base_url, html.unescape(href))
+    match = re.search(r"confirm=([0-9A-Za-z_-]+)", page)
+    if match:
+        parts = urllib.parse.urlsplit(base_url)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        query["confirm"] = match.group(1)
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    return None
+
+
+def html_title(page: str | bytes) -> str:
+    if isinstance(page, bytes):
+        page = page.decode("utf-8", errors="replace")
+    match = re.search(r"<title[^>]*>(.*?)</title>", page, re.IGNORECASE | re.DOTALL)
+    return " ".join(html.unescape(match.group(1)).split()) if match else "no title"
+
+
+# --------------------------------------------------------------------------- HTTP download
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    sha256: str | None = None,
+    retries: int = 3,
+    timeout_s: float = 30.0,
+    retry_wait_s: float = 1.0,
+    progress: bool = True,
+) -> str:
+    """Download `url` to `dest` and return the file's sha256.
+
+    Bytes go to `<dest>.<key>.part` (one per URL); an interrupted attempt is resumed with
+    an HTTP Range request when the server allows it, up to `retries` more attempts. The
+    part file is renamed to `dest` only when complete and, if `sha256` is given, matching
+    it; a mismatching part file is deleted. Raises `SourceError` with the reason.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    url = normalize_url(url)
+    key = hashlib.sha1(url.encode()).hexdigest()[:10]
+    part = dest.with_name(f"{dest.name}.{key}.part")
+    opener = urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
+    )
+    errors: list[str] = []
+    resolved = [url]  # after a Drive confirmation page, retries go straight to the file
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(min(retry_wait_s * 2 ** (attempt - 1), 30.0))
+            log.info("retrying %s (attempt %d of %d)", url, attempt + 1, retries + 1)
+        try:
+            _download_once(opener, resolved, part, timeout_s, progress)
+            break
+        except (_RetryableError, OSError, http.client.HTTPException) as exc:
+            errors.append(_error_text(exc))
+            if isinstance(exc, urllib.error.HTTPError) and not _retryable_status(exc.code):
+                raise SourceError(f"HTTP {exc.code} {exc.reason}") from None
+            if isinstance(getattr(exc, "reason", None), socket.gaierror):
+                raise SourceError(
+                    f"cannot resolve the host of {url} ({exc.reason}): is this machine offline?"
+                ) from None
+    else:
+        kept = f"; the partial file {part} is kept to resume next time" if part.exists() else ""
+        raise SourceError(
+            f"download failed after {retries + 1} attempts, last error: {errors[-1]}{kept}"
+        )
+    digest = sha256_file(part)
+    if sha256 and digest != sha256.lower():
+        part.unlink(missing_ok=True)
+        raise SourceError(
+            f"sha256 mismatch: got {digest}, expected {sha256} (weights.sha256); "
+            "the download was deleted"
+        )
+    os.replace(part, dest)
+    return digest
+
+
+def _download_once(opener, resolved: list[str], part: Path, timeout_s: float, progress: bool):
+    """One attempt: append to `part` from where it stops (Range) or start again.
+
+    `resolved[0]` is the URL to ask; a followed Drive confirmation page replaces it."""
+    for _hop in range(3):  # Google Drive may put an interstitial page before the file
+        url = resolved[0]
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": USER_AGENT}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        try:
+            resp = opener.open(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # the part is no prefix the server knows: restart
+                part.unlink(missing_ok=True)
+                raise _RetryableError("server refused to resume (HTTP 416); restarting") from None
+            raise
+        with resp:
+            if resp.headers.get_content_type() == "text/html":
+                page = resp.read(2_000_000).decode("utf-8", errors="replace")
+                next_url = gdrive_confirm_url(page, resp.geturl())
+                if next_url and next_url != url:
+                    log.info("following the Google Drive download confirmation")
+                    resolved[0] = next_url
+                    continue
+                raise SourceError(
+                    f"the server sent an HTML page (title: {html_title(page)!r}), not the "
+                    "weights file: the link may be private, wrong or over its download quota"
+                )
+            _stream_to_part(resp, part, have, url, progress)
+            return
+    raise SourceError("too many Google Drive confirmation pages")
+
+
+def _stream_to_part(resp, part: Path, have: int, url: str, progress: bool) -> None:
+    if have and resp.status == 206:
+        start = _content_range_start(resp.headers.get("Content-Range"))
+        if start != have:
+            part.unlink(missing_ok=True)
+            raise _RetryableError(f"server resumed at byte {start}, not {have}; restarting")
+        mode = "ab"
+    else:
+        if have:
+            log.info("the server ignores Range requests; downloading from the start")
+        have, mode = 0, "wb"
+    length = resp.headers.get("Content-Length")
+    expected = int(length) if length and length.isdigit() else None
+    total = have + expected if expected is not None else None
+    got = 0
+    name = Path(urllib.parse.urlsplit(url).path).name or "weights"
+    with (
+        part.open(mode) as fh,
+        tqdm(
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"download {name}",
+            disable=not progress,
+        ) as bar,
+    ):
+        while chunk := resp.read(CHUNK):
+            fh.write(chunk)
+            got += len(chunk)
+            bar.update(len(chunk))
+    if expected is not None and got < expected:
+        raise _RetryableError(f"connection closed after {have + got} of {total} bytes")
+
+
+def _content_range_start(value: str | None) -> int | None:
+    match = re.match(r"bytes\s+(\d+)-", value or "")
+    return int(match.group(1)) if match else None
+
+
+def _retryable_status(code: int) -> bool:
+    return code >= 500 or code in (408, 429)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        return f"cannot reach the server ({exc.reason})"
+    return str(exc) or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- checking files
+
+
+def h5_weight_layers(path: str | Path) -> list[tuple[str, list[str], list[tuple[int, ...]]]]:
+    """(layer name, weight names, weight shapes) for each layer with weights, in file order,
+    the way Keras' legacy loader sees a whole-model or weights-only `.h5` file."""
+    with h5py.File(path, "r") as fh:
+        group = _weights_group(fh)
+        layers = []
+        for name in _str_list(group.attrs["layer_names"]):
+            names = _str_list(group[name].attrs.get("weight_names", []))
+            if names:
+                layers.append((name, names, [tuple(group[name][w].shape) for w in names]))
+    return layers
+
+
+def describe_file(path: str | Path) -> str:
+    """What a file looks like, in words: HDF5 model summary, HTML page, archive, text..."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file"
+    with path.open("rb") as fh:
+        head = fh.read(4096)
+    if h5py.is_hdf5(str(path)):
+        return _describe_h5(path)
+    low = head.lstrip().lower()
+    if low.startswith((b"<!doctype html", b"<html")) or b"<html" in low[:1024]:
+        return f"an HTML page (title: {html_title(head)!r}), not HDF5"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive, not HDF5 (extract the .h5 file from it)"
+    if head.startswith(b"\x1f\x8b"):
+        return "a gzip file, not HDF5 (decompress it first)"
+    sample = head[:200]
+    if sample.isascii() and all(c >= 32 or c in b"\r\n\t" for c in sample):
+        text = sample.decode().strip().replace("\n", " ")[:80]
+        return f"a text file starting {text!r}, not HDF5"
+    return f"{size} bytes of binary data that is not HDF5 (starts {head[:8].hex(' ')})"
+
+
+def _describe_h5(path: Path) -> str:
+    with h5py.File(path, "r") as fh:
+        keys = list(fh.keys())
+        has_layers = "layer_names" in fh.attrs or (
+            "model_weights" in fh and "layer_names" in fh["model_weights"].attrs
+        )
+    if not has_layers:
+        return f"an HDF5 file that is not a legacy Keras model (top-level keys: {keys[:6]})"
+    layers = h5_weight_layers(path)
+    tensors = sum(len(names) for _, names, _ in layers)
+    kinds = list(dict.fromkeys(re.sub(r"_?\d+$", "", name) for name, _, _ in layers))
+    text = (
+        f"a Keras model with {len(layers)} layers holding {tensors} weight tensors "
+        f"(layers named like {', '.join(kinds[:5])})"
+    )
+    top = _classification_top(layers)
+    return f"{text}, {top}" if top else text
+
+
+def _classification_top(layers: list[tuple[str, list[str], list[tuple[int, ...]]]]) -> str:
+    """'a file with a classification top (...)' when the last layer is a dense classifier."""
+    if not layers:
+        return ""
+    name, _, shapes = layers[-1]
+    if shapes and len(shapes[0]) == 2:
+        return (
+            f"a file with a classification top (last layer {name!r}: Dense "
+            f"{shapes[0][0]} -> {shapes[0][1]}); a no-top file is needed"
+        )
+    return ""
+
+
+def check_weights(
+    path: str | Path, backbone: str, input_shape: tuple[int, int, int]
+) -> dict[str, Any]:
+    """Refuse a file that is not the configured no-top backbone's weights.
+
+    The file must load by layer order into `backbones.build_backbone(backbone, input_shape)`
+    and its first, middle and last tensors must equal the loaded ones (read with h5py).
+    Returns {"layers", "tensors", "checked_tensors"}; raises `WeightsError` saying what the
+    file looks like instead.
+    """
+    path = Path(path)
+    if not h5py.is_hdf5(str(path)):
+        raise WeightsError(f"not a Keras .h5 weights file: it is {describe_file(path)}")
+    try:
+        layers = h5_weight_layers(path)
+    except (KeyError, OSError) as exc:
+        raise WeightsError(f"not a Keras .h5 weights file: it is {describe_file(path)}") from exc
+    model = backbones.build_backbone(backbone, tuple(input_shape))
+    expected = [layer for layer in model.layers if _legacy_weights(layer)]
+    n_tensors = sum(len(_legacy_weights(layer)) for layer in expected)
+    mismatch = len(layers) != len(expected) or sum(len(n) for _, n, _ in layers) != n_tensors
+    if mismatch:
+        raise WeightsError(
+            f"wrong architecture: the file is {describe_file(path)}; backbone {backbone!r} "
+            f"needs {len(expected)} layers holding {n_tensors} weight tensors "
+            "(check model.backbone in params.yaml, or the weights source)"
+        )
+    try:
+        model.load_weights(str(path))
+    except Exception as exc:  # Keras raises ValueError or others on shape mismatches
+        raise WeightsError(
+            f"the file does not load into backbone {backbone!r}: {exc} "
+            f"(the file is {describe_file(path)})"
+        ) from exc
+    checked = _compare_tensors(path, layers, expected)
+    return {"layers": len(layers), "tensors": n_tensors, "checked_tensors": checked}
+
+
+def _compare_tensors(path: Path, layers, expected) -> list[str]:
+    """Compare the first, middle and last weight tensors of the file and the model."""
+    flat = [(i, j) for i, (_, names, _) in enumerate(layers) for j in range(len(names))]
+    picks = sorted({0, len(flat) // 2, len(flat) - 1})
+    checked = []
+    with h5py.File(path, "r") as fh:
+        group = _weights_group(fh)
+        for k in picks:
+            i, j = flat[k]
+            name, names, _ = layers[i]
+            stored = np.asarray(group[name][names[j]])
+            loaded = np.asarray(_legacy_weights(expected[i])[j].numpy())
+            if stored.shape != loaded.shape or not np.array_equal(stored, loaded):
+                raise WeightsError(
+                    f"tensor {names[j]} of the file differs from what Keras loaded into "
+                    f"layer {expected[i].name!r}: the file's layer order does not match"
+                )
+            checked.append(names[j])
+    return checked
+
+
+def _weights_group(fh: h5py.File) -> h5py.Group:
+    if "layer_names" not in fh.attrs and "model_weights" in fh:
+        return fh["model_weights"]
+    return fh
+
+
+def _str_list(values) -> list[str]:
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _legacy_weights(layer) -> list:
+    return layer.trainable_weights + layer.non_trainable_weights
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def source_name(source: Mapping[str, Any]) -> str:
+    """A short name for messages: `url https://...`, `kaggle owner/set/file`..."""
+    kind = source.get("type", "?")
+    fields = [str(source.get(f)) for f in SOURCE_FIELDS.get(kind, ()) if source.get(f)]
+    return f"{kind} {'/'.join(fields)}".strip()
+
+
+def fetch_source(
+    source: Mapping[str, Any],
+    dest: Path,
+    *,
+    root: Path,
+    weights_params: Mapping[str, Any],
+    progress: bool = True,
+) -> str:
+    """Put the file of one source at `dest`; return its metadata `source` string.
+
+    Raises `SourceError` (missing field, missing optional client, not found, HTTP error...).
+    """
+    kind = source.get("type")
+    if kind not in SOURCE_FIELDS:
+        raise SourceError(f"unknown source type {kind!r}; use one of {sorted(SOURCE_FIELDS)}")
+    nulls = [f for f in SOURCE_FIELDS[kind] if not source.get(f)]
+    if nulls:
+        raise SourceError(f"skipped: {', '.join(nulls)} is null")
+    fetchers = {
+        "file": _fetch_file,
+        "url": _fetch_url,
+        "kaggle": _fetch_kaggle,
+        "huggingface": _fetch_huggingface,
+    }
+    return fetchers[kind](source, dest, root=root, params=weights_params, progress=progress)
+
+
+def resolve_file(path: str | Path, root: Path) -> Path:
+    """A `file` source path: `~` expanded, relative paths against the repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _fetch_file(source, dest: Path, *, root: Path, params, progress: bool) -> str:
+    path = resolve_file(source["path"], root)
+    if not path.is_file():
+        raise SourceError(f"not found at {path}")
+    _copy(path, dest, progress)
+    return f"file:{path}"
+
+
+def _fetch_url(source, dest: Path, *, root: Path, params, progress: bool) -> str:
+    download(
+        source["url"],
+        dest,
+        retries=int(params.get("retries", 3)),
+        timeout_s=float(params.get("timeout_s", 30)),
+        retry_wait_s=float(params.get("retry_wait_s", 1.0)),
+        progress=progress,
+    )
+    return f"url:{source['url']}"
+
+
+def _fetch_kaggle(source, dest: Path, *, root: Path, params, progress: bool) -> str:
+    api_module = _import_optional("kaggle.api.kaggle_api_extended", "kaggle", "kaggle")
+    try:
+        api = api_module.KaggleApi()
+        api.authenticate()
+    except Exception as exc:  # the client raises OSError/ValueError without credentials
+        raise SourceError(
+            f"Kaggle credentials are not configured ({exc}): put kaggle.json in ~/.kaggle/ "
+            "(chmod 600) or set KAGGLE_USERNAME and KAGGLE_KEY"
+        ) from None
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".kaggle-") as tmp:
+        try:
+            api.dataset_download_file(
+                source["dataset"], source["file"], path=tmp, force=True, quiet=not progress
+            )
+        except Exception as exc:
+            raise SourceError(f"Kaggle download failed: {exc}") from None
+        got = _kaggle_result(Path(tmp), source["file"])
+        os.replace(got, dest)
+    return f"kaggle:{source['dataset']}/{source['file']}"
+
+
+def _kaggle_result(folder: Path, filename: str) -> Path:
+    """The downloaded file; older Kaggle clients deliver `<file>.zip`."""
+    name = Path(filename).name
+    if (folder / name).is_file():
+        return folder / name
+    archive = folder / f"{name}.zip"
+    if archive.is_file():
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.namelist() if Path(m).name == name] or zf.namelist()[:1]
+            if not members:
+                raise SourceError(f"the Kaggle archive {archive.name} is empty")
+            zf.extract(members[0], folder / "unzipped")
+            return folder / "unzipped" / members[0]
+    raise SourceError(f"the Kaggle client wrote no {name} (found {os.listdir(folder)})")
+
+
+def _fetch_huggingface(source, dest: Path, *, root: Path, params, progress: bool) -> str:
+    hub = _import_optional("huggingface_hub", "huggingface_hub", "hub")
+    try:
+        cached = hub.hf_hub_download(
+            repo_id=source["repo_id"],
+            filename=source["filename"],
+            revision=source.get("revision"),
+            repo_type=source.get("repo_type"),
+        )
+    except Exception as exc:  # hub errors (offline, 404, gated) have many classes
+        raise SourceError(f"Hugging Face download failed: {exc}") from None
+    _copy(Path(cached), dest, progress)
+    return f"huggingface:{source['repo_id']}/{source['filename']}"
+
+
+def _import_optional(module: str, package: str, extra: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise SourceError(
+            f"the optional '{package}' client is not installed: pip install 'petscan[{extra}]'"
+        ) from None
+    except Exception as exc:  # `import kaggle` authenticates at import time
+        raise SourceError(
+            f"the '{package}' client failed to start ({exc}); for Kaggle put kaggle.json in "
+            "~/.kaggle/ or set KAGGLE_USERNAME and KAGGLE_KEY"
+        ) from None
+
+
+def _copy(src: Path, dest: Path, progress: bool) -> None:
+    with (
+        src.open("rb") as fin,
+        dest.open("wb") as fout,
+        tqdm(
+            total=src.stat().st_size,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=f"copy {src.name}",
+            disable=not progress,
+        ) as bar,
+    ):
+        while chunk := fin.read(CHUNK):
+            fout.write(chunk)
+            bar.update(len(chunk))
+
+
+# --------------------------------------------------------------------------- fallbacks
+
+
+def save_random_backbone(
+    backbone: str, input_shape: tuple[int, int, int], seed: int, path: str | Path
+) -> None:
+    """A seeded random-init backbone written as a legacy `.h5` (same format as RadImageNet's).
+
+    Seeds Python, NumPy and Keras globally (`keras.utils.set_random_seed`): the same seed
+    gives byte-identical tensors in any process.
+    """
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+    model = backbones.build_backbone(backbone, tuple(input_shape))
+    model.save(str(path))
+
+
+def save_imagenet_backbone(
+    backbone: str, input_shape: tuple[int, int, int], path: str | Path
+) -> None:
+    """Keras' ImageNet weights for the backbone, written as a legacy `.h5`."""
+    if backbone == "tiny":
+        raise WeightsError("the 'tiny' test backbone has no ImageNet weights")
+    try:
+        model = backbones.build_backbone(backbone, tuple(input_shape), weights="imagenet")
+    except Exception as exc:
+        raise WeightsError(
+            "fallback 'imagenet' needs Keras to download ImageNet weights from "
+            f"storage.googleapis.com, which failed ({_error_text(exc)}); on an offline "
+            "machine it cannot work: place the RadImageNet file or use fallback: random"
+        ) from None
+    model.save(str(path))
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def settings_of(weights_params: Mapping[str, Any], model_params: Mapping[str, Any]) -> dict:
+    """The params that decide which file is installed (timeouts and retries do not)."""
+    return {
+        "backbone": model_params["backbone"],
+        "input_size": [int(v) for v in model_params["input_size"]],
+        "sha256": weights_params.get("sha256"),
+        "sources": [dict(s) for s in weights_params.get("sources") or []],
+        "fallback": str(weights_params.get("fallback", "none")),
+        "seed": weights_params.get("seed"),
+    }
+
+
+def fetch_weights(
+    weights_params: Mapping[str, Any],
+    model_params: Mapping[str, Any],
+    *,
+    workspace: str | Path | None = None,
+    root: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Install `<weights.dir>/weights.h5` and `weights.json`; return the metadata.
+
+    `weights.dir` resolves against `workspace` (default: the folder holding params.yaml),
+    relative `file` sources against `root` (default: the real repository root, which
+    differs inside `dvc exp run --queue`). Work is skipped when the installed file matches
+    its metadata's sha256 and settings, unless `force`.
+    """
+    workspace = Path(workspace) if workspace else config.workspace_root()
+    root = Path(root) if root else config.repo_root()
+    out_dir = workspace / weights_params.get("dir", "models/backbone")
+    settings = settings_of(weights_params, model_params)
+    fallback = settings["fallback"]
+    if fallback not in FALLBACKS:
+        raise WeightsError(f"weights.fallback must be one of {FALLBACKS}, got {fallback!r}")
+    if not force and (meta := _up_to_date(out_dir, settings, root)):
+        log.info("%s is up to date (%s); nothing to do", weights_file(out_dir), meta["source"])
+        return meta
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    candidate = out_dir / _CANDIDATE
+    failures: list[str] = []
+    try:
+        for source in settings["sources"]:
+            result = _try_source(source, candidate, root, weights_params, settings, progress)
+            if isinstance(result, dict):
+                return _install(candidate, out_dir, {**result, **_common(settings)})
+            failures.append(result)
+        return _fallback(candidate, out_dir, settings, failures, root)
+    finally:
+        candidate.unlink(missing_ok=True)
+
+
+def _try_source(source, candidate: Path, root: Path, weights_params, settings, progress):
+    """The metadata of a working source, or the line saying why it failed."""
+    name = source_name(source)
+    try:
+        label = fetch_source(
+            source, candidate, root=root, weights_params=weights_params, progress=progress
+        )
+        digest = sha256_file(candidate)
+        expected = source.get("sha256") or weights_params.get("sha256")
+        if expected and digest != str(expected).lower():
+            raise SourceError(f"sha256 mismatch: got {digest}, expected {expected}")
+        shape = (*settings["input_size"], 3)
+        summary = check_weights(candidate, settings["backbone"], shape)
+    except WeightsError as exc:
+        candidate.unlink(missing_ok=True)
+        log.info("source %s failed: %s", name, exc)
+        return f"{name}: {exc}"
+    log.info("weights from %s (sha256 %s)", label, digest)
+    return {
+        "source": label,
+        "sha256": digest,
+        "random_init": False,
+        "label": str(source.get("label") or DEFAULT_LABEL),
+        **summary,
+    }
+
+
+def _fallback(candidate: Path, out_dir: Path, settings, failures: list[str], root: Path):
+    fallback, backbone = settings["fallback"], settings["backbone"]
+    shape = (*settings["input_size"], 3)
+    report = _failure_report(settings, failures, root)
+    if fallback == "none":
+        raise WeightsError(report)
+    if fallback == "imagenet":
+        try:
+            save_imagenet_backbone(backbone, shape, candidate)
+        except WeightsError as exc:
+            raise WeightsError(f"{report}\n{exc}") from None
+        meta = {"source": "imagenet", "random_init": False, "label": IMAGENET_LABEL}
+        log.warning("no RadImageNet weights: using Keras' ImageNet weights instead")
+    else:
+        save_random_backbone(backbone, shape, int(settings["seed"] or 0), candidate)
+        meta = {"source": "random", "random_init": True, "label": RANDOM_LABEL}
+        log.warning(
+            "!!! %s: no source gave the weights, so '%s' is RANDOMLY INITIALISED "
+            "(seed %s). Every number computed with it says nothing about RadImageNet.\n%s",
+            RANDOM_LABEL,
+            backbone,
+            settings["seed"],
+            report,
+        )
+    summary = check_weights(candidate, backbone, shape)
+    meta = {**meta, "sha256": sha256_file(candidate), **summary}
+    return _install(candidate, out_dir, {**meta, **_common(settings)})
+
+
+def _failure_report(settings, failures: list[str], root: Path) -> str:
+    lines = [
+        f"no backbone weights for {settings['backbone']!r}: every weights.sources entry failed"
+    ]
+    lines += [f"  {i}. {text}" for i, text in enumerate(failures, 1)] or ["  (no sources listed)"]
+    files = [s for s in settings["sources"] if s.get("type") == "file" and s.get("path")]
+    target = resolve_file(files[0]["path"], root) if files else None
+    if target is not None:
+        lines.append(
+            f"To place the file by hand: cp RadImageNet-IRV2_notop.h5 {target} "
+            "(the `file` source's path), then rerun."
+        )
+    else:
+        lines.append(
+            "To place the file by hand: add {type: file, path: /path/to/the.h5} to "
+            "weights.sources in params.yaml, then rerun."
+        )
+    lines.append("Or set weights.fallback: random for a labelled random-init backbone (demo only).")
+    return "\n".join(lines)
+
+
+def _common(settings) -> dict[str, Any]:
+    import keras
+
+    return {
+        "backbone": settings["backbone"],
+        "input_size": settings["input_size"],
+        "size_bytes": None,
+        "keras_version": keras.__version__,
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+        "settings": settings,
+    }
+
+
+def _install(candidate: Path, out_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Move the checked file into place, then write its metadata (stale metadata goes first,
+    so an interruption leaves a mismatch that the next run redoes)."""
+    target = weights_file(out_dir)
+    meta["size_bytes"] = candidate.stat().st_size
+    ordered = {k: meta[k] for k in ("backbone", "source", "sha256", "random_init", "label")}
+    meta = {**ordered, **meta}
+    (out_dir / META_FILE).unlink(missing_ok=True)
+    os.replace(candidate, target)
+    write_json(out_dir / META_FILE, meta)
+    for part in out_dir.glob(f"{_CANDIDATE}.*.part"):  # other URLs' unfinished downloads
+        part.unlink(missing_ok=True)
+    log.info("wrote %s (%s, %s)", target, meta["label"], meta["source"])
+    return meta
+
+
+def _up_to_date(out_dir: Path, settings, root: Path) -> dict[str, Any] | None:
+    target, meta_path = weights_file(out_dir), out_dir / META_FILE
+    if not (target.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = load_weights_meta(out_dir)
+    except (ValueError, OSError):
+        return None
+    if meta.get("settings") != settings or sha256_file(target) != meta["sha256"]:
+        return None
+    if is_random_init(meta):
+        for source in settings["sources"]:
+            path = source.get("path") if source.get("type") == "file" else None
+            if path and resolve_file(path, root).is_file():
+                log.info("a weights file appeared at %s: replacing the random init", path)
+                return None
+    return meta

@@ -1,0 +1,57 @@
+"""DVC stage `fetch_weights`: put the backbone weights at `<weights.dir>/weights.h5`.
+
+Reads params sections `weights` and `model` (backbone, input_size). Tries each entry of
+`weights.sources` in order, checks the file loads into the configured backbone, and writes
+`weights.json` beside it (source, sha256, random_init, label). Without any working source,
+`weights.fallback` decides: none (fail), random (labelled random-init), imagenet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from petscan import config, weights
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="fetch_weights",
+        description=__doc__.split("\n\n")[0],
+        epilog="Place the RadImageNet file by hand at the `file` source's path in params.yaml.",
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument(
+        "--force", action="store_true", help="fetch again even when the installed file is current"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    weights_params = config.load_section("weights", args.params)
+    model = config.load_section("model", args.params)
+    model_params = {"backbone": model["backbone"], "input_size": model["input_size"]}
+    try:
+        meta = weights.fetch_weights(
+            weights_params,
+            model_params,
+            workspace=config.workspace_root(Path(args.params).resolve().parent),
+            force=args.force,
+            progress=not args.no_progress,
+        )
+    except weights.WeightsError as exc:
+        print(f"fetch_weights: {exc}", file=sys.stderr)
+        return 1
+    flag = "  <-- NOT RadImageNet" if weights.is_random_init(meta) else ""
+    print(f"backbone {meta['backbone']}: {meta['label']} from {meta['source']}{flag}")
+    print(f"sha256 {meta['sha256']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
