@@ -1,0 +1,164 @@
+"""`petscan predict`: folders, bad files, CSV output, a model from the MLflow registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from petscan import predict
+from petscan.images import ImageError, load_resized
+
+CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    keras.utils.set_random_seed(11)
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """Three good images (one nested, one RGBA) and one file that is not an image."""
+    rng = np.random.default_rng(5)
+    scans = tmp_path / "scans"
+    (scans / "nested").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(scans / "a.png")
+    Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)).save(scans / "b.png")
+    Image.fromarray(rng.integers(0, 256, (30, 70), dtype=np.uint8)).save(scans / "nested/c.png")
+    (scans / "broken.png").write_bytes(b"this is not a PNG")
+    return scans
+
+
+@pytest.fixture
+def params_file(tmp_path) -> Path:
+    path = tmp_path / "params.yaml"
+    params = {
+        "data": {
+            "classes": {
+                "No cancer": "No cancer",
+                "breast": "Breast cancer",
+                "prostate": "Prostate cancer",
+            }
+        },
+        "model": {"input_size": [224, 224], "resize": "stretch"},  # the model's 32 x 32 wins
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def expected_proba(model_file: Path, paths: list[Path]) -> np.ndarray:
+    model = keras.models.load_model(model_file)
+    x = np.stack([load_resized(p, (32, 32), "stretch") for p in paths])
+    return model.predict(x, verbose=0)
+
+
+def test_predict_paths_skips_bad_files_and_matches_keras(model_file, folder):
+    model = predict._load_keras(model_file)
+    files, errors = predict.expand_paths([folder, folder / "missing.png"])
+    assert [p.name for p in files] == ["a.png", "b.png", "broken.png", "c.png"]
+    assert errors == [(str(folder / "missing.png"), "no such file or folder")]
+    frame = predict.predict_paths(model, files, CLASSES, (32, 32), batch_size=2, errors=errors)
+    good = [folder / "a.png", folder / "b.png", folder / "nested/c.png"]
+    assert list(frame.columns) == ["path", *CLASSES, "predicted_class"]
+    assert list(frame["path"]) == [p.as_posix() for p in good]
+    proba = expected_proba(model_file, good)
+    np.testing.assert_allclose(frame[CLASSES].to_numpy(), proba, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(frame[CLASSES].sum(axis=1), 1.0, rtol=1e-5)
+    assert list(frame["predicted_class"]) == [CLASSES[i] for i in proba.argmax(axis=1)]
+    assert errors[1][0] == str(folder / "broken.png")
+    assert "not an image" in errors[1][1]
+    with pytest.raises(ImageError, match="broken.png"):
+        predict.predict_paths(model, [folder / "broken.png"], CLASSES, (32, 32))
+
+
+def test_cli_writes_csv_for_good_files_and_reports_the_bad_one(
+    model_file, folder, params_file, tmp_path, capsys
+):
+    out = tmp_path / "out" / "pred.csv"
+    code = predict.main(
+        [str(folder), "--model", str(model_file), "--csv", str(out), "--params", str(params_file)]
+    )
+    assert code == 0
+    frame = pd.read_csv(out)
+    good = [folder / "a.png", folder / "b.png", folder / "nested/c.png"]
+    assert list(frame["path"]) == [p.as_posix() for p in good]
+    np.testing.assert_allclose(
+        frame[CLASSES].to_numpy(), expected_proba(model_file, good), rtol=1e-5, atol=1e-7
+    )
+    err = capsys.readouterr().err
+    assert f"skipped {folder / 'broken.png'}: not an image" in err
+    assert "wrote 3 predictions" in err
+
+
+def test_cli_prints_a_table(model_file, folder, params_file, capsys):
+    code = predict.main(
+        [str(folder / "a.png"), "--model", str(model_file), "--params", str(params_file)]
+    )
+    assert code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ["path", "No", "cancer"]
+    assert out[1].startswith((folder / "a.png").as_posix())
+    proba = expected_proba(model_file, [folder / "a.png"])[0]
+    assert out[1].split()[1:4] == [f"{v:.4f}" for v in proba]
+
+
+def test_cli_exit_code_when_nothing_was_predicted(model_file, folder, params_file, capsys):
+    code = predict.main(
+        [str(folder / "broken.png"), "--model", str(model_file), "--params", str(params_file)]
+    )
+    assert code == 1
+    assert "no image could be predicted" in capsys.readouterr().err
+    assert predict.main([str(folder), "--model", "nope.keras", "--params", str(params_file)]) == 2
+
+
+def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, monkeypatch, capsys):
+    from petscan import tracking
+
+    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow_params = {"experiment": "predict-test", "registered_model": "pet-predict"}
+    model_params = {"input_size": [32, 32], "resize": "stretch"}
+    with tracking.start_training_run(mlflow_params, {}, {}):
+        tracking.log_keras_model(
+            model_file, mlflow_params, CLASSES, model_params, input_example=[str(folder / "a.png")]
+        )
+    assert mlflow.active_run() is None
+    out = tmp_path / "uri.csv"
+    # no params.yaml needed: class names, size and resize come with the model
+    code = predict.main(
+        [
+            str(folder),
+            "--model-uri",
+            "models:/pet-predict/1",
+            "--csv",
+            str(out),
+            "--params",
+            str(tmp_path / "absent.yaml"),
+        ]
+    )
+    assert code == 0
+    frame = pd.read_csv(out)
+    good = [folder / "a.png", folder / "b.png", folder / "nested/c.png"]
+    np.testing.assert_allclose(
+        frame[CLASSES].to_numpy(), expected_proba(model_file, good), rtol=1e-5, atol=1e-7
+    )
+    assert "broken.png" in capsys.readouterr().err
