@@ -129,12 +129,12 @@ def test_calibration_bins_and_ece_by_hand():
     y = np.array([0, 1, 0, 2])
     proba = np.array([[0.9, 0.05, 0.05], [0.8, 0.1, 0.1], [0.35, 0.3, 0.35], [0.1, 0.1, 0.8]])
     conf, acc, count, ece = plots.calibration_bins(y, proba, 5)
-    # bins of width 0.2: 0.35 -> bin 1, 0.8 and 0.8 -> bin 3 (0.6, 0.8], 0.9 -> bin 4
-    assert count.tolist() == [0, 1, 0, 2, 1]
-    np.testing.assert_allclose(conf[[1, 3, 4]], [0.35, 0.8, 0.9])
-    np.testing.assert_allclose(acc[[1, 3, 4]], [1.0, 0.5, 1.0])
-    # |1 - 0.35| * 1/4 + |0.5 - 0.8| * 2/4 + |1 - 0.9| * 1/4
-    assert ece == pytest.approx(0.65 / 4 + 0.3 / 2 + 0.1 / 4)
+    # bins of width 0.2, [i/5, (i+1)/5): 0.35 -> bin 1; 0.8, 0.8 and 0.9 -> bin 4
+    assert count.tolist() == [0, 1, 0, 0, 3]
+    np.testing.assert_allclose(conf[[1, 4]], [0.35, 2.5 / 3])
+    np.testing.assert_allclose(acc[[1, 4]], [1.0, 2 / 3])
+    # |1 - 0.35| * 1/4 + |2/3 - 2.5/3| * 3/4
+    assert ece == pytest.approx(0.65 / 4 + (0.5 / 3) * 3 / 4)
 
 
 def test_reliability_title_shows_the_ece(tmp_path, predictions):

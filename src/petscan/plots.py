@@ -24,6 +24,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from petscan import metrics
 from petscan.io import atomic_path
 
 DEFAULT_DPI = 130
@@ -253,21 +254,11 @@ def calibration_bins(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Top-label (confidence, accuracy, count) per equal-width bin and the ECE.
 
-    Bin i holds confidences in (i/n, (i+1)/n]; the first bin also holds 0. Empty bins
-    have NaN confidence and accuracy.
+    The bins and the ECE are `petscan.metrics`' own, so the figure agrees with
+    `metrics.json`. Empty bins have NaN confidence and accuracy.
     """
-    proba = np.asarray(proba, dtype=np.float64)
-    y = np.asarray(y_true, dtype=int)
-    confidence = proba.max(axis=1)
-    correct = (proba.argmax(axis=1) == y).astype(float)
-    index = np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(index, minlength=n_bins).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.bincount(index, weights=confidence, minlength=n_bins) / count
-        accuracy = np.bincount(index, weights=correct, minlength=n_bins) / count
-    filled = count > 0
-    ece = float(np.sum(np.abs(accuracy[filled] - mean_conf[filled]) * count[filled]) / len(y))
-    return mean_conf, accuracy, count.astype(int), ece
+    mean_conf, accuracy, count = metrics.reliability_curve(y_true, proba, n_bins)
+    return mean_conf, accuracy, count, metrics.expected_calibration_error(y_true, proba, n_bins)
 
 
 def reliability_diagram(
