@@ -22,7 +22,9 @@ class BackboneSpec:
     keras_preprocessing: str  # the mode keras.applications uses for this family
 
 
-def _tiny(include_top: bool = False, weights: str | None = None, input_shape=None, **_) -> keras.Model:
+def _tiny(
+    include_top: bool = False, weights: str | None = None, input_shape=None, **_
+) -> keras.Model:
     """A small, deterministic CNN with the same no-top contract as keras.applications."""
     inputs = keras.Input(shape=input_shape or (32, 32, 3), name="input_layer")
     x = inputs

@@ -1,0 +1,476 @@
+"""Cached backbone features: run the frozen backbone once per image, train heads on the cache.
+
+`featurize` reads the split manifests, decodes every image once (PIL, in parallel
+through tf.data), makes its views (view 0 the plain image, then for training images
+`featurize.augment_views` augmented copies made with the seed's augmentation), runs the
+backbone on them and streams the pooled features into `data/features/{split}.npy`
+(float32 (N, V, D), written through a memory map into a temporary file that is renamed
+into place). `{split}.json` records what the features were computed from, and
+`load_features` refuses a cache that does not match its manifest.
+
+Memory stays flat as the data set grows: only a few batches of images are in flight and
+the output array lives on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from tqdm.auto import tqdm
+
+from petscan.images import ImageError, load_resized
+from petscan.io import atomic_path, read_json, write_json
+from petscan.model import build_feature_extractor
+
+SPLITS = ("train", "val", "test")
+MANIFEST_COLUMNS = ("path", "class", "label", "patient", "sha256")
+REPRO_HINT = "run `dvc repro featurize`"
+PREFETCH_BATCHES = 2
+
+
+@dataclass
+class FeatureSet:
+    """Cached features of one split with the manifest rows they belong to."""
+
+    features: np.ndarray  # (N, V, D) float32; view 0 is the plain image
+    labels: np.ndarray  # (N,) int64
+    frame: pd.DataFrame  # the split manifest, row i <-> features[i]
+    views: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[-1])
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """A split manifest, with a clear error when it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split manifest {path} not found: run `dvc repro split` first")
+    frame = pd.read_csv(path, dtype={"path": str, "class": str, "patient": str, "sha256": str})
+    missing = [c for c in ("path", "label") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path} lacks column(s) {missing}: rerun `dvc repro split`")
+    return frame
+
+
+# ----------------------------------------------------------------------------- tf.data
+
+
+def build_augmenter(augmentation: Mapping[str, Any], seed: int) -> keras.Sequential:
+    """The seed notebook's training augmentation, seeded (one seed per layer).
+
+    Keys (params `featurize.augmentation`): rotation (fraction of a full turn), zoom,
+    contrast, translation (one factor or [height, width]); 0 or a missing key leaves
+    that layer out. Optional `fill_mode` (Keras default "reflect"). Works on pixel
+    values in [0, 255].
+    """
+    fill = augmentation.get("fill_mode", "reflect")
+    layers: list[keras.layers.Layer] = []
+    if augmentation.get("rotation"):
+        layers.append(
+            keras.layers.RandomRotation(augmentation["rotation"], fill_mode=fill, seed=seed)
+        )
+    if augmentation.get("zoom"):
+        layers.append(keras.layers.RandomZoom(augmentation["zoom"], fill_mode=fill, seed=seed + 1))
+    if augmentation.get("contrast"):
+        layers.append(
+            keras.layers.RandomContrast(
+                augmentation["contrast"], value_range=(0, 255), seed=seed + 2
+            )
+        )
+    translation = augmentation.get("translation")
+    if translation:
+        height, width = (translation, translation) if np.isscalar(translation) else translation
+        layers.append(keras.layers.RandomTranslation(height, width, fill_mode=fill, seed=seed + 3))
+    return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")
+
+
+def _decoder(
+    input_size: tuple[int, int], resize_mode: str, root: str | Path, errors: list[ImageError]
+) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A tf.data map function: file path -> float32 (H, W, 3) in [0, 255] via PIL.
+
+    A file that cannot be decoded is appended to `errors` (so the caller can name it)
+    before the exception stops the pipeline.
+    """
+    height, width = (int(v) for v in input_size)
+    root = Path(root)
+
+    def decode_file(path: bytes) -> np.ndarray:
+        file = root / path.decode()
+        try:
+            return load_resized(file, (height, width), resize_mode)
+        except ImageError as err:
+            errors.append(err)
+            raise
+
+    def decode(path: tf.Tensor) -> tf.Tensor:
+        image = tf.numpy_function(decode_file, [path], tf.float32, stateful=False)
+        image.set_shape((height, width, 3))
+        return image
+
+    return decode
+
+
+def _add_views(augmenter: keras.Sequential, augment_views: int) -> Callable[[tf.Tensor], tf.Tensor]:
+    """One image (H, W, 3) -> its views (V, H, W, 3): the plain image, then K augmented.
+
+    Applied image by image in file order, so the random draws (and the views) depend on
+    the seed and the manifest only, not on the batch size.
+    """
+
+    def add_views(image: tf.Tensor) -> tf.Tensor:
+        copies = augmenter(tf.tile(image[None], [augment_views, 1, 1, 1]), training=True)
+        return tf.concat([image[None], copies], axis=0)
+
+    return add_views
+
+
+def _flatten_views(batch: tf.Tensor) -> tf.Tensor:
+    """(B, V, H, W, 3) -> (B * V, H, W, 3), image-major."""
+    shape = tf.shape(batch)
+    return tf.reshape(batch, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
+
+
+def view_dataset(
+    paths: list[str],
+    input_size: tuple[int, int],
+    resize_mode: str,
+    images_per_batch: int,
+    augment_views: int = 0,
+    augmenter: keras.Sequential | None = None,
+    root: str | Path = ".",
+    errors: list[ImageError] | None = None,
+) -> tf.data.Dataset:
+    """Batches of `images_per_batch` images as (B * V, H, W, 3) float32 tensors.
+
+    Each file is decoded once (parallel map); its V = 1 + augment_views views are made
+    from the decoded image in a sequential map (so augmentation is reproducible by seed,
+    whatever the batch size), and batches are prefetched so decoding and augmentation
+    overlap with the backbone.
+    """
+    if augment_views and augmenter is None:
+        raise ValueError("augment_views > 0 needs an augmenter (see build_augmenter)")
+    decode = _decoder(input_size, resize_mode, root, errors if errors is not None else [])
+    ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment_views:
+        ds = ds.map(_add_views(augmenter, augment_views))  # sequential: reproducible
+        ds = ds.batch(images_per_batch).map(_flatten_views)
+    else:
+        ds = ds.batch(images_per_batch)
+    return ds.prefetch(PREFETCH_BATCHES)
+
+
+def image_dataset(
+    frame: pd.DataFrame,
+    input_size: tuple[int, int],
+    resize_mode: str,
+    batch_size: int,
+    augmenter: keras.Sequential | None = None,
+    shuffle: bool = False,
+    seed: int = 0,
+    root: str | Path = ".",
+) -> tf.data.Dataset:
+    """(images, labels) batches from manifest rows, for end-to-end training and evaluation.
+
+    Images are float32 (B, H, W, 3) in [0, 255], decoded exactly as `featurize` decodes
+    them; labels are int32 (B,). `shuffle` reshuffles every epoch, seeded; `augmenter`
+    (training only) is applied per batch.
+    """
+    decode = _decoder(input_size, resize_mode, root, [])
+    paths = tf.constant(frame["path"].astype(str).tolist(), dtype=tf.string)
+    labels = tf.constant(frame["label"].to_numpy(dtype=np.int32))
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    if shuffle:
+        ds = ds.shuffle(max(len(frame), 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.map(
+        lambda path, label: (decode(path), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    ds = ds.batch(batch_size)
+    if augmenter is not None:
+        ds = ds.map(lambda images, label: (augmenter(images, training=True), label))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------- featurize
+
+
+def images_per_batch(batch_size: int, views: int) -> int:
+    """`featurize.batch_size` counts backbone inputs; a batch holds that many views."""
+    return max(1, int(batch_size) // int(views))
+
+
+def iter_feature_batches(
+    extractor: keras.Model,
+    paths: list[str],
+    input_size: tuple[int, int],
+    resize_mode: str,
+    batch_size: int,
+    augment_views: int = 0,
+    augmenter: keras.Sequential | None = None,
+    root: str | Path = ".",
+) -> Iterator[np.ndarray]:
+    """Features of `paths` in order, one (b, V, D) float32 batch at a time.
+
+    A file that cannot be decoded raises `ImageError` naming it.
+    """
+    views = augment_views + 1
+    errors: list[ImageError] = []
+    ds = view_dataset(
+        paths,
+        input_size,
+        resize_mode,
+        images_per_batch(batch_size, views),
+        augment_views,
+        augmenter,
+        root,
+        errors,
+    )
+    iterator = iter(ds)
+    while True:
+        try:
+            images = next(iterator)
+        except StopIteration:
+            return
+        except (tf.errors.OpError, ImageError) as err:
+            if errors:
+                bad = errors[0]
+                raise ImageError(
+                    bad.path, f"{bad.reason}; fix or remove the file, then rerun `dvc repro`"
+                ) from err
+            raise
+        features = np.asarray(extractor.predict_on_batch(images), dtype=np.float32)
+        yield features.reshape(-1, views, features.shape[-1])
+
+
+def write_features(
+    path: str | Path, batches: Iterator[np.ndarray], shape: tuple[int, int, int]
+) -> None:
+    """Stream (b, V, D) batches into a float32 `.npy` of `shape`, atomically.
+
+    The array is a memory map on a temporary file beside `path`, renamed into place
+    once every row is written; only the current batch is held in memory.
+    """
+    rows = shape[0]
+    with atomic_path(path, suffix=".npy") as tmp:
+        if rows == 0:
+            np.save(tmp, np.zeros(shape, dtype=np.float32))
+            return
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
+        start = 0
+        for batch in batches:
+            if start + len(batch) > rows or batch.shape[1:] != shape[1:]:
+                raise ValueError(f"{path}: batch of shape {batch.shape} does not fit {shape}")
+            out[start : start + len(batch)] = batch
+            start += len(batch)
+        if start != rows:
+            raise ValueError(f"{path}: got {start} rows of features, expected {rows}")
+        out.flush()
+        del out
+
+
+def featurize_split(
+    extractor: keras.Model,
+    frame: pd.DataFrame,
+    out_path: str | Path,
+    model_params: Mapping[str, Any],
+    batch_size: int,
+    augment_views: int = 0,
+    augmenter: keras.Sequential | None = None,
+    root: str | Path = ".",
+    desc: str = "featurize",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Features of every row of `frame` into `out_path` (N, V, D); returns timing facts."""
+    views = augment_views + 1
+    dim = int(extractor.output_shape[-1])
+    paths = frame["path"].astype(str).tolist()
+    batches = iter_feature_batches(
+        extractor,
+        paths,
+        tuple(model_params["input_size"]),
+        model_params["resize"],
+        batch_size,
+        augment_views,
+        augmenter,
+        root,
+    )
+    bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1)
+
+    def counted() -> Iterator[np.ndarray]:
+        for batch in batches:
+            bar.update(len(batch))
+            yield batch
+
+    start = time.perf_counter()
+    with bar:
+        write_features(out_path, counted(), (len(paths), views, dim))
+    seconds = time.perf_counter() - start
+    return {
+        "rows": len(paths),
+        "views": views,
+        "dim": dim,
+        "seconds": seconds,
+        "images_per_s": len(paths) / seconds if seconds else float("nan"),
+        "backbone_inputs_per_s": len(paths) * views / seconds if seconds else float("nan"),
+    }
+
+
+def _check_labels(frame: pd.DataFrame, manifest: Path, class_names: list[str] | None) -> None:
+    if class_names is None or "class" not in frame.columns:
+        return
+    expected = frame["label"].map(lambda i: class_names[i] if 0 <= i < len(class_names) else None)
+    bad = frame[expected != frame["class"]]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ValueError(
+            f"{manifest}: row {row['path']!r} has class {row['class']!r} with label "
+            f"{row['label']}, but data.classes in params.yaml gives labels {class_names}: "
+            "rerun `dvc repro split`"
+        )
+
+
+def featurize(
+    manifests: Mapping[str, str | Path],
+    out_dir: str | Path,
+    model_params: Mapping[str, Any],
+    featurize_params: Mapping[str, Any],
+    weights_path: str | Path | None,
+    weights_meta: Mapping[str, Any] | None = None,
+    class_names: list[str] | None = None,
+    root: str | Path = ".",
+    augment_splits: tuple[str, ...] = ("train",),
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Featurize every split of `manifests` ({split: csv}) into `out_dir`.
+
+    Writes `{split}.npy` and `{split}.json` per split and returns the JSON metadata
+    (plus timing, which is kept out of the files so they are reproducible).
+    Splits in `augment_splits` get `featurize.augment_views` augmented views.
+    """
+    weights_meta = dict(weights_meta or {})
+    if weights_meta.get("backbone") not in (None, model_params["backbone"]):
+        raise ValueError(
+            f"the weights file is for backbone {weights_meta['backbone']!r} but model.backbone "
+            f"is {model_params['backbone']!r}: run `dvc repro fetch_weights featurize`"
+        )
+    extractor = build_feature_extractor(dict(model_params), weights_path)
+    out_dir = Path(out_dir)
+    results: dict[str, dict[str, Any]] = {}
+    for split, manifest in manifests.items():
+        manifest = Path(manifest)
+        frame = read_manifest(manifest)
+        _check_labels(frame, manifest, class_names)
+        augment = split in augment_splits and int(featurize_params.get("augment_views", 0)) > 0
+        views_k = int(featurize_params["augment_views"]) if augment else 0
+        augmenter = (
+            build_augmenter(featurize_params["augmentation"], int(featurize_params["seed"]))
+            if augment
+            else None
+        )
+        timing = featurize_split(
+            extractor,
+            frame,
+            out_dir / f"{split}.npy",
+            model_params,
+            int(featurize_params["batch_size"]),
+            views_k,
+            augmenter,
+            root,
+            desc=f"featurize {split}",
+            progress=progress,
+        )
+        meta = _split_meta(split, manifest, timing, model_params, featurize_params, weights_meta)
+        meta["augmented"] = bool(augment)
+        meta["class_names"] = class_names
+        write_json(out_dir / f"{split}.json", meta)
+        results[split] = {**meta, "timing": timing}
+    return results
+
+
+def _split_meta(
+    split: str,
+    manifest: Path,
+    timing: Mapping[str, Any],
+    model_params: Mapping[str, Any],
+    featurize_params: Mapping[str, Any],
+    weights_meta: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "split": split,
+        "rows": timing["rows"],
+        "views": timing["views"],
+        "dim": timing["dim"],
+        "dtype": "float32",
+        "manifest": manifest.as_posix(),
+        "manifest_sha256": file_sha256(manifest),
+        "backbone": model_params["backbone"],
+        "preprocessing": model_params["preprocessing"],
+        "resize": model_params["resize"],
+        "input_size": [int(v) for v in model_params["input_size"]],
+        "augment_views": timing["views"] - 1,
+        "augmentation": dict(featurize_params.get("augmentation") or {}),
+        "seed": featurize_params.get("seed"),
+        "weights_sha256": weights_meta.get("sha256"),
+        "weights_random_init": weights_meta.get("random_init"),
+        "weights_label": weights_meta.get("label"),
+        "weights_source": weights_meta.get("source"),
+    }
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_features(
+    features_dir: str | Path, split: str, manifest_path: str | Path, mmap: bool = False
+) -> FeatureSet:
+    """The cached features of `split`, checked against its manifest.
+
+    Raises FileNotFoundError / ValueError telling to run `dvc repro featurize` when the
+    cache is missing, was computed from another manifest, or has the wrong shape.
+    """
+    features_dir, manifest_path = Path(features_dir), Path(manifest_path)
+    npy, meta_path = features_dir / f"{split}.npy", features_dir / f"{split}.json"
+    for file in (npy, meta_path):
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} not found: {REPRO_HINT}")
+    frame = read_manifest(manifest_path)
+    meta = read_json(meta_path)
+    if meta.get("manifest_sha256") != file_sha256(manifest_path):
+        raise ValueError(
+            f"{npy} was computed from another version of {manifest_path} "
+            f"(sha256 recorded in {meta_path} differs): {REPRO_HINT}"
+        )
+    features = np.load(npy, mmap_mode="r" if mmap else None)
+    expected = (len(frame), int(meta["views"]), int(meta["dim"]))
+    if features.dtype != np.float32 or features.shape != expected:
+        raise ValueError(
+            f"{npy} holds {features.dtype} {features.shape}, but {manifest_path} and {meta_path} "
+            f"call for float32 {expected}: {REPRO_HINT}"
+        )
+    labels = frame["label"].to_numpy(dtype=np.int64)
+    return FeatureSet(features=features, labels=labels, frame=frame, views=expected[1])

@@ -1,0 +1,236 @@
+"""The classifier: a frozen backbone, global average pooling and a small dense head.
+
+The seed's network is InceptionResNetV2 (no top, 224 x 224 x 3, frozen, batch norm
+in inference mode) -> global average pooling -> Dense 1024 ReLU (L2 1e-3 on the
+kernel) -> Dropout 0.7 -> Dense 3 softmax: 55,913,699 parameters, 1,576,963 of them
+trainable. Everything here is built from params section `model`.
+
+The same pieces make three models that agree with each other by construction:
+
+- `build_feature_extractor`: image -> pooled backbone features (what `featurize` caches);
+- `build_head`: features -> class probabilities (what cached training fits);
+- `build_full_model`: image -> class probabilities (end-to-end training, export, predict),
+  which reuses a trained head's layers.
+
+Pre-processing is the `Preprocess` layer inside the models (no Lambda layer, so a saved
+`.keras` file loads with `safe_mode=True`); `preprocess_array` is the NumPy twin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from petscan.backbones import backbone_spec, build_backbone
+
+PREPROCESSING_MODES = ("radimagenet", "rescale", "keras")
+# keras.applications' modes, reached through `keras` (backbone_spec(name).keras_preprocessing).
+KERAS_MODES = ("tf", "caffe", "torch")
+IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
+TORCH_RGB_MEAN = (0.485, 0.456, 0.406)
+TORCH_RGB_STD = (0.229, 0.224, 0.225)
+
+
+def resolve_preprocessing(mode: str, backbone: str) -> str:
+    """The concrete transform for a `model.preprocessing` value.
+
+    `radimagenet` and `rescale` are returned as they are; `keras` becomes the backbone
+    family's own keras.applications mode (`tf`, `caffe` or `torch`).
+    """
+    if mode == "keras":
+        return backbone_spec(backbone).keras_preprocessing
+    if mode in PREPROCESSING_MODES or mode in KERAS_MODES:
+        return mode
+    raise ValueError(
+        f"unknown model.preprocessing {mode!r} in params.yaml; choose one of {PREPROCESSING_MODES}"
+    )
+
+
+def _three_channels(x: Any, channels: int | None, xp: Any) -> Any:
+    """Grey (1 channel) becomes RGB; a fourth (alpha) channel is dropped."""
+    if channels == 1:
+        return xp.concatenate([x, x, x], axis=-1)
+    if channels == 4:
+        return x[..., :3]
+    if channels not in (3, None):
+        raise ValueError(f"images must have 1, 3 or 4 channels, got {channels}")
+    return x
+
+
+def _transform(x: Any, concrete: str, xp: Any) -> Any:
+    """Apply a resolved mode with array namespace `xp` (numpy or keras.ops)."""
+    if concrete == "rescale":
+        return x / 255.0
+    if concrete == "tf":
+        return x / 127.5 - 1.0
+    if concrete in ("radimagenet", "caffe"):
+        bgr = xp.flip(x, axis=-1) - np.asarray(IMAGENET_BGR_MEAN, dtype="float32")
+        return bgr / 255.0 if concrete == "radimagenet" else bgr
+    if concrete == "torch":
+        mean = np.asarray(TORCH_RGB_MEAN, dtype="float32")
+        std = np.asarray(TORCH_RGB_STD, dtype="float32")
+        return (x / 255.0 - mean) / std
+    raise ValueError(f"unknown preprocessing transform {concrete!r}")
+
+
+def preprocess_array(x: np.ndarray, mode: str, backbone: str) -> np.ndarray:
+    """NumPy version of `Preprocess`: RGB pixels in [0, 255] -> the backbone's input.
+
+    `x` is (..., H, W, C) with C in 1 (grey), 3 (RGB) or 4 (RGBA, alpha dropped).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    x = _three_channels(x, x.shape[-1], np)
+    return _transform(x, resolve_preprocessing(mode, backbone), np).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="petscan")
+class Preprocess(keras.layers.Layer):
+    """RGB pixels in [0, 255] -> backbone input, as named by `model.preprocessing`.
+
+    Modes: `radimagenet` (RGB -> BGR, minus the ImageNet mean, then / 255: how the
+    RadImageNet weights were trained), `rescale` (x / 255, the seed notebook) and
+    `keras` (keras.applications' own mode for `backbone`). Grey inputs become three
+    channels and an alpha channel is dropped.
+    """
+
+    def __init__(
+        self, mode: str = "radimagenet", backbone: str = "inception_resnet_v2", **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.mode = mode
+        self.backbone = backbone
+        self.concrete = resolve_preprocessing(mode, backbone)
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.cast(inputs, self.compute_dtype)
+        x = _three_channels(x, x.shape[-1], ops)
+        return _transform(x, self.concrete, ops)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:-1], 3)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "mode": self.mode, "backbone": self.backbone}
+
+
+def input_shape(model_params: dict[str, Any]) -> tuple[int, int, int]:
+    height, width = (int(v) for v in model_params["input_size"])
+    return height, width, 3
+
+
+def _frozen_backbone(
+    model_params: dict[str, Any], weights_path: str | Path | None, trainable_layers: int = 0
+) -> keras.Model:
+    """The no-top backbone with all (or all but the top `trainable_layers`) layers frozen.
+
+    Batch-norm layers stay frozen in every case; the callers also run the backbone with
+    `training=False`, so their statistics never move.
+    """
+    if weights_path is not None and weights_path != "imagenet" and not Path(weights_path).is_file():
+        raise FileNotFoundError(
+            f"backbone weights {weights_path} not found: run `dvc repro fetch_weights` first"
+        )
+    backbone = build_backbone(model_params["backbone"], input_shape(model_params), weights_path)
+    backbone.trainable = trainable_layers > 0
+    if trainable_layers > 0:
+        cut = len(backbone.layers) - int(trainable_layers)
+        for i, layer in enumerate(backbone.layers):
+            is_bn = isinstance(layer, keras.layers.BatchNormalization)
+            layer.trainable = i >= cut and not is_bn
+    return backbone
+
+
+def _pooled_features(
+    model_params: dict[str, Any], weights_path: str | Path | None, trainable_layers: int = 0
+) -> tuple[keras.KerasTensor, keras.KerasTensor]:
+    """Symbolic image input and its pooled backbone features."""
+    inputs = keras.Input(shape=input_shape(model_params), dtype="float32", name="image")
+    x = Preprocess(model_params["preprocessing"], model_params["backbone"], name="preprocess")(
+        inputs
+    )
+    backbone = _frozen_backbone(model_params, weights_path, trainable_layers)
+    x = backbone(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return inputs, x
+
+
+def build_feature_extractor(
+    model_params: dict[str, Any], weights_path: str | Path | None
+) -> keras.Model:
+    """Frozen image -> features model: float32 (H, W, 3) in [0, 255] RGB -> (None, D)."""
+    inputs, features = _pooled_features(model_params, weights_path)
+    return keras.Model(inputs, features, name="feature_extractor")
+
+
+def build_head(
+    feature_dim: int, num_classes: int, model_params: dict[str, Any], seed: int | None = None
+) -> keras.Model:
+    """Features (D,) -> Dense(head_units, ReLU, L2) -> Dropout -> Dense(num_classes, softmax).
+
+    `seed` fixes the initial weights and the dropout mask sequence.
+    """
+
+    def init(offset: int) -> keras.initializers.Initializer:
+        return keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
+
+    inputs = keras.Input(shape=(int(feature_dim),), dtype="float32", name="features")
+    x = keras.layers.Dense(
+        int(model_params["head_units"]),
+        activation="relu",
+        kernel_regularizer=keras.regularizers.L2(float(model_params["l2"])),
+        kernel_initializer=init(0),
+        name="head_dense",
+    )(inputs)
+    x = keras.layers.Dropout(float(model_params["dropout"]), seed=seed, name="head_dropout")(x)
+    outputs = keras.layers.Dense(
+        int(num_classes), activation="softmax", kernel_initializer=init(1), name="probabilities"
+    )(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def build_full_model(
+    model_params: dict[str, Any],
+    num_classes: int,
+    weights_path: str | Path | None,
+    head: keras.Model | None = None,
+    trainable_backbone_layers: int = 0,
+) -> keras.Model:
+    """Image -> probabilities: Preprocess -> backbone -> pooling -> head.
+
+    With `head`, its layers (and so its trained weights) are reused, so the full model
+    gives the same probabilities as `head` applied to `build_feature_extractor` output.
+    `trainable_backbone_layers` unfreezes that many top backbone layers (batch norm
+    excepted) for end-to-end fine-tuning.
+    """
+    inputs, features = _pooled_features(model_params, weights_path, trainable_backbone_layers)
+    if head is None:
+        head = build_head(features.shape[-1], num_classes, model_params)
+    if head.input_shape[-1] != features.shape[-1] or head.output_shape[-1] != num_classes:
+        raise ValueError(
+            f"head maps {head.input_shape[-1]} features to {head.output_shape[-1]} classes; "
+            f"the backbone gives {features.shape[-1]} features and there are {num_classes} "
+            "classes: retrain the head for this backbone (model.backbone in params.yaml)"
+        )
+    x = features
+    for layer in head.layers:
+        if not isinstance(layer, keras.layers.InputLayer):
+            x = layer(x)
+    return keras.Model(inputs, x, name=f"{model_params['backbone']}_classifier")
+
+
+def load_model(path: str | Path, compile: bool = False) -> keras.Model:
+    """Load a `.keras` model written by this project, refusing unsafe (Lambda) layers.
+
+    `compile=False` (default) is enough for predicting; with `compile=True` the custom
+    losses of `petscan.losses` are registered first.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} not found: run `dvc repro train` first")
+    if compile:
+        import petscan.losses  # noqa: F401  (registers the custom losses)
+    return keras.saving.load_model(path, compile=compile, safe_mode=True)

@@ -1,0 +1,78 @@
+"""DVC stage `featurize`: run the frozen backbone once over every split and cache its features.
+
+Reads params sections `data` (class names), `model` (backbone, input size, preprocessing,
+resize), `featurize` (batch size, augmented views, augmentation, seed, out_dir) and
+`weights` (`weights.dir`: where `weights.h5` / `weights.json` are). Reads the manifests
+`<split-dir>/{train,val,test}.csv` and writes `<featurize.out_dir>/{split}.npy`
+(float32 (N, V, D); V = 1 + augment_views for train, 1 for val and test) and `{split}.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from petscan import config
+
+SPLITS = ("train", "val", "test")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument(
+        "--split-dir", default="data/split", help="folder of the split manifests (data/split)"
+    )
+    parser.add_argument(
+        "--splits", nargs="+", default=list(SPLITS), help="splits to featurize (train val test)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Imported here so that `--help` answers without loading TensorFlow.
+    from petscan.features import featurize
+    from petscan.images import ImageError
+    from petscan.weights import load_weights_meta, warning_banner, weights_file
+
+    data = config.load_section("data", args.params)
+    model = config.load_section("model", args.params)
+    params = config.load_section("featurize", args.params)
+    weights_dir = Path(config.load_section("weights", args.params)["dir"])
+    root = config.workspace_root()
+    try:
+        meta = load_weights_meta(weights_dir)
+        results = featurize(
+            {split: Path(args.split_dir) / f"{split}.csv" for split in args.splits},
+            params["out_dir"],
+            model,
+            params,
+            weights_path=weights_file(weights_dir),
+            weights_meta=meta,
+            class_names=config.class_names(data),
+            root=root,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, ImageError) as err:
+        print(f"featurize: {err}", file=sys.stderr)
+        return 1
+    banner = warning_banner(meta)
+    for split, result in results.items():
+        timing = result["timing"]
+        print(
+            f"{split}: {result['rows']} images x {result['views']} views -> "
+            f"{params['out_dir']}/{split}.npy ({result['dim']} features), "
+            f"{timing['images_per_s']:.1f} images/s"
+        )
+    if banner:
+        print(f"WARNING: features computed with a {banner}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
