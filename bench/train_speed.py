@@ -1,0 +1,90 @@
+"""How much the cached-feature training saves: time a full cached training against one
+end-to-end epoch on the same images.
+
+Needs the outputs of `dvc repro featurize` (data/split/*.csv, data/features, the
+backbone weights). Early stopping is switched off so the cached run does all
+`train.epochs` epochs (50 in the seed's recipe); nothing is logged to MLflow and
+nothing is written. Example:
+
+    python bench/train_speed.py --limit 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+from pathlib import Path
+
+from petscan import config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use only the first N training images"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="cached epochs (train.epochs)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from petscan import training
+    from petscan.features import load_features
+    from petscan.weights import weights_file
+
+    root = config.workspace_root()
+    params = {s: config.load_section(s, args.params) for s in ("data", "model", "train")}
+    featurize = config.load_section("featurize", args.params)
+    split_dir = root / config.load_section("split", args.params)["out_dir"]
+    weights_path = weights_file(root / config.load_section("weights", args.params)["dir"])
+    train = copy.deepcopy(params["train"])
+    train["early_stopping"] = {**train.get("early_stopping", {}), "enabled": False}
+    if args.epochs:
+        train["epochs"] = args.epochs
+    k = len(config.class_names(params["data"]))
+
+    sets = {
+        s: load_features(root / featurize["out_dir"], s, split_dir / f"{s}.csv")
+        for s in ("train", "val")
+    }
+    n = min(args.limit or len(sets["train"].labels), len(sets["train"].labels))
+    x, y = sets["train"].features[:n], sets["train"].labels[:n]
+    vx, vy = sets["val"].features, sets["val"].labels
+
+    start = time.perf_counter()
+    cached = training.fit_cached(x, y, vx, vy, params["model"], train, k, verbose=0)
+    cached_s = time.perf_counter() - start
+
+    e2e = {**train, "epochs": 1}
+    frames = {s: sets[s].frame for s in ("train", "val")}
+    start = time.perf_counter()
+    training.fit_end_to_end(
+        frames["train"].iloc[:n],
+        frames["val"],
+        params["model"],
+        e2e,
+        featurize.get("augmentation"),
+        weights_path if Path(weights_path).is_file() else None,
+        k,
+        root=root,
+        verbose=0,
+    )
+    e2e_s = time.perf_counter() - start
+
+    epochs = cached.epochs_run
+    print(f"images: {n} train, {len(vy)} val; backbone {params['model']['backbone']}")
+    print(f"cached training, {epochs} epochs: {cached_s:8.2f} s ({cached_s / epochs:.3f} s/epoch)")
+    print(f"end-to-end training, 1 epoch:    {e2e_s:8.2f} s")
+    print(f"one end-to-end epoch / whole cached training: {e2e_s / cached_s:.2f}x")
+    print(f"end-to-end / cached, per epoch: {e2e_s / (cached_s / epochs):.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,530 @@
+"""Training the classifier: the `train` stage's library (params section `train`).
+
+Two modes share one recipe (the seed notebook's: Adam, piecewise learning rate,
+early stopping on `val_loss` with the best weights restored, class weights and a
+focal loss on integer labels):
+
+* `cached` trains only the dense head on the backbone features that `featurize`
+  cached. Every epoch sees every training image exactly once, as one of its cached
+  views picked at random (seeded per epoch), so the cached augmentation is used the
+  way on-line augmentation would be. Validation uses the plain view (view 0).
+* `end_to_end` trains from the image files, with the augmenter on-line, through the
+  backbone (its top `train.unfreeze_top_layers` layers trainable, BatchNorm frozen),
+  under `tf.distribute.MirroredStrategy` when several GPUs are visible.
+
+Both return a `TrainResult`; `save_outputs` writes `model.keras` (the whole
+image-to-probability model), `history.csv` and `train.json` atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from petscan import io, losses, schedules
+
+MODES = ("cached", "end_to_end")
+HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+# --------------------------------------------------------------------------- determinism
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy and TensorFlow and make TF ops deterministic.
+
+    Same params on the same machine then give the same weights and metrics.
+    """
+    keras.utils.set_random_seed(int(seed))
+    with contextlib.suppress(RuntimeError):  # already enabled in this process
+        tf.config.experimental.enable_op_determinism()
+
+
+# --------------------------------------------------------------------------- cached sampler
+class CachedViewSampler(keras.utils.PyDataset):
+    """Batches of cached features: each epoch, every image once, in one random view.
+
+    `features` has shape (N, V, D). Batch `i` belongs to epoch `i // steps_per_epoch`;
+    the epoch's image order and view choice come from `numpy.random.default_rng((seed,
+    epoch))`, so a batch depends only on its index, not on the order in which Keras
+    calls the epoch hooks. The dataset spans all `epochs` epochs: pass
+    `steps_per_epoch=sampler.steps_per_epoch` and `shuffle=False` to `fit`.
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        epochs: int,
+        seed: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        if features.ndim != 3:
+            raise ValueError(f"cached features must have shape (N, V, D), got {features.shape}")
+        if len(features) != len(labels):
+            raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+        if len(features) == 0:
+            raise ValueError("no training features: data/features/train.npy is empty")
+        self.features = features
+        self.labels = np.asarray(labels, dtype=np.int32)
+        self.batch_size = int(batch_size)
+        self.epochs = int(epochs)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self._plan_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.features) / self.batch_size)
+
+    @property
+    def num_batches(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(image order, view per image) of one epoch; `views[i]` is image i's view."""
+        if epoch not in self._plan_cache:
+            rng = np.random.default_rng((self.seed, int(epoch)))
+            n, views = self.features.shape[:2]
+            order = rng.permutation(n) if self.shuffle else np.arange(n)
+            self._plan_cache = {epoch: (order, rng.integers(0, views, size=n))}
+        return self._plan_cache[epoch]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.num_batches:
+            raise IndexError(f"batch {index} out of range 0..{self.num_batches - 1}")
+        epoch, step = divmod(int(index), self.steps_per_epoch)
+        order, views = self.plan(epoch)
+        rows = order[step * self.batch_size : (step + 1) * self.batch_size]
+        return self.features[rows, views[rows]], self.labels[rows]
+
+
+# --------------------------------------------------------------------------- recipe pieces
+def make_optimizer(optimizer_params: dict[str, Any], learning_rate: float) -> keras.Optimizer:
+    """`{name: adam, ...}` -> a Keras optimizer; extra keys go to its constructor."""
+    config = dict(optimizer_params or {"name": "adam"})
+    name = config.pop("name", "adam")
+    config.pop("learning_rate", None)  # the schedule owns the learning rate
+    try:
+        return keras.optimizers.get(
+            {"class_name": name, "config": {"learning_rate": learning_rate, **config}}
+        )
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"params.yaml train.optimizer: cannot build {name!r}: {err}") from err
+
+
+class PlateauScaledSchedule(keras.callbacks.Callback):
+    """The piecewise schedule, times a factor that shrinks when `monitor` plateaus.
+
+    Keras' `ReduceLROnPlateau` and `LearningRateScheduler` overwrite each other's
+    learning rate; this callback combines them: lr(epoch) = piecewise(epoch) * scale,
+    where `scale` is multiplied by `factor` after `patience` epochs without improvement,
+    and the result never goes below `min_lr`.
+    """
+
+    def __init__(self, schedule_params: dict, plateau_params: dict) -> None:
+        super().__init__()
+        self.boundaries = list(schedule_params["boundaries"])
+        self.values = list(schedule_params["values"])
+        schedules.check_piecewise(self.boundaries, self.values)
+        self.monitor = plateau_params.get("monitor", "val_loss")
+        self.factor = float(plateau_params.get("factor", 0.5))
+        self.patience = int(plateau_params.get("patience", 3))
+        self.min_lr = float(plateau_params.get("min_lr", 0.0))
+        self.scale, self.best, self.wait = 1.0, math.inf, 0
+
+    def _lr(self, epoch: int) -> float:
+        base = schedules.piecewise_lr(epoch, self.boundaries, self.values)
+        return max(base * self.scale, self.min_lr)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.model.optimizer.learning_rate = self._lr(epoch)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs if logs is not None else {}
+        logs["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
+        current = logs.get(self.monitor)
+        if current is None:
+            return
+        if current < self.best:
+            self.best, self.wait = float(current), 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.scale *= self.factor
+            self.wait = 0
+
+
+def build_callbacks(
+    train_params: dict[str, Any], extra: Sequence[keras.callbacks.Callback] = ()
+) -> tuple[list[keras.callbacks.Callback], keras.callbacks.EarlyStopping | None]:
+    """Learning-rate schedule, early stopping, then `extra` (loggers see the final logs)."""
+    plateau = train_params.get("reduce_lr_on_plateau") or {}
+    if plateau.get("enabled"):
+        callbacks: list[keras.callbacks.Callback] = [
+            PlateauScaledSchedule(train_params["lr_schedule"], plateau)
+        ]
+    else:
+        callbacks = [schedules.lr_scheduler(train_params["lr_schedule"])]
+    stopping = None
+    es = train_params.get("early_stopping") or {}
+    if es.get("enabled", True):
+        stopping = keras.callbacks.EarlyStopping(
+            monitor=es.get("monitor", "val_loss"),
+            patience=int(es.get("patience", 5)),
+            restore_best_weights=bool(es.get("restore_best_weights", True)),
+            min_delta=float(es.get("min_delta", 0.0)),
+            verbose=0,
+        )
+        callbacks.append(stopping)
+    return callbacks + list(extra), stopping
+
+
+def compile_model(model: keras.Model, train_params: dict[str, Any], num_classes: int) -> None:
+    """Adam (or `train.optimizer`), `losses.make_loss(train.loss)`, sparse accuracy."""
+    first_lr = float(train_params["lr_schedule"]["values"][0])
+    model.compile(
+        optimizer=make_optimizer(train_params.get("optimizer", {}), first_lr),
+        loss=losses.make_loss(train_params["loss"], num_classes),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+
+
+def distribution_strategy() -> tf.distribute.Strategy:
+    """`MirroredStrategy` over all GPUs when there are several, else the default."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy([g.name for g in gpus])
+    return tf.distribute.get_strategy()
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class TrainResult:
+    """A finished training: `model` maps images to probabilities; `head` maps features."""
+
+    model: keras.Model
+    head: keras.Model | None
+    history: pd.DataFrame
+    best_epoch: int  # 0-based, as in history.csv; the weights kept are this epoch's
+    epochs_run: int
+    stopped_early: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        best = self.history[self.history["epoch"] == self.best_epoch]
+        row = best.iloc[0].to_dict() if len(best) else {}
+        return {
+            "best_epoch": int(self.best_epoch),
+            "epochs_run": int(self.epochs_run),
+            "stopped_early": bool(self.stopped_early),
+            **{f"best_{k}": float(v) for k, v in row.items() if k not in ("epoch",)},
+            **self.info,
+        }
+
+
+def history_frame(
+    history: keras.callbacks.History, lr_schedule: dict | None = None
+) -> pd.DataFrame:
+    """Keras history -> DataFrame with `HISTORY_COLUMNS` (epoch 0-based)."""
+    frame = pd.DataFrame(history.history)
+    frame.insert(0, "epoch", list(history.epoch))
+    if "learning_rate" not in frame and lr_schedule is not None:
+        frame["learning_rate"] = [
+            schedules.piecewise_lr(e, lr_schedule["boundaries"], lr_schedule["values"])
+            for e in frame["epoch"]
+        ]
+    columns = [c for c in HISTORY_COLUMNS if c in frame] + [
+        c for c in frame if c not in HISTORY_COLUMNS
+    ]
+    return frame[columns]
+
+
+def _best_epoch(
+    frame: pd.DataFrame, stopping: keras.callbacks.EarlyStopping | None
+) -> tuple[int, bool]:
+    """(epoch whose weights the model holds, whether early stopping fired)."""
+    last = int(frame["epoch"].iloc[-1])
+    if stopping is None or not stopping.restore_best_weights or stopping.best_weights is None:
+        return last, bool(stopping is not None and stopping.stopped_epoch > 0)
+    return int(stopping.best_epoch), bool(stopping.stopped_epoch > 0)
+
+
+def _finish(
+    model: keras.Model,
+    head: keras.Model | None,
+    keras_history: keras.callbacks.History,
+    stopping: keras.callbacks.EarlyStopping | None,
+    train_params: dict[str, Any],
+    info: dict[str, Any],
+) -> TrainResult:
+    frame = history_frame(keras_history, train_params["lr_schedule"])
+    best, stopped = _best_epoch(frame, stopping)
+    return TrainResult(model, head, frame, best, len(frame), stopped, info)
+
+
+# --------------------------------------------------------------------------- the two modes
+def fit_cached(
+    train_features: np.ndarray,
+    train_labels: np.ndarray,
+    val_features: np.ndarray,
+    val_labels: np.ndarray,
+    model_params: dict[str, Any],
+    train_params: dict[str, Any],
+    num_classes: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> TrainResult:
+    """Train the dense head on cached features (N, V, D); val uses view 0.
+
+    Returns a `TrainResult` whose `model` and `head` are the trained head (features ->
+    probabilities); wrap it with `petscan.model.build_full_model(head=...)` for images.
+    """
+    from petscan import model as pmodel
+
+    seed = int(train_params.get("seed", 0))
+    set_determinism(seed)
+    sampler = CachedViewSampler(
+        train_features,
+        train_labels,
+        batch_size=int(train_params["batch_size"]),
+        epochs=int(train_params["epochs"]),
+        seed=seed,
+    )
+    val_x = val_features[:, 0, :] if val_features.ndim == 3 else val_features
+    head = pmodel.build_head(train_features.shape[-1], num_classes, model_params, seed=seed)
+    compile_model(head, train_params, num_classes)
+    weights = losses.class_weights(train_labels, train_params.get("class_weight"), num_classes)
+    cbs, stopping = build_callbacks(train_params, callbacks)
+    history = head.fit(
+        sampler,
+        validation_data=(val_x, np.asarray(val_labels, dtype=np.int32)),
+        epochs=int(train_params["epochs"]),
+        steps_per_epoch=sampler.steps_per_epoch,
+        shuffle=False,
+        class_weight=weights,
+        callbacks=cbs,
+        verbose=verbose,
+    )
+    info = {"mode": "cached", "class_weight": weights, "views": int(train_features.shape[1])}
+    return _finish(head, head, history, stopping, train_params, info)
+
+
+def fit_end_to_end(
+    train_frame: pd.DataFrame,
+    val_frame: pd.DataFrame,
+    model_params: dict[str, Any],
+    train_params: dict[str, Any],
+    augmentation: dict[str, Any] | None,
+    weights_path: str | Path | None,
+    num_classes: int,
+    root: str | Path = ".",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int | str = "auto",
+) -> TrainResult:
+    """Train image -> probabilities from the files in the manifests, augmenting on-line."""
+    from petscan import features as pfeatures
+    from petscan import model as pmodel
+
+    seed = int(train_params.get("seed", 0))
+    set_determinism(seed)
+    size = tuple(model_params["input_size"])
+    batch = int(train_params["batch_size"])
+    resize_mode = model_params.get("resize", "stretch")
+    augmenter = pfeatures.build_augmenter(augmentation, seed) if augmentation else None
+    train_ds = pfeatures.image_dataset(
+        train_frame,
+        size,
+        resize_mode,
+        batch,
+        augmenter=augmenter,
+        shuffle=True,
+        seed=seed,
+        root=str(root),
+    )
+    val_ds = pfeatures.image_dataset(val_frame, size, resize_mode, batch, root=str(root))
+    labels = train_frame["label"].to_numpy(dtype=np.int64)
+    weights = losses.class_weights(labels, train_params.get("class_weight"), num_classes)
+    unfreeze = int(train_params.get("unfreeze_top_layers", 0) or 0)
+    strategy = distribution_strategy()
+    with strategy.scope():
+        model = pmodel.build_full_model(
+            model_params, num_classes, weights_path, trainable_backbone_layers=unfreeze
+        )
+        compile_model(model, train_params, num_classes)
+    cbs, stopping = build_callbacks(train_params, callbacks)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=int(train_params["epochs"]),
+        shuffle=False,  # image_dataset shuffles (seeded) itself
+        class_weight=weights,
+        callbacks=cbs,
+        verbose=verbose,
+    )
+    info = {
+        "mode": "end_to_end",
+        "class_weight": weights,
+        "unfreeze_top_layers": unfreeze,
+        "replicas": int(strategy.num_replicas_in_sync),
+    }
+    return _finish(model, None, history, stopping, train_params, info)
+
+
+# --------------------------------------------------------------------------- outputs
+def save_model(model: keras.Model, path: str | Path) -> Path:
+    """Save a `.keras` file atomically (a reader never sees half a model)."""
+    path = Path(path)
+    with io.atomic_path(path, suffix=".keras") as tmp:
+        model.save(tmp)
+    return path
+
+
+def save_outputs(
+    result: TrainResult, full_model: keras.Model, out_dir: str | Path, extra: dict | None = None
+) -> dict[str, Path]:
+    """Write `model.keras`, `history.csv` and `train.json` into `out_dir`."""
+    out_dir = Path(out_dir)
+    paths = {
+        "model": out_dir / "model.keras",
+        "history": out_dir / "history.csv",
+        "summary": out_dir / "train.json",
+    }
+    save_model(full_model, paths["model"])
+    io.write_csv(paths["history"], result.history)
+    io.write_json(paths["summary"], {**result.summary(), **(extra or {})})
+    return paths
+
+
+# --------------------------------------------------------------------------- the stage
+def _check_feature_dim(dim: int, model_params: dict[str, Any], features_dir: Path) -> None:
+    from petscan.backbones import backbone_spec
+
+    expected = backbone_spec(model_params["backbone"]).feature_dim
+    if dim != expected:
+        raise ValueError(
+            f"{features_dir} holds {dim}-dim features but model.backbone "
+            f"{model_params['backbone']!r} gives {expected}: re-run `dvc repro featurize`"
+        )
+
+
+def run_train(
+    params: dict[str, Any], root: str | Path = ".", verbose: int | str = "auto"
+) -> dict[str, Any]:
+    """The `train` stage: fit (cached or end_to_end), save outputs, log one MLflow run.
+
+    `params` holds the sections `data`, `model`, `train`, `mlflow`, plus `weights.dir`,
+    `split.out_dir`, `featurize.out_dir` and (end_to_end) `featurize.augmentation`; all
+    of it is logged as the run's params. Returns the contents of `train.json`.
+    """
+    import os
+
+    import mlflow
+
+    from petscan import config, tracking
+    from petscan.weights import load_weights_meta, weights_file
+
+    root = Path(root)
+    train_params, model_params = params["train"], params["model"]
+    mode = train_params.get("mode", "cached")
+    if mode not in MODES:
+        raise ValueError(f"params.yaml train.mode must be one of {MODES}, got {mode!r}")
+    class_names = config.class_names(params["data"])
+    split_dir = root / params["split"]["out_dir"]
+    manifests = {s: split_dir / f"{s}.csv" for s in ("train", "val", "test")}
+    weights_dir = root / params["weights"]["dir"]
+    weights_meta = load_weights_meta(weights_dir)
+    weights_path = weights_file(weights_dir)
+    tags = tracking.run_tags(list(manifests.values()), weights_meta)
+    run_name = os.environ.get("DVC_EXP_NAME") or None
+    with tracking.start_training_run(params["mlflow"], params, tags, run_name=run_name) as run:
+        logger = tracking.MlflowEpochLogger(run.info.run_id)
+        if mode == "cached":
+            result, full = _train_cached(params, root, manifests, weights_path, logger, verbose)
+        else:
+            result = _train_end_to_end(params, root, manifests, weights_path, logger, verbose)
+            full = result.model
+        extra = {
+            "mlflow_run_id": run.info.run_id,
+            "mlflow_experiment_id": run.info.experiment_id,
+            "mode": mode,
+            "random_init": bool(weights_meta.get("random_init", False)),
+            "backbone": model_params["backbone"],
+            "backbone_label": weights_meta.get("label"),
+            "weights_source": weights_meta.get("source"),
+            "class_names": class_names,
+            "seed": int(train_params.get("seed", 0)),
+        }
+        paths = save_outputs(result, full, root / train_params["out_dir"], extra)
+        summary = {**result.summary(), **extra}
+        mlflow.log_metrics(
+            {k: float(v) for k, v in summary.items() if k.startswith(("best_", "epochs_run"))}
+        )
+        mlflow.log_artifact(str(paths["history"]))
+        mlflow.log_artifact(str(paths["summary"]))
+        example = [str(root / pd.read_csv(manifests["val"])["path"].iloc[0])]
+        tracking.log_keras_model(
+            paths["model"], params["mlflow"], class_names, model_params, input_example=example
+        )
+    return summary
+
+
+def _train_cached(params, root, manifests, weights_path, logger, verbose):
+    from petscan import features as pfeatures
+    from petscan import model as pmodel
+
+    features_dir = root / params["featurize"]["out_dir"]
+    train_set = pfeatures.load_features(features_dir, "train", manifests["train"])
+    val_set = pfeatures.load_features(features_dir, "val", manifests["val"])
+    _check_feature_dim(train_set.features.shape[-1], params["model"], features_dir)
+    num_classes = len(_class_names(params))
+    result = fit_cached(
+        train_set.features,
+        train_set.labels,
+        val_set.features,
+        val_set.labels,
+        params["model"],
+        params["train"],
+        num_classes,
+        callbacks=[logger],
+        verbose=verbose,
+    )
+    full = pmodel.build_full_model(params["model"], num_classes, weights_path, head=result.head)
+    return result, full
+
+
+def _train_end_to_end(params, root, manifests, weights_path, logger, verbose):
+    frames = {s: pd.read_csv(manifests[s], dtype={"patient": str}) for s in ("train", "val")}
+    augmentation = (params.get("featurize") or {}).get("augmentation")
+    return fit_end_to_end(
+        frames["train"],
+        frames["val"],
+        params["model"],
+        params["train"],
+        augmentation,
+        weights_path,
+        len(_class_names(params)),
+        root=root,
+        callbacks=[logger],
+        verbose=verbose,
+    )
+
+
+def _class_names(params: dict[str, Any]) -> list[str]:
+    from petscan import config
+
+    return config.class_names(params["data"])

@@ -1,0 +1,46 @@
+"""DVC stage `evaluate`: run the saved model on the val and test image files.
+
+Reads the `data`, `model`, `train`, `evaluate` and `mlflow` sections of params.yaml
+(and `split.out_dir`). Writes into `evaluate.out_dir`: predictions_{val,test}.csv,
+classification_report_{val,test}.txt and metrics.json ({"val": {...}, "test": {...}},
+DVC metrics), and logs `val/<metric>`, `test/<metric>` and the files into the training
+run recorded in `<train.out_dir>/train.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from petscan import config
+
+SECTIONS = ("data", "model", "train", "evaluate", "mlflow")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from petscan.evaluation import run_evaluate
+
+    params = {name: config.load_section(name, args.params) for name in SECTIONS}
+    params["split"] = {"out_dir": config.load_section("split", args.params)["out_dir"]}
+    results = run_evaluate(params, root=config.workspace_root())
+    test = results["test"]
+    print(
+        f"evaluate: test accuracy {test['accuracy']:.4f} "
+        f"[{test['accuracy_ci_low']:.4f}, {test['accuracy_ci_high']:.4f}], "
+        f"macro F1 {test['f1_macro']:.4f}, ECE {test['ece']:.4f}"
+        + ("  (RANDOM-INIT backbone, not RadImageNet)" if results["random_init"] else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

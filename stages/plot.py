@@ -1,0 +1,40 @@
+"""DVC stage `plot`: draw the report figures and log them into the training run.
+
+Reads the `data`, `plot` and `mlflow` sections of params.yaml, plus `train.out_dir`
+and `evaluate` (out_dir, ece_bins). Draws from `<train.out_dir>/history.csv` and
+`<evaluate.out_dir>/predictions_{val,test}.csv` into `plot.out_dir`: training_curves.png
+and {confusion,roc,pr,reliability}_{val,test}.png, each with a warning banner when the
+backbone was random-init.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from petscan import config
+
+SECTIONS = ("data", "plot", "evaluate", "mlflow")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from petscan.evaluation import make_figures
+
+    params = {name: config.load_section(name, args.params) for name in SECTIONS}
+    params["train"] = {"out_dir": config.load_section("train", args.params)["out_dir"]}
+    written = make_figures(params, root=config.workspace_root())
+    print(f"plot: wrote {len(written)} figures into {params['plot']['out_dir']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

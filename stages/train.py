@@ -1,0 +1,57 @@
+"""DVC stage `train`: fit the classifier and log one MLflow run.
+
+Reads the `data`, `model`, `train` and `mlflow` sections of params.yaml, plus
+`weights.dir`, `split.out_dir`, `featurize.out_dir` and `featurize.augmentation`
+(end_to_end mode). `train.mode: cached` fits the dense head on the cached features;
+`end_to_end` trains from the image files through the backbone. Writes into
+`train.out_dir`: model.keras (image -> probabilities), history.csv and train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from petscan import config
+
+SECTIONS = ("data", "model", "train", "mlflow")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
+    return parser.parse_args(argv)
+
+
+def load_params(path: str) -> dict:
+    """The sections and single keys this stage reads (and logs as MLflow params)."""
+    params = {name: config.load_section(name, path) for name in SECTIONS}
+    featurize = config.load_section("featurize", path)
+    params["weights"] = {"dir": config.load_section("weights", path)["dir"]}
+    params["split"] = {"out_dir": config.load_section("split", path)["out_dir"]}
+    params["featurize"] = {"out_dir": featurize["out_dir"]}
+    if params["train"].get("mode") == "end_to_end":
+        params["featurize"]["augmentation"] = featurize.get("augmentation")
+    return params
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from petscan.training import run_train
+
+    params = load_params(args.params)
+    summary = run_train(params, root=config.workspace_root(), verbose=0 if args.quiet else 2)
+    print(
+        f"train: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
+        f"(val_loss {summary.get('best_val_loss', float('nan')):.4f}); "
+        f"MLflow run {summary['mlflow_run_id']}"
+        + ("; RANDOM-INIT backbone (not RadImageNet)" if summary["random_init"] else "")
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

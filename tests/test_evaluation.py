@@ -1,0 +1,136 @@
+"""Evaluation: predictions from image files, the loss metric, metrics.json helpers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import accuracy_score, f1_score
+
+from petscan import evaluation
+from petscan.images import load_resized
+from petscan.model import build_full_model
+
+CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
+MODEL = {
+    "backbone": "tiny",
+    "input_size": [32, 32],
+    "preprocessing": "rescale",
+    "resize": "stretch",
+    "head_units": 8,
+    "l2": 0.001,
+    "dropout": 0.2,
+}
+FOCAL = {"name": "focal", "variant": "categorical", "alpha": [0.5, 0.3, 0.2], "gamma": 2.0}
+EVALUATE = {"batch_size": 4, "bootstrap_resamples": 30, "confidence": 0.95, "ece_bins": 5}
+
+
+def write_split(root, n: int = 9) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(n):
+        label = i % 3
+        folder = root / "data" / "raw" / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"pt-{i // 2:03d}_v{i % 2 + 1}.png"
+        Image.fromarray(rng.integers(0, 255, (30 + i, 28, 3), dtype=np.uint8)).save(path)
+        rows.append(
+            {
+                "path": path.relative_to(root).as_posix(),
+                "class": CLASSES[label],
+                "label": label,
+                "patient": f"pt-{i // 2:03d}",
+                "sha256": "x",
+            }
+        )
+    frame = pd.DataFrame(rows)
+    (root / "data" / "split").mkdir(parents=True, exist_ok=True)
+    frame.to_csv(root / "data" / "split" / "test.csv", index=False)
+    return frame
+
+
+def test_loss_value_matches_hand_computed_crossentropy_and_focal():
+    y = np.array([0, 1])
+    proba = np.array([[0.5, 0.25, 0.25], [0.2, 0.8, 0.0]])
+    ce = evaluation.loss_value(y, proba, {"name": "crossentropy"}, 3)
+    assert ce == pytest.approx(-(math.log(0.5) + math.log(0.8)) / 2, rel=1e-5)
+    focal = evaluation.loss_value(y, proba, FOCAL, 3)
+    by_hand = (0.5 * 0.5**2 * -math.log(0.5) + 0.3 * 0.2**2 * -math.log(0.8)) / 2
+    assert focal == pytest.approx(by_hand, rel=1e-5)
+
+
+def test_predictions_frame_round_trip(tmp_path):
+    frame = pd.DataFrame(
+        {"path": ["a.png", "b.png"], "patient": ["007", "8"], "label": [2, 0], "class": ["", ""]}
+    )
+    proba = np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.1]])
+    out = evaluation.predictions_frame(frame, proba, CLASSES)
+    assert list(out.columns) == [
+        "path",
+        "patient",
+        "label",
+        "true_class",
+        "proba/No cancer",
+        "proba/Breast cancer",
+        "proba/Prostate cancer",
+        "predicted_label",
+        "predicted_class",
+    ]
+    assert list(out["true_class"]) == ["Prostate cancer", "No cancer"]
+    assert list(out["predicted_class"]) == ["Prostate cancer", "Breast cancer"]
+    out.to_csv(tmp_path / "p.csv", index=False)
+    y, p, back = evaluation.read_predictions(tmp_path / "p.csv", CLASSES)
+    np.testing.assert_array_equal(y, [2, 0])
+    np.testing.assert_allclose(p, proba)
+    assert list(back["patient"]) == ["007", "8"], "patient ids stay strings"
+    with pytest.raises(ValueError, match="re-run `dvc repro evaluate`"):
+        evaluation.read_predictions(tmp_path / "p.csv", ["a", "b"])
+
+
+def test_mlflow_metrics_and_json_safe():
+    nested = {"random_init": True, "val": {"accuracy": 0.5, "auc": float("nan")}, "test": {"n": 3}}
+    assert evaluation.mlflow_metrics(nested) == {"val/accuracy": 0.5, "test/n": 3.0}
+    safe = evaluation._json_safe(nested)
+    assert safe["val"]["auc"] is None and safe["val"]["accuracy"] == 0.5
+
+
+def test_banner_only_for_random_init():
+    assert evaluation.banner_text({"random_init": False, "backbone_label": "RadImageNet"}) is None
+    text = evaluation.banner_text(
+        {"random_init": True, "backbone_label": "RANDOM-INIT backbone (not RadImageNet)"}
+    )
+    assert "RANDOM-INIT" in text
+
+
+def test_evaluate_split_predicts_the_image_files_in_manifest_order(tmp_path):
+    frame = write_split(tmp_path)
+    model = build_full_model(MODEL, 3, None)
+    values, paths = evaluation.evaluate_split(
+        model,
+        tmp_path / "data" / "split" / "test.csv",
+        "test",
+        CLASSES,
+        MODEL,
+        FOCAL,
+        EVALUATE,
+        tmp_path / "reports",
+        root=tmp_path,
+    )
+    images = np.stack([load_resized(tmp_path / p, (32, 32)) for p in frame["path"]])
+    expected = model.predict(images, verbose=0)
+    y, proba, written = evaluation.read_predictions(paths["predictions"], CLASSES)
+    np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-6)
+    assert list(written["path"]) == list(frame["path"])
+    predicted = proba.argmax(axis=1)
+    assert values["accuracy"] == pytest.approx(accuracy_score(y, predicted))
+    assert values["f1_macro"] == pytest.approx(
+        f1_score(y, predicted, average="macro", labels=[0, 1, 2], zero_division=0)
+    )
+    assert values["loss"] == pytest.approx(evaluation.loss_value(y, proba, FOCAL, 3), rel=1e-6)
+    assert values["n_groups"] == frame["patient"].nunique()
+    assert values["bootstrap_resamples"] == 30
+    report = paths["report"].read_text()
+    assert all(name in report for name in CLASSES)

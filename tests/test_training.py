@@ -1,0 +1,251 @@
+"""Training: the cached-view sampler, the seed's recipe, repeatability, early stopping,
+end-to-end mode on tiny images, and the saved outputs."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.utils.class_weight import compute_class_weight
+
+from petscan import training
+from petscan.model import build_full_model, build_head, load_model
+from petscan.schedules import piecewise_lr
+
+MODEL = {
+    "backbone": "tiny",
+    "input_size": [32, 32],
+    "preprocessing": "rescale",
+    "resize": "stretch",
+    "head_units": 8,
+    "l2": 0.001,
+    "dropout": 0.2,
+}
+
+
+def train_params(**overrides) -> dict:
+    params = {
+        "mode": "cached",
+        "batch_size": 8,
+        "epochs": 4,
+        "optimizer": {"name": "adam"},
+        "lr_schedule": {"boundaries": [1, 3], "values": [5.0e-2, 3.0e-2, 1.0e-2]},
+        "early_stopping": {
+            "enabled": True,
+            "monitor": "val_loss",
+            "patience": 5,
+            "restore_best_weights": True,
+        },
+        "reduce_lr_on_plateau": {"enabled": False},
+        "class_weight": "balanced",
+        "loss": {"name": "focal", "variant": "categorical", "alpha": [0.5, 0.3, 0.2], "gamma": 2.0},
+        "unfreeze_top_layers": 0,
+        "seed": 7,
+        "out_dir": "models",
+    }
+    params.update(overrides)
+    return params
+
+
+def blobs(n: int, views: int, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three separable classes: class c is centred on +3 in feature c."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 3
+    centres = np.zeros((n, 1, dim), dtype=np.float32)
+    centres[np.arange(n), 0, labels] = 3.0
+    noise = rng.normal(0, 1, size=(n, views, dim)).astype(np.float32)
+    return centres + noise, labels.astype(np.int64)
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+def test_sampler_visits_every_image_once_per_epoch_with_seeded_views():
+    n, views = 11, 3
+    feats = np.zeros((n, views, 2), dtype=np.float32)
+    feats[:, :, 0] = np.arange(n)[:, None]  # feature 0 = image index
+    feats[:, :, 1] = np.arange(views)[None, :]  # feature 1 = view index
+    labels = np.arange(n) % 3
+    sampler = training.CachedViewSampler(feats, labels, batch_size=4, epochs=3, seed=5)
+    assert sampler.steps_per_epoch == 3 and len(sampler) == 9
+    chosen = []
+    for epoch in range(3):
+        batches = [sampler[epoch * 3 + step] for step in range(3)]
+        x = np.concatenate([b[0] for b in batches])
+        y = np.concatenate([b[1] for b in batches])
+        assert [len(b[0]) for b in batches] == [4, 4, 3]
+        idx = x[:, 0].astype(int)
+        assert sorted(idx) == list(range(n)), f"epoch {epoch} must visit each image once"
+        np.testing.assert_array_equal(y, labels[idx])
+        order, view_of = sampler.plan(epoch)
+        np.testing.assert_array_equal(idx, order)
+        np.testing.assert_array_equal(x[:, 1].astype(int), view_of[idx])
+        chosen.append(view_of.copy())
+    # The view choice is seeded: the same seed gives the same plan, another seed another.
+    again = training.CachedViewSampler(feats, labels, batch_size=4, epochs=3, seed=5)
+    other = training.CachedViewSampler(feats, labels, batch_size=4, epochs=3, seed=6)
+    for epoch in range(3):
+        np.testing.assert_array_equal(again.plan(epoch)[1], chosen[epoch])
+    assert any(not np.array_equal(other.plan(e)[0], again.plan(e)[0]) for e in range(3)), (
+        "another seed must give another order"
+    )
+    assert not np.array_equal(chosen[0], chosen[1]), "views are re-drawn every epoch"
+    assert set(np.concatenate(chosen)) == {0, 1, 2}
+    with pytest.raises(IndexError):
+        sampler[9]
+
+
+def test_sampler_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"\(N, V, D\)"):
+        training.CachedViewSampler(np.zeros((4, 2)), np.zeros(4), 2, 1)
+    with pytest.raises(ValueError, match="labels"):
+        training.CachedViewSampler(np.zeros((4, 1, 2)), np.zeros(3), 2, 1)
+
+
+# --------------------------------------------------------------------------- recipe
+
+
+def test_make_optimizer_adam_and_unknown():
+    opt = training.make_optimizer({"name": "adam", "beta_1": 0.8}, 1e-3)
+    assert isinstance(opt, keras.optimizers.Adam)
+    assert float(opt.learning_rate) == pytest.approx(1e-3) and opt.beta_1 == 0.8
+    with pytest.raises(ValueError, match="train.optimizer"):
+        training.make_optimizer({"name": "no_such_optimizer"}, 1e-3)
+
+
+def test_plateau_scaled_schedule_halves_after_patience():
+    model = build_head(4, 3, MODEL, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1.0), loss="sparse_categorical_crossentropy")
+    cb = training.PlateauScaledSchedule(
+        {"boundaries": [3], "values": [1.0, 0.1]},
+        {"monitor": "val_loss", "factor": 0.5, "patience": 2, "min_lr": 0.03},
+    )
+    cb.set_model(model)
+    val_losses = [1.0, 0.9, 0.95, 0.96, 0.97, 0.98, 0.99]
+    seen = []
+    for epoch, loss in enumerate(val_losses):
+        cb.on_epoch_begin(epoch)
+        logs = {"val_loss": loss}
+        cb.on_epoch_end(epoch, logs)
+        seen.append(logs["learning_rate"])
+    # epochs 0-2: 1.0 (scale halves after epoch 3's second miss); 3+: 0.1 * scale, >= 0.03
+    np.testing.assert_allclose(seen, [1.0, 1.0, 1.0, 0.1, 0.05, 0.05, 0.03], rtol=1e-6)
+
+
+# --------------------------------------------------------------------------- cached fit
+
+
+def test_cached_training_is_repeatable_and_follows_the_recipe():
+    x, y = blobs(40, views=3, seed=1)
+    vx, vy = blobs(12, views=1, seed=2)
+    params = train_params(epochs=4)
+    runs = [training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0) for _ in range(2)]
+    first, second = runs
+    pd.testing.assert_frame_equal(first.history, second.history, check_exact=True)
+    for a, b in zip(first.head.get_weights(), second.head.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    hist = first.history
+    assert list(hist.columns) == list(training.HISTORY_COLUMNS)
+    assert list(hist["epoch"]) == [0, 1, 2, 3]
+    expected_lr = [piecewise_lr(e, [1, 3], [5e-2, 3e-2, 1e-2]) for e in range(4)]
+    np.testing.assert_allclose(hist["learning_rate"], expected_lr, rtol=1e-6)
+    balanced = compute_class_weight("balanced", classes=np.arange(3), y=y)
+    assert first.info["class_weight"] == pytest.approx(dict(enumerate(balanced)))
+    assert first.epochs_run == 4
+    assert first.best_epoch == int(hist["val_loss"].to_numpy().argmin())
+    assert hist["val_accuracy"].iloc[-1] > 0.9, "separable blobs must be learnt"
+
+
+def test_early_stopping_restores_the_best_epoch():
+    x, y = blobs(30, views=2, seed=3)
+    vx, _ = blobs(9, views=1, seed=4)
+    vy = (np.arange(9) % 3 + 1) % 3  # validation labels that contradict training
+    params = train_params(
+        epochs=20,
+        early_stopping={
+            "enabled": True,
+            "monitor": "val_loss",
+            "patience": 2,
+            "restore_best_weights": True,
+        },
+    )
+    result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+    hist = result.history
+    best = int(hist["val_loss"].to_numpy().argmin())
+    assert result.stopped_early
+    assert result.best_epoch == best
+    assert result.epochs_run == best + 2 + 1 < 20
+    # The kept weights are the best epoch's: evaluating them gives its val_loss.
+    loss = result.head.evaluate(vx[:, 0], vy, verbose=0)[0]
+    assert loss == pytest.approx(hist["val_loss"].iloc[best], rel=1e-5)
+    summary = result.summary()
+    assert summary["best_epoch"] == best
+    assert summary["best_val_loss"] == pytest.approx(hist["val_loss"].iloc[best])
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+def tiny_images(folder, n: int = 6) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        label = i % 3
+        arr = rng.integers(0, 255, size=(40 + i, 36, 3), dtype=np.uint8)
+        arr[..., label] = 250  # a class-coloured image
+        path = folder / f"img{i}.png"
+        Image.fromarray(arr).save(path)
+        rows.append({"path": path.name, "class": str(label), "label": label, "patient": f"p{i}"})
+    return pd.DataFrame(rows)
+
+
+def test_end_to_end_runs_one_tiny_epoch_with_unfrozen_top(tmp_path):
+    frame = tiny_images(tmp_path)
+    params = train_params(epochs=1, batch_size=4, unfreeze_top_layers=3, mode="end_to_end")
+    aug = {"rotation": 0.2, "zoom": 0.2, "contrast": 0.2, "translation": 0.1}
+    result = training.fit_end_to_end(
+        frame, frame, MODEL, params, aug, None, 3, root=tmp_path, verbose=0
+    )
+    assert result.epochs_run == 1 and result.best_epoch == 0
+    assert result.info["mode"] == "end_to_end" and result.info["replicas"] >= 1
+    assert np.isfinite(result.history[["loss", "val_loss"]].to_numpy()).all()
+    model = result.model
+    assert model.output_shape == (None, 3)
+    trainable = {v.path.split("/")[0] for v in model.trainable_variables}
+    # the top three backbone layers are conv2 / bn2 / relu2: the conv trains, BN stays frozen
+    names = {v.path for v in model.trainable_variables}
+    assert any("tiny_conv2" in p for p in names), names
+    assert not any("tiny_bn" in p for p in names), names
+    assert not any("tiny_conv1" in p for p in names), names
+    assert trainable  # the head too
+    proba = model.predict(np.zeros((2, 32, 32, 3), dtype=np.float32), verbose=0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def test_save_outputs_writes_a_loadable_full_model(tmp_path):
+    x, y = blobs(12, views=1, dim=32, seed=5)
+    result = training.fit_cached(x, y, x, y, MODEL, train_params(epochs=2), 3, verbose=0)
+    full = build_full_model(MODEL, 3, None, head=result.head)
+    paths = training.save_outputs(result, full, tmp_path / "models", {"mlflow_run_id": "abc"})
+    loaded = load_model(paths["model"])  # safe_mode=True
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        loaded.predict(images, verbose=0), full.predict(images, verbose=0), rtol=1e-5, atol=1e-6
+    )
+    history = pd.read_csv(paths["history"])
+    assert list(history.columns) == list(training.HISTORY_COLUMNS) and len(history) == 2
+    info = json.loads(paths["summary"].read_text())
+    assert info["mlflow_run_id"] == "abc"
+    assert info["epochs_run"] == 2 and info["best_epoch"] in (0, 1)
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "history.csv",
+        "model.keras",
+        "train.json",
+    ], "no temporary files left behind"
