@@ -194,13 +194,23 @@ def build_callbacks(
     return callbacks + list(extra), stopping
 
 
-def compile_model(model: keras.Model, train_params: dict[str, Any], num_classes: int) -> None:
-    """Adam (or `train.optimizer`), `losses.make_loss(train.loss)`, sparse accuracy."""
+def compile_model(
+    model: keras.Model,
+    train_params: dict[str, Any],
+    num_classes: int,
+    steps_per_execution: int = 1,
+) -> None:
+    """Adam (or `train.optimizer`), `losses.make_loss(train.loss)`, sparse accuracy.
+
+    `steps_per_execution` runs that many batches per call into TensorFlow; it must
+    divide the steps of an epoch so that epoch-level callbacks still fire on time.
+    """
     first_lr = float(train_params["lr_schedule"]["values"][0])
     model.compile(
         optimizer=make_optimizer(train_params.get("optimizer", {}), first_lr),
         loss=losses.make_loss(train_params["loss"], num_classes),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        steps_per_execution=steps_per_execution,
     )
 
 
@@ -307,7 +317,8 @@ def fit_cached(
     )
     val_x = val_features[:, 0, :] if val_features.ndim == 3 else val_features
     head = pmodel.build_head(train_features.shape[-1], num_classes, model_params, seed=seed)
-    compile_model(head, train_params, num_classes)
+    # one call into TensorFlow per epoch: the head is small, so per-batch overhead dominates
+    compile_model(head, train_params, num_classes, steps_per_execution=sampler.steps_per_epoch)
     weights = losses.class_weights(train_labels, train_params.get("class_weight"), num_classes)
     cbs, stopping = build_callbacks(train_params, callbacks)
     history = head.fit(
