@@ -54,6 +54,14 @@ ui: setup ## Open the MLflow UI on the project's own store
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
 
+tune: setup ## Run or resume the Optuna study on the feature cache (WORKERS=N TRIALS=N APPLY=1)
+	$(BIN)/python stages/tune.py --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) \
+		$(if $(filter 1 yes true,$(APPLY)),--apply)
+
+dashboard: setup ## Open optuna-dashboard on the study's storage (STORAGE=url to pick another)
+	$(BIN)/optuna-dashboard "$(or $(STORAGE),$$($(BIN)/python stages/tune.py --show-storage --workers $(WORKERS)))" \
+		--host 127.0.0.1 --port $(or $(DASHBOARD_PORT),8080)
+
 contact-sheet: data ## Write reports/contact_sheet.png with a few demo images per class
 	$(BIN)/petscan contact-sheet --out reports/contact_sheet.png
 

@@ -1,0 +1,270 @@
+"""How long a tuning study takes on the feature cache, and what it would cost without it.
+
+1. Runs a short study (`--trials`, default 5) with the search space, pruner and recipe of
+   params.yaml on the cached features under `--data-dir` (features/ and split/), in a
+   temporary Optuna storage and MLflow store (the repository's are not touched), and
+   prints the time per trial and the extrapolated time of the full study (`tune.n_trials`).
+2. Times end-to-end image training (`training.fit_end_to_end`, backbone frozen, on-line
+   augmentation) on the same images for `--e2e-epochs` epoch(s) (the last one is used),
+   optionally on the first `--e2e-images` training images and scaled to the full split,
+   and prints what the same study (same trials, same epochs run per trial) would cost
+   without the cache, and the ratio.
+
+`--random-features` times step 1 on random features of the demo's shapes (train 1,072 x
+(1 + featurize.augment_views) x D, val 58 x 1 x D) when the cache has not been built.
+Results are also written to bench/results/tune_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from petscan import config
+
+DEMO_ROWS = {"train": 1072, "val": 58}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument("--trials", type=int, default=5, help="trials to time (default 5)")
+    parser.add_argument(
+        "--data-dir", default="data", help="folder holding split/ and features/ (data)"
+    )
+    parser.add_argument("--e2e-epochs", type=int, default=1, help="end-to-end epochs to time")
+    parser.add_argument(
+        "--e2e-images", type=int, help="time end-to-end on the first N train images only"
+    )
+    parser.add_argument("--skip-e2e", action="store_true", help="time the cached study only")
+    parser.add_argument(
+        "--random-features", action="store_true", help="random features of the demo's shapes"
+    )
+    parser.add_argument("--out", default="bench/results/tune_speed.json", help="result file")
+    return parser.parse_args(argv)
+
+
+def load_params(path: str) -> dict:
+    names = ("tune", "train", "model", "data", "mlflow", "featurize", "weights")
+    return {name: config.load_section(name, path) for name in names}
+
+
+@contextlib.contextmanager
+def scratch_stores() -> Iterator[Path]:
+    """A temporary root for the Optuna storage and the MLflow store of the benchmark."""
+    with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:
+        saved = {k: os.environ.get(k) for k in ("PETSCAN_ROOT", "MLFLOW_TRACKING_URI")}
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        try:
+            yield Path(tmp)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def write_random_cache(root: Path, params: dict) -> None:
+    """Random features + manifests of the demo's shapes, in the real cache format."""
+    import numpy as np
+    import pandas as pd
+
+    from petscan.backbones import backbone_spec
+    from petscan.features import file_sha256
+
+    rng = np.random.default_rng(0)
+    dim = backbone_spec(params["model"]["backbone"]).feature_dim
+    names = config.class_names(params["data"])
+    means = rng.normal(0.0, 0.3, size=(len(names), dim)).astype(np.float32)
+    views = {"train": 1 + int(params["featurize"].get("augment_views", 0)), "val": 1}
+    for split, rows in DEMO_ROWS.items():
+        labels = np.arange(rows) % len(names)
+        frame = pd.DataFrame(
+            {
+                "path": [f"data/raw/x/{split}-{i}_v1.png" for i in range(rows)],
+                "class": [names[k] for k in labels],
+                "label": labels,
+                "patient": [f"{split}-{i // 2}" for i in range(rows)],
+                "sha256": ["0" * 64] * rows,
+            }
+        )
+        manifest = root / "split" / f"{split}.csv"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        frame.to_csv(manifest, index=False)
+        x = means[labels][:, None, :] + rng.normal(0, 1, (rows, views[split], dim))
+        (root / "features").mkdir(parents=True, exist_ok=True)
+        np.save(root / "features" / f"{split}.npy", x.astype(np.float32))
+        meta = {
+            "views": views[split],
+            "dim": dim,
+            "manifest_sha256": file_sha256(manifest),
+            "weights_random_init": True,
+            "weights_label": "random features (benchmark)",
+        }
+        (root / "features" / f"{split}.json").write_text(json.dumps(meta))
+
+
+def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
+    """Run `trials` trials in a scratch storage; per-trial durations and epochs."""
+    import optuna
+
+    from petscan import tuning
+
+    study_params = copy.deepcopy(params)
+    study_params["split"] = {"out_dir": str(data_dir.resolve() / "split")}
+    study_params["featurize"] = {"out_dir": str(data_dir.resolve() / "features")}
+    study_params["tune"] = {**params["tune"], "storage": None, "timeout_s": None}
+    study_params["mlflow"] = {**params["mlflow"], "experiment": "tune-speed-bench"}
+    os.environ["PETSCAN_ROOT"] = str(root)
+    start = time.perf_counter()
+    summary = tuning.run_study(
+        study_params, root, trials=trials, study_name="bench", progress=True, plots=False
+    )
+    wall = time.perf_counter() - start
+    storage = tuning.make_storage(summary["storage"])
+    frame = tuning.trials_frame(optuna.load_study(study_name="bench", storage=storage))
+    return {
+        "trials": int(len(frame)),
+        "states": frame["state"].value_counts().to_dict(),
+        "wall_s": wall,
+        "trial_s_mean": float(frame["duration_s"].mean()),
+        "trial_s_max": float(frame["duration_s"].max()),
+        "epochs_run_mean": float(frame["epochs_run"].mean()),
+        "setup_s": wall - float(frame["duration_s"].sum()),
+    }
+
+
+class EpochTimer:
+    """Keras callback factory recording each epoch's wall time."""
+
+    def __new__(cls):
+        import keras
+
+        class _Timer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seconds: list[float] = []
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self._start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds.append(time.perf_counter() - self._start)
+
+        return _Timer()
+
+
+def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | None) -> dict:
+    """Seconds of one end-to-end epoch over the full train split (scaled from a subset)."""
+    import pandas as pd
+
+    from petscan import training
+    from petscan.weights import weights_file
+
+    root = config.workspace_root()
+    frames = {
+        s: pd.read_csv(data_dir / "split" / f"{s}.csv", dtype={"patient": str})
+        for s in ("train", "val")
+    }
+    full = len(frames["train"])
+    if images:
+        fraction = min(1.0, images / full)
+        frames["train"] = frames["train"].sample(n=min(images, full), random_state=0)
+        frames["val"] = frames["val"].head(max(3, round(len(frames["val"]) * fraction)))
+    missing = [p for p in frames["train"]["path"].head(3) if not (root / p).is_file()]
+    weights = root / params["weights"]["dir"]
+    if missing or not weights_file(weights).is_file():
+        raise FileNotFoundError(
+            f"end-to-end timing needs the images ({missing[:1] or 'ok'}) and "
+            f"{weights_file(weights)}: run `make data` and `dvc repro fetch_weights`"
+        )
+    train_params = copy.deepcopy(params["train"])
+    train_params.update(epochs=int(epochs), early_stopping={"enabled": False})
+    timer = EpochTimer()
+    training.fit_end_to_end(
+        frames["train"],
+        frames["val"],
+        params["model"],
+        train_params,
+        params["featurize"].get("augmentation"),
+        weights_file(weights),
+        len(config.class_names(params["data"])),
+        root=root,
+        callbacks=[timer],
+        verbose=0,
+    )
+    measured = timer.seconds[-1]
+    scale = full / len(frames["train"])
+    return {
+        "images_timed": int(len(frames["train"])),
+        "epochs_timed": int(epochs),
+        "epoch_s_measured": measured,
+        "epoch_s_full_split": measured * scale,
+        "includes_first_epoch_warmup": epochs == 1,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    n_full = int(params["tune"]["n_trials"])
+    result: dict = {"n_trials_full_study": n_full, "cpu_count": os.cpu_count()}
+    with scratch_stores() as scratch:
+        data_dir = Path(args.data_dir)
+        if args.random_features:
+            data_dir = scratch / "data"
+            write_random_cache(data_dir, params)
+        elif not (data_dir / "features" / "train.npy").is_file():
+            print(
+                f"{data_dir / 'features'} not built: run `dvc repro featurize` first "
+                "(or pass --random-features)",
+                file=sys.stderr,
+            )
+            return 2
+        cached = time_study(params, data_dir, args.trials, scratch / "root")
+    result["cached"] = cached
+    per_trial = cached["trial_s_mean"]
+    cached_full = cached["setup_s"] + per_trial * n_full
+    result["cached"]["full_study_s_estimate"] = cached_full
+    print(
+        f"cached: {cached['trials']} trials in {cached['wall_s']:.1f} s "
+        f"({per_trial:.2f} s/trial mean, max {cached['trial_s_max']:.2f} s, "
+        f"{cached['epochs_run_mean']:.1f} epochs/trial, states {cached['states']}, "
+        f"setup {cached['setup_s']:.1f} s); a {n_full}-trial study: ~{cached_full / 60:.1f} min"
+    )
+    if not (args.skip_e2e or args.random_features):
+        try:
+            e2e = time_end_to_end(params, Path(args.data_dir), args.e2e_epochs, args.e2e_images)
+        except FileNotFoundError as err:
+            print(f"end-to-end: skipped, {err}", file=sys.stderr)
+        else:
+            uncached = n_full * cached["epochs_run_mean"] * e2e["epoch_s_full_split"]
+            e2e["full_study_s_estimate"] = uncached
+            result["end_to_end"] = e2e
+            result["ratio_uncached_over_cached"] = uncached / cached_full
+            print(
+                f"end-to-end: {e2e['epoch_s_full_split']:.1f} s per epoch over the full train "
+                f"split (measured {e2e['epoch_s_measured']:.1f} s on {e2e['images_timed']} "
+                f"images); the same {n_full}-trial study without the cache: "
+                f"~{uncached / 3600:.1f} h, "
+                f"{result['ratio_uncached_over_cached']:.0f}x the cached one"
+            )
+    from petscan import io
+
+    io.write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""`make tune`: run or resume the Optuna study over the head's training recipe.
+
+Reads the params sections `tune` (search space, objective, trials, storage, pruner),
+`train`, `model`, `data` and `mlflow`, plus `split.out_dir` and `featurize.out_dir`: every
+trial trains the dense head on the cached features (data/features/{train,val}.npy, made by
+`dvc repro featurize`) with the `train` stage's recipe and the trial's values.
+
+The study is stored at the repository root (tune/optuna.db; tune/optuna.journal with
+--workers > 1; or --storage URL), so running it again resumes it: `tune.n_trials` (or
+--trials) is the study's total of COMPLETE + PRUNED trials. Ctrl-C keeps every finished
+trial. Writes tune/best_params.yaml, tune/trials.csv, tune/summary.json and
+tune/plots/*.png, and logs one MLflow parent run with a child run per trial. --apply
+writes the best values into params.yaml (comments kept) for `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from petscan import config
+
+SECTIONS = ("tune", "train", "model", "data", "mlflow")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument("--trials", type=int, help="total trial target (default tune.n_trials)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--storage", help="Optuna storage URL or journal file (tune.storage)")
+    parser.add_argument("--study", help="study name (default tune.study_name)")
+    parser.add_argument("--timeout", type=float, help="stop starting trials after N seconds")
+    parser.add_argument("--apply", action="store_true", help="write the best values into --params")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--show-storage", action="store_true", help="print the storage (for optuna-dashboard), exit"
+    )
+    return parser.parse_args(argv)
+
+
+def load_params(path: str) -> dict:
+    """The sections this stage reads, plus the two folders of the feature cache."""
+    params = {name: config.load_section(name, path) for name in SECTIONS}
+    params["split"] = {"out_dir": config.load_section("split", path)["out_dir"]}
+    params["featurize"] = {"out_dir": config.load_section("featurize", path)["out_dir"]}
+    return params
+
+
+def show_storage(params: dict, args: argparse.Namespace) -> int:
+    from petscan import tuning
+
+    settings = tuning.TuneSettings.from_params(params["tune"], storage=args.storage)
+    url = tuning.resolve_storage(settings, config.repo_root(), max(1, args.workers))
+    print(url.removeprefix("journal:"))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    if args.show_storage:
+        return show_storage(params, args)
+    from petscan import tuning  # here, so that --help answers without loading TensorFlow
+
+    try:
+        summary = tuning.run_study(
+            params,
+            config.repo_root(),
+            trials=args.trials,
+            workers=args.workers,
+            storage=args.storage,
+            study_name=args.study,
+            timeout_s=args.timeout,
+            apply=args.apply,
+            params_path=args.params,
+            progress=not args.no_progress,
+        )
+    except FileNotFoundError as err:
+        print(f"tune: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "tune: stopped; every finished trial is kept in the storage and tune/ holds the "
+            "outputs so far. Run `make tune` again to resume.",
+            file=sys.stderr,
+        )
+        return 130
+    print(describe(summary))
+    return 0
+
+
+def describe(summary: dict) -> str:
+    trials = summary["trials"]
+    lines = [
+        f"tune: study {summary['study_name']!r}: {trials['complete']} complete, "
+        f"{trials['pruned']} pruned, {trials['fail']} failed (target {summary['n_trials_target']})"
+    ]
+    if "best_value" in summary:
+        lines.append(
+            f"best {summary['objective']} = {summary['best_value']:.4f} (trial "
+            f"{summary['best_trial']}) -> tune/best_params.yaml"
+        )
+    if summary.get("random_init"):
+        lines.append("RANDOM-INIT backbone (not RadImageNet): these numbers demo the pipeline only")
+    for note in summary.get("plot_notes", []):
+        lines.append(f"plot {note}")
+    for key, (old, new) in summary.get("applied", {}).items():
+        lines.append(f"applied {key}: {old} -> {new}")
+    if "applied" in summary and not summary["applied"]:
+        lines.append("params.yaml already holds the best values")
+    lines.append(
+        f"storage {summary['storage']}; MLflow parent run {summary['mlflow_parent_run_id']}"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
