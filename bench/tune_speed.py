@@ -145,24 +145,22 @@ def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
     }
 
 
-class EpochTimer:
-    """Keras callback factory recording each epoch's wall time."""
+def epoch_timer():
+    """A Keras callback whose `seconds` list gets each epoch's wall time."""
+    import keras
 
-    def __new__(cls):
-        import keras
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
 
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.seconds: list[float] = []
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self._start = time.perf_counter()
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self._start)
 
-            def on_epoch_end(self, epoch, logs=None):
-                self.seconds.append(time.perf_counter() - self._start)
-
-        return _Timer()
+    return EpochTimer()
 
 
 def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | None) -> dict:
@@ -191,7 +189,7 @@ def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | Non
         )
     train_params = copy.deepcopy(params["train"])
     train_params.update(epochs=int(epochs), early_stopping={"enabled": False})
-    timer = EpochTimer()
+    timer = epoch_timer()
     training.fit_end_to_end(
         frames["train"],
         frames["val"],

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config
+from petscan import config, tuning  # tuning loads TensorFlow only when a study runs
 
 SECTIONS = ("tune", "train", "model", "data", "mlflow")
 
@@ -50,8 +50,7 @@ def load_params(path: str) -> dict:
 
 
 def show_storage(params: dict, args: argparse.Namespace) -> int:
-    from petscan import tuning
-
+    """Print the study's storage (what optuna-dashboard opens); no TensorFlow is loaded."""
     settings = tuning.TuneSettings.from_params(params["tune"], storage=args.storage)
     url = tuning.resolve_storage(settings, config.repo_root(), max(1, args.workers))
     print(url.removeprefix("journal:"))
@@ -63,8 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     if args.show_storage:
         return show_storage(params, args)
-    from petscan import tuning  # here, so that --help answers without loading TensorFlow
-
     try:
         summary = tuning.run_study(
             params,

@@ -1,0 +1,7 @@
+"""`python -m petscan.tuning --config SPEC --worker I`: one worker process of a study."""
+
+import sys
+
+from petscan.tuning.workers import worker_main
+
+sys.exit(worker_main())

@@ -1,0 +1,121 @@
+"""Where a study lives (SQLite, journal file, database server) and its sampler and pruner.
+
+The default storage is anchored at the repository root: `tune/optuna.db` for one
+process, `tune/optuna.journal` for several worker processes (SQLite locks badly under
+concurrent writers). Any Optuna storage URL may replace it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from petscan.tuning.settings import PRUNER_NAMES, TuneSettings
+
+SQLITE_FILE = "optuna.db"
+JOURNAL_FILE = "optuna.journal"
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def default_storage(root: Path, out_dir: str, workers: int) -> str:
+    """`sqlite:///<root>/tune/optuna.db` (1 worker) or `<root>/tune/optuna.journal`."""
+    folder = Path(root) / out_dir
+    if workers > 1:
+        return str(folder / JOURNAL_FILE)
+    return f"sqlite:///{folder / SQLITE_FILE}"
+
+
+def resolve_storage(settings: TuneSettings, root: Path, workers: int) -> str:
+    """`--storage` / `tune.storage` if given, else the default for the number of workers."""
+    return str(settings.storage or default_storage(root, settings.out_dir, workers))
+
+
+def is_journal(url: str) -> bool:
+    """A journal file: a plain path (no `scheme://`) or a `journal:` prefix."""
+    return url.startswith("journal:") or "://" not in url
+
+
+def is_local_file_storage(url: str) -> bool:
+    """A journal or SQLite file: no other machine runs trials on it."""
+    return is_journal(url) or url.startswith("sqlite:")
+
+
+def make_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for a URL (RDB, heartbeat on servers) or a journal-file path."""
+    if is_journal(url):
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    # A database server: heartbeats let another machine's crashed trial be failed.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+
+
+def storage_label(url: str) -> str:
+    """The storage URL without a password (for tags and messages)."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def make_sampler(
+    settings: TuneSettings, worker: int = 0, stored: int = 0
+) -> optuna.samplers.BaseSampler:
+    """Seeded TPE; the seed also mixes in the worker index and the trials already stored,
+    so parallel workers and resumed runs do not replay the same random start-up points."""
+    entropy = [int(settings.seed), int(worker), int(stored)]
+    seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=int(settings.n_startup_trials),
+            multivariate=True,
+            constant_liar=True,
+        )
+
+
+def make_pruner(
+    pruner_params: Mapping[str, Any] | None, max_steps: int
+) -> optuna.pruners.BasePruner:
+    """`tune.pruner`: {name: median | hyperband | none, ...keyword arguments of the pruner}."""
+    kwargs = dict(pruner_params or {"name": "median"})
+    name = kwargs.pop("name", "median")
+    try:
+        if name == "median":
+            return optuna.pruners.MedianPruner(**kwargs)
+        if name == "hyperband":
+            kwargs.setdefault("max_resource", max(1, int(max_steps)))
+            return optuna.pruners.HyperbandPruner(**kwargs)
+        if name == "none":
+            return optuna.pruners.NopPruner()
+    except TypeError as err:
+        raise ValueError(f"params.yaml tune.pruner: {err}") from err
+    raise ValueError(f"params.yaml tune.pruner.name must be one of {PRUNER_NAMES}, got {name!r}")
+
+
+def count_done(study: optuna.Study) -> int:
+    """COMPLETE + PRUNED trials: what counts towards `tune.n_trials`."""
+    return len(study.get_trials(deepcopy=False, states=COUNTED))
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials FAIL (left by a killed process); only safe before workers start."""
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        with contextlib.suppress(RuntimeError):
+            study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return [t.number for t in stale]

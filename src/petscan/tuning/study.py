@@ -1,0 +1,169 @@
+"""Opening, resuming and running an Optuna study: the trial loop and its watchers.
+
+The study is stored (see `storage`), so it resumes after a stop: `tune.n_trials` is
+the study's total target of COMPLETE + PRUNED trials, not the count of one run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
+
+from petscan.tuning.settings import TuneSettings
+from petscan.tuning.storage import (
+    COUNTED,
+    count_done,
+    fail_stale_trials,
+    is_local_file_storage,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    storage_label,
+)
+
+log = logging.getLogger(__name__)
+
+
+def max_steps(params: Mapping[str, Any], settings: TuneSettings) -> int:
+    """The most pruner steps a trial reports: epochs (a fixed `train.epochs` wins) x folds."""
+    epochs = int(params["train"]["epochs"])
+    fixed = settings.space.get("train.epochs")
+    if isinstance(fixed, int):
+        epochs = fixed
+    return epochs * max(1, int(settings.cv_folds))
+
+
+def open_study(
+    settings: TuneSettings,
+    storage: optuna.storages.BaseStorage | str,
+    max_steps: int,
+    worker: int = 0,
+) -> optuna.Study:
+    """Create or load the study; the sampler is seeded after seeing what is stored."""
+    study = optuna.create_study(
+        storage=storage,
+        study_name=settings.study_name,
+        direction=settings.direction,
+        pruner=make_pruner(settings.pruner, max_steps),
+        load_if_exists=True,
+    )
+    study.sampler = make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
+    return study
+
+
+def check_fingerprint(
+    study: optuna.Study, settings: TuneSettings, fingerprint: str, storage_url: str
+) -> None:
+    """A resumed study must keep its objective, CV setting and data; else a clear error."""
+    expected = {
+        "objective": settings.objective,
+        "cv_folds": int(settings.cv_folds),
+        "data": fingerprint,
+    }
+    stored = {k: study.user_attrs.get(k) for k in expected}
+    if all(v is None for v in stored.values()):
+        for key, value in expected.items():
+            study.set_user_attr(key, value)
+        study.set_user_attr("space", settings.space)
+        return
+    diff = [k for k in expected if stored[k] != expected[k]]
+    if diff:
+        raise ValueError(
+            f"study {settings.study_name!r} in {storage_label(storage_url)} was run with "
+            f"{ {k: stored[k] for k in diff} }, now { {k: expected[k] for k in diff} }: its values "
+            "are not comparable; pass --study NEW_NAME (or delete the storage) to start afresh"
+        )
+    if study.user_attrs.get("space") != settings.space:
+        log.warning("tune.space changed since study %r started; continuing", settings.study_name)
+        study.set_user_attr("space", settings.space)
+
+
+def resume_study(
+    settings: TuneSettings, storage_url: str, max_steps: int, fingerprint: str
+) -> optuna.Study:
+    """Open the study for the main process, check it matches, fail its stale trials."""
+    study = open_study(settings, make_storage(storage_url), max_steps)
+    check_fingerprint(study, settings, fingerprint, storage_url)
+    stale = fail_stale_trials(study) if is_local_file_storage(storage_url) else []
+    if stale:
+        log.warning("trials %s were left RUNNING by a stopped process: marked FAIL", stale)
+    return study
+
+
+class FailureGuard:
+    """Stops the study after `limit` failed trials in a row (a systematic error)."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.streak = 0
+        self.tripped = False
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
+        if self.limit > 0 and self.streak >= self.limit:
+            self.tripped = True
+            study.stop()
+
+
+def optimize(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    target: int,
+    timeout_s: float | None,
+    callbacks: Sequence[Callable] = (),
+    max_failures: int = 5,
+) -> FailureGuard:
+    """Run trials until `target` COMPLETE + PRUNED trials are stored (or the timeout)."""
+    guard = FailureGuard(max_failures)
+    if count_done(study) >= target:
+        return guard
+    study.optimize(
+        objective,
+        n_trials=None,
+        timeout=timeout_s,
+        catch=(Exception,),
+        callbacks=[optuna.study.MaxTrialsCallback(target, states=COUNTED), guard, *callbacks],
+        gc_after_trial=False,
+    )
+    return guard
+
+
+class Progress:
+    """A tqdm bar over the study's target: trials counted, best value, pruned/failed, ETA."""
+
+    def __init__(self, target: int, done: int, direction: str, name: str, disable: bool = False):
+        self.bar = tqdm(
+            total=target,
+            initial=min(done, target),
+            unit="trial",
+            desc=f"tune {name}",
+            disable=disable,
+            dynamic_ncols=True,
+        )
+        self.direction = direction
+
+    def refresh(self, study: optuna.Study) -> None:
+        trials = study.get_trials(deepcopy=False)
+        self.bar.n = min(sum(t.state in COUNTED for t in trials), self.bar.total)
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        postfix = {
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": sum(t.state == TrialState.FAIL for t in trials),
+        }
+        if complete:
+            pick = min if self.direction == "minimize" else max
+            best = pick(complete, key=lambda t: t.value)
+            postfix = {"best": f"{best.value:.4f} (#{best.number})", **postfix}
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.refresh()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.refresh(study)
+
+    def close(self) -> None:
+        self.bar.close()
