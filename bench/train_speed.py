@@ -19,12 +19,11 @@ from pathlib import Path
 
 from petscan import config
 
+SECTIONS = ("data", "model", "train", "featurize", "split.out_dir", "weights.dir")
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser = config.stage_parser(__doc__)
     parser.add_argument(
         "--limit", type=int, default=None, help="use only the first N training images"
     )
@@ -39,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from petscan.weights import weights_file
 
     root = config.workspace_root()
-    params = {s: config.load_section(s, args.params) for s in ("data", "model", "train")}
-    featurize = config.load_section("featurize", args.params)
-    split_dir = root / config.load_section("split", args.params)["out_dir"]
-    weights_path = weights_file(root / config.load_section("weights", args.params)["dir"])
+    params = config.load_sections(SECTIONS, args.params)
+    featurize = params["featurize"]
+    split_dir = root / params["split"]["out_dir"]
+    weights_path = weights_file(root / params["weights"]["dir"])
     train = copy.deepcopy(params["train"])
     train["early_stopping"] = {**train.get("early_stopping", {}), "enabled": False}
     if args.epochs:

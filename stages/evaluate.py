@@ -14,23 +14,18 @@ import sys
 
 from petscan import config
 
-SECTIONS = ("data", "model", "train", "evaluate", "mlflow")
+SECTIONS = ("data", "model", "train", "evaluate", "mlflow", "split.out_dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
-    return parser.parse_args(argv)
+    return config.stage_parser(__doc__).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from petscan.evaluation import run_evaluate
 
-    params = {name: config.load_section(name, args.params) for name in SECTIONS}
-    params["split"] = {"out_dir": config.load_section("split", args.params)["out_dir"]}
+    params = config.load_sections(SECTIONS, args.params)
     results = run_evaluate(params, root=config.workspace_root())
     test = results["test"]
     print(

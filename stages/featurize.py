@@ -15,14 +15,12 @@ from pathlib import Path
 
 from petscan import config
 
+SECTIONS = ("data", "model", "featurize", "weights.dir")
 SPLITS = ("train", "val", "test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser = config.stage_parser(__doc__)
     parser.add_argument(
         "--split-dir", default="data/split", help="folder of the split manifests (data/split)"
     )
@@ -40,10 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     from petscan.images import ImageError
     from petscan.weights import load_weights_meta, warning_banner, weights_file
 
-    data = config.load_section("data", args.params)
-    model = config.load_section("model", args.params)
-    params = config.load_section("featurize", args.params)
-    weights_dir = Path(config.load_section("weights", args.params)["dir"])
+    sections = config.load_sections(SECTIONS, args.params)
+    data, model, params = sections["data"], sections["model"], sections["featurize"]
+    weights_dir = Path(sections["weights"]["dir"])
     root = config.workspace_root()
     try:
         meta = load_weights_meta(weights_dir)

@@ -13,16 +13,18 @@ import logging
 import sys
 from pathlib import Path
 
-from petscan import config, weights
+from petscan import config
+
+SECTIONS = ("weights", "model.backbone", "model.input_size")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = config.stage_parser(
+        __doc__.split("\n\n")[0],
         prog="fetch_weights",
-        description=__doc__.split("\n\n")[0],
         epilog="Place the RadImageNet file by hand at the `file` source's path in params.yaml.",
+        formatter_class=argparse.HelpFormatter,
     )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
     parser.add_argument(
         "--force", action="store_true", help="fetch again even when the installed file is current"
     )
@@ -32,14 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from petscan import weights  # here, so that `--help` answers without loading TensorFlow
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    weights_params = config.load_section("weights", args.params)
-    model = config.load_section("model", args.params)
-    model_params = {"backbone": model["backbone"], "input_size": model["input_size"]}
+    params = config.load_sections(SECTIONS, args.params)
     try:
         meta = weights.fetch_weights(
-            weights_params,
-            model_params,
+            params["weights"],
+            params["model"],
             workspace=config.workspace_root(Path(args.params).resolve().parent),
             force=args.force,
             progress=not args.no_progress,

@@ -14,23 +14,18 @@ import sys
 
 from petscan import config
 
-SECTIONS = ("data", "plot", "evaluate", "mlflow")
+SECTIONS = ("data", "plot", "evaluate", "mlflow", "train.out_dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
-    return parser.parse_args(argv)
+    return config.stage_parser(__doc__).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from petscan.evaluation import make_figures
 
-    params = {name: config.load_section(name, args.params) for name in SECTIONS}
-    params["train"] = {"out_dir": config.load_section("train", args.params)["out_dir"]}
+    params = config.load_sections(SECTIONS, args.params)
     written = make_figures(params, root=config.workspace_root())
     print(f"plot: wrote {len(written)} figures into {params['plot']['out_dir']}")
     return 0

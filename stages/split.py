@@ -11,26 +11,29 @@ import logging
 import sys
 
 from petscan import config
-from petscan.dataset import DataError
-from petscan.split import run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # Imported here so that `--help` answers without loading pandas and SciPy.
+    from petscan.dataset import DataError
+    from petscan.split import run
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = config.load_section("data", args.params)
-    split = config.load_section("split", args.params)
+    params = config.load_sections(("data", "split"), args.params)
     try:
-        run(data, split, root=config.workspace_root(), progress=not args.no_progress)
+        run(
+            params["data"],
+            params["split"],
+            root=config.workspace_root(),
+            progress=not args.no_progress,
+        )
     except DataError as err:
         print(f"split: {err}", file=sys.stderr)
         return 1

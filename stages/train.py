@@ -14,26 +14,28 @@ import sys
 
 from petscan import config
 
-SECTIONS = ("data", "model", "train", "mlflow")
+SECTIONS = (
+    "data",
+    "model",
+    "train",
+    "mlflow",
+    "weights.dir",
+    "split.out_dir",
+    "featurize.out_dir",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
     return parser.parse_args(argv)
 
 
 def load_params(path: str) -> dict:
     """The sections and single keys this stage reads (and logs as MLflow params)."""
-    params = {name: config.load_section(name, path) for name in SECTIONS}
-    featurize = config.load_section("featurize", path)
-    params["weights"] = {"dir": config.load_section("weights", path)["dir"]}
-    params["split"] = {"out_dir": config.load_section("split", path)["out_dir"]}
-    params["featurize"] = {"out_dir": featurize["out_dir"]}
+    params = config.load_sections(SECTIONS, path)
     if params["train"].get("mode") == "end_to_end":
+        featurize = config.load_section("featurize", path)
         params["featurize"]["augmentation"] = featurize.get("augmentation")
     return params
 

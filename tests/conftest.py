@@ -1,13 +1,31 @@
-"""Shared fixtures: tiny on-disk image folders laid out like `data.raw_dir`."""
+"""Shared test helpers and fixtures.
+
+Helpers (import them: `from conftest import CLASS_NAMES, write_png`):
+- the class names, a tiny `model` section and random-init weights metadata;
+- `write_png`, `manifest_row`, `write_manifest`: tiny image files and split manifests;
+- `tiny_image_classifier`: a small Keras image -> probabilities model;
+- `load_script`: a stage or bench script imported by its path.
+
+Fixtures: `make_raw_dir`, `data_params`, `split_params` (a folder laid out like
+`data.raw_dir`) and `mlflow_store` (an isolated MLflow store).
+Keras is imported only inside the helpers that need it, so tests without TensorFlow
+stay fast.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib.util
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
 
 # The seed's folder -> class mapping, as in params.yaml `data.classes`.
 CLASSES = {
@@ -15,16 +33,106 @@ CLASSES = {
     "breast cancer": "Breast cancer",
     "prostate cancer": "Prostate cancer",
 }
+# The class names in label order (`config.class_names` of the mapping above).
+CLASS_NAMES = ["No cancer", "Breast cancer", "Prostate cancer"]
 PATIENT_PATTERN = r"^(?P<patient>[A-Za-z0-9-]+?)_v\d+"
+
+
+# --------------------------------------------------------------------------- params
+
+
+def tiny_model_params(**overrides: Any) -> dict[str, Any]:
+    """A `model` section with the `tiny` backbone on 32 x 32 inputs and an 8-unit head."""
+    params = {
+        "backbone": "tiny",
+        "input_size": [32, 32],
+        "preprocessing": "radimagenet",
+        "resize": "stretch",
+        "head_units": 8,
+        "l2": 0.001,
+        "dropout": 0.7,
+    }
+    params.update(overrides)
+    return params
+
+
+def random_weights_meta(sha256: str = "0" * 64) -> dict[str, Any]:
+    """`weights.json` of a random-init `tiny` backbone."""
+    return {
+        "backbone": "tiny",
+        "source": "random",
+        "sha256": sha256,
+        "random_init": True,
+        "label": "RANDOM-INIT backbone (not RadImageNet)",
+    }
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_png(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
+    """Save `pixels` (uint8 H x W or H x W x C) as `path`, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(pixels) if mode is None else Image.fromarray(pixels, mode)
+    image.save(path)
+    return path
 
 
 def unique_png(path: Path, number: int, size: int = 8) -> Path:
     """A grey `size` x `size` PNG whose bytes are unique to `number`."""
     pixels = np.full((size, size), 200, dtype=np.uint8)
     pixels.flat[:4] = np.frombuffer(int(number).to_bytes(4, "big"), dtype=np.uint8)
+    return write_png(path, pixels)
+
+
+def manifest_row(path: str, label: int, patient: str, sha256: str) -> dict[str, Any]:
+    """One row of a split manifest (`data/split/<split>.csv`), class named by `CLASS_NAMES`."""
+    return {
+        "path": path,
+        "class": CLASS_NAMES[label],
+        "label": label,
+        "patient": patient,
+        "sha256": sha256,
+    }
+
+
+def write_manifest(path: Path, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """Write `rows` as a manifest CSV at `path` (folder created) and return them as a frame."""
+    frame = pd.DataFrame(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
-    return path
+    frame.to_csv(path, index=False)
+    return frame
+
+
+# --------------------------------------------------------------------------- code
+
+
+def tiny_image_classifier(seed: int):
+    """A small uncompiled Keras model: (32, 32, 3) images in 0..255 -> 3 probabilities."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+
+
+def load_script(relpath: str) -> ModuleType:
+    """A stage or bench script (not a package) imported by its path from the repository root."""
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture
@@ -69,3 +177,21 @@ def split_params() -> dict:
         "max_pixels": 50_000_000,
         "out_dir": "data/split",
     }
+
+
+@pytest.fixture
+def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An isolated repository root (PETSCAN_ROOT) with no tracking URI in the environment.
+
+    MLflow's store lands in `<root>/mlruns`; runs left open by a failing test are ended.
+    """
+    import mlflow
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    monkeypatch.setenv("PETSCAN_ROOT", str(root))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    yield root
+    while mlflow.active_run() is not None:
+        mlflow.end_run()

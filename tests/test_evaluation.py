@@ -7,23 +7,15 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import CLASS_NAMES as CLASSES
+from conftest import manifest_row, tiny_model_params, write_manifest, write_png
 from sklearn.metrics import accuracy_score, f1_score
 
 from petscan import evaluation
 from petscan.images import load_resized
 from petscan.model import build_full_model
 
-CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
-MODEL = {
-    "backbone": "tiny",
-    "input_size": [32, 32],
-    "preprocessing": "rescale",
-    "resize": "stretch",
-    "head_units": 8,
-    "l2": 0.001,
-    "dropout": 0.2,
-}
+MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
 FOCAL = {"name": "focal", "variant": "categorical", "alpha": [0.5, 0.3, 0.2], "gamma": 2.0}
 EVALUATE = {"batch_size": 4, "bootstrap_resamples": 30, "confidence": 0.95, "ece_bins": 5}
 
@@ -33,23 +25,10 @@ def write_split(root, n: int = 9) -> pd.DataFrame:
     rows = []
     for i in range(n):
         label = i % 3
-        folder = root / "data" / "raw" / CLASSES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"pt-{i // 2:03d}_v{i % 2 + 1}.png"
-        Image.fromarray(rng.integers(0, 255, (30 + i, 28, 3), dtype=np.uint8)).save(path)
-        rows.append(
-            {
-                "path": path.relative_to(root).as_posix(),
-                "class": CLASSES[label],
-                "label": label,
-                "patient": f"pt-{i // 2:03d}",
-                "sha256": "x",
-            }
-        )
-    frame = pd.DataFrame(rows)
-    (root / "data" / "split").mkdir(parents=True, exist_ok=True)
-    frame.to_csv(root / "data" / "split" / "test.csv", index=False)
-    return frame
+        rel = f"data/raw/{CLASSES[label]}/pt-{i // 2:03d}_v{i % 2 + 1}.png"
+        write_png(root / rel, rng.integers(0, 255, (30 + i, 28, 3), dtype=np.uint8))
+        rows.append(manifest_row(rel, label, f"pt-{i // 2:03d}", "x"))
+    return write_manifest(root / "data" / "split" / "test.csv", rows)
 
 
 def test_loss_value_matches_hand_computed_crossentropy_and_focal():

@@ -2,32 +2,28 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import CLASS_NAMES as CLASSES
+from conftest import (
+    load_script,
+    manifest_row,
+    random_weights_meta,
+    tiny_model_params,
+    write_manifest,
+    write_png,
+)
 
 from petscan import features as F
 from petscan.backbones import build_backbone
 from petscan.images import ImageError, load_resized
 from petscan.model import build_feature_extractor, build_full_model, build_head
 
-ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
-MODEL = {
-    "backbone": "tiny",
-    "input_size": [32, 32],
-    "preprocessing": "radimagenet",
-    "resize": "stretch",
-    "head_units": 8,
-    "l2": 0.001,
-    "dropout": 0.7,
-}
+MODEL = tiny_model_params()
 FEATURIZE = {
     "batch_size": 6,  # backbone inputs per batch: 2 train images x 3 views, 6 val images
     "augment_views": 2,
@@ -35,23 +31,13 @@ FEATURIZE = {
     "seed": 101,
 }
 COUNTS = {"train": 5, "val": 2, "test": 3}
-WEIGHTS_META = {
-    "backbone": "tiny",
-    "source": "random",
-    "sha256": "0" * 64,
-    "random_init": True,
-    "label": "RANDOM-INIT backbone (not RadImageNet)",
-}
+WEIGHTS_META = random_weights_meta()
 
 
 def _write_image(path: Path, rng: np.random.Generator, mode: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     height, width = int(rng.integers(20, 48)), int(rng.integers(20, 48))
     pixels = rng.integers(0, 256, (height, width, 4), dtype=np.uint8)
-    if mode == "L":
-        Image.fromarray(pixels[:, :, 0], "L").save(path)
-    else:
-        Image.fromarray(pixels[:, :, : len(mode)], mode).save(path)
+    write_png(path, pixels[:, :, 0] if mode == "L" else pixels[:, :, : len(mode)], mode)
 
 
 def _make_repo(root: Path) -> dict[str, Path]:
@@ -65,19 +51,10 @@ def _make_repo(root: Path) -> dict[str, Path]:
             label = n % 3
             rel = f"data/raw/class {label}/pet-{n:05d}_v1.png"
             _write_image(root / rel, rng, ("RGB", "L", "RGBA")[n % 3])
-            rows.append(
-                {
-                    "path": rel,
-                    "class": CLASSES[label],
-                    "label": label,
-                    "patient": f"pet-{n:05d}",
-                    "sha256": f"{i:064d}",
-                }
-            )
+            rows.append(manifest_row(rel, label, f"pet-{n:05d}", f"{i:064d}"))
             n += 1
         manifests[split] = root / "data/split" / f"{split}.csv"
-        manifests[split].parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(rows).to_csv(manifests[split], index=False)
+        write_manifest(manifests[split], rows)
     build_backbone("tiny", (32, 32, 3)).save(root / "models/backbone/weights.h5")
     return manifests
 
@@ -344,17 +321,9 @@ def test_augmenter_follows_params():
 # ----------------------------------------------------------------------------- stage and bench
 
 
-def _script(relpath: str) -> ModuleType:
-    """Import a stage or bench script (not a package) by its path."""
-    spec = importlib.util.spec_from_file_location(Path(relpath).stem, ROOT / relpath)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_stage_help_names_its_params(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _script("stages/featurize.py").main(["--help"])
+        load_script("stages/featurize.py").main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--params" in out and "`featurize`" in out and "weights.dir" in out
@@ -370,7 +339,7 @@ def test_stage_writes_features_from_params(repo, monkeypatch, capsys):
     (repo / "models/backbone/weights.json").write_text(json.dumps(WEIGHTS_META))
     (repo / "params.yaml").write_text(json.dumps(params))  # JSON is valid YAML
     monkeypatch.chdir(repo)
-    assert _script("stages/featurize.py").main(["--no-progress"]) == 0
+    assert load_script("stages/featurize.py").main(["--no-progress"]) == 0
     np.testing.assert_array_equal(
         np.load(repo / "stage_features/train.npy"), np.load(repo / "data/features/train.npy")
     )
@@ -389,7 +358,7 @@ def test_stage_reports_missing_weights_clearly(repo, tmp_path, monkeypatch, caps
     }
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     monkeypatch.chdir(tmp_path)
-    assert _script("stages/featurize.py").main([]) == 1
+    assert load_script("stages/featurize.py").main([]) == 1
     assert "nowhere/weights.json not found" in capsys.readouterr().err
 
 
@@ -398,7 +367,7 @@ def test_bench_runs_on_a_small_folder(repo, tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     argv = ["--data-dir", str(repo / "data/raw"), "--params", str(tmp_path / "params.yaml")]
     argv += ["--images", "6", "--repeats", "1"]
-    assert _script("bench/featurize_throughput.py").main(argv) == 0
+    assert load_script("bench/featurize_throughput.py").main(argv) == 0
     out = capsys.readouterr().out
     assert "6 images" in out and "raw backbone" in out
     assert "ratio" in out and "peak RSS" in out

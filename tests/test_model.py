@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from conftest import tiny_model_params
 
 from petscan.backbones import build_backbone
 from petscan.model import (
@@ -17,15 +18,7 @@ from petscan.model import (
     resolve_preprocessing,
 )
 
-TINY = {
-    "backbone": "tiny",
-    "input_size": [32, 32],
-    "preprocessing": "radimagenet",
-    "resize": "stretch",
-    "head_units": 8,
-    "l2": 0.001,
-    "dropout": 0.7,
-}
+TINY = tiny_model_params()
 SEED_NET = {**TINY, "backbone": "inception_resnet_v2", "input_size": [224, 224]}
 SEED_NET.update(head_units=1024)
 

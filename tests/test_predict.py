@@ -10,26 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from PIL import Image
+from conftest import CLASS_NAMES as CLASSES
+from conftest import tiny_image_classifier, write_png
 
 from petscan import predict
 from petscan.images import ImageError, load_resized
 
-CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
-
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory) -> Path:
-    keras.utils.set_random_seed(11)
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Rescaling(1 / 255),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(3, activation="softmax"),
-        ]
-    )
+    model = tiny_image_classifier(seed=11)
     path = tmp_path_factory.mktemp("model") / "model.keras"
     model.save(path)
     return path
@@ -40,10 +30,9 @@ def folder(tmp_path) -> Path:
     """Three good images (one nested, one RGBA) and one file that is not an image."""
     rng = np.random.default_rng(5)
     scans = tmp_path / "scans"
-    (scans / "nested").mkdir(parents=True)
-    Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(scans / "a.png")
-    Image.fromarray(rng.integers(0, 256, (64, 64, 4), dtype=np.uint8)).save(scans / "b.png")
-    Image.fromarray(rng.integers(0, 256, (30, 70), dtype=np.uint8)).save(scans / "nested/c.png")
+    write_png(scans / "a.png", rng.integers(0, 256, (50, 40, 3), dtype=np.uint8))
+    write_png(scans / "b.png", rng.integers(0, 256, (64, 64, 4), dtype=np.uint8))
+    write_png(scans / "nested/c.png", rng.integers(0, 256, (30, 70), dtype=np.uint8))
     (scans / "broken.png").write_bytes(b"this is not a PNG")
     return scans
 
@@ -130,11 +119,9 @@ def test_cli_exit_code_when_nothing_was_predicted(model_file, folder, params_fil
     assert predict.main([str(folder), "--model", "nope.keras", "--params", str(params_file)]) == 2
 
 
-def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, monkeypatch, capsys):
+def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow_store, capsys):
     from petscan import tracking
 
-    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     mlflow_params = {"experiment": "predict-test", "registered_model": "pet-predict"}
     model_params = {"input_size": [32, 32], "resize": "stretch"}
     with tracking.start_training_run(mlflow_params, {}, {}):

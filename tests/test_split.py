@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import shutil
@@ -14,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import unique_png
+from conftest import REPO, load_script, unique_png
 
 from petscan import split as splitting
 from petscan.dataset import DataError
@@ -27,16 +26,7 @@ from petscan.split import (
     split_counts,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 SEED_TOTALS = {"No cancer": 424, "breast cancer": 371, "prostate cancer": 398}
-
-
-def load_stage():
-    """stages/split.py as a module (stages are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location("split_stage", REPO / "stages" / "split.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_params(tmp_path, data_params, split_params):
@@ -228,7 +218,7 @@ def test_stage_runs_from_the_repo_root_and_fails_clearly(
     make_raw_dir({"No cancer": 20, "breast cancer": 20, "prostate cancer": 20})
     params = write_params(tmp_path, data_params, split_params)
     monkeypatch.chdir(tmp_path)
-    stage = load_stage()
+    stage = load_script("stages/split.py")
     assert stage.main(["--params", str(params), "--no-progress"]) == 0
     assert (tmp_path / "data/split/train.csv").is_file()
     shutil.rmtree(tmp_path / "data/raw/breast cancer")

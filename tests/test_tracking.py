@@ -17,32 +17,13 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import CLASS_NAMES as CLASSES
+from conftest import random_weights_meta, tiny_image_classifier, write_png
 
 from petscan import tracking
 
-CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
 MODEL_PARAMS = {"input_size": [32, 32], "resize": "stretch", "backbone": "tiny"}
-WEIGHTS_META = {
-    "backbone": "tiny",
-    "source": "random",
-    "sha256": "ab" * 32,
-    "random_init": True,
-    "label": "RANDOM-INIT backbone (not RadImageNet)",
-}
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    """An isolated repository root (PETSCAN_ROOT) with no tracking URI in the environment."""
-    root = tmp_path / "repo"
-    root.mkdir()
-    monkeypatch.setenv("PETSCAN_ROOT", str(root))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
-    yield root
-    while mlflow.active_run() is not None:
-        mlflow.end_run()
+WEIGHTS_META = random_weights_meta(sha256="ab" * 32)
 
 
 @pytest.fixture
@@ -56,16 +37,7 @@ def manifests(tmp_path):
 
 
 def tiny_model(seed: int = 0) -> keras.Model:
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((32, 32, 3)),
-            keras.layers.Rescaling(1 / 255),
-            keras.layers.Conv2D(4, 3, activation="relu"),
-            keras.layers.GlobalAveragePooling2D(),
-            keras.layers.Dense(3, activation="softmax"),
-        ]
-    )
+    model = tiny_image_classifier(seed)
     model.compile(
         optimizer=keras.optimizers.SGD(0.01),
         loss="sparse_categorical_crossentropy",
@@ -76,14 +48,11 @@ def tiny_model(seed: int = 0) -> keras.Model:
 
 def write_pngs(folder: Path, count: int = 4) -> list[Path]:
     rng = np.random.default_rng(7)
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         size = (40 + 8 * i, 48)  # not the model's size: the pyfunc must resize
         pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-        path = folder / f"img_{i}.png"
-        Image.fromarray(pixels).save(path)
-        paths.append(path)
+        paths.append(write_png(folder / f"img_{i}.png", pixels))
     return paths
 
 
@@ -121,18 +90,18 @@ def test_tracking_uri_env_beats_param_beats_default(tmp_path, monkeypatch):
     )
 
 
-def test_configure_anchors_store_and_artifacts_at_root(store, tmp_path, monkeypatch):
+def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, monkeypatch):
     elsewhere = tmp_path / "some" / "other" / "cwd"
     elsewhere.mkdir(parents=True)
     monkeypatch.chdir(elsewhere)  # the artifact location must not follow the cwd
     experiment_id = tracking.configure({"experiment": "pet classification"})
-    assert mlflow.get_tracking_uri() == f"sqlite:///{store.resolve()}/mlruns/mlflow.db"
-    assert (store / "mlruns" / "mlflow.db").is_file()
+    assert mlflow.get_tracking_uri() == f"sqlite:///{mlflow_store.resolve()}/mlruns/mlflow.db"
+    assert (mlflow_store / "mlruns" / "mlflow.db").is_file()
     experiment = mlflow.MlflowClient().get_experiment(experiment_id)
     assert experiment.name == "pet classification"
     assert (
         experiment.artifact_location
-        == (store.resolve() / "mlruns" / "artifacts" / "pet-classification").as_uri()
+        == (mlflow_store.resolve() / "mlruns" / "artifacts" / "pet-classification").as_uri()
     )
     assert tracking.configure({"experiment": "pet classification"}) == experiment_id
     assert not (elsewhere / "mlruns").exists()
@@ -141,7 +110,7 @@ def test_configure_anchors_store_and_artifacts_at_root(store, tmp_path, monkeypa
 # --------------------------------------------------------------------------- run contents
 
 
-def test_run_tags_hash_git_and_weights(store, manifests, monkeypatch):
+def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lucid-gamma")
     tags = tracking.run_tags(manifests, WEIGHTS_META)
     expected_hash = hashlib.sha256(b"path,class\na.png,x\n" + b"path,class\nb.png,y\n").hexdigest()
@@ -155,7 +124,7 @@ def test_run_tags_hash_git_and_weights(store, manifests, monkeypatch):
     monkeypatch.delenv("DVC_EXP_NAME")
     assert tracking.run_tags(manifests, {"random_init": False})["dvc_exp_name"] == "workspace"
     with pytest.raises(FileNotFoundError, match="dvc repro split"):
-        tracking.run_tags([store / "missing.csv"], WEIGHTS_META)
+        tracking.run_tags([mlflow_store / "missing.csv"], WEIGHTS_META)
 
 
 def test_git_state_reads_head_and_dirty_flag(tmp_path):
@@ -192,7 +161,7 @@ def test_param_values_are_readable_and_truncated():
     assert len(flat["long"]) == 6000 and flat["long"].endswith("[truncated]")
 
 
-def test_training_run_logs_params_tags_and_epoch_metrics(store, manifests):
+def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests):
     params = {"train": {"loss": {"gamma": 2.0, "alpha": [0.5, 0.3, 0.2]}, "epochs": 4}}
     tags = tracking.run_tags(manifests, WEIGHTS_META)
     model = tiny_model()
@@ -216,7 +185,7 @@ def test_training_run_logs_params_tags_and_epoch_metrics(store, manifests):
     np.testing.assert_allclose([p.value for p in lr], [0.01, 0.01, 0.001, 0.001], rtol=1e-6)
 
 
-def test_resumed_run_logs_into_the_training_run(store, tmp_path):
+def test_resumed_run_logs_into_the_training_run(mlflow_store, tmp_path):
     with tracking.start_training_run(
         {"experiment": "e"}, {"a": 1}, {"random_init": "false"}
     ) as run:
@@ -238,7 +207,7 @@ def test_resumed_run_logs_into_the_training_run(store, tmp_path):
 # --------------------------------------------------------------------------- the pyfunc model
 
 
-def test_pyfunc_predicts_like_keras_and_is_registered(store, tmp_path):
+def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path):
     model = tiny_model(seed=3)
     model_path = tmp_path / "model.keras"
     model.save(model_path)
@@ -331,7 +300,7 @@ def mlflow_server(tmp_path):
         log.close()
 
 
-def test_logging_to_a_real_tracking_server(store, manifests, mlflow_server, monkeypatch):
+def test_logging_to_a_real_tracking_server(mlflow_store, manifests, mlflow_server, monkeypatch):
     url, artifacts = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
     tags = tracking.run_tags(manifests, WEIGHTS_META)
@@ -350,4 +319,4 @@ def test_logging_to_a_real_tracking_server(store, manifests, mlflow_server, monk
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
     assert [f.path for f in client.list_artifacts(run_id)] == ["params.json"]
     assert list(artifacts.rglob("params.json")), "the server stored no artifact"
-    assert not (store / "mlruns").exists(), "a server run must not touch the local store"
+    assert not (mlflow_store / "mlruns").exists(), "a server run must not touch the local store"

@@ -9,22 +9,14 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
+from conftest import tiny_model_params, write_png
 from sklearn.utils.class_weight import compute_class_weight
 
 from petscan import training
 from petscan.model import build_full_model, build_head, load_model
 from petscan.schedules import piecewise_lr
 
-MODEL = {
-    "backbone": "tiny",
-    "input_size": [32, 32],
-    "preprocessing": "rescale",
-    "resize": "stretch",
-    "head_units": 8,
-    "l2": 0.001,
-    "dropout": 0.2,
-}
+MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
 
 
 def train_params(**overrides) -> dict:
@@ -197,8 +189,7 @@ def tiny_images(folder, n: int = 6) -> pd.DataFrame:
         label = i % 3
         arr = rng.integers(0, 255, size=(40 + i, 36, 3), dtype=np.uint8)
         arr[..., label] = 250  # a class-coloured image
-        path = folder / f"img{i}.png"
-        Image.fromarray(arr).save(path)
+        path = write_png(folder / f"img{i}.png", arr)
         rows.append({"path": path.name, "class": str(label), "label": label, "patient": f"p{i}"})
     return pd.DataFrame(rows)
 

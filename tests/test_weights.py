@@ -4,7 +4,6 @@ HTTP server on 127.0.0.1 serves weights files the tests write with the `tiny` ba
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import logging
 import re
@@ -19,12 +18,12 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from conftest import load_script
 
 from petscan import backbones, weights
 
 SHAPE = (32, 32, 3)
 MODEL = {"backbone": "tiny", "input_size": [32, 32]}
-REPO = Path(__file__).resolve().parents[1]
 
 
 def sha(data: bytes) -> str:
@@ -520,17 +519,8 @@ def test_interstitial_is_followed_over_http(tmp_path, h5_files, server):
 # --------------------------------------------------------------------------- the stage
 
 
-def load_stage():
-    spec = importlib.util.spec_from_file_location(
-        "fetch_weights_stage", REPO / "stages/fetch_weights.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_stage_help_and_run(tmp_path, monkeypatch, capsys, h5_files):
-    stage = load_stage()
+    stage = load_script("stages/fetch_weights.py")
     with pytest.raises(SystemExit) as exit_:
         stage.main(["--help"])
     assert exit_.value.code == 0 and "--params" in capsys.readouterr().out

@@ -1,12 +1,16 @@
 """Reading `params.yaml` and locating the repository.
 
-Stage scripts read only the sections they declare in `dvc.yaml`; `load_section`
-is the one way they do it, so a typo in a section name fails loudly.
+Stage scripts read only the sections (and single keys) they declare in `dvc.yaml`;
+`load_section` and `load_sections` are the way they do it, so a typo in a name fails
+loudly. `stage_parser` is every stage's command line: its docstring as `--help` and
+`--params`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +55,49 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 def load_section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """One section of `params.yaml`, with a clear error when it is missing."""
+    return _section(load_params(path), name, path)
+
+
+def load_sections(names: Iterable[str], path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Whole sections and single keys of `params.yaml`, read once, nested as in the file.
+
+    `load_sections(["data", "split.out_dir"])` -> `{"data": {...}, "split": {"out_dir": ...}}`.
+    A dotted name picks one key (at any depth); a missing section or key is a `KeyError`
+    naming the file and the name.
+    """
     params = load_params(path)
+    picked: dict[str, Any] = {}
+    for name in names:
+        parts = name.split(".")
+        value = _section(params, parts[0], path)
+        for depth, key in enumerate(parts[1:], start=1):
+            if not isinstance(value, dict) or key not in value:
+                where = ".".join(parts[:depth])
+                found = f"keys: {', '.join(value)}" if isinstance(value, dict) else "not a mapping"
+                raise KeyError(f"{path} has no '{name}' ('{where}' {found})")
+            value = value[key]
+        target = picked
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+        target[parts[-1]] = value
+    return picked
+
+
+def _section(params: dict[str, Any], name: str, path: str | Path) -> Any:
     if name not in params:
         raise KeyError(f"{path} has no '{name}' section (sections: {', '.join(params)})")
     return params[name]
+
+
+def stage_parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """A stage script's parser: `doc` (its `__doc__`) as the description, line breaks kept,
+    and `--params`. Keyword arguments go to `argparse.ArgumentParser` and win.
+    """
+    kwargs.setdefault("description", doc)
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(**kwargs)
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (params.yaml)")
+    return parser
 
 
 def class_names(data: dict[str, Any]) -> list[str]:

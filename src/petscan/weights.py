@@ -323,24 +323,12 @@ def _stream_to_part(resp, part: Path, have: int, url: str, progress: bool) -> No
     length = resp.headers.get("Content-Length")
     expected = int(length) if length and length.isdigit() else None
     total = have + expected if expected is not None else None
-    got = 0
     name = Path(urllib.parse.urlsplit(url).path).name or "weights"
     with (
         part.open(mode) as fh,
-        tqdm(
-            total=total,
-            initial=have,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=f"download {name}",
-            disable=not progress,
-        ) as bar,
+        _byte_bar(f"download {name}", total, progress, initial=have) as bar,
     ):
-        while chunk := resp.read(CHUNK):
-            fh.write(chunk)
-            got += len(chunk)
-            bar.update(len(chunk))
+        got = _pump(resp, fh, bar)
     if expected is not None and got < expected:
         raise _RetryableError(f"connection closed after {have + got} of {total} bytes")
 
@@ -641,18 +629,32 @@ def _copy(src: Path, dest: Path, progress: bool) -> None:
     with (
         src.open("rb") as fin,
         dest.open("wb") as fout,
-        tqdm(
-            total=src.stat().st_size,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=f"copy {src.name}",
-            disable=not progress,
-        ) as bar,
+        _byte_bar(f"copy {src.name}", src.stat().st_size, progress) as bar,
     ):
-        while chunk := fin.read(CHUNK):
-            fout.write(chunk)
-            bar.update(len(chunk))
+        _pump(fin, fout, bar)
+
+
+def _byte_bar(desc: str, total: int | None, progress: bool, initial: int = 0) -> tqdm:
+    """A progress bar counting bytes (KiB, MiB, ...); `total=None` when the size is unknown."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=desc,
+        disable=not progress,
+    )
+
+
+def _pump(source, sink, bar: tqdm) -> int:
+    """Copy `source` into `sink` in `CHUNK`-byte reads, advancing `bar`; the bytes copied."""
+    copied = 0
+    while chunk := source.read(CHUNK):
+        sink.write(chunk)
+        copied += len(chunk)
+        bar.update(len(chunk))
+    return copied
 
 
 # --------------------------------------------------------------------------- fallbacks
