@@ -112,8 +112,9 @@ def write_plots(
             continue
         fig = np.asarray(axes).ravel()[0].figure
         if banner:
+            # above the axes (the tight bounding box grows to hold it), clear of axis labels
             fig.text(
-                0.5, 0.005, banner, ha="center", va="bottom", color="red", fontsize=9, weight="bold"
+                0.5, 1.0, banner, ha="center", va="bottom", color="red", fontsize=9, weight="bold"
             )
         path = out_dir / "plots" / f"{name}.png"
         with io.atomic_path(path, suffix=".png") as tmp:
