@@ -20,14 +20,12 @@ import sys
 
 from petscan import config, tuning  # tuning loads TensorFlow only when a study runs
 
-SECTIONS = ("tune", "train", "model", "data", "mlflow")
+# the sections this stage reads, plus the two folders of the feature cache
+SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser = config.stage_parser(__doc__)
     parser.add_argument("--trials", type=int, help="total trial target (default tune.n_trials)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--storage", help="Optuna storage URL or journal file (tune.storage)")
@@ -41,14 +39,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_params(path: str) -> dict:
-    """The sections this stage reads, plus the two folders of the feature cache."""
-    params = {name: config.load_section(name, path) for name in SECTIONS}
-    params["split"] = {"out_dir": config.load_section("split", path)["out_dir"]}
-    params["featurize"] = {"out_dir": config.load_section("featurize", path)["out_dir"]}
-    return params
-
-
 def show_storage(params: dict, args: argparse.Namespace) -> int:
     """Print the study's storage (what optuna-dashboard opens); no TensorFlow is loaded."""
     settings = tuning.TuneSettings.from_params(params["tune"], storage=args.storage)
@@ -59,7 +49,7 @@ def show_storage(params: dict, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    params = load_params(args.params)
+    params = config.load_sections(SECTIONS, args.params)
     if args.show_storage:
         return show_storage(params, args)
     try:
