@@ -62,6 +62,12 @@ dashboard: setup ## Open optuna-dashboard on the study's storage (STORAGE=url to
 	$(BIN)/optuna-dashboard "$(or $(STORAGE),$$($(BIN)/python stages/tune.py --show-storage --workers $(WORKERS)))" \
 		--host 127.0.0.1 --port $(or $(DASHBOARD_PORT),8080)
 
+bench: run ## Print the speed and memory figures quoted in the README (slow: about 15 minutes)
+	$(BIN)/python bench/baseline_logreg.py
+	$(BIN)/python bench/featurize_throughput.py --data-dir data/raw --images 256 --repeats 2 --scales 1 2
+	$(BIN)/python bench/train_speed.py
+	$(BIN)/python bench/tune_speed.py --trials 5
+
 contact-sheet: data ## Write reports/contact_sheet.png with a few demo images per class
 	$(BIN)/petscan contact-sheet --out reports/contact_sheet.png
 
