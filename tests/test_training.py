@@ -128,6 +128,24 @@ def test_plateau_scaled_schedule_halves_after_patience():
     np.testing.assert_allclose(seen, [1.0, 1.0, 1.0, 0.1, 0.05, 0.05, 0.03], rtol=1e-6)
 
 
+def test_plateau_on_accuracy_waits_for_it_to_stop_rising():
+    model = build_head(4, 3, MODEL, seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1.0), loss="sparse_categorical_crossentropy")
+    cb = training.PlateauScaledSchedule(
+        {"boundaries": [], "values": [1.0]},
+        {"monitor": "val_accuracy", "factor": 0.5, "patience": 2},
+    )
+    cb.set_model(model)
+    seen = []
+    for epoch, accuracy in enumerate([0.5, 0.6, 0.7, 0.8, 0.7, 0.6, 0.6]):
+        cb.on_epoch_begin(epoch)
+        logs = {"val_accuracy": accuracy}
+        cb.on_epoch_end(epoch, logs)
+        seen.append(logs["learning_rate"])
+    # rising accuracy never cuts the rate; two epochs below the best 0.8 halve it once
+    np.testing.assert_allclose(seen, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.5], rtol=1e-6)
+
+
 # --------------------------------------------------------------------------- cached fit
 
 

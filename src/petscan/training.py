@@ -143,6 +143,8 @@ class PlateauScaledSchedule(keras.callbacks.Callback):
         self.factor = float(plateau_params.get("factor", 0.5))
         self.patience = int(plateau_params.get("patience", 3))
         self.min_lr = float(plateau_params.get("min_lr", 0.0))
+        # Keras' "auto" mode: accuracy-like metrics improve upwards, everything else downwards
+        self.sign = -1.0 if any(k in self.monitor for k in ("acc", "auc")) else 1.0
         self.scale, self.best, self.wait = 1.0, math.inf, 0
 
     def _lr(self, epoch: int) -> float:
@@ -160,8 +162,8 @@ class PlateauScaledSchedule(keras.callbacks.Callback):
         current = logs.get(self.monitor)
         if current is None:
             return
-        if current < self.best:
-            self.best, self.wait = float(current), 0
+        if self.sign * current < self.best:
+            self.best, self.wait = self.sign * float(current), 0
             return
         self.wait += 1
         if self.wait >= self.patience:

@@ -70,6 +70,7 @@ def spawn_workers(
         Path(spec["root"]) / settings["out_dir"] / f".worker-{settings['study_name']}.json"
     )
     io.write_json(config_path, spec)
+    os.chmod(config_path, 0o600)  # the storage URL may hold a database password
     env = _thread_env(workers)
     command = [sys.executable, "-m", "petscan.tuning", "--config", str(config_path), "--worker"]
     procs = [subprocess.Popen([*command, str(i)], env=env) for i in range(workers)]
@@ -82,6 +83,9 @@ def spawn_workers(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(timeout=30)
         raise
+    finally:
+        if all(p.poll() is not None for p in procs):
+            config_path.unlink(missing_ok=True)
     codes = [p.returncode for p in procs]
     if any(codes):
         raise RuntimeError(f"tuning workers exited with codes {codes}; see their messages above")
