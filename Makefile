@@ -33,8 +33,8 @@ setup-gpu: setup ## Swap tensorflow-cpu for tensorflow[and-cuda] (Linux with an 
 	$(BIN)/python -m pip uninstall --quiet --yes tensorflow-cpu
 	$(BIN)/python -m pip install --quiet "tensorflow[and-cuda]==$$(grep -i '^tensorflow.cpu==' constraints.txt | cut -d= -f3)"
 
-data: setup ## Generate the synthetic demo data set in data/raw if it is not there
-	@test -d data/raw || $(BIN)/petscan generate
+data: setup ## Generate the synthetic demo data set (synthetic.out_dir) if it is not there
+	@$(BIN)/petscan generate --if-missing
 
 run: data ## Set up, make the demo data if needed, then run the whole DVC pipeline
 	$(BIN)/dvc repro

@@ -2,9 +2,10 @@
 
 Reads params sections `data` (class names), `model` (backbone, input size, preprocessing,
 resize), `featurize` (batch size, augmented views, augmentation, seed, out_dir) and
-`weights` (`weights.dir`: where `weights.h5` / `weights.json` are). Reads the manifests
-`<split-dir>/{train,val,test}.csv` and writes `<featurize.out_dir>/{split}.npy`
-(float32 (N, V, D); V = 1 + augment_views for train, 1 for val and test) and `{split}.json`.
+`weights` (`weights.dir`: where `weights.h5` / `weights.json` are) and `split.out_dir`.
+Reads the manifests `<split.out_dir>/{train,val,test}.csv` and writes
+`<featurize.out_dir>/{split}.npy` (float32 (N, V, D); V = 1 + augment_views for train, 1 for
+val and test) and `{split}.json`.
 """
 
 from __future__ import annotations
@@ -15,15 +16,12 @@ from pathlib import Path
 
 from petscan import config
 
-SECTIONS = ("data", "model", "featurize", "weights.dir")
+SECTIONS = ("data", "model", "featurize", "weights.dir", "split.out_dir")
 SPLITS = ("train", "val", "test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = config.stage_parser(__doc__)
-    parser.add_argument(
-        "--split-dir", default="data/split", help="folder of the split manifests (data/split)"
-    )
     parser.add_argument(
         "--splits", nargs="+", default=list(SPLITS), help="splits to featurize (train val test)"
     )
@@ -41,11 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     sections = config.load_sections(SECTIONS, args.params)
     data, model, params = sections["data"], sections["model"], sections["featurize"]
     weights_dir = Path(sections["weights"]["dir"])
+    split_dir = sections["split"]["out_dir"]
     root = config.workspace_root()
     try:
         meta = load_weights_meta(weights_dir)
         results = featurize(
-            {split: Path(args.split_dir) / f"{split}.csv" for split in args.splits},
+            {split: Path(split_dir) / f"{split}.csv" for split in args.splits},
             params["out_dir"],
             model,
             params,

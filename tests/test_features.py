@@ -335,6 +335,7 @@ def test_stage_writes_features_from_params(repo, monkeypatch, capsys):
         "weights": {"dir": "models/backbone"},
         "model": MODEL,
         "featurize": {**FEATURIZE, "out_dir": "stage_features"},
+        "split": {"out_dir": "data/split"},
     }
     (repo / "models/backbone/weights.json").write_text(json.dumps(WEIGHTS_META))
     (repo / "params.yaml").write_text(json.dumps(params))  # JSON is valid YAML
@@ -355,6 +356,7 @@ def test_stage_reports_missing_weights_clearly(repo, tmp_path, monkeypatch, caps
         "weights": {"dir": "nowhere"},
         "model": MODEL,
         "featurize": {**FEATURIZE, "out_dir": "f"},
+        "split": {"out_dir": "data/split"},
     }
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     monkeypatch.chdir(tmp_path)

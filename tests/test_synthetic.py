@@ -214,6 +214,10 @@ def test_main_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
     assert "wrote 6 images" in capsys.readouterr().out
     assert synthetic.main(args) == 2
     assert "--force" in capsys.readouterr().err
+    before = {p: p.stat().st_mtime_ns for p in list_images(out)}
+    assert synthetic.main([*args, "--if-missing"]) == 0  # what `make data` runs
+    assert "exists: not generating" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in list_images(out)} == before
     assert synthetic.main([*args, "--force", "--scale", "2", "--seed", "4"]) == 0
     assert {f: len(list_images(out / f)) for f in ("No cancer", "breast cancer")} == {
         "No cancer": 4,

@@ -942,6 +942,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="random seed (default: synthetic.seed)")
     parser.add_argument("--workers", type=int, help="worker processes (default: all CPU cores)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    parser.add_argument(
+        "--if-missing", action="store_true", help="do nothing when the output folder exists"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -950,6 +953,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_section("synthetic", args.params)
     out_dir = Path(args.out or params.get("out_dir", "data/raw"))
+    if args.if_missing and out_dir.exists():
+        print(f"{out_dir} exists: not generating demo data")
+        return 0
     counts = scaled_counts(params["counts"], args.scale)
     seed = int(params.get("seed", 0) if args.seed is None else args.seed)
     start = time.perf_counter()
