@@ -104,18 +104,26 @@ def predict_paths(
                 continue
             kept.append(Path(path).as_posix())
         if images:
-            proba = np.asarray(model.predict(np.stack(images), verbose=0), dtype=np.float64)
-            if proba.ndim != 2 or proba.shape[1] != len(names):
-                raise ValueError(
-                    f"the model outputs {proba.shape[-1]} classes but {len(names)} class names "
-                    f"were given ({names}); check data.classes in params.yaml"
-                )
-            blocks.append(proba)
+            blocks.append(model.predict(np.stack(images), verbose=0))
             rows.extend(kept)
-    proba = np.concatenate(blocks) if blocks else np.zeros((0, len(names)))
-    frame = pd.DataFrame(proba, columns=names)
+    frame = probabilities_frame(
+        np.concatenate(blocks) if blocks else np.zeros((0, len(names))), names
+    )
     frame.insert(0, "path", rows)
-    frame["predicted_class"] = [names[i] for i in proba.argmax(axis=1)] if len(proba) else []
+    return frame
+
+
+def probabilities_frame(proba: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """One probability column per class, then `predicted_class` (the most probable)."""
+    names = list(class_names)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != len(names):
+        raise ValueError(
+            f"the model outputs {proba.shape[-1]} classes but {len(names)} class names "
+            f"were given ({names}); check data.classes in params.yaml"
+        )
+    frame = pd.DataFrame(proba, columns=names)
+    frame["predicted_class"] = [names[i] for i in proba.argmax(axis=1)]
     return frame
 
 

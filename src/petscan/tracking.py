@@ -325,17 +325,6 @@ def _load_keras(path: str | Path) -> keras.Model:
     return load_model(path)
 
 
-def _probabilities_frame(proba: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2 or proba.shape[1] != len(class_names):
-        raise ValueError(
-            f"the model outputs shape {proba.shape}, but {len(class_names)} class names were given"
-        )
-    frame = pd.DataFrame(proba, columns=list(class_names))
-    frame["predicted_class"] = [class_names[i] for i in proba.argmax(axis=1)]
-    return frame
-
-
 class PetscanKerasModel(mlflow.pyfunc.PythonModel):
     """A `.keras` image classifier as an MLflow pyfunc.
 
@@ -358,22 +347,22 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         # (arrays are accepted too; the DataFrame hint only tells MLflow not to infer a schema)
-        from petscan.images import load_resized
+        from petscan.predict import predict_paths, probabilities_frame
 
         if isinstance(model_input, pd.DataFrame):
             if "path" not in model_input.columns:
                 raise ValueError("input DataFrame needs a 'path' column of image files")
             paths = [str(p) for p in model_input["path"]]
-            images = [load_resized(p, self.input_size, self.resize) for p in paths]
-            if not images:
-                return _probabilities_frame(np.zeros((0, len(self.class_names))), self.class_names)
-            x = np.stack(images).astype(np.float32)
-        else:
-            x = np.asarray(model_input, dtype=np.float32)
-            if x.ndim != 4 or x.shape[-1] != 3:
-                raise ValueError(f"expected images of shape (N, H, W, 3), got {x.shape}")
+            frame = predict_paths(
+                self.keras_model, paths, self.class_names, self.input_size, self.resize,
+                batch_size=self.batch_size,
+            )  # fmt: skip
+            return frame.drop(columns="path")
+        x = np.asarray(model_input, dtype=np.float32)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"expected images of shape (N, H, W, 3), got {x.shape}")
         proba = self.keras_model.predict(x, batch_size=self.batch_size, verbose=0)
-        return _probabilities_frame(proba, self.class_names)
+        return probabilities_frame(proba, self.class_names)
 
 
 def model_signature(class_names: Sequence[str]) -> ModelSignature:
