@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import os
 import sys
 import tempfile
@@ -81,7 +80,7 @@ def write_random_cache(root: Path, params: dict) -> None:
     import pandas as pd
 
     from petscan.backbones import backbone_spec
-    from petscan.features import file_sha256
+    from petscan.features import save_features
 
     rng = np.random.default_rng(0)
     dim = backbone_spec(params["model"]["backbone"]).feature_dim
@@ -103,16 +102,10 @@ def write_random_cache(root: Path, params: dict) -> None:
         manifest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(manifest, index=False)
         x = means[labels][:, None, :] + rng.normal(0, 1, (rows, views[split], dim))
-        (root / "features").mkdir(parents=True, exist_ok=True)
-        np.save(root / "features" / f"{split}.npy", x.astype(np.float32))
-        meta = {
-            "views": views[split],
-            "dim": dim,
-            "manifest_sha256": file_sha256(manifest),
-            "weights_random_init": True,
-            "weights_label": "random features (benchmark)",
-        }
-        (root / "features" / f"{split}.json").write_text(json.dumps(meta))
+        save_features(
+            root / "features", split, x, manifest,
+            {"weights_random_init": True, "weights_label": "random features (benchmark)"},
+        )  # fmt: skip
 
 
 def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:

@@ -373,3 +373,18 @@ def test_bench_runs_on_a_small_folder(repo, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 images" in out and "raw backbone" in out
     assert "ratio" in out and "peak RSS" in out
+
+
+def test_save_features_writes_what_load_features_accepts(tmp_path):
+    rows = [manifest_row(f"img-{i}.png", i % 3, f"p{i}", "0" * 64) for i in range(4)]
+    manifest = tmp_path / "split" / "train.csv"
+    write_manifest(manifest, rows)
+    x = np.arange(4 * 2 * 5, dtype=np.float64).reshape(4, 2, 5)
+    info = F.save_features(tmp_path / "features", "train", x, manifest, {"backbone": "tiny"})
+    assert (info["rows"], info["views"], info["dim"], info["backbone"]) == (4, 2, 5, "tiny")
+    loaded = F.load_features(tmp_path / "features", "train", manifest)
+    np.testing.assert_array_equal(loaded.features, x.astype(np.float32))
+    assert loaded.labels.tolist() == [0, 1, 2, 0] and loaded.views == 2
+    write_manifest(manifest, rows[:3])  # the manifest changed: the cache no longer matches
+    with pytest.raises(ValueError, match="another version"):
+        F.load_features(tmp_path / "features", "train", manifest)

@@ -7,7 +7,6 @@ Studies run on tiny random features written in the real cache format (manifest C
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import re
@@ -23,7 +22,7 @@ import yaml
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
-from petscan import config, metrics, training, tuning
+from petscan import config, features, metrics, training, tuning
 
 CLASSES = {
     "No cancer": "No cancer",
@@ -47,10 +46,6 @@ SPACE = {
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def make_cache(root: Path, n_train=60, n_val=21, views=3, dim=8, seed=0) -> Path:
     """Manifests and features in the format `features.load_features` checks."""
     rng = np.random.default_rng(seed)
@@ -71,22 +66,14 @@ def make_cache(root: Path, n_train=60, n_val=21, views=3, dim=8, seed=0) -> Path
         manifest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(manifest, index=False)
         x = means[labels][:, None, :] + rng.normal(0.0, 1.0, size=(n, v, dim))
-        folder = root / "data" / "features"
-        folder.mkdir(parents=True, exist_ok=True)
-        np.save(folder / f"{split}.npy", x.astype(np.float32))
         meta = {
-            "split": split,
-            "rows": n,
-            "views": v,
-            "dim": dim,
-            "manifest_sha256": _sha(manifest),
             "backbone": "tiny",
             "weights_sha256": "ab" * 32,
             "weights_random_init": True,
             "weights_label": "RANDOM-INIT backbone (not RadImageNet)",
             "weights_source": "random",
         }
-        (folder / f"{split}.json").write_text(json.dumps(meta))
+        features.save_features(root / "data" / "features", split, x, manifest, meta)
     return root
 
 

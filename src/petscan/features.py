@@ -442,6 +442,37 @@ def _split_meta(
     }
 
 
+def save_features(
+    features_dir: str | Path,
+    split: str,
+    features: np.ndarray,
+    manifest: str | Path,
+    meta: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write an in-memory (N, V, D) array as `{split}.npy` + `{split}.json`, atomically,
+    in the format `load_features` checks; `meta` adds to (or overrides) the JSON.
+
+    For benchmarks and tests that need a feature cache without running a backbone.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    features_dir, manifest = Path(features_dir), Path(manifest)
+    with atomic_path(features_dir / f"{split}.npy", suffix=".npy") as tmp:
+        np.save(tmp, features)
+    rows, views, dim = features.shape
+    info = {
+        "split": split,
+        "rows": rows,
+        "views": views,
+        "dim": dim,
+        "dtype": "float32",
+        "manifest": manifest.as_posix(),
+        "manifest_sha256": file_sha256(manifest),
+        **(meta or {}),
+    }
+    write_json(features_dir / f"{split}.json", info)
+    return info
+
+
 # ----------------------------------------------------------------------------- loading
 
 
