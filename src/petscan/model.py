@@ -8,12 +8,21 @@ trainable. Everything here is built from params section `model`.
 The same pieces make three models that agree with each other by construction:
 
 - `build_feature_extractor`: image -> pooled backbone features (what `featurize` caches);
-- `build_head`: features -> class probabilities (what cached training fits);
+- `build_head`: features -> class probabilities (what cached training fits), starting
+  with a `Standardize` layer fitted on the training features (`model.standardize`);
 - `build_full_model`: image -> class probabilities (end-to-end training, export, predict),
   which reuses a trained head's layers.
 
 Pre-processing is the `Preprocess` layer inside the models (no Lambda layer, so a saved
 `.keras` file loads with `safe_mode=True`); `preprocess_array` is the NumPy twin.
+
+Why the head standardizes its input: pooled features of a backbone whose weights do
+not match the data (a random-init backbone above all) can be tiny (a mean of 0.005,
+per-dimension spreads of 3e-4, a third of the dimensions constant). The seed's head
+(Glorot init, L2 1e-3, learning rate 5e-5) then never moves its argmax and predicts one
+class for every image. `Standardize` maps every dimension to zero mean and unit
+variance with statistics from the training features only, so the same recipe learns
+whatever the backbone's scale. `model.standardize: false` gives the seed's exact head.
 """
 
 from __future__ import annotations
@@ -117,6 +126,63 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "backbone": self.backbone}
 
 
+def feature_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-dimension (mean, std, constant) of features `(..., D)`, in float64.
+
+    A dimension is constant when its spread is zero or below 1e-6 of its mean: such a
+    dimension carries no information, and dividing by its spread would only blow up
+    rounding noise (scikit-learn's `StandardScaler` leaves constant features unscaled
+    for the same reason).
+    """
+    x = np.asarray(features).reshape(-1, np.shape(features)[-1])
+    if len(x) == 0:
+        raise ValueError("cannot compute feature statistics of an empty feature set")
+    mean = np.zeros(x.shape[1])
+    square = np.zeros(x.shape[1])
+    for start in range(0, len(x), 4096):  # chunks: memory-mapped caches stay on disk
+        chunk = np.asarray(x[start : start + 4096], dtype=np.float64)
+        mean += chunk.sum(axis=0)
+        square += np.square(chunk).sum(axis=0)
+    mean /= len(x)
+    std = np.sqrt(np.maximum(square / len(x) - np.square(mean), 0.0))
+    constant = std <= np.maximum(1e-6 * np.abs(mean), np.finfo(np.float32).tiny)
+    return mean, std, constant
+
+
+@keras.saving.register_keras_serializable(package="petscan")
+class Standardize(keras.layers.Layer):
+    """`(x - mean) / scale` per feature, with statistics fitted once by `adapt`.
+
+    `mean` and `scale` are non-trainable weights, so they are saved in the `.keras` file
+    and the full image model applies exactly what the head was trained with. Constant
+    dimensions (see `feature_moments`) keep `scale = 1`.
+    """
+
+    def build(self, input_shape: tuple) -> None:
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
+        self.scale = self.add_weight(
+            shape=(dim,), initializer="ones", trainable=False, name="scale"
+        )
+
+    def adapt(self, features: np.ndarray) -> Standardize:
+        """Fit `mean` and `scale` on `features` (N, D) or (N, V, D): training data only."""
+        mean, std, constant = feature_moments(features)
+        if not self.built:
+            self.build((None, len(mean)))
+        if len(mean) != self.mean.shape[0]:
+            raise ValueError(f"Standardize expects {self.mean.shape[0]} features, got {len(mean)}")
+        self.mean.assign(mean.astype("float32"))
+        self.scale.assign(np.where(constant, 1.0, std).astype("float32"))
+        return self
+
+    def call(self, inputs: Any) -> Any:
+        return (ops.cast(inputs, self.compute_dtype) - self.mean) / self.scale
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+
 def input_shape(model_params: dict[str, Any]) -> tuple[int, int, int]:
     height, width = (int(v) for v in model_params["input_size"])
     return height, width, 3
@@ -167,24 +233,37 @@ def build_feature_extractor(
 
 
 def build_head(
-    feature_dim: int, num_classes: int, model_params: dict[str, Any], seed: int | None = None
+    feature_dim: int,
+    num_classes: int,
+    model_params: dict[str, Any],
+    seed: int | None = None,
+    train_features: np.ndarray | None = None,
 ) -> keras.Model:
-    """Features (D,) -> Dense(head_units, ReLU, L2) -> Dropout -> Dense(num_classes, softmax).
+    """Features (D,) -> [Standardize] -> Dense(head_units, ReLU, L2) -> Dropout -> softmax.
 
-    `seed` fixes the initial weights and the dropout mask sequence.
+    With `model.standardize` (the default) the head starts with a `Standardize` layer
+    fitted on `train_features` (N, D) or (N, V, D): the training features only, never
+    val or test (without them it is the identity until `adapt` is called). `seed` fixes
+    the initial weights and the dropout mask sequence.
     """
 
     def init(offset: int) -> keras.initializers.Initializer:
         return keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
 
     inputs = keras.Input(shape=(int(feature_dim),), dtype="float32", name="features")
+    x = inputs
+    if model_params.get("standardize", True):
+        standardize = Standardize(name="standardize")
+        if train_features is not None:
+            standardize.adapt(train_features)
+        x = standardize(x)
     x = keras.layers.Dense(
         int(model_params["head_units"]),
         activation="relu",
         kernel_regularizer=keras.regularizers.L2(float(model_params["l2"])),
         kernel_initializer=init(0),
         name="head_dense",
-    )(inputs)
+    )(x)
     x = keras.layers.Dropout(float(model_params["dropout"]), seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         int(num_classes), activation="softmax", kernel_initializer=init(1), name="probabilities"
