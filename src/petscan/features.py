@@ -15,6 +15,7 @@ the output array lives on disk.
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 
 from petscan.images import ImageError, load_resized
 from petscan.io import atomic_path, read_json, write_json
-from petscan.model import build_feature_extractor
+from petscan.model import build_feature_extractor, feature_moments
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "class", "label", "patient", "sha256")
@@ -340,6 +341,33 @@ def featurize_split(
     }
 
 
+def feature_health(features: np.ndarray) -> dict[str, float]:
+    """How usable the features are as they come out of the backbone.
+
+    `mean_abs` and `median_std` (the median over dimensions of the spread across all
+    images and views) show the scale; `constant_share` is the share of dimensions with
+    no spread at all (see `model.feature_moments`). Tiny scales and many constant
+    dimensions are typical of a random-init backbone; the head's standardization copes
+    with the scale, not with dimensions that carry nothing.
+    """
+    if features.size == 0:
+        return {
+            "mean": math.nan,
+            "mean_abs": math.nan,
+            "median_std": math.nan,
+            "constant_share": math.nan,
+        }
+    mean, std, constant = feature_moments(features)
+    chunks = (features[i : i + 1024] for i in range(0, len(features), 1024))
+    mean_abs = sum(float(np.abs(c, dtype=np.float64).sum()) for c in chunks) / features.size
+    return {
+        "mean": float(mean.mean()),
+        "mean_abs": mean_abs,
+        "median_std": float(np.median(std)),
+        "constant_share": float(constant.mean()),
+    }
+
+
 def _check_labels(frame: pd.DataFrame, manifest: Path, class_names: list[str] | None) -> None:
     if class_names is None or "class" not in frame.columns:
         return
@@ -407,6 +435,7 @@ def featurize(
         meta = _split_meta(split, manifest, timing, model_params, featurize_params, weights_meta)
         meta["augmented"] = bool(augment)
         meta["class_names"] = class_names
+        meta["health"] = feature_health(np.load(out_dir / f"{split}.npy", mmap_mode="r"))
         write_json(out_dir / f"{split}.json", meta)
         results[split] = {**meta, "timing": timing}
     return results
