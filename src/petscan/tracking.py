@@ -42,7 +42,15 @@ ARTIFACTS_DIR = "artifacts"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_KEY_LENGTH = 250
 TRUNCATED = "...[truncated]"
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+EPOCH_METRICS = (
+    "loss",
+    "data_loss",
+    "accuracy",
+    "val_loss",
+    "val_data_loss",
+    "val_accuracy",
+    "val_roc_auc_macro",
+)
 RANDOM_INIT_NOTE = (
     "**WARNING: RANDOM-INIT BACKBONE (NOT RadImageNet).** The frozen backbone of this run "
     "has random weights, not the RadImageNet weights; its numbers demonstrate the pipeline "
