@@ -289,3 +289,29 @@ def test_saved_model_round_trips_with_safe_mode(tmp_path):
 def test_load_model_missing_file_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `dvc repro train`"):
         load_model(tmp_path / "model.keras")
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_bfloat16_backbone_gives_float32_features_close_to_float32(tmp_path):
+    build_backbone("tiny", (32, 32, 3)).save(tmp_path / "weights.h5")
+    x = _images(6)
+    full = build_feature_extractor(TINY, tmp_path / "weights.h5", "float32").predict(x, verbose=0)
+    half = build_feature_extractor(TINY, tmp_path / "weights.h5", "bfloat16")
+    assert half.get_layer("tiny_backbone").dtype_policy.name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32", "the global policy is restored"
+    got = half.predict(x, verbose=0)
+    assert got.dtype == np.float32 and got.shape == full.shape
+    cosine = (got * full).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(full, axis=1)
+    assert cosine.min() > 0.99
+    assert not np.array_equal(got, full), "bfloat16 must really compute in bfloat16"
+
+
+def test_precision_auto_follows_the_hardware_and_bad_values_are_refused():
+    from petscan.model import native_bfloat16, resolve_precision
+
+    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
+    assert resolve_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="featurize.precision"):
+        resolve_precision("float16")

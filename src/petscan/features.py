@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from petscan.images import ImageError, load_resized
 from petscan.io import atomic_path, read_json, write_json
-from petscan.model import build_feature_extractor, feature_moments
+from petscan.model import build_feature_extractor, feature_moments, resolve_precision
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "class", "label", "patient", "sha256")
@@ -406,7 +406,8 @@ def featurize(
             f"the weights file is for backbone {weights_meta['backbone']!r} but model.backbone "
             f"is {model_params['backbone']!r}: run `dvc repro fetch_weights featurize`"
         )
-    extractor = build_feature_extractor(dict(model_params), weights_path)
+    precision = resolve_precision(featurize_params.get("precision", "float32"))
+    extractor = build_feature_extractor(dict(model_params), weights_path, precision)
     out_dir = Path(out_dir)
     results: dict[str, dict[str, Any]] = {}
     for split, manifest in manifests.items():
@@ -434,6 +435,7 @@ def featurize(
         )
         meta = _split_meta(split, manifest, timing, model_params, featurize_params, weights_meta)
         meta["augmented"] = bool(augment)
+        meta["precision"] = precision
         meta["class_names"] = class_names
         meta["health"] = feature_health(np.load(out_dir / f"{split}.npy", mmap_mode="r"))
         write_json(out_dir / f"{split}.json", meta)

@@ -27,16 +27,20 @@ whatever the backbone's scale. `model.standardize: false` gives the seed's exact
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from petscan.backbones import backbone_spec, build_backbone
 
 PREPROCESSING_MODES = ("radimagenet", "rescale", "keras")
+PRECISIONS = ("float32", "bfloat16", "auto")
 # keras.applications' modes, reached through `keras` (backbone_spec(name).keras_preprocessing).
 KERAS_MODES = ("tf", "caffe", "torch")
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -183,6 +187,43 @@ class Standardize(keras.layers.Layer):
         return input_shape
 
 
+def native_bfloat16() -> bool:
+    """Whether this machine computes bfloat16 natively: a CPU with AVX512-BF16 or AMX-BF16
+    (Linux /proc/cpuinfo flags), or a GPU of compute capability 8.0 or newer."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability and tuple(capability) >= (8, 0):
+            return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    """`featurize.precision` -> `float32` or `bfloat16` (`auto`: bfloat16 where native)."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"params.yaml featurize.precision must be one of {PRECISIONS}, got {precision!r}"
+        )
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return precision
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Layers built inside compute in `precision` (bfloat16: Keras' `mixed_bfloat16`,
+    float32 variables); the global policy is restored afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def input_shape(model_params: dict[str, Any]) -> tuple[int, int, int]:
     height, width = (int(v) for v in model_params["input_size"])
     return height, width, 3
@@ -211,24 +252,35 @@ def _frozen_backbone(
 
 
 def _pooled_features(
-    model_params: dict[str, Any], weights_path: str | Path | None, trainable_layers: int = 0
+    model_params: dict[str, Any],
+    weights_path: str | Path | None,
+    trainable_layers: int = 0,
+    precision: str = "float32",
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Symbolic image input and its pooled backbone features."""
+    """Symbolic image input and its pooled backbone features (always float32).
+
+    Only the backbone computes in `precision`; pre-processing and pooling stay float32.
+    """
     inputs = keras.Input(shape=input_shape(model_params), dtype="float32", name="image")
     x = Preprocess(model_params["preprocessing"], model_params["backbone"], name="preprocess")(
         inputs
     )
-    backbone = _frozen_backbone(model_params, weights_path, trainable_layers)
+    with _dtype_policy(resolve_precision(precision)):
+        backbone = _frozen_backbone(model_params, weights_path, trainable_layers)
     x = backbone(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32")(x)
     return inputs, x
 
 
 def build_feature_extractor(
-    model_params: dict[str, Any], weights_path: str | Path | None
+    model_params: dict[str, Any], weights_path: str | Path | None, precision: str = "float32"
 ) -> keras.Model:
-    """Frozen image -> features model: float32 (H, W, 3) in [0, 255] RGB -> (None, D)."""
-    inputs, features = _pooled_features(model_params, weights_path)
+    """Frozen image -> features model: float32 (H, W, 3) in [0, 255] RGB -> (None, D).
+
+    `precision` (`featurize.precision`) is the backbone's compute type; the features
+    are float32 either way.
+    """
+    inputs, features = _pooled_features(model_params, weights_path, precision=precision)
     return keras.Model(inputs, features, name="feature_extractor")
 
 
@@ -277,15 +329,20 @@ def build_full_model(
     weights_path: str | Path | None,
     head: keras.Model | None = None,
     trainable_backbone_layers: int = 0,
+    precision: str = "float32",
 ) -> keras.Model:
     """Image -> probabilities: Preprocess -> backbone -> pooling -> head.
 
     With `head`, its layers (and so its trained weights) are reused, so the full model
     gives the same probabilities as `head` applied to `build_feature_extractor` output.
     `trainable_backbone_layers` unfreezes that many top backbone layers (batch norm
-    excepted) for end-to-end fine-tuning.
+    excepted) for end-to-end fine-tuning. `precision` is the backbone's compute type: the
+    one the head's training features were computed in, so that the image model predicts
+    what the head saw.
     """
-    inputs, features = _pooled_features(model_params, weights_path, trainable_backbone_layers)
+    inputs, features = _pooled_features(
+        model_params, weights_path, trainable_backbone_layers, precision
+    )
     if head is None:
         head = build_head(features.shape[-1], num_classes, model_params)
     if head.input_shape[-1] != features.shape[-1] or head.output_shape[-1] != num_classes:

@@ -692,8 +692,15 @@ def _train_cached(params, root, manifests, weights_path, logger, verbose):
         verbose=verbose,
         class_names=_class_names(params),
     )
-    _log_feature_health(io.read_json(features_dir / "train.json"))
-    full = pmodel.build_full_model(params["model"], num_classes, weights_path, head=result.head)
+    train_meta = io.read_json(features_dir / "train.json")
+    _log_feature_health(train_meta)
+    full = pmodel.build_full_model(
+        params["model"],
+        num_classes,
+        weights_path,
+        head=result.head,
+        precision=train_meta.get("precision", "float32"),  # what the head's features saw
+    )
     return result, full
 
 
@@ -737,6 +744,7 @@ def _log_feature_health(train_meta: dict[str, Any]) -> None:
 
     health = train_meta.get("health") or {}
     mlflow.log_params({f"features.health.{k}": f"{v:.4g}" for k, v in health.items()})
+    mlflow.log_param("features.precision", train_meta.get("precision", "float32"))
 
 
 def _class_names(params: dict[str, Any]) -> list[str]:
