@@ -684,3 +684,32 @@ def test_stage_help_and_missing_features(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PETSCAN_TUNE_STORAGE", secret)  # how `make dashboard` passes it
     assert stage.main(["--params", str(path), "--show-storage"]) == 0
     assert capsys.readouterr().out.strip() == "postgresql://u:***@127.0.0.1:1/x?***"
+
+
+def test_stage_dashboard_gets_the_storage_from_the_environment(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import optuna_dashboard
+
+    spec = importlib.util.spec_from_file_location(
+        "tune_stage", REPO_PARAMS.parent / "stages" / "tune.py"
+    )
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    served = []
+    monkeypatch.setattr(
+        optuna_dashboard,
+        "run_server",
+        lambda storage, host, port: served.append((storage, host, port)),
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(make_params("tune-dashboard")))
+    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
+    monkeypatch.setenv("PETSCAN_TUNE_STORAGE", str(tmp_path / "shared.journal"))
+    assert stage.main(["--params", str(path), "--dashboard", "--port", "8123"]) == 0
+    ((storage, host, port),) = served
+    assert isinstance(storage, optuna.storages.JournalStorage) and (host, port) == (
+        "127.0.0.1",
+        8123,
+    )
+    assert "shared.journal: http://127.0.0.1:8123/" in capsys.readouterr().out
