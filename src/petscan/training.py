@@ -623,6 +623,7 @@ def run_train(
     import mlflow
 
     from petscan import config, tracking
+    from petscan.redact import redact_text
     from petscan.weights import load_weights_meta, weights_file
 
     root = Path(root)
@@ -652,7 +653,7 @@ def run_train(
             "random_init": bool(weights_meta.get("random_init", False)),
             "backbone": model_params["backbone"],
             "backbone_label": weights_meta.get("label"),
-            "weights_source": weights_meta.get("source"),
+            "weights_source": redact_text(str(weights_meta.get("source"))),
             "class_names": class_names,
             "seed": int(train_params.get("seed", 0)),
         }
