@@ -349,12 +349,16 @@ def test_val_data_loss_is_the_loss_without_the_l2_penalty():
     assert isinstance(losses.DataLoss(losses.make_loss(params["loss"], 3)), keras.metrics.Mean)
 
 
-def test_early_stopping_watches_val_data_loss_by_default():
+def test_early_stopping_watches_the_chosen_unregularized_quantity():
     x, y = blobs(30, views=2, seed=3)
     vx, _ = blobs(9, views=1, seed=4)
     vy = (np.arange(9) % 3 + 1) % 3
     params = train_params(epochs=12)
     params["early_stopping"] = {"enabled": True, "patience": 2, "restore_best_weights": True}
+    result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+    auc = result.history["val_roc_auc_macro"].to_numpy()
+    assert result.best_epoch == int(auc.argmax()), "the default monitor is val macro AUC"
+    params["early_stopping"]["monitor"] = "val_data_loss"
     result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
     assert result.best_epoch == int(result.history["val_data_loss"].to_numpy().argmin())
     with pytest.raises(ValueError, match="cannot monitor 'val_los'"):

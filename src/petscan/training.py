@@ -3,10 +3,10 @@
 Two modes share one recipe (the seed notebook's: Adam, piecewise learning rate,
 early stopping with the best weights restored, class weights and a focal loss on
 integer labels). Early stopping, the plateau schedule and the best epoch watch
-`train.early_stopping.monitor`, by default `val_data_loss`: the validation loss
-without the head's L2 penalty (Keras' `val_loss` includes it, and at a constant
-prediction it keeps falling while the weights shrink). Every epoch also records
-`val_roc_auc_macro`. After training, `check_collapse` raises the alarm when the head
+`train.early_stopping.monitor`, by default `val_roc_auc_macro` (macro one-vs-rest
+ROC AUC on val, recorded every epoch) or `val_data_loss`, the validation loss
+without the head's L2 penalty; never Keras' `val_loss` unless asked for: it includes
+the penalty, and at a constant prediction it keeps falling while the weights shrink. After training, `check_collapse` raises the alarm when the head
 predicts one class for (nearly) every validation image or never beats the class prior.
 
 * `cached` trains only the dense head on the backbone features that `featurize`
@@ -200,7 +200,7 @@ class PlateauScaledSchedule(keras.callbacks.Callback):
         self.boundaries = list(schedule_params["boundaries"])
         self.values = list(schedule_params["values"])
         schedules.check_piecewise(self.boundaries, self.values)
-        self.monitor = plateau_params.get("monitor", "val_data_loss")
+        self.monitor = plateau_params.get("monitor", "val_roc_auc_macro")
         self.factor = float(plateau_params.get("factor", 0.5))
         self.patience = int(plateau_params.get("patience", 3))
         self.min_lr = float(plateau_params.get("min_lr", 0.0))
@@ -251,7 +251,7 @@ def build_callbacks(
     stopping = None
     es = train_params.get("early_stopping") or {}
     if es.get("enabled", True):
-        monitor = es.get("monitor", "val_data_loss")
+        monitor = es.get("monitor", "val_roc_auc_macro")
         stopping = keras.callbacks.EarlyStopping(
             monitor=monitor,
             mode=monitor_mode(monitor),
