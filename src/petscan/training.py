@@ -400,10 +400,13 @@ def fit_end_to_end(
 
 # --------------------------------------------------------------------------- outputs
 def save_model(model: keras.Model, path: str | Path) -> Path:
-    """Save a `.keras` file atomically (a reader never sees half a model)."""
+    """Save a `.keras` file atomically (a reader never sees half a model), byte-reproducible."""
+    from petscan.model import make_reproducible
+
     path = Path(path)
     with io.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+        make_reproducible(tmp)
     return path
 
 
