@@ -26,14 +26,21 @@ MODEL_PARAMS = {"input_size": [32, 32], "resize": "stretch", "backbone": "tiny"}
 WEIGHTS_META = random_weights_meta(sha256="ab" * 32)
 
 
+MANIFESTS = {
+    "train": "path,class,label,patient\na.png,x,0,p1\nc.png,y,1,p3\n",
+    "val": "path,class,label,patient\nb.png,y,1,p2\n",
+    "test": "path,class,label,patient\nd.png,x,0,p4\n",
+}
+
+
 @pytest.fixture
 def manifests(tmp_path):
-    paths = []
-    for split, body in (("train", "path,class\na.png,x\n"), ("val", "path,class\nb.png,y\n")):
-        path = tmp_path / f"{split}.csv"
-        path.write_text(body)
-        paths.append(path)
-    return paths
+    """A split folder with train.csv, val.csv and test.csv (what run_tags hashes)."""
+    split_dir = tmp_path / "data" / "split"
+    split_dir.mkdir(parents=True)
+    for split, body in MANIFESTS.items():
+        (split_dir / f"{split}.csv").write_text(body)
+    return split_dir
 
 
 def tiny_model(seed: int = 0) -> keras.Model:
@@ -113,8 +120,11 @@ def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, m
 def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lucid-gamma")
     tags = tracking.run_tags(manifests, WEIGHTS_META)
-    expected_hash = hashlib.sha256(b"path,class\na.png,x\n" + b"path,class\nb.png,y\n").hexdigest()
-    assert tags["data_manifest_sha256"] == expected_hash
+    # train, val, test in that order; the tuning runs use the same definition
+    expected_hash = hashlib.sha256(
+        (MANIFESTS["train"] + MANIFESTS["val"] + MANIFESTS["test"]).encode()
+    ).hexdigest()
+    assert tags["data_manifest_sha256"] == expected_hash == tracking.data_hash(manifests)
     assert tags["git_commit"] == "unknown"  # PETSCAN_ROOT is not a git repository
     assert tags["dvc_exp_name"] == "lucid-gamma"
     assert tags["random_init"] == "true"
@@ -124,7 +134,61 @@ def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.delenv("DVC_EXP_NAME")
     assert tracking.run_tags(manifests, {"random_init": False})["dvc_exp_name"] == "workspace"
     with pytest.raises(FileNotFoundError, match="dvc repro split"):
-        tracking.run_tags([mlflow_store / "missing.csv"], WEIGHTS_META)
+        tracking.run_tags(mlflow_store / "missing", WEIGHTS_META)
+
+
+def test_run_name_is_the_dvc_experiment_or_the_commit(monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = {"git_commit": "4ae41df0123456789", "git_dirty": "false"}
+    assert tracking.run_name("train", tags) == "train-4ae41df"
+    assert tracking.run_name("train", {**tags, "git_dirty": "true"}) == "train-4ae41df-dirty"
+    assert tracking.run_name("train", {"git_commit": "unknown"}) == "train-nogit"
+    monkeypatch.setenv("DVC_EXP_NAME", "gamma-1")
+    assert tracking.run_name("train", tags) == "gamma-1"
+
+
+def test_split_manifests_are_logged_as_datasets_with_contexts(mlflow_store, manifests):
+    with tracking.start_training_run({"experiment": "e"}, {}, {}) as run:
+        tracking.log_datasets(run.info.run_id, manifests, manifests.parent.parent)
+    inputs = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    found = {}
+    for entry in inputs:
+        context = {t.key: t.value for t in entry.tags}["mlflow.data.context"]
+        found[context] = entry.dataset
+    assert set(found) == {"train", "validation", "test"}
+    for split, context in (("train", "train"), ("val", "validation"), ("test", "test")):
+        dataset = found[context]
+        assert dataset.name == split
+        assert dataset.digest == hashlib.sha256(MANIFESTS[split].encode()).hexdigest()[:32]
+        assert f"data/split/{split}.csv" in dataset.source
+        rows = MANIFESTS[split].count("\n") - 1
+        assert f'"num_rows": {rows}' in dataset.profile
+
+
+def test_version_description_before_and_after_evaluation():
+    tags = {
+        "random_init": "true",
+        "backbone": "tiny",
+        "backbone_label": "RANDOM-INIT backbone (not RadImageNet)",
+        "weights_source": "random",
+        "weights_sha256": "ab" * 32,
+        "data_manifest_sha256": "cd" * 32,
+        "git_commit": "1234567",
+        "git_dirty": "false",
+        "dvc_exp_name": "workspace",
+    }
+    before = tracking.version_description(tags)
+    assert before.startswith("**WARNING: RANDOM-INIT BACKBONE")
+    assert "Backbone: tiny, weights: RANDOM-INIT backbone (not RadImageNet)" in before
+    assert f"split manifests sha256 {'cd' * 32}" in before
+    assert "not evaluated yet" in before
+    test = {"n": 63, "n_groups": 31, "ece": 0.0734, "ece_ci_low": 0.05, "ece_ci_high": 0.2}
+    test.update({"accuracy": 0.349206, "accuracy_ci_low": 0.185, "accuracy_ci_high": 0.5217})
+    after = tracking.version_description({**tags, "random_init": "false"}, {"test": test})
+    assert "WARNING" not in after
+    assert "Test (63 images of 31 patients; 95% bootstrap intervals)" in after
+    assert "accuracy 0.349 [0.185, 0.522]" in after and "ECE 0.073 [0.050, 0.200]" in after
+    assert "macro F1 n/a [n/a, n/a]" in after  # missing numbers are said to be missing
 
 
 def test_git_state_reads_head_and_dirty_flag(tmp_path):
@@ -185,15 +249,17 @@ def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests
     np.testing.assert_allclose([p.value for p in lr], [0.01, 0.01, 0.001, 0.001], rtol=1e-6)
 
 
-def test_resumed_run_logs_into_the_training_run(mlflow_store, tmp_path):
-    with tracking.start_training_run(
-        {"experiment": "e"}, {"a": 1}, {"random_init": "false"}
-    ) as run:
-        run_id = run.info.run_id
-    tracking.write_run_id(tmp_path / "run.json", run_id)
-    assert tracking.read_run_id(tmp_path / "run.json") == run_id
-    assert tracking.read_run_id(tmp_path / "absent.json") is None
-    with tracking.resumed_run(tracking.read_run_id(tmp_path / "run.json"), {}) as again:
+def test_resumed_run_logs_into_the_training_run_found_by_model_hash(mlflow_store, tmp_path):
+    params = {"experiment": "e"}
+    for sha in ("aa", "bb", "aa"):  # the newest training of a model wins
+        with tracking.start_training_run(params, {"a": 1}, {"random_init": "false"}) as run:
+            mlflow.set_tag("model_sha256", sha)
+            run_id = run.info.run_id
+    assert tracking.training_run_id("aa", params) == run_id
+    with pytest.warns(UserWarning, match="no MLflow training run"):
+        assert tracking.training_run_id("cc", params) is None
+    assert tracking.training_run_id(None, params) is None
+    with tracking.resumed_run(tracking.training_run_id("aa", params), {}) as again:
         assert again.info.run_id == run_id
         mlflow.log_metric("test_accuracy", 0.75)
     with tracking.resumed_run(None) as nothing:
@@ -207,7 +273,7 @@ def test_resumed_run_logs_into_the_training_run(mlflow_store, tmp_path):
 # --------------------------------------------------------------------------- the pyfunc model
 
 
-def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path):
+def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, manifests):
     model = tiny_model(seed=3)
     model_path = tmp_path / "model.keras"
     model.save(model_path)
@@ -237,9 +303,26 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path):
     np.testing.assert_allclose(inner.predict(None, x)[CLASSES].to_numpy(), expected, rtol=1e-5)
     assert loaded.model_config["class_names"] == CLASSES
 
-    versions = mlflow.MlflowClient().search_model_versions("name='pet-test'")
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='pet-test'")
     assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
-    by_name = mlflow.pyfunc.load_model("models:/pet-test/1")
+    # described, tagged and aliased by train; evaluate adds the test metrics
+    mlflow_params = {"registered_model": "pet-test", "alias": "candidate"}
+    tags = {**tracking.run_tags(manifests, WEIGHTS_META), "model_sha256": "ef" * 32}
+    assert tracking.register_version(info, mlflow_params, tags) == "1"
+    version = client.get_model_version_by_alias("pet-test", "candidate")
+    assert str(version.version) == "1" and "RANDOM-INIT BACKBONE" in version.description
+    assert version.tags["random_init"] == "true" and version.tags["model_sha256"] == "ef" * 32
+    assert version.tags["data_manifest_sha256"] == tracking.data_hash(manifests)
+    client.set_tag(run.info.run_id, "random_init", "true")  # what train's run carries
+    test = {"n": 4, "accuracy": 0.5, "accuracy_ci_low": 0.25, "accuracy_ci_high": 0.75}
+    assert tracking.describe_model_version(run.info.run_id, mlflow_params, {"test": test}) == ["1"]
+    version = client.get_model_version("pet-test", "1")
+    assert "Test (4 images; 95% bootstrap intervals): accuracy 0.500 [0.250, 0.750]" in (
+        version.description
+    )
+    assert version.tags["test_accuracy"] == "0.500 [0.250, 0.750]"
+    by_name = mlflow.pyfunc.load_model("models:/pet-test@candidate")
     np.testing.assert_allclose(
         by_name.predict(pd.DataFrame({"path": [str(images[1])]}))[CLASSES].to_numpy(),
         expected[1:2],

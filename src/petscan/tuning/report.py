@@ -137,8 +137,11 @@ def dump_yaml(obj: Any) -> str:
     return yaml.dump(obj, Dumper=_FlowListDumper, sort_keys=False, default_flow_style=False)
 
 
-def write_best_params(path: Path, study: optuna.Study, settings: TuneSettings) -> dict[str, Any]:
-    """best_params.yaml: a commented params.yaml fragment; returns the fragment."""
+def write_best_params(
+    path: Path, study: optuna.Study, settings: TuneSettings, banner: str | None = None
+) -> dict[str, Any]:
+    """best_params.yaml: a commented params.yaml fragment (with the random-init warning
+    when `banner`); returns the fragment."""
     best = study.best_trial
     fragment = best_params(study)
     where = "mean over cv folds" if int(settings.cv_folds) >= 2 else "val"
@@ -147,6 +150,8 @@ def write_best_params(path: Path, study: optuna.Study, settings: TuneSettings) -
         f"{settings.objective} ({where}) = {best.value:.6g}.\n"
         "# Merge into params.yaml with `make tune APPLY=1` (stages/tune.py --apply).\n"
     )
+    if banner:
+        header += f"# WARNING: {banner}\n"
     io.write_text(path, header + dump_yaml(fragment))
     return fragment
 
@@ -181,7 +186,7 @@ def write_outputs(
         best = study.best_trial
         files["best_params"] = out_dir / "best_params.yaml"
         summary.update(best_value=best.value, best_trial=best.number)
-        summary["best_params"] = write_best_params(files["best_params"], study, settings)
+        summary["best_params"] = write_best_params(files["best_params"], study, settings, banner)
     files["plots"], notes = (
         write_plots(study, out_dir, banner, settings.objective) if plots else ([], ["not drawn"])
     )
