@@ -208,6 +208,12 @@ def test_git_state_reads_head_and_dirty_flag(tmp_path):
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
     assert tracking.git_state(repo) == (head, "false")
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    subprocess.run(["git", "add", "dvc.lock"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "lock"], cwd=repo, check=True, env=env)
+    head = tracking.git_state(repo)[0]
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC writes it mid-run
+    assert tracking.git_state(repo) == (head, "false")
     (repo / "f.txt").write_text("2")
     assert tracking.git_state(repo) == (head, "true")
 

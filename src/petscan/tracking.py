@@ -123,12 +123,17 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def git_state(root: Path | None = None) -> tuple[str, str]:
-    """(`git rev-parse HEAD` or "unknown", dirty flag "true"/"false"/"unknown")."""
+    """(`git rev-parse HEAD` or "unknown", dirty flag "true"/"false"/"unknown").
+
+    Dirty means a tracked file differs from the commit, except `dvc.lock`: DVC rewrites
+    it while the pipeline runs (it records outputs, not code or params)."""
     root = root or config.repo_root()
     commit = _git(root, "rev-parse", "HEAD")
     if not commit:
         return "unknown", "unknown"
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    status = _git(
+        root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"
+    )
     dirty = "unknown" if status is None else ("true" if status else "false")
     return commit, dirty
 
@@ -208,11 +213,11 @@ def manifest_datasets(split_dir: str | Path, root: str | Path | None = None) -> 
         source = path.relative_to(root) if root and path.is_relative_to(root) else path
         with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(
+            entity = mlflow.data.from_pandas(
                 frame, source=str(source), name=split, digest=digest, targets="label"
-            )
+            )._to_mlflow_entity()  # (and "integer columns cannot represent missing values")
         context = InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[split])
-        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[context]))
+        inputs.append(DatasetInput(entity, tags=[context]))
     return inputs
 
 
