@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import keras
@@ -18,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import CLASS_NAMES as CLASSES
-from conftest import random_weights_meta, tiny_image_classifier, write_png
+from conftest import random_weights_meta, serve_mlflow, tiny_image_classifier, write_png
 
 from petscan import tracking
 
@@ -328,6 +323,15 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
         version.description
     )
     assert version.tags["test_accuracy"] == "0.500 [0.250, 0.750]"
+    # `petscan predict` by alias
+    from petscan import predict
+
+    out_csv = tmp_path / "by_alias.csv"
+    argv = [str(images[2]), "--model-uri", "models:/pet-test@candidate", "--csv", str(out_csv)]
+    assert predict.main([*argv, "--params", str(tmp_path / "absent.yaml")]) == 0
+    np.testing.assert_allclose(
+        pd.read_csv(out_csv)[CLASSES].to_numpy(), expected[2:3], rtol=1e-5, atol=1e-6
+    )
     by_name = mlflow.pyfunc.load_model("models:/pet-test@candidate")
     np.testing.assert_allclose(
         by_name.predict(pd.DataFrame({"path": [str(images[1])]}))[CLASSES].to_numpy(),
@@ -339,54 +343,12 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
 # --------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "server-artifacts"),
-        "--serve-artifacts",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.5)
+    with serve_mlflow(
+        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts", tmp_path
+    ) as url:
         yield url, tmp_path / "server-artifacts"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_logging_to_a_real_tracking_server(mlflow_store, manifests, mlflow_server, monkeypatch):
