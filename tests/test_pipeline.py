@@ -207,6 +207,8 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
     assert run.data.params["train.epochs"] == "3"
     assert run.data.params["model.backbone"] == "tiny"
     assert run.data.params["featurize.augmentation.rotation"] == "0.2"  # train reads it
+    assert run.data.params["evaluate.bootstrap_resamples"] == "50"  # evaluate reads it
+    assert run.data.params["plot.dpi"] == "130"  # plot reads it
     assert run.data.tags["random_init"] == "true"
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in losses) == list(range(info["epochs_run"]))

@@ -265,7 +265,14 @@ def test_resumed_run_logs_into_the_training_run_found_by_model_hash(mlflow_store
         mlflow.log_metric("test_accuracy", 0.75)
     with tracking.resumed_run(None) as nothing:
         assert nothing is None
+    # the params evaluate reads; a changed value (an evaluate-only experiment) is a tag
+    assert tracking.log_stage_params(run_id, {"evaluate": {"ece_bins": 10}}) == {}
+    changed = tracking.log_stage_params(run_id, {"evaluate": {"ece_bins": 15, "seed": 1}})
+    assert changed == {"evaluate.ece_bins": "15"}
     logged = mlflow.MlflowClient().get_run(run_id)
+    assert logged.data.params["evaluate.ece_bins"] == "10"
+    assert logged.data.params["evaluate.seed"] == "1"
+    assert logged.data.tags["evaluate.ece_bins"] == "15"
     assert logged.data.metrics["test_accuracy"] == 0.75
     assert logged.info.status == "FINISHED"
     assert "RANDOM-INIT" not in logged.data.tags.get("mlflow.note.content", "")

@@ -272,6 +272,7 @@ def run_evaluate(
     run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
     with tracking.resumed_run(run_id, params["mlflow"]) as run:
         if run is not None:
+            tracking.log_stage_params(run.info.run_id, {"evaluate": params["evaluate"]})
             mlflow.log_metrics(mlflow_metrics(results))
             for path in [metrics_path, full_path, *files]:
                 mlflow.log_artifact(str(path), artifact_path="reports")
@@ -320,6 +321,8 @@ def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
     run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
     with tracking.resumed_run(run_id, params["mlflow"]) as run:
         if run is not None:
+            stage_params = {"plot": params["plot"], "evaluate": {"ece_bins": bins}}
+            tracking.log_stage_params(run.info.run_id, stage_params)
             for path in written:
                 mlflow.log_artifact(str(path), artifact_path="figures")
     return written

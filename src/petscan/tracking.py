@@ -294,6 +294,25 @@ def resumed_run(
         yield run
 
 
+def log_stage_params(run_id: str, params: dict[str, Any]) -> dict[str, str]:
+    """Log the params a later stage (evaluate, plot) reads into the training run.
+
+    MLflow params cannot change: an experiment that changes only `evaluate.*` reuses the
+    training run, so a value that differs from the logged one goes into a tag of the same
+    name instead (the latest value; the metrics are the latest too). Returns those tags.
+    """
+    client = mlflow.MlflowClient()
+    logged = client.get_run(run_id).data.params
+    changed = {}
+    for key, value in flat_params(params).items():
+        if key not in logged:
+            client.log_param(run_id, key, value)
+        elif logged[key] != value:
+            client.set_tag(run_id, key, value)
+            changed[key] = value
+    return changed
+
+
 def training_run_id(model_sha256: str | None, mlflow_params: dict[str, Any]) -> str | None:
     """The newest training run whose model has this sha256 (tag `model_sha256`), or None.
 
