@@ -256,7 +256,10 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
         assert tags["random_init"] == "true" and tags["model_sha256"] == info["model_sha256"]
         assert tags["test_roc_auc_macro"].startswith(f"{test['roc_auc_macro']:.3f} [")
 
-    # Queued experiments, one param each: the workspace's params.yaml is left as it is
+    # The baseline run is committed (its dvc.lock), as after `make run` on a clone; then
+    # queued experiments, one param each: the workspace's params.yaml is left as it is
+    git(root, env, "add", "-A")
+    git(root, env, "commit", "-qm", "baseline run")
     params_before = (root / "params.yaml").read_bytes()
     features = root / "data" / "features" / "train.npy"
     stamp = features.stat().st_mtime_ns
