@@ -151,6 +151,9 @@ COMPACT = {
         for name in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro", "ece")
         for bound in ("", "_low", "_high")
     ),
+    "val.single_class_predictions",
+    "test.single_class_predictions",
+    "collapse.collapsed",
 }
 
 
@@ -210,6 +213,10 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
     assert run.data.params["evaluate.bootstrap_resamples"] == "50"  # evaluate reads it
     assert run.data.params["plot.dpi"] == "130"  # plot reads it
     assert run.data.tags["random_init"] == "true"
+    assert run.data.tags["collapse"] == str(info["collapse"]["collapsed"]).lower()
+    assert metrics["collapse"]["collapsed"] == info["collapse"]["collapsed"]
+    assert float(run.data.params["features.health.constant_share"]) >= 0.0
+    assert len(client.get_metric_history(run.info.run_id, "val_data_loss")) == info["epochs_run"]
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in losses) == list(range(info["epochs_run"]))
     assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == info["epochs_run"]
