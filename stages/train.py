@@ -2,9 +2,11 @@
 
 Reads the `data`, `model`, `train` and `mlflow` sections of params.yaml, plus
 `weights.dir`, `split.out_dir`, `featurize.out_dir` and `featurize.augmentation`
-(end_to_end mode). `train.mode: cached` fits the dense head on the cached features;
-`end_to_end` trains from the image files through the backbone. Writes into
-`train.out_dir`: model.keras (image -> probabilities), history.csv and train.json.
+(end_to_end mode), and logs all of them as MLflow params. `train.mode: cached` fits the
+dense head on the cached features; `end_to_end` trains from the image files through the
+backbone. Writes into `train.out_dir`: model.keras (image -> probabilities), history.csv
+and train.json (the same bytes for the same inputs), registers the model in MLflow and
+moves `mlflow.alias` to the new version.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ SECTIONS = (
     "weights.dir",
     "split.out_dir",
     "featurize.out_dir",
+    "featurize.augmentation",
 )
 
 
@@ -33,11 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_params(path: str) -> dict:
     """The sections and single keys this stage reads (and logs as MLflow params)."""
-    params = config.load_sections(SECTIONS, path)
-    if params["train"].get("mode") == "end_to_end":
-        featurize = config.load_section("featurize", path)
-        params["featurize"]["augmentation"] = featurize.get("augmentation")
-    return params
+    return config.load_sections(SECTIONS, path)
 
 
 def main(argv: list[str] | None = None) -> int:

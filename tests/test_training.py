@@ -242,7 +242,7 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
     x, y = blobs(12, views=1, dim=32, seed=5)
     result = training.fit_cached(x, y, x, y, MODEL, train_params(epochs=2), 3, verbose=0)
     full = build_full_model(MODEL, 3, None, head=result.head)
-    paths = training.save_outputs(result, full, tmp_path / "models", {"mlflow_run_id": "abc"})
+    paths = training.save_outputs(result, full, tmp_path / "models", {"backbone": "tiny"})
     loaded = load_model(paths["model"])  # safe_mode=True
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(
@@ -251,13 +251,31 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
     history = pd.read_csv(paths["history"])
     assert list(history.columns) == list(training.HISTORY_COLUMNS) and len(history) == 2
     info = json.loads(paths["summary"].read_text())
-    assert info["mlflow_run_id"] == "abc"
+    assert info["backbone"] == "tiny"
     assert info["epochs_run"] == 2 and info["best_epoch"] in (0, 1)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "history.csv",
         "model.keras",
         "train.json",
     ], "no temporary files left behind"
+
+
+def test_same_training_twice_gives_byte_identical_outputs(tmp_path):
+    """Same params and data, two trainings: model.keras, history.csv and train.json are the
+    same bytes (Keras stamps the save time and memory addresses; save_model removes them)."""
+    import zipfile
+
+    x, y = blobs(12, views=2, dim=32, seed=5)
+    for run in ("a", "b"):
+        result = training.fit_cached(x, y, x, y, MODEL, train_params(epochs=2), 3, verbose=0)
+        full = build_full_model(MODEL, 3, None, head=result.head)
+        training.save_outputs(result, full, tmp_path / run, {"backbone": "tiny"})
+    for name in ("model.keras", "history.csv", "train.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    with zipfile.ZipFile(tmp_path / "a" / "model.keras") as archive:
+        assert {i.date_time for i in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        metadata = json.loads(archive.read("metadata.json"))
+    assert metadata["date_saved"] == "unrecorded"
 
 
 # --------------------------------------------------------------------------- learning (issue 8)

@@ -22,7 +22,7 @@ import yaml
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
-from petscan import config, features, metrics, training, tuning
+from petscan import config, features, metrics, tracking, training, tuning
 
 CLASSES = {
     "No cancer": "No cancer",
@@ -51,7 +51,7 @@ def make_cache(root: Path, n_train=60, n_val=21, views=3, dim=8, seed=0) -> Path
     rng = np.random.default_rng(seed)
     means = rng.normal(0.0, 1.5, size=(3, dim))
     names = list(CLASSES.values())
-    for split, n, v in (("train", n_train, views), ("val", n_val, 1)):
+    for split, n, v in (("train", n_train, views), ("val", n_val, 1), ("test", 9, 1)):
         labels = np.arange(n) % 3
         frame = pd.DataFrame(
             {
@@ -334,6 +334,19 @@ def test_tiny_study_has_one_mlflow_child_per_trial(tiny_study):
     assert parent.data.tags["random_init"] == "true"
     assert "RANDOM-INIT" in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    # the same data hash as a training run on this split (train + val + test manifests)
+    assert parent.data.tags["data_manifest_sha256"] == tracking.data_hash(root / "data" / "split")
+    contexts = {
+        {t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset.name
+        for d in parent.inputs.dataset_inputs
+    }
+    assert contexts == {"train": "train", "validation": "val", "test": "test"}
+    # optuna-dashboard shows the study's user attributes: the backbone and its weights
+    assert study.user_attrs["backbone"] == "tiny" and study.user_attrs["random_init"] is True
+    assert study.user_attrs["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)"
+    assert summary["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)"
+    header = (root / "tune" / "best_params.yaml").read_text().splitlines()[:3]
+    assert "# WARNING: RANDOM-INIT backbone (not RadImageNet): demo numbers only" in header
     frame = pd.read_csv(root / "tune" / "trials.csv")
     assert list(frame["number"]) == [0, 1, 2] and set(frame["state"]) == {"COMPLETE"}
     plots = {p.name for p in (root / "tune" / "plots").glob("*.png")}

@@ -262,8 +262,10 @@ def test_current_install_is_skipped_and_redone_when_settings_or_file_change(
     (tmp_path / "w.h5").write_bytes(h5_files["tiny"].read_bytes())
     wp = params({"type": "file", "path": "w.h5"})
     first = fetch(tmp_path, wp)
+    stamp = (tmp_path / "out" / "weights.h5").stat().st_mtime_ns
     caplog.set_level(logging.INFO, logger="petscan.weights")
-    assert fetch(tmp_path, wp)["created_utc"] == first["created_utc"]
+    assert fetch(tmp_path, wp) == first
+    assert (tmp_path / "out" / "weights.h5").stat().st_mtime_ns == stamp
     assert "up to date" in caplog.text
     (tmp_path / "out" / "weights.h5").write_bytes(b"tampered")
     again = fetch(tmp_path, wp)
@@ -553,6 +555,7 @@ def test_random_fallback_is_labelled_loadable_and_deterministic(tmp_path, caplog
         r.levelname == "WARNING" and "RANDOMLY INITIALISED" in r.message for r in caplog.records
     )
     assert "1. file RadImageNet-IRV2_notop.h5: not found" in caplog.text
+    assert "set weights.fallback: random" not in caplog.text  # it already is
     on_disk = json.loads((tmp_path / "a" / "out" / "weights.json").read_text())
     assert on_disk["random_init"] is True and on_disk["label"] == weights.RANDOM_LABEL
     path = tmp_path / "a" / "out" / "weights.h5"
@@ -560,6 +563,10 @@ def test_random_fallback_is_labelled_loadable_and_deterministic(tmp_path, caplog
     same = fetch(tmp_path / "b", params(*ALL_FAIL, fallback="random", seed=5))
     other = fetch(tmp_path / "c", params(*ALL_FAIL, fallback="random", seed=6))
     assert same["sha256"] == meta["sha256"] != other["sha256"]
+    # identical inputs, byte-identical outputs (DVC then sees the same folder hash)
+    for name in ("weights.h5", "weights.json"):
+        first, second = (tmp_path / d / "out" / name for d in ("a", "b"))
+        assert first.read_bytes() == second.read_bytes(), name
     again = backbones.build_backbone("tiny", SHAPE, weights=tmp_path / "b" / "out" / "weights.h5")
     for a, b in zip(loaded, again.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -963,7 +970,9 @@ def test_recorded_urls_lose_tokens_and_query(tmp_path, h5_files, server, tls, ca
     assert meta["source"] == f"url:{server.url}/w.h5?***"
     on_disk = (tmp_path / "out" / "weights.json").read_text()
     assert "S3CRET" not in on_disk and "S3CRET" not in caplog.text
-    assert fetch(tmp_path, wp)["created_utc"] == meta["created_utc"]  # still up to date
+    stamp = (tmp_path / "out" / "weights.h5").stat().st_mtime_ns
+    assert fetch(tmp_path, wp) == meta  # still up to date: nothing fetched or rewritten
+    assert (tmp_path / "out" / "weights.h5").stat().st_mtime_ns == stamp
     server.routes.clear()
     with pytest.raises(weights.WeightsError) as err:
         fetch(tmp_path, wp, force=True)

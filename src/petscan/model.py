@@ -370,3 +370,51 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     if compile:
         import petscan.losses  # noqa: F401  (registers the custom losses)
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+
+# Keras stamps every `.keras` archive with the time of saving (zip entry times and
+# `metadata.json` "date_saved") and numbers shared objects by their memory address
+# (`id()`) in `config.json`; the weights file inside is already reproducible.
+UNRECORDED_DATE = "unrecorded"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _renumber_shared_objects(node: Any, numbers: dict[int, int]) -> Any:
+    """Replace `shared_object_id` values (memory addresses) by 1, 2, ... in order of appearance."""
+    if isinstance(node, dict):
+        return {
+            key: (
+                numbers.setdefault(value, len(numbers) + 1)
+                if key == "shared_object_id"
+                else _renumber_shared_objects(value, numbers)
+            )
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumber_shared_objects(value, numbers) for value in node]
+    return node
+
+
+def make_reproducible(path: str | Path) -> None:
+    """Rewrite a saved `.keras` archive so that the same model always gives the same bytes.
+
+    Fixed zip entry times, "date_saved" set to "unrecorded", shared-object numbers in
+    order of appearance (a consistent renaming, so shared objects stay shared on load).
+    The time a model was trained is recorded by its MLflow run instead.
+    """
+    import json
+    import zipfile
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "date_saved": UNRECORDED_DATE}).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = 0o644 << 16
+            archive.writestr(fixed, data)

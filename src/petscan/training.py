@@ -576,17 +576,23 @@ def _collapse(
 
 # --------------------------------------------------------------------------- outputs
 def save_model(model: keras.Model, path: str | Path) -> Path:
-    """Save a `.keras` file atomically (a reader never sees half a model)."""
+    """Save a `.keras` file atomically (a reader never sees half a model), byte-reproducible."""
+    from petscan.model import make_reproducible
+
     path = Path(path)
     with io.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+        make_reproducible(tmp)
     return path
 
 
 def save_outputs(
     result: TrainResult, full_model: keras.Model, out_dir: str | Path, extra: dict | None = None
 ) -> dict[str, Path]:
-    """Write `model.keras`, `history.csv` and `train.json` into `out_dir`."""
+    """Write `model.keras`, `history.csv` and `train.json` (with the model's sha256) into
+    `out_dir`. Same inputs, same bytes: nothing run-dependent (times, run ids) goes in."""
+    from petscan.weights import sha256_file
+
     out_dir = Path(out_dir)
     paths = {
         "model": out_dir / "model.keras",
@@ -595,7 +601,10 @@ def save_outputs(
     }
     save_model(full_model, paths["model"])
     io.write_csv(paths["history"], result.history)
-    io.write_json(paths["summary"], {**result.summary(), **(extra or {})})
+    model_sha256 = sha256_file(paths["model"])
+    io.write_json(
+        paths["summary"], {**result.summary(), **(extra or {}), "model_sha256": model_sha256}
+    )
     return paths
 
 
@@ -618,8 +627,6 @@ def run_train(
     `split.out_dir`, `featurize.out_dir` and (end_to_end) `featurize.augmentation`; all
     of it is logged as the run's params. Returns the contents of `train.json`.
     """
-    import os
-
     import mlflow
 
     from petscan import config, tracking
@@ -637,9 +644,10 @@ def run_train(
     weights_dir = root / params["weights"]["dir"]
     weights_meta = load_weights_meta(weights_dir)
     weights_path = weights_file(weights_dir)
-    tags = tracking.run_tags(list(manifests.values()), weights_meta)
-    run_name = os.environ.get("DVC_EXP_NAME") or None
+    tags = tracking.run_tags(split_dir, weights_meta)
+    run_name = tracking.run_name("train", tags)
     with tracking.start_training_run(params["mlflow"], params, tags, run_name=run_name) as run:
+        tracking.log_datasets(run.info.run_id, split_dir, root)
         logger = tracking.MlflowEpochLogger(run.info.run_id)
         if mode == "cached":
             result, full = _train_cached(params, root, manifests, weights_path, logger, verbose)
@@ -647,8 +655,6 @@ def run_train(
             result = _train_end_to_end(params, root, manifests, weights_path, logger, verbose)
             full = result.model
         extra = {
-            "mlflow_run_id": run.info.run_id,
-            "mlflow_experiment_id": run.info.experiment_id,
             "mode": mode,
             "random_init": bool(weights_meta.get("random_init", False)),
             "backbone": model_params["backbone"],
@@ -658,7 +664,8 @@ def run_train(
             "seed": int(train_params.get("seed", 0)),
         }
         paths = save_outputs(result, full, root / train_params["out_dir"], extra)
-        summary = {**result.summary(), **extra}
+        summary = {**io.read_json(paths["summary"]), "mlflow_run_id": run.info.run_id}
+        mlflow.set_tag("model_sha256", summary["model_sha256"])  # evaluate and plot find the run
         mlflow.log_metrics(
             {k: float(v) for k, v in summary.items() if k.startswith(("best_", "epochs_run"))}
         )
@@ -666,8 +673,12 @@ def run_train(
         mlflow.log_artifact(str(paths["history"]))
         mlflow.log_artifact(str(paths["summary"]))
         example = [str(root / pd.read_csv(manifests["val"])["path"].iloc[0])]
-        tracking.log_keras_model(
+        info = tracking.log_keras_model(
             paths["model"], params["mlflow"], class_names, model_params, input_example=example
+        )
+        version_tags = {**tags, "model_sha256": summary["model_sha256"]}
+        summary["registered_version"] = tracking.register_version(
+            info, params["mlflow"], version_tags
         )
     return summary
 

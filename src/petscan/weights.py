@@ -45,7 +45,6 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -1127,7 +1126,10 @@ def _failure_report(settings, failures: list[str], root: Path) -> str:
             "To place the file by hand: add {type: file, path: /path/to/the.h5} to "
             "weights.sources in params.yaml, then rerun."
         )
-    lines.append("Or set weights.fallback: random for a labelled random-init backbone (demo only).")
+    if settings["fallback"] != "random":
+        lines.append(
+            "Or set weights.fallback: random for a labelled random-init backbone (demo only)."
+        )
     return "\n".join(lines)
 
 
@@ -1139,7 +1141,6 @@ def _common(settings) -> dict[str, Any]:
         "input_size": settings["input_size"],
         "size_bytes": None,
         "keras_version": keras.__version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": settings,
     }
 

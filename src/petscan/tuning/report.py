@@ -138,9 +138,14 @@ def dump_yaml(obj: Any) -> str:
 
 
 def write_best_params(
-    path: Path, study: optuna.Study, settings: TuneSettings, overrides: Mapping[str, Any]
+    path: Path,
+    study: optuna.Study,
+    settings: TuneSettings,
+    overrides: Mapping[str, Any],
+    banner: str | None = None,
 ) -> dict[str, Any]:
-    """best_params.yaml: a commented params.yaml fragment; returns the fragment."""
+    """best_params.yaml: a commented params.yaml fragment (with the random-init warning
+    when `banner`); returns the fragment."""
     best = study.best_trial
     fragment = best_params(overrides)
     where = "mean over cv folds" if int(settings.cv_folds) >= 2 else "val"
@@ -149,6 +154,8 @@ def write_best_params(
         f"{settings.objective} ({where}) = {best.value:.6g}.\n"
         "# Merge into params.yaml with `make tune APPLY=1` (stages/tune.py --apply).\n"
     )
+    if banner:
+        header += f"# WARNING: {banner}\n"
     io.write_text(path, header + dump_yaml(fragment))
     return fragment
 
@@ -189,7 +196,7 @@ def write_outputs(
     if states["complete"] and best_overrides is not None:
         files["best_params"] = out_dir / "best_params.yaml"
         summary["best_params"] = write_best_params(
-            files["best_params"], study, settings, best_overrides
+            files["best_params"], study, settings, best_overrides, banner
         )
     files["plots"], notes = (
         write_plots(study, out_dir, banner, settings.objective) if plots else ([], ["not drawn"])
