@@ -3,7 +3,10 @@ file's own pixel grid, through both resize modes and non-square files."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import tiny_model_params
 
@@ -252,3 +255,122 @@ def test_bad_arguments_name_the_choices(model):
         explain.explain_images(model, [rgb], {"resize": "stretch"}, target=7)
     with pytest.raises(ValueError, match="predicted"):
         explain.explain_images(model, [rgb], {"resize": "stretch"}, target="best")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+SQUARE_CLASSES = ["No square", "Square"]
+
+
+@pytest.fixture(scope="module")
+def square_file(tmp_path_factory, model):
+    path = tmp_path_factory.mktemp("square") / "model.keras"
+    model.save(path)
+    return path
+
+
+def write_params(path, resize: str = "stretch"):
+    import yaml
+
+    params = {
+        "data": {"classes": {"none": SQUARE_CLASSES[0], "square": SQUARE_CLASSES[1]}},
+        "model": {"input_size": [224, 224], "resize": resize},  # the model's 32 x 32 wins
+    }
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def scans(tmp_path):
+    """Two non-square files with a square (one nested, one JPEG-free RGBA), two bad files."""
+    from conftest import write_png
+
+    folder = tmp_path / "scans"
+    write_png(folder / "wide.png", with_square(90, 150, 20, 95, 40))
+    tall = np.dstack([with_square(150, 90, 100, 10, 40), np.full((150, 90), 255, np.uint8)])
+    write_png(folder / "nested/tall.png", tall)
+    (folder / "broken.png").write_bytes(b"this is not a PNG")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+SQUARES = {"wide.png": (20, 95, 40), "nested/tall.png": (100, 10, 40)}
+
+
+@pytest.mark.parametrize("resize", pimages.RESIZE_MODES)
+def test_cli_writes_overlays_and_an_index_in_file_pixels(
+    square_file, scans, tmp_path, capsys, resize
+):
+    from PIL import Image
+
+    out = tmp_path / "out"
+    params = write_params(tmp_path / "params.yaml", resize)
+    code = explain.main(
+        [str(scans), "--model", str(square_file), "--out", str(out), "--params", str(params)]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "skipped" in err and "broken.png" in err and "empty.png" in err
+    index = pd.read_csv(out / explain.INDEX_FILE)
+    assert list(index.columns) == list(explain.INDEX_COLUMNS)
+    assert len(index) == 2 and set(index["class"]) == {"Square"}
+    for row in index.itertuples():
+        relative = Path(row.file).relative_to(scans).as_posix()
+        top, left, size = SQUARES[relative]
+        assert inside((row.peak_col, row.peak_row), top, left, size), (relative, resize)
+        with Image.open(out / row.overlay) as png:
+            assert png.size == Image.open(row.file).size  # the image as it was given
+    assert (out / "nested" / "tall_square.png").is_file()
+
+
+def test_cli_all_classes_and_a_named_class(square_file, scans, tmp_path):
+    params = write_params(tmp_path / "params.yaml")
+    argv = [str(scans / "wide.png"), "--model", str(square_file), "--params", str(params)]
+    assert explain.main([*argv, "--out", str(tmp_path / "all"), "--class", "all"]) == 0
+    index = pd.read_csv(tmp_path / "all" / explain.INDEX_FILE)
+    assert list(index["class"]) == SQUARE_CLASSES
+    assert list(index["empty"]) == [True, False]
+    assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == [
+        "wide_no-square.png",
+        "wide_square.png",
+    ]
+    out = tmp_path / "named"
+    code = explain.main([*argv, "--out", str(out), "--class", "no square", "--method", "gradcam++"])
+    assert code == 0
+    index = pd.read_csv(out / explain.INDEX_FILE)
+    assert list(index["class"]) == ["No square"] and list(index["method"]) == ["gradcam++"]
+
+
+def test_cli_usage_errors_and_nothing_explained(square_file, scans, tmp_path, capsys):
+    params = write_params(tmp_path / "params.yaml")
+    base = ["--model", str(square_file), "--params", str(params), "--out", str(tmp_path / "o")]
+    assert explain.main([str(scans), *base, "--class", "Cat"]) == 2
+    assert "unknown class 'Cat'" in capsys.readouterr().err
+    assert explain.main([str(scans / "broken.png"), *base]) == 1
+    err = capsys.readouterr().err
+    assert "broken.png" in err and "no image could be explained" in err
+    missing = ["--model", str(tmp_path / "absent.keras"), "--out", str(tmp_path / "o")]
+    assert explain.main([str(scans), *missing, "--params", str(params)]) == 2
+    assert "absent.keras" in capsys.readouterr().err
+
+
+def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow_store):
+    from petscan import tracking
+
+    mlflow_params = {"experiment": "explain-test", "registered_model": "square-explain"}
+    with tracking.start_training_run(mlflow_params, {}, {}):
+        tracking.log_keras_model(
+            square_file,
+            mlflow_params,
+            SQUARE_CLASSES,
+            {"input_size": list(INPUT), "resize": "pad"},
+            input_example=[str(scans / "wide.png")],
+        )
+    out = tmp_path / "uri"
+    argv = [str(scans), "--model-uri", "models:/square-explain/1", "--out", str(out)]
+    assert explain.main([*argv, "--params", str(tmp_path / "absent.yaml")]) == 0
+    index = pd.read_csv(out / explain.INDEX_FILE)
+    assert len(index) == 2
+    for row in index.itertuples():
+        top, left, size = SQUARES[Path(row.file).relative_to(scans).as_posix()]
+        assert inside((row.peak_col, row.peak_row), top, left, size)
