@@ -60,7 +60,7 @@ def test_random_map_has_the_feature_grid_resolution():
     rng = np.random.default_rng(0)
     values = loc.random_map(rng, (64, 32), (4, 4), (32, 32), "stretch")
     assert values.shape == (64, 32)
-    assert 0 <= values.min() and values.max() <= 1
+    assert values.min() >= 0 and values.max() <= 1
     # 4 x 4 cells: a 2 x 2 block at each cell centre holds the cell's own value
     again = np.random.default_rng(0).random((4, 4))
     assert values[7, 3] == pytest.approx(again[0, 0], abs=0.1)

@@ -1,6 +1,6 @@
 """The whole DVC pipeline, tiny, in a temporary copy of the repository.
 
-`dvc repro` runs split -> fetch_weights -> featurize -> train -> evaluate -> plot on a
+`dvc repro` runs split -> fetch_weights -> featurize -> train -> evaluate, explain -> plot on a
 tiny synthetic data set (tiny backbone, 32 x 32 images, random-init weights); the MLflow
 run is then read back. `dvc exp run -S train.epochs=2` must re-run train, evaluate and
 plot but not featurize, and add a second MLflow run.
@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 FIGURES = {
     "training_curves.png",
+    "explanations_test.png",
     *(
         f"{kind}_{split}.png"
         for kind in ("confusion", "roc", "pr", "reliability")
@@ -149,6 +150,14 @@ def test_dvc_repro_then_experiment_logs_to_mlflow(workspace):
     assert [v.run_id for v in versions] == [run.info.run_id]
     reports = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"metrics.json", "predictions_test.csv"} <= reports
+    # the explain stage: localization on the generator's lesions, logged into the same run
+    explained = json.loads((root / "reports" / "explain" / "metrics.json").read_text())
+    assert explained["skipped"] is None and explained["localization"]["images"] > 0
+    assert run.data.metrics["explain/model/pointing_game"] == pytest.approx(
+        explained["localization"]["model/pointing_game"]
+    )
+    explain_files = client.list_artifacts(run.info.run_id, "reports/explain")
+    assert {Path(a.path).name for a in explain_files} == {"metrics.json", "localization.csv"}
 
     features = root / "data" / "features" / "train.npy"
     stamp = features.stat().st_mtime_ns

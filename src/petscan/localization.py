@@ -54,9 +54,7 @@ def read_lesions(raw_dir: str | Path) -> tuple[pd.DataFrame | None, str | None]:
     return frame, None
 
 
-def lesion_mask(
-    shape: Sequence[int], lesions: pd.DataFrame, tolerance_mm: float
-) -> np.ndarray:
+def lesion_mask(shape: Sequence[int], lesions: pd.DataFrame, tolerance_mm: float) -> np.ndarray:
     """Boolean (H, W): inside any lesion's FWHM ellipse widened by `tolerance_mm`."""
     height, width = int(shape[0]), int(shape[1])
     rows = np.arange(height, dtype=np.float64)[:, None]
