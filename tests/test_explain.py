@@ -374,3 +374,25 @@ def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow
     for row in index.itertuples():
         top, left, size = SQUARES[Path(row.file).relative_to(scans).as_posix()]
         assert inside((row.peak_col, row.peak_row), top, left, size)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("backbone", "size"),
+    [("inception_resnet_v2", 75), ("inception_v3", 75), ("resnet50", 64), ("densenet121", 64)],
+)
+def test_every_known_backbone_reloaded(backbone, size, tmp_path):
+    """The target is found from the structure of a saved and reloaded model, whatever the
+    backbone's own layer names (which differ from process to process)."""
+    from petscan import model as pmodel
+
+    params = tiny_model_params(backbone=backbone, input_size=[size, size], resize="pad")
+    pmodel.build_full_model(params, 3, None).save(tmp_path / "model.keras")
+    loaded = pmodel.load_model(tmp_path / "model.keras")
+    layer, tensor = explain.find_target(loaded)
+    assert isinstance(layer, keras.Model) and len(tensor.shape) == 4
+    rgb = np.random.default_rng(1).integers(0, 255, (120, 70, 3), dtype=np.uint8)
+    (result,) = explain.explain_images(loaded, [rgb], params, method="gradcam++")
+    assert result.heatmap.shape == (120, 70)
+    proba = loaded.predict(pimages.resize(rgb, (size, size), "pad")[None].astype("float32"))
+    np.testing.assert_allclose(result.probabilities, proba[0], atol=1e-5)
