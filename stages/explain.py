@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{summary[f'{name}/pointing_game_ci_high']:.3f}], energy inside "
             f"{summary[f'{name}/energy_inside']:.3f} on {summary['images']} images{label}"
         )
+    print(f"explain: empty heatmaps (no positive evidence): {summary['model/empty_heatmaps']:.3f}")
     return 0
 
 

@@ -77,9 +77,11 @@ def test_summary_means_intervals_and_paired_differences():
             "random_hit": [0, 1, 0, 0, 0],
             "random_energy": [0.05] * 5,
             "lesion_area": [0.01] * 5,
+            "model_empty": [False, False, True, False, False],
         }
     )
     out = loc.summarize(frame, n_resamples=300, confidence=0.9, seed=0)
+    assert out["model/empty_heatmaps"] == pytest.approx(0.2)
     assert out["images"] == 5 and out["patients"] == 4
     assert out["model/pointing_game"] == pytest.approx(0.6)
     assert out["model/energy_inside"] == pytest.approx(0.3)
@@ -171,6 +173,7 @@ def test_stage_scores_every_image_with_a_visible_lesion(tiny_project):
     assert summary["random_init"] is True and summary["skipped"] is None
     local = summary["localization"]
     assert local["images"] == len(scored)
+    assert local["model/empty_heatmaps"] == pytest.approx(scored["model_empty"].mean())
     assert local["model/pointing_game"] == pytest.approx(scored["model_hit"].mean())
     assert local["centre_prior/energy_inside"] == pytest.approx(
         scored["centre_prior_energy"].mean()

@@ -9,6 +9,9 @@ heatmap of its *true* class:
   visible lesion (its FWHM ellipse) widened by `explain.tolerance_mm` on every side;
 - **energy inside**: the share of the heatmap's sum that lies inside those regions.
 
+An empty heatmap (Grad-CAM finds no positive evidence for the class anywhere) scores a
+miss and no energy; the share of such images is reported beside the scores.
+
 Both are averaged over the images, with percentile bootstrap intervals that resample
 patients, and computed the same way for two reference maps: a centre-of-body prior (a
 Gaussian at the centroid of the body's silhouette, as wide as the body) and a random map
@@ -123,7 +126,11 @@ def image_scores(
         "centre_prior": centre_prior(rgb),
         "random": random_map(rng, heatmap.shape, feature_size, input_size, resize_mode),
     }
-    row: dict[str, Any] = {"visible_lesions": len(visible), "lesion_area": float(mask.mean())}
+    row: dict[str, Any] = {
+        "visible_lesions": len(visible),
+        "lesion_area": float(mask.mean()),
+        "model_empty": not bool(np.any(heatmap > 0)),  # no positive evidence for the class
+    }
     for name, values in maps.items():
         hit, energy = scores(values, mask)
         row[f"{name}_hit"], row[f"{name}_energy"] = hit, energy
@@ -134,9 +141,12 @@ def summarize(
     frame: pd.DataFrame, n_resamples: int, confidence: float, seed: int
 ) -> dict[str, Any]:
     """Means and patient-bootstrap intervals of every map's hit rate and energy share,
-    and of the model's advantage over each reference (paired: the same resampled images).
+    and of the model's advantage over each reference (paired: the same resampled images),
+    and the share of images whose heatmap is empty (no positive evidence: a miss).
     """
     columns = {}
+    if "model_empty" in frame:
+        columns["model/empty_heatmaps"] = frame["model_empty"].to_numpy(dtype=float)
     for name in MAPS:
         columns[f"{name}/pointing_game"] = frame[f"{name}_hit"].to_numpy(dtype=float)
         columns[f"{name}/energy_inside"] = frame[f"{name}_energy"].to_numpy(dtype=float)
