@@ -128,7 +128,9 @@ def test_dvc_repro_then_experiment_logs_to_mlflow(workspace):
     assert {"loss", "accuracy", "confusion_test", "confusion_val"} <= set(plots)
     assert {f"reports/figures/{name}" for name in FIGURES} <= set(plots)
 
+    # both URIs: an earlier test's `tracking.use_store` may have left the registry elsewhere
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     run = client.get_run(info["mlflow_run_id"])
     assert run.data.params["train.epochs"] == "3"
