@@ -3,8 +3,9 @@
 Reads the `data`, `plot` and `mlflow` sections of params.yaml, plus `train.out_dir`
 and `evaluate` (out_dir, ece_bins). Draws from `<train.out_dir>/history.csv` and
 `<evaluate.out_dir>/predictions_{val,test}.csv` into `plot.out_dir`: training_curves.png
-and {confusion,roc,pr,reliability}_{val,test}.png, each with a warning banner when the
-backbone was random-init.
+and {confusion,roc,pr,reliability}_{val,test}.png, plus explanations_test.png from the
+explain stage's gallery (`explain.out_dir`), each with a warning banner when the backbone
+was random-init.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 
 from petscan import config
 
-SECTIONS = ("data", "plot", "evaluate", "mlflow", "train.out_dir")
+SECTIONS = ("data", "plot", "evaluate", "mlflow", "train.out_dir", "explain.out_dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """The whole DVC pipeline, tiny, in a temporary copy of the repository.
 
-`dvc repro` runs split -> fetch_weights -> featurize -> train -> evaluate -> plot on a
+`dvc repro` runs split -> fetch_weights -> featurize -> train -> evaluate, explain -> plot on a
 tiny synthetic data set (tiny backbone, 32 x 32 images, random-init weights); the MLflow
 run is then read back, also through the REST API of a real `mlflow server`. Two queued
 experiments (`dvc exp run --queue -S ...`) must each differ from the baseline by one param,
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 FIGURES = {
     "training_curves.png",
+    "explanations_test.png",
     *(
         f"{kind}_{split}.png"
         for kind in ("confusion", "roc", "pr", "reliability")
@@ -198,7 +199,9 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
         assert f'"title": "{y_title}"' in spec, (plot, spec[:2000])
         assert '"title": "y"' not in spec
 
+    # both URIs: an earlier test's `tracking.use_store` may have left the registry elsewhere
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     (run,) = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
@@ -231,6 +234,14 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
     assert len(models) == 1, "log_keras_model logs one pyfunc model per training run"
     reports = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"metrics.json", "metrics_full.json", "predictions_test.csv"} <= reports
+    # the explain stage: localization on the generator's lesions, logged into the same run
+    explained = json.loads((root / "reports" / "explain" / "metrics.json").read_text())
+    assert explained["skipped"] is None and explained["localization"]["images"] > 0
+    assert run.data.metrics["explain/model/pointing_game"] == pytest.approx(
+        explained["localization"]["model/pointing_game"]
+    )
+    explain_files = client.list_artifacts(run.info.run_id, "reports/explain")
+    assert {Path(a.path).name for a in explain_files} == {"metrics.json", "localization.csv"}
 
     # What the MLflow UI shows, read through the REST API of a real server on this store
     with serve_mlflow(

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -173,6 +174,102 @@ def test_lesion_sits_where_the_truth_says(medium):
     height, width = breast["height"], breast["width"]
     assert (breast.primary_row.between(0.25 * height, 0.6 * height)).all()  # chest level
     assert (breast.primary_col.between(0, width)).all()
+
+
+def test_lesions_file_records_every_lesion_in_file_pixels(medium):
+    out, frame = medium
+    lesions = pd.read_csv(out / synthetic.LESIONS_FILE)
+    assert list(lesions.columns) == list(synthetic.LESION_COLUMNS)
+    cancer = frame[frame.folder != "No cancer"]
+    assert set(lesions.path) == set(cancer.path)  # every cancer file, no other
+    counts = lesions.groupby("path").size()
+    for row in cancer.itertuples():  # the primary plus every node and metastasis
+        nodes = row.axillary_nodes if row.folder == "breast cancer" else row.pelvic_nodes
+        extra = np.nansum([nodes, row.bone_mets, getattr(row, "liver_mets", 0), row.lung_mets])
+        assert counts[row.path] >= 1 + extra
+    primary = lesions[lesions.kind == "primary"].set_index("path").loc[cancer.path]
+    # the same place as .ground_truth.csv's primary (which rounds a pixel-corner estimate)
+    assert np.abs(primary.col.to_numpy() - cancer.primary_col.to_numpy()).max() <= 1.5
+    assert np.abs(primary.row.to_numpy() - cancer.primary_row.to_numpy()).max() <= 1.5
+    assert (lesions.visible == (lesions.contrast >= synthetic.DEFAULT_VISIBLE_CONTRAST)).all()
+    assert 0.3 < lesions.visible.mean() < 1.0  # some hidden, most seen
+
+
+def test_visibility_threshold_changes_the_lesions_file_only(tiny, tmp_path):
+    out, _ = tiny
+    again = tmp_path / "raw"
+    synthetic.generate(
+        again, TINY, seed=11, base_height=80, workers=1, progress=False, visible_contrast=0.5
+    )
+    assert file_bytes(again) == file_bytes(out)
+    before = pd.read_csv(out / synthetic.LESIONS_FILE)
+    after = pd.read_csv(again / synthetic.LESIONS_FILE)
+    pd.testing.assert_series_equal(before.contrast, after.contrast)
+    assert (after.visible == (after.contrast >= 0.5)).all()
+    assert before.visible.sum() > after.visible.sum()
+
+
+def constructed_case() -> tuple[synthetic.Anatomy, synthetic.ViewSpec]:
+    """No body, a hot organ with a lesion in front of it, a faint and a clear lesion.
+
+    400 x 200 px for anatomy rows 0..1 (1.02 x): u = 392.16 px per unit, 1100 mm per unit.
+    """
+    diam = 30.0
+    sigma = synthetic._sigma(diam, 1100.0)
+    organ = synthetic._ell(0.1, 0.5, 0.0, 0.08, 0.08, 20.0)
+    hidden = synthetic._gauss(0.1, 0.5, 0.05, sigma, 4.0)
+    faint = synthetic._gauss(-0.15, 0.7, 0.0, sigma, 0.5)
+    clear = synthetic._gauss(-0.15, 0.3, 0.0, sigma, 6.0)
+    anatomy = synthetic.Anatomy(
+        outline=[],
+        lungs=[],
+        uptake=[organ, hidden, faint, clear],
+        background=0.0,
+        lung_factor=1.0,
+        half_width=0.25,
+        truth={},
+        scanner={"mm_per_unit": 1100.0},
+        lesions=[
+            synthetic.Lesion(kind, blob, diam)
+            for kind, blob in (("primary", hidden), ("bone_met", faint), ("liver_met", clear))
+        ],
+    )
+    view = synthetic.ViewSpec(
+        height=400, width=200, upsample=1.0, stretch=1.0, angle_deg=0.0, tilt_deg=0.0,
+        y_top=0.0, y_bottom=1.0, shift=0.0, counts=1e6, window=8.0, gamma=1.0, fwhm_mm=8.0,
+        fmt="png-grey", quality=90,
+    )  # fmt: skip
+    return anatomy, view
+
+
+def test_visibility_flag_on_a_constructed_case():
+    anatomy, view = constructed_case()
+    rng = np.random.default_rng(0)
+    _, _, records = synthetic.render(rng, anatomy, view, visible_contrast=0.1)
+    hidden, faint, clear = records
+    u = 400 / 1.02
+    # clear: centre col = 100 - 0.15 u, row = 0.01 * 400 + 0.3 u (pixel centres, no resampling)
+    assert clear["col"] == pytest.approx(100 - 0.15 * u, abs=0.05)
+    assert clear["row"] == pytest.approx(4 + 0.3 * u, abs=0.05)
+    assert clear["radius_col"] == pytest.approx(15 * u / 1100, abs=0.01)  # half of 30 mm
+    # A Gaussian of sigma s blurred by sigma b peaks at s^2 / (s^2 + b^2) of its value;
+    # with no background, the display change is that peak / window (gamma 1).
+    s2, b2 = (30 / 2.355) ** 2, (8 / 2.355) ** 2
+    assert clear["contrast"] == pytest.approx(6 * s2 / (s2 + b2) / 8, abs=0.01)
+    assert clear["visible"] and clear["in_view"]
+    assert faint["contrast"] == pytest.approx(0.5 * s2 / (s2 + b2) / 8, abs=0.005)
+    assert not faint["visible"]  # 0.058 < 0.1
+    assert hidden["contrast"] == pytest.approx(0.0, abs=1e-6)  # behind the SUV-20 organ
+    assert not hidden["visible"] and hidden["in_view"]
+
+
+def test_lesion_records_leave_the_image_unchanged():
+    anatomy, view = constructed_case()
+    with_records, _, _ = synthetic.render(np.random.default_rng(3), anatomy, view)
+    anatomy.lesions = []  # drawn as ordinary uptake, in list order
+    plain, _, records = synthetic.render(np.random.default_rng(3), anatomy, view)
+    assert records == []
+    np.testing.assert_array_equal(with_records, plain)
 
 
 def test_encode_round_trips_every_format(tmp_path):

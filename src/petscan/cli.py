@@ -10,6 +10,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("petscan.synthetic", "generate the synthetic PET demo data set"),
     "contact-sheet": ("petscan.contact_sheet", "write a PNG with a few images per class"),
     "predict": ("petscan.predict", "class probabilities for an image file or folder"),
+    "explain": ("petscan.explain", "Grad-CAM heatmaps of the predictions, as overlay PNGs"),
 }
 
 

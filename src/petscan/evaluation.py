@@ -332,6 +332,8 @@ def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
         plots.pr_curves(y_true, proba, class_names, out["pr"], banner, dpi)
         plots.reliability_diagram(y_true, proba, bins, out["reliability"], banner, dpi)
         written.extend(out.values())
+    if "explain" in params:  # the explain stage's gallery panels
+        written.append(explanation_figure(params, root, class_names, banner, dpi))
     run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
     with tracking.resumed_run(run_id, params["mlflow"]) as run:
         if run is not None:
@@ -340,3 +342,19 @@ def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
             for path in written:
                 mlflow.log_artifact(str(path), artifact_path="figures")
     return written
+
+
+def explanation_figure(
+    params: dict[str, Any], root: Path, class_names: list[str], banner: str | None, dpi: int
+) -> Path:
+    """`explanations_test.png` from the explain stage's gallery (`explain.out_dir`)."""
+    from petscan import plots
+    from petscan.localization import GALLERY_FILE, GALLERY_SPLIT
+
+    panels = root / params["explain"]["out_dir"] / "gallery"
+    if not (panels / GALLERY_FILE).is_file():
+        raise FileNotFoundError(f"{panels / GALLERY_FILE} not found: run `dvc repro explain`")
+    out = root / params["plot"]["out_dir"] / f"explanations_{GALLERY_SPLIT}.png"
+    gallery = pd.read_csv(panels / GALLERY_FILE)
+    plots.explanation_gallery(gallery, panels, class_names, out, banner, dpi)
+    return out

@@ -324,3 +324,72 @@ def reliability_diagram(
     bottom.set_title(f"Images per confidence bin (n = {int(count.sum())})")
     bottom.grid(alpha=0.3)
     return _save(fig, out, dpi)
+
+
+# --------------------------------------------------------------------------- explanations
+
+GALLERY_COLUMNS = {
+    ("correct", "high"): "correct, most confident",
+    ("correct", "low"): "correct, least confident",
+    ("wrong", "high"): "wrong, most confident",
+    ("wrong", "low"): "wrong, least confident",
+}
+
+
+def explanation_gallery(
+    gallery: pd.DataFrame,
+    panel_dir: str | Path,
+    class_names: Sequence[str],
+    out: str | Path,
+    banner: str | None = None,
+    dpi: int = DEFAULT_DPI,
+) -> Figure:
+    """Grad-CAM overlays of chosen test images: one row per true class, one column per
+    slot (`GALLERY_COLUMNS`). Visible lesions of the ground truth are outlined in cyan,
+    the heatmap's peak is a white cross. `gallery` is the explain stage's gallery.csv.
+    """
+    import json
+
+    from matplotlib.patches import Ellipse
+    from PIL import Image
+
+    slots = list(GALLERY_COLUMNS)
+    fig, body = _figure(3.0 * len(slots), 3.6 * len(class_names), banner)
+    axes = np.atleast_2d(body.subplots(len(class_names), len(slots), squeeze=False))
+    for r, name in enumerate(class_names):
+        for c, slot in enumerate(slots):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(GALLERY_COLUMNS[slot], fontsize=10, fontweight="bold")
+            if c == 0:
+                ax.set_ylabel(f"true: {name}", fontsize=10)
+            match = gallery[
+                (gallery["true_class"] == name)
+                & (gallery["outcome"] == slot[0])
+                & (gallery["confidence_end"] == slot[1])
+            ]
+            row = match.iloc[0] if len(match) else None
+            if row is None or not isinstance(row.get("panel"), str):
+                ax.text(0.5, 0.5, "no such image", ha="center", va="center", color="grey")
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                continue
+            with Image.open(Path(panel_dir) / row["panel"]) as image:
+                ax.imshow(np.asarray(image.convert("RGB")))
+            for col, row_px, rc, rr in json.loads(row["visible_lesions"]):
+                ax.add_patch(
+                    Ellipse((col, row_px), 2 * rc, 2 * rr, fill=False, color="cyan", lw=1.2)
+                )
+            ax.plot(row["peak_col"], row["peak_row"], "w+", ms=12, mew=2)
+            ax.set_xlabel(
+                f"pred. {row['predicted_class']} ({row['confidence']:.2f})\n"
+                f"{Path(row['path']).name}",
+                fontsize=8,
+            )
+    body.suptitle(
+        "Grad-CAM of the predicted class (test images); cyan: visible lesions, +: peak",
+        fontsize=11,
+    )
+    return _save(fig, out, dpi)

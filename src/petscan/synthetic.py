@@ -30,6 +30,7 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from multiprocessing import Pool
 from pathlib import Path
@@ -55,6 +56,12 @@ FORMATS: tuple[tuple[str, float], ...] = (
     ("jpeg-rgb", 0.05),
 )
 TRUTH_FILE = ".ground_truth.csv"  # hidden: `images.list_images` skips it
+LESIONS_FILE = ".lesions.csv"  # every lesion of every file, one row each
+DEFAULT_VISIBLE_CONTRAST = 0.1  # params synthetic.visible_contrast
+LESION_COLUMNS = (
+    "path", "patient", "view", "lesion", "kind", "col", "row", "diam_mm", "radius_col",
+    "radius_row", "px_per_mm_col", "px_per_mm_row", "suv", "contrast", "in_view", "visible",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- structures
@@ -108,6 +115,16 @@ class Anatomy:
     truth: dict[str, Any]
     primary: tuple[float, float, float] | None = None  # (x, y, z) of the main lesion
     scanner: dict[str, float] = field(default_factory=dict)
+    lesions: list[Lesion] = field(default_factory=list)  # every lesion drawn, primary first
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One drawn lesion (a `gauss` blob of `uptake`) and what it is."""
+
+    kind: str  # primary | axillary_node | chest_node | pelvic_node | para_aortic_node | *_met
+    blob: Blob
+    diam_mm: float  # full width at half maximum
 
 
 @dataclass(frozen=True)
@@ -492,13 +509,14 @@ def _bone_mets(rng, n: int, mmu: float, weights: Sequence[float]) -> list[Blob]:
     return blobs
 
 
-def _breast_cancer(rng, marks, breasts, organs, mmu) -> tuple[list[Blob], dict, tuple]:
+def _breast_cancer(rng, marks, breasts, organs, mmu) -> tuple[list[Blob], dict, list[Lesion]]:
     side = int(rng.choice([-1, 1]))
     bx, by, bz, rx, ry, tissue = breasts[0 if side < 0 else 1]
     x = bx + side * rng.uniform(-0.35, 0.75) * rx
     y = by + rng.uniform(-0.7, 0.5) * ry
     diam, suv = _lu(rng, 6.0, 35.0), max(_lu(rng, 1.6, 14.0), tissue * 1.3)
     blobs = [_gauss(x, y, bz, _sigma(diam, mmu), suv)]
+    kinds = ["primary"]
     truth = {"primary_side": "left" if side > 0 else "right", "primary_diam_mm": round(diam, 1)}
     truth["primary_suv"] = round(suv, 2)
     nodes = int(rng.integers(1, 5)) if rng.random() < 0.55 else 0
@@ -506,32 +524,38 @@ def _breast_cancer(rng, marks, breasts, organs, mmu) -> tuple[list[Blob], dict, 
     for _ in range(nodes):
         px, py = cx + rng.uniform(-0.02, 0.02), cy + rng.uniform(-0.02, 0.02)
         blobs.append(_gauss(px, py, 0.0, _sigma(_lu(rng, 6, 22), mmu), _lu(rng, 1.8, 10.0)))
+        kinds.append("axillary_node")
     if rng.random() < 0.1:  # internal mammary or supraclavicular node
         px, py = (
             (side * 0.03, rng.uniform(0.36, 0.42)) if rng.random() < 0.5 else (side * 0.09, 0.275)
         )
         blobs.append(_gauss(px, py, 0.05, _sigma(_lu(rng, 6, 15), mmu), _lu(rng, 2.0, 8.0)))
+        kinds.append("chest_node")
     bone = int(rng.integers(1, 9)) if rng.random() < 0.15 else 0
     blobs += _bone_mets(rng, bone, mmu, (0.4, 0.15, 0.2, 0.1, 0.1, 0.05))
+    kinds += ["bone_met"] * bone
     liver_n = int(rng.integers(1, 6)) if rng.random() < 0.07 else 0
     for _ in range(liver_n):
         px, py = rng.uniform(-0.14, 0.02), 0.5 + organs["liver_dy"] + rng.uniform(-0.04, 0.05)
         value = organs["liver_suv"] * rng.uniform(1.6, 3.5)
         blobs.append(_gauss(px, py, 0.0, _sigma(_lu(rng, 10, 35), mmu), value))
+        kinds.append("liver_met")
     lung_n = int(rng.integers(1, 7)) if rng.random() < 0.07 else 0
     for _ in range(lung_n):
         px, py = rng.choice([-1, 1]) * rng.uniform(0.04, 0.13), rng.uniform(0.31, 0.46)
         blobs.append(_gauss(px, py, 0.0, _sigma(_lu(rng, 5, 18), mmu), _lu(rng, 1.5, 6.0)))
+        kinds.append("lung_met")
     truth.update(axillary_nodes=nodes, bone_mets=bone, liver_mets=liver_n, lung_mets=lung_n)
-    return blobs, truth, (x, y, bz)
+    return blobs, truth, _lesions(blobs, kinds, mmu)
 
 
-def _prostate_cancer(rng, organs, mmu) -> tuple[list[Blob], dict, tuple]:
+def _prostate_cancer(rng, organs, mmu) -> tuple[list[Blob], dict, list[Lesion]]:
     # Just below the bladder, partly overlapping it in projection.
     y = organs["bladder_y"] + organs["bladder_ry"] * rng.uniform(0.55, 1.2)
     x = rng.uniform(-0.012, 0.012)
     diam, suv = _lu(rng, 8.0, 30.0), _lu(rng, 2.5, 20.0)
     blobs = [_gauss(x, y, 0.0, _sigma(diam, mmu), suv)]
+    kinds = ["primary"]
     truth = {
         "primary_side": "midline",
         "primary_diam_mm": round(diam, 1),
@@ -541,14 +565,24 @@ def _prostate_cancer(rng, organs, mmu) -> tuple[list[Blob], dict, tuple]:
     for _ in range(nodes):
         px, py = rng.choice([-1, 1]) * rng.uniform(0.04, 0.09), rng.uniform(0.68, 0.79)
         blobs.append(_gauss(px, py, -0.02, _sigma(_lu(rng, 6, 20), mmu), _lu(rng, 2.0, 10.0)))
+        kinds.append("pelvic_node")
     if rng.random() < 0.1:  # para-aortic nodes
         for _ in range(int(rng.integers(1, 4))):
             px, py = rng.choice([-1, 1]) * rng.uniform(0.015, 0.03), rng.uniform(0.58, 0.66)
             blobs.append(_gauss(px, py, -0.04, _sigma(_lu(rng, 6, 16), mmu), _lu(rng, 2.0, 8.0)))
+            kinds.append("para_aortic_node")
     bone = int(rng.integers(1, 13)) if rng.random() < 0.25 else 0
     blobs += _bone_mets(rng, bone, mmu, (0.35, 0.25, 0.12, 0.13, 0.05, 0.1))
+    kinds += ["bone_met"] * bone
     truth.update(pelvic_nodes=nodes, bone_mets=bone)
-    return blobs, truth, (x, y, 0.0)
+    return blobs, truth, _lesions(blobs, kinds, mmu)
+
+
+def _lesions(blobs: list[Blob], kinds: list[str], mmu: float) -> list[Lesion]:
+    """Lesion records of drawn `gauss` blobs; the size back from sigma (`_sigma` inverted)."""
+    return [
+        Lesion(kind, blob, blob.rx * 2.355 * mmu) for blob, kind in zip(blobs, kinds, strict=True)
+    ]
 
 
 def build_anatomy(rng: np.random.Generator, kind: str) -> Anatomy:
@@ -579,15 +613,16 @@ def build_anatomy(rng: np.random.Generator, kind: str) -> Anatomy:
     truth: dict[str, Any] = {"sex": sex, "arms": marks["arms"], "habitus": round(marks["fat"], 3)}
     truth.update({k: v for k, v in organs.items() if k in ("myocardium_suv", "bladder_suv")})
     truth.update(found)
-    primary = None
+    lesions: list[Lesion] = []
     if kind == BREAST:
-        lesions, extra, primary = _breast_cancer(rng, marks, breasts, organs, mmu)
-        uptake += lesions
+        blobs, extra, lesions = _breast_cancer(rng, marks, breasts, organs, mmu)
+        uptake += blobs
         truth.update(extra)
     elif kind == PROSTATE:
-        lesions, extra, primary = _prostate_cancer(rng, organs, mmu)
-        uptake += lesions
+        blobs, extra, lesions = _prostate_cancer(rng, organs, mmu)
+        uptake += blobs
         truth.update(extra)
+    primary = (lesions[0].blob.x, lesions[0].blob.y, lesions[0].blob.z) if lesions else None
     lungs = [_ell(s * 0.085, 0.385, 0.0, 0.068 * marks["w"], 0.1, 1.0) for s in (-1, 1)]
     scanner = {
         "fwhm_mm": rng.uniform(6.0, 9.5),
@@ -607,6 +642,7 @@ def build_anatomy(rng: np.random.Generator, kind: str) -> Anatomy:
         truth=truth,
         primary=primary,
         scanner=scanner,
+        lesions=lesions,
     )
 
 
@@ -751,8 +787,14 @@ def draw_view(
     )
 
 
-def render(rng: np.random.Generator, anatomy: Anatomy, view: ViewSpec) -> tuple[np.ndarray, dict]:
-    """The displayed 8-bit grey image (file size) of one view, and where the lesion landed."""
+def render(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    view: ViewSpec,
+    visible_contrast: float = DEFAULT_VISIBLE_CONTRAST,
+) -> tuple[np.ndarray, dict, list[dict[str, Any]]]:
+    """The displayed 8-bit grey image (file size) of one view, where the primary landed
+    (the `.ground_truth.csv` columns) and every lesion's record (see `lesion_records`)."""
     rows = max(24, int(round(view.height / view.upsample)))
     cols = max(12, int(round(view.width / view.stretch / view.upsample)))
     u = rows / ((view.y_bottom - view.y_top) * 1.02)
@@ -775,9 +817,18 @@ def render(rng: np.random.Generator, anatomy: Anatomy, view: ViewSpec) -> tuple[
     thick = ndimage.gaussian_filter(body, sigma=0.025 * u)
     activity = anatomy.background * body * (0.55 + 0.6 * np.clip(thick, 0, 1))
     activity *= 1.0 - (1.0 - anatomy.lung_factor) * lungs
+    # Lesions last: the projection is a maximum, so the drawing order does not change it.
+    lesion_ids = {id(lesion.blob) for lesion in anatomy.lesions}
     for blob in anatomy.uptake:
-        _draw(activity, blob, proj, blob.value)
+        if id(blob) not in lesion_ids:
+            _draw(activity, blob, proj, blob.value)
+    without_lesions = activity.copy() if anatomy.lesions else activity
+    for lesion in anatomy.lesions:
+        _draw(activity, lesion.blob, proj, lesion.blob.value)
     px_mm = u / anatomy.scanner["mm_per_unit"]
+    records = lesion_records(
+        anatomy, view, proj, without_lesions, (rows, cols), px_mm, visible_contrast
+    )
     activity = ndimage.gaussian_filter(activity, sigma=view.fwhm_mm / 2.355 * px_mm)
     counts = view.counts / max(px_mm * 4.0, 0.25) ** 2  # fewer counts in smaller pixels
     noisy = rng.poisson(np.clip(activity, 0, None) * counts).astype(np.float32) / counts
@@ -794,7 +845,80 @@ def render(rng: np.random.Generator, anatomy: Anatomy, view: ViewSpec) -> tuple[
             "primary_col": int(round(col * view.width / cols)),
             "primary_row": int(round(row * view.height / rows)),
         }
-    return np.asarray(image), where
+    return np.asarray(image), where, records
+
+
+def _shade(activity: np.ndarray, view: ViewSpec) -> np.ndarray:
+    """Noise-free display values in [0, 1] (0 white, 1 full black), as `render` windows them."""
+    return np.clip(activity / view.window, 0.0, 1.0) ** view.gamma
+
+
+def lesion_records(
+    anatomy: Anatomy,
+    view: ViewSpec,
+    proj: _Projector,
+    without_lesions: np.ndarray,
+    shape: tuple[int, int],
+    px_mm: float,
+    visible_contrast: float,
+) -> list[dict[str, Any]]:
+    """Where every lesion lands in the file's pixel grid, its size there, and its contrast.
+
+    `col`, `row`: the lesion centre in file pixels (pixel centres at integers);
+    `radius_col`, `radius_row`: half its FWHM in file pixels (files may be anisotropic);
+    `contrast`: how much the lesion changes the noise-free display value (0 white .. 1
+    black) at its centre, from the projection without it to the one with it, both blurred
+    to the scanner's resolution. A lesion whose centre projects onto brighter uptake (a
+    maximum-intensity projection keeps the larger value; e.g. a breast primary in front of
+    a saturated myocardium, of which only a bulge at the edge may show), that lies outside
+    the field of view or is too faint for the window scores 0 or little.
+    `visible`: contrast >= `visible_contrast`.
+    """
+    rows, cols = shape
+    sx, sy = view.width / cols, view.height / rows  # file pixels per rendered pixel
+    blur = view.fwhm_mm / 2.355 * px_mm
+    layers = []
+    for lesion in anatomy.lesions:
+        layer = np.zeros(shape, np.float32)
+        _draw(layer, lesion.blob, proj, lesion.blob.value)
+        layers.append(layer)
+    records = []
+    for k, lesion in enumerate(anatomy.lesions):
+        col, row = proj(lesion.blob.x, lesion.blob.y, lesion.blob.z)
+        radius = lesion.diam_mm / 2 * px_mm  # rendered pixels
+        contrast = 0.0
+        reach = int(np.ceil(radius + 4 * blur + 2))
+        r0, r1 = max(int(row) - reach, 0), min(int(row) + reach + 2, rows)
+        c0, c1 = max(int(col) - reach, 0), min(int(col) + reach + 2, cols)
+        if r0 < r1 and c0 < c1:
+            others = without_lesions[r0:r1, c0:c1].copy()
+            for j, layer in enumerate(layers):
+                if j != k:
+                    np.maximum(others, layer[r0:r1, c0:c1], out=others)
+            with_it = np.maximum(others, layers[k][r0:r1, c0:c1])
+            diff = _shade(ndimage.gaussian_filter(with_it, blur), view) - _shade(
+                ndimage.gaussian_filter(others, blur), view
+            )
+            at = np.array([[row - r0], [col - c0]])
+            contrast = max(float(ndimage.map_coordinates(diff, at, order=1, mode="nearest")[0]), 0)
+        records.append(
+            {
+                "lesion": k,
+                "kind": lesion.kind,
+                "col": round((col + 0.5) * sx - 0.5, 1),
+                "row": round((row + 0.5) * sy - 0.5, 1),
+                "diam_mm": round(lesion.diam_mm, 1),
+                "radius_col": round(radius * sx, 2),
+                "radius_row": round(radius * sy, 2),
+                "px_per_mm_col": round(px_mm * sx, 4),
+                "px_per_mm_row": round(px_mm * sy, 4),
+                "suv": round(lesion.blob.value, 2),
+                "contrast": round(contrast, 4),
+                "in_view": bool(0 <= col < cols and 0 <= row < rows),
+                "visible": contrast >= visible_contrast,
+            }
+        )
+    return records
 
 
 def encode(grey: np.ndarray, fmt: str, quality: int = 90) -> tuple[bytes, str]:
@@ -821,22 +945,29 @@ def encode(grey: np.ndarray, fmt: str, quality: int = 90) -> tuple[bytes, str]:
 # --------------------------------------------------------------------------- generation
 
 
-def _patient_rows(task: tuple[PatientPlan, int, int, str, str]) -> list[dict[str, Any]]:
-    """Render and write every view of one patient (runs in a worker process)."""
-    plan, seed, base_height, write_dir, final_dir = task
+def _patient_rows(
+    task: tuple[PatientPlan, int, int, str, str, float],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Render and write every view of one patient (runs in a worker process).
+
+    Returns the views' ground-truth rows and their lesions' rows.
+    """
+    plan, seed, base_height, write_dir, final_dir, visible_contrast = task
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(plan.index)]))
     anatomy = build_anatomy(rng, plan.kind)
-    rows = []
+    rows, lesion_rows = [], []
     for k in range(1, plan.views + 1):
         view = draw_view(rng, anatomy, base_height, first=k == 1)
-        grey, where = render(rng, anatomy, view)
+        grey, where, lesions = render(rng, anatomy, view, visible_contrast)
         data, ext = encode(grey, view.fmt, view.quality)
         name = f"{plan.patient}_v{k}{ext}"
         target = Path(write_dir) / plan.folder / name
         target.write_bytes(data)
+        path = (Path(final_dir) / plan.folder / name).as_posix()
+        lesion_rows += [{"path": path, "patient": plan.patient, "view": k, **r} for r in lesions]
         rows.append(
             {
-                "path": (Path(final_dir) / plan.folder / name).as_posix(),
+                "path": path,
                 "folder": plan.folder,
                 "patient": plan.patient,
                 "view": k,
@@ -848,7 +979,7 @@ def _patient_rows(task: tuple[PatientPlan, int, int, str, str]) -> list[dict[str
                 **where,
             }
         )
-    return rows
+    return rows, lesion_rows
 
 
 def _prepare_out(out_dir: Path, force: bool) -> Path:
@@ -877,6 +1008,7 @@ def generate(
     workers: int | None = None,
     force: bool = False,
     progress: bool = True,
+    visible_contrast: float = DEFAULT_VISIBLE_CONTRAST,
 ) -> pd.DataFrame:
     """Write the synthetic data set to `out_dir/<folder>/<patient>_v<k>.<ext>`.
 
@@ -884,7 +1016,9 @@ def generate(
     the end, so `out_dir` is either the old data or the complete new set. A non-empty
     `out_dir` is replaced only when `force` is true. Returns one row per file (path,
     folder, patient, view, format, size and ground truth), also written to
-    `out_dir/.ground_truth.csv`.
+    `out_dir/.ground_truth.csv`. Every lesion of every file (position and size in that
+    file's pixels, contrast, `visible` when contrast >= `visible_contrast`) goes to
+    `out_dir/.lesions.csv`; `visible_contrast` changes that file only, never an image.
     """
     out_dir = Path(out_dir)
     plans = plan_patients(counts, seed, images_per_patient)
@@ -892,25 +1026,31 @@ def generate(
     try:
         for folder in counts:
             (tmp / folder).mkdir(parents=True, exist_ok=True)
-        tasks = [(plan, int(seed), int(base_height), str(tmp), str(out_dir)) for plan in plans]
+        tasks = [
+            (plan, int(seed), int(base_height), str(tmp), str(out_dir), float(visible_contrast))
+            for plan in plans
+        ]
         workers = max(1, int(workers or os.cpu_count() or 1))
         bar = tqdm(
             total=sum(p.views for p in plans), unit="img", desc="generate", disable=not progress
         )
         rows: list[dict[str, Any]] = []
-        if workers == 1:
-            results = map(_patient_rows, tasks)
-            for result in results:
-                rows += result
-                bar.update(len(result))
-        else:
-            with Pool(workers) as pool:
-                for result in pool.imap(_patient_rows, tasks, chunksize=4):
-                    rows += result
-                    bar.update(len(result))
+        lesion_rows: list[dict[str, Any]] = []
+        with Pool(workers) if workers > 1 else nullcontext() as pool:
+            results = (
+                pool.imap(_patient_rows, tasks, chunksize=4) if pool else map(_patient_rows, tasks)
+            )
+            for views, lesions in results:
+                rows += views
+                lesion_rows += lesions
+                bar.update(len(views))
         bar.close()
         frame = pd.DataFrame(rows).sort_values(["folder", "patient", "view"], ignore_index=True)
         frame.to_csv(tmp / TRUTH_FILE, index=False)
+        lesions = pd.DataFrame(lesion_rows, columns=LESION_COLUMNS)
+        lesions.sort_values(["path", "lesion"], ignore_index=True).to_csv(
+            tmp / LESIONS_FILE, index=False
+        )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
@@ -969,6 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             force=args.force,
             progress=not args.quiet,
+            visible_contrast=float(params.get("visible_contrast", DEFAULT_VISIBLE_CONTRAST)),
         )
     except (FileExistsError, ValueError) as err:
         print(f"petscan generate: {err}", file=sys.stderr)
@@ -982,7 +1123,7 @@ def main(argv: list[str] | None = None) -> int:
         people = frame.loc[frame.folder == folder, "patient"].nunique()
         print(f"  {folder}: {n} images, {people} patients")
     print(f"  formats: {frame['format'].value_counts().to_dict()}")
-    print(f"  ground truth: {out_dir / TRUTH_FILE}")
+    print(f"  ground truth: {out_dir / TRUTH_FILE}, every lesion: {out_dir / LESIONS_FILE}")
     return 0
 
 
