@@ -6,8 +6,9 @@ integer labels). Early stopping, the plateau schedule and the best epoch watch
 `train.early_stopping.monitor`, by default `val_roc_auc_macro` (macro one-vs-rest
 ROC AUC on val, recorded every epoch) or `val_data_loss`, the validation loss
 without the head's L2 penalty; never Keras' `val_loss` unless asked for: it includes
-the penalty, and at a constant prediction it keeps falling while the weights shrink. After training, `check_collapse` raises the alarm when the head
-predicts one class for (nearly) every validation image or never beats the class prior.
+the penalty, and at a constant prediction it keeps falling while the weights shrink.
+After training, `check_collapse` raises the alarm when the head predicts one class for
+(nearly) every validation image or never beats the class prior.
 
 * `cached` trains only the dense head on the backbone features that `featurize`
   cached. Every epoch sees every training image exactly once, as one of its cached
