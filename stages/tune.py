@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config, tuning  # tuning loads TensorFlow only when a study runs
+from petscan import config, errors, logs, tuning  # tuning loads TensorFlow only when a study runs
 
 # the sections this stage reads, plus the two folders of the feature cache
 SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")
@@ -47,11 +47,14 @@ def show_storage(params: dict, args: argparse.Namespace) -> int:
     return 0
 
 
+@errors.reports_user_errors("tune")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
     if args.show_storage:
         return show_storage(params, args)
+    logs.import_tensorflow()
     try:
         summary = tuning.run_study(
             params,
