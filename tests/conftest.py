@@ -175,6 +175,8 @@ def split_params() -> dict:
         "seed": 101,
         "max_file_mb": 64,
         "max_pixels": 50_000_000,
+        "min_side": 8,  # the tiny test images are 8 x 8
+        "max_aspect": 8.0,
         "out_dir": "data/split",
     }
 

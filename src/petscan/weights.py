@@ -47,6 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from petscan import backbones, config
+from petscan.errors import UserError
 from petscan.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ _CANDIDATE = ".weights.candidate.h5"  # Keras wants an .h5 name to load the lega
 _DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google.com"}
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights that cannot be used: a wrong file, or no source that works."""
 
 
