@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
-from conftest import load_script, unique_png, write_png
+from conftest import REPO, load_script, unique_png, write_png
 from PIL import Image
 
 from petscan.images import ImageError, list_images, scan_images
@@ -127,3 +129,94 @@ def test_shape_check_names_the_param():
         assert err.reason == "too small: 31 x 100 pixels (split.min_side = 32)"
     else:
         raise AssertionError("a 31-pixel side passed min_side 32")
+
+
+# --------------------------------------------------------------------------- featurize
+
+
+def _featurize_repo(root, make_raw_dir, data_params, split_params):
+    """A tiny repo: data/raw, its split (via the split stage) and a random tiny backbone."""
+    import yaml
+
+    from petscan.backbones import build_backbone
+
+    make_raw_dir({"No cancer": 8, "breast cancer": 8, "prostate cancer": 8})
+    params = {
+        "data": data_params,
+        "split": {**split_params, "ratios": [0.5, 0.25, 0.25]},
+        "weights": {"dir": "models/backbone"},
+        "model": {"backbone": "tiny", "input_size": [32, 32], "head_units": 8},
+        "featurize": {"batch_size": 8, "augment_views": 1, "out_dir": "data/features"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    assert SPLIT_STAGE.main(["--no-progress"]) == 0
+    (root / "models/backbone").mkdir(parents=True)
+    build_backbone("tiny", (32, 32, 3)).save(root / "models/backbone/weights.h5")
+    meta = {"backbone": "tiny", "source": "random", "sha256": "0" * 64, "random_init": True}
+    (root / "models/backbone/weights.json").write_text(
+        json.dumps({**meta, "label": "RANDOM-INIT backbone (not RadImageNet)"})
+    )
+
+
+def test_file_corrupted_after_split_gives_one_line_and_no_partial_outputs(
+    make_raw_dir, data_params, split_params, tmp_path, monkeypatch, capsys
+):
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    _featurize_repo(tmp_path, make_raw_dir, data_params, split_params)
+    stage = load_script("stages/featurize.py")
+    test_file = tmp_path / pd.read_csv(tmp_path / "data/split/test.csv")["path"].iloc[-1]
+    test_file.write_bytes(test_file.read_bytes()[:40])  # truncated after the split
+    capsys.readouterr()
+    assert stage.main(["--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        f"featurize: error: {test_file} changed after the split (its "
+        "sha256 differs from data/split/test.csv): rerun `dvc repro` (the split stage checks "
+        "the file again)"
+    ]
+    assert not (tmp_path / "data/features").exists(), "no split's features were written"
+
+
+def test_featurize_failing_in_the_last_split_keeps_the_earlier_outputs(
+    make_raw_dir, data_params, split_params, tmp_path, monkeypatch, capsys
+):
+    """A file that passes the checks but fails to decode inside tf.data (the sha256 in the
+    manifest is made to match): one line, and the old outputs stay whole."""
+    import pandas as pd
+
+    from petscan import features
+
+    monkeypatch.chdir(tmp_path)
+    _featurize_repo(tmp_path, make_raw_dir, data_params, split_params)
+    stage = load_script("stages/featurize.py")
+    assert stage.main(["--no-progress"]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "data/features").iterdir()}
+    assert sorted(before) == [f"{s}.{x}" for s in ("test", "train", "val") for x in ("json", "npy")]
+    manifest = tmp_path / "data/split/test.csv"
+    frame = pd.read_csv(manifest)
+    bad = tmp_path / frame["path"].iloc[-1]
+    bad.write_bytes(bad.read_bytes()[:60])
+    frame.loc[len(frame) - 1, "sha256"] = features.file_sha256(bad)
+    frame.to_csv(manifest, index=False)
+    capsys.readouterr()
+    assert stage.main(["--no-progress"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"featurize: error: {bad}: corrupt or truncated")
+    assert "fix or remove the file, then rerun `dvc repro`" in err[0]
+    after = {p.name: p.read_bytes() for p in (tmp_path / "data/features").iterdir()}
+    assert after == before, "train and val were redone but not moved in: all or nothing"
+    assert not list(tmp_path.glob("data/.features.partial*"))
+    # as `dvc repro` runs it (a fresh interpreter, no TF_CPP_MIN_LOG_LEVEL set): the line alone
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "PETSCAN_VERBOSE"))}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages/featurize.py"), "--no-progress"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == err, "no TensorFlow log lines, no tracebacks"

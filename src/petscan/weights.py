@@ -47,7 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from petscan import backbones, config
-from petscan.errors import UserError
+from petscan.errors import BadInputError, MissingInputError, UserError
 from petscan.io import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,16 @@ def load_weights_meta(weights_dir: str | Path) -> dict[str, Any]:
     """The `weights.json` written beside `weights.h5`, checked for its required keys."""
     path = Path(weights_dir) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: run the fetch_weights stage first "
             "(`dvc repro fetch_weights` or `python stages/fetch_weights.py`)"
         )
     meta = read_json(path)
     missing = [k for k in ("backbone", "source", "sha256", "random_init", "label") if k not in meta]
     if missing:
-        raise ValueError(f"{path} lacks {missing}: rerun `python stages/fetch_weights.py --force`")
+        raise BadInputError(
+            f"{path} lacks {missing}: rerun `python stages/fetch_weights.py --force`"
+        )
     return meta
 
 
