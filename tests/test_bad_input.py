@@ -220,3 +220,49 @@ def test_featurize_failing_in_the_last_split_keeps_the_earlier_outputs(
     )
     assert result.returncode == 1
     assert result.stderr.splitlines() == err, "no TensorFlow log lines, no tracebacks"
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _tiny_weights(path):
+    from petscan.backbones import build_backbone
+
+    build_backbone("tiny", (32, 32, 3)).save(path)
+    return path
+
+
+def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
+    """A real HDF5 file cut in half: reported as damaged, the random fallback runs, and the
+    next run is up to date (the refused file does not "appear" again)."""
+    import logging
+
+    from petscan import weights
+
+    caplog.set_level(logging.INFO, logger="petscan.weights")
+    data = _tiny_weights(tmp_path / "full.h5").read_bytes()
+    (tmp_path / "local.h5").write_bytes(data[: len(data) // 2])
+    wp = {
+        "dir": "out",
+        "sources": [{"type": "file", "path": "local.h5"}],
+        "fallback": "random",
+        "seed": 3,
+    }
+    model = {"backbone": "tiny", "input_size": [32, 32]}
+    meta = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    assert meta["random_init"] is True
+    assert (
+        f"file local.h5: not a Keras .h5 weights file: it is a damaged or truncated HDF5 "
+        f"file of {len(data) // 2} bytes" in caplog.text
+    )
+    assert list(meta["rejected_files"]) == [str(tmp_path / "local.h5")]
+    stamp = (tmp_path / "out" / "weights.json").stat().st_mtime_ns
+    caplog.clear()
+    again = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    assert again["sha256"] == meta["sha256"]
+    assert "appeared" not in caplog.text and "is up to date" in caplog.text
+    assert (tmp_path / "out" / "weights.json").stat().st_mtime_ns == stamp
+    # a different file at that path is new: it replaces the random init
+    (tmp_path / "local.h5").write_bytes(data)
+    fixed = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    assert fixed["random_init"] is False and "a weights file appeared" in caplog.text
