@@ -9,9 +9,11 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO, load_script, unique_png, write_png
 from PIL import Image
 
+from petscan import errors
 from petscan.images import ImageError, list_images, scan_images
 from petscan.split import make_split
 
@@ -266,3 +268,97 @@ def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
     (tmp_path / "local.h5").write_bytes(data)
     fixed = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
     assert fixed["random_init"] is False and "a weights file appeared" in caplog.text
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@pytest.fixture(scope="module")
+def keras_file(tmp_path_factory):
+    from conftest import tiny_image_classifier
+
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    tiny_image_classifier(seed=3).save(path)
+    return path
+
+
+@pytest.fixture
+def predict_setup(tmp_path):
+    import yaml
+
+    unique_png(tmp_path / "scans" / "a.png", 1, size=40)
+    os.symlink("loop-b.png", tmp_path / "scans" / "loop-a.png")
+    os.symlink("loop-a.png", tmp_path / "scans" / "loop-b.png")
+    params = tmp_path / "params.yaml"
+    classes = {"No cancer": "No cancer", "b": "Breast cancer", "p": "Prostate cancer"}
+    params.write_text(yaml.safe_dump({"data": {"classes": classes}}))
+    return tmp_path / "scans", params
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda data: b"", "it is an empty file"),
+        (lambda data: data[: len(data) // 2], "a .keras file is a zip archive, this is"),
+        (lambda data: os.urandom(2000), "a .keras file is a zip archive, this is"),
+    ],
+    ids=["empty", "truncated", "random-bytes"],
+)
+def test_predict_names_a_broken_keras_file(keras_file, predict_setup, tmp_path, damage, reason):
+    from petscan import predict
+
+    scans, params = predict_setup
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(damage(keras_file.read_bytes()))
+    result = subprocess.run(
+        [sys.executable, "-m", "petscan.cli", "predict", str(scans), "--model", str(broken),
+         "--params", str(params)],
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "not found" not in lines[0].lower()
+    assert lines[0].startswith(f"petscan predict: error: {broken} is not a valid Keras model")
+    assert reason in lines[0]
+    with pytest.raises(errors.BadInputError, match="is not a valid Keras model"):
+        predict.load_keras_file(broken)
+
+
+def test_predict_checks_csv_path_and_classes_before_predicting(
+    keras_file, predict_setup, tmp_path, monkeypatch, capsys
+):
+    import yaml
+
+    from petscan import predict
+
+    scans, params = predict_setup
+    calls = []
+    monkeypatch.setattr(predict, "predict_paths", lambda *a, **k: calls.append(a))
+    folder = tmp_path / "out"
+    folder.mkdir()
+    argv = [str(scans), "--model", str(keras_file), "--params", str(params)]
+    assert predict.main([*argv, "--csv", str(folder)]) == 1
+    assert capsys.readouterr().err == (
+        f"petscan predict: error: --csv {folder} is a folder: give a file name, "
+        f"e.g. {folder}/predictions.csv\n"
+    )
+    params.write_text(yaml.safe_dump({"data": {"classes": {"a": "A", "b": "B"}}}))
+    assert predict.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"petscan predict: error: the model {keras_file} outputs 3 classes but 2")
+    assert calls == [], "nothing was predicted (and then lost)"
+
+
+def test_predict_reports_links_that_loop(keras_file, predict_setup, capsys):
+    from petscan import predict
+
+    scans, params = predict_setup
+    assert predict.main([str(scans), "--model", str(keras_file), "--params", str(params)]) == 0
+    captured = capsys.readouterr()
+    assert "a.png" in captured.out
+    skipped = sorted(line for line in captured.err.splitlines() if line.startswith("skipped"))
+    assert skipped == [
+        f"skipped {scans.as_posix()}/loop-a.png: broken symbolic link, or a loop of links",
+        f"skipped {scans.as_posix()}/loop-b.png: broken symbolic link, or a loop of links",
+    ]

@@ -32,7 +32,7 @@ def folder(tmp_path) -> Path:
     scans = tmp_path / "scans"
     write_png(scans / "a.png", rng.integers(0, 256, (50, 40, 3), dtype=np.uint8))
     write_png(scans / "b.png", rng.integers(0, 256, (64, 64, 4), dtype=np.uint8))
-    write_png(scans / "nested/c.png", rng.integers(0, 256, (30, 70), dtype=np.uint8))
+    write_png(scans / "nested/c.png", rng.integers(0, 256, (32, 70), dtype=np.uint8))
     (scans / "broken.png").write_bytes(b"this is not a PNG")
     return scans
 
@@ -116,7 +116,11 @@ def test_cli_exit_code_when_nothing_was_predicted(model_file, folder, params_fil
     )
     assert code == 1
     assert "no image could be predicted" in capsys.readouterr().err
-    assert predict.main([str(folder), "--model", "nope.keras", "--params", str(params_file)]) == 2
+    argv = [str(folder), "--model", "nope.keras", "--params", str(params_file)]
+    assert predict.main(argv) == 1, "a missing model file is the user's problem: exit 1"
+    assert capsys.readouterr().err == (
+        "petscan predict: error: nope.keras not found: train a model first (`dvc repro`)\n"
+    )
 
 
 def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow_store, capsys):
