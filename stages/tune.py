@@ -68,9 +68,6 @@ def main(argv: list[str] | None = None) -> int:
             params_path=args.params,
             progress=not args.no_progress,
         )
-    except FileNotFoundError as err:
-        print(f"tune: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(
             "tune: stopped; every finished trial is kept in the storage and tune/ holds the "
