@@ -33,12 +33,26 @@ def test_the_shipped_params_file_is_valid_and_read_back_unchanged():
     assert checked["split"]["min_side"] == 32 and checked["split"]["max_aspect"] == 8.0
 
 
+def test_params_file_on_main_is_valid():
+    """The keys other branches added (issues 8 and 10) are in the schema with their values."""
+    main = subprocess.run(
+        ["git", "show", "main:params.yaml"], cwd=REPO, capture_output=True, text=True
+    )
+    if main.returncode != 0:
+        pytest.skip("no `main` branch in this checkout")
+    checked = validate(yaml.safe_load(main.stdout), "main:params.yaml")
+    flat_raw = config.flatten(yaml.safe_load(main.stdout))
+    assert {k: checked_v for k, checked_v in config.flatten(checked).items() if k in flat_raw} == (
+        flat_raw
+    )
+
+
 def test_missing_sections_and_keys_take_the_defaults():
     checked = validate({"train": {"epochs": 3}})
     assert checked["train"]["epochs"] == 3
     assert checked["train"]["batch_size"] == 16
     assert checked["train"]["early_stopping"]["monitor"] == "val_data_loss"
-    assert checked["train"]["reduce_lr_on_plateau"]["monitor"] == "val_loss"
+    assert checked["train"]["reduce_lr_on_plateau"]["monitor"] == "val_data_loss"
     assert checked["split"] == defaults()["split"]
     assert validate(None) == defaults()
 

@@ -163,6 +163,9 @@ class WeightsParams(Section):
     )
     fallback: Literal["none", "random", "imagenet"] = "random"
     timeout_s: PositiveFloat = 30
+    deadline_s: PositiveFloat = 3600  # keys of issue 10 (the downloader), as on main
+    max_download_mb: PositiveFloat = 1024
+    ca_bundle: str | None = None
     retries: NonNegInt = 3
     retry_wait_s: NonNegFloat = 2
     seed: int = 101
@@ -204,6 +207,7 @@ class FeaturizeParams(Section):
     augment_views: NonNegInt = 3
     augmentation: AugmentationParams = Field(default_factory=AugmentationParams)
     seed: int = 101
+    precision: Literal["float32", "bfloat16", "auto"] = "float32"
 
 
 class OptimizerParams(BaseModel):
@@ -239,7 +243,7 @@ class EarlyStopping(Section):
 
 class ReduceLrOnPlateau(Section):
     enabled: bool = False
-    monitor: Monitor = "val_loss"
+    monitor: Monitor = "val_data_loss"
     factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
     patience: NonNegInt = 3
     min_lr: NonNegFloat = 1.0e-6
