@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import CLASS_NAMES as CLASSES
-from conftest import tiny_image_classifier, write_png
+from conftest import tiny_image_classifier, tiny_model_params, write_png
 
 from petscan import predict
 from petscan.images import ImageError, load_resized
@@ -127,7 +127,7 @@ def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow
     from petscan import tracking
 
     mlflow_params = {"experiment": "predict-test", "registered_model": "pet-predict"}
-    model_params = {"input_size": [32, 32], "resize": "stretch"}
+    model_params = tiny_model_params()
     with tracking.start_training_run(mlflow_params, {}, {}):
         tracking.log_keras_model(
             model_file, mlflow_params, CLASSES, model_params, input_example=[str(folder / "a.png")]

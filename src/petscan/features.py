@@ -446,7 +446,7 @@ def _featurize_all(
     results: dict[str, dict[str, Any]] = {}
     for split, manifest in manifests.items():
         manifest, frame = Path(manifest), frames[split]
-        augment = split in augment_splits and int(featurize_params.get("augment_views", 0)) > 0
+        augment = split in augment_splits and int(featurize_params["augment_views"]) > 0
         views_k = int(featurize_params["augment_views"]) if augment else 0
         augmenter = (
             build_augmenter(featurize_params["augmentation"], int(featurize_params["seed"]))
@@ -494,8 +494,8 @@ def _split_meta(
         "resize": model_params["resize"],
         "input_size": [int(v) for v in model_params["input_size"]],
         "augment_views": timing["views"] - 1,
-        "augmentation": dict(featurize_params.get("augmentation") or {}),
-        "seed": featurize_params.get("seed"),
+        "augmentation": dict(featurize_params["augmentation"]),
+        "seed": featurize_params["seed"],
         "weights_sha256": weights_meta.get("sha256"),
         "weights_random_init": weights_meta.get("random_init"),
         "weights_label": weights_meta.get("label"),

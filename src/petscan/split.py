@@ -218,21 +218,21 @@ def make_split(
     progress: bool = True,
 ) -> SplitResult:
     """Index `data.raw_dir`, drop what cannot be used and split the rest."""
-    mode = split_params.get("mode", "group")
+    mode = split_params["mode"]
     if mode not in MODES:
         raise ValueError(f"params.yaml split.mode must be one of {MODES}, got {mode!r}")
-    ratios = check_ratios(split_params.get("ratios", (0.9, 0.05, 0.05)))
-    seed = int(split_params.get("seed", 101))
+    ratios = check_ratios(split_params["ratios"])
+    seed = int(split_params["seed"])
     index = index_images(
         data_params["raw_dir"],
         data_params["classes"],
-        patient_pattern=data_params.get("patient_pattern"),
-        max_file_mb=split_params.get("max_file_mb"),
-        max_pixels=split_params.get("max_pixels"),
+        patient_pattern=data_params["patient_pattern"],
+        max_file_mb=split_params["max_file_mb"],
+        max_pixels=split_params["max_pixels"],
         root=root,
         progress=progress,
-        min_side=split_params.get("min_side"),
-        max_aspect=split_params.get("max_aspect"),
+        min_side=split_params["min_side"],
+        max_aspect=split_params["max_aspect"],
     )
     duplicates = duplicate_groups(index.images)
     images, crossed = drop_cross_class_duplicates(index.images)
@@ -252,7 +252,7 @@ def make_split(
     if mode == "image":
         images["split"] = image_split(images, ratios, seed)
     else:
-        restarts = int(split_params.get("restarts", 32))
+        restarts = int(split_params["restarts"])
         images["split"] = group_split(images, images["group"].to_numpy(), goal, seed, restarts)
     check_no_leak(images)
     if mode == "group" and patients_across_splits(images):
@@ -393,7 +393,7 @@ def run(
     When the split fails (`DataError`), the old outputs are removed and `report.json`
     holds the error and what was found, so nothing stale looks like a result.
     """
-    out_name = Path(split_params.get("out_dir", "data/split"))
+    out_name = Path(split_params["out_dir"])
     out_dir = out_name if root is None or out_name.is_absolute() else Path(root) / out_name
     try:
         result = make_split(data_params, split_params, root=root, progress=progress)
