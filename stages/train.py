@@ -51,10 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_train(params, root=config.workspace_root(), verbose=0 if args.quiet else 2)
     print(
         f"train: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
-        f"(val_loss {summary.get('best_val_loss', float('nan')):.4f}); "
+        f"(val data loss {summary.get('best_val_data_loss', float('nan')):.4f}, "
+        f"val macro AUC {summary.get('best_val_roc_auc_macro', float('nan')):.3f}); "
         f"MLflow run {summary['mlflow_run_id']}"
         + ("; RANDOM-INIT backbone (not RadImageNet)" if summary["random_init"] else "")
     )
+    if summary["collapse"]["collapsed"]:
+        print(f"WARNING: {summary['collapse']['message']}", file=sys.stderr)
     return 0
 
 

@@ -51,6 +51,7 @@ def tiny_model_params(**overrides: Any) -> dict[str, Any]:
         "head_units": 8,
         "l2": 0.001,
         "dropout": 0.7,
+        "standardize": True,
     }
     params.update(overrides)
     return params

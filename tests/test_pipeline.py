@@ -133,6 +133,10 @@ def test_dvc_repro_then_experiment_logs_to_mlflow(workspace):
     assert run.data.params["train.epochs"] == "3"
     assert run.data.params["model.backbone"] == "tiny"
     assert run.data.tags["random_init"] == "true"
+    assert run.data.tags["collapse"] == str(info["collapse"]["collapsed"]).lower()
+    assert metrics["collapse"]["collapsed"] == info["collapse"]["collapsed"]
+    assert float(run.data.params["features.health.constant_share"]) >= 0.0
+    assert len(client.get_metric_history(run.info.run_id, "val_data_loss")) == info["epochs_run"]
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in losses) == list(range(info["epochs_run"]))
     assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == info["epochs_run"]

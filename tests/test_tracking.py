@@ -185,6 +185,24 @@ def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests
     np.testing.assert_allclose([p.value for p in lr], [0.01, 0.01, 0.001, 0.001], rtol=1e-6)
 
 
+def test_urls_with_credentials_are_recorded_redacted(mlflow_store, manifests, tmp_path):
+    params = {
+        "mlflow": {"tracking_uri": "https://user:S3CRET@mlflow.example/", "experiment": "e"},
+        "weights": {"sources": [{"type": "url", "url": "https://h/w.h5?sig=S3CRET"}]},
+    }
+    meta = {**WEIGHTS_META, "source": "url:https://tok-S3CRET@h/w.h5"}
+    tags = tracking.run_tags(manifests, meta)
+    assert tags["weights_source"] == "url:https://***@h/w.h5"
+    with tracking.start_training_run({"experiment": "e"}, params, tags) as run:
+        tracking.write_run_id(tmp_path / "train.json", run.info.run_id)
+    logged = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert logged.data.params["mlflow.tracking_uri"] == "https://user:***@mlflow.example/"
+    assert logged.data.params["weights.sources"] == '[{"type": "url", "url": "https://h/w.h5?***"}]'
+    recorded = mlflow.artifacts.load_text(f"{logged.info.artifact_uri}/params.json")
+    everything = [recorded, str(logged.data.params), str(logged.data.tags)]
+    assert "mlflow.example" in recorded and not any("S3CRET" in t for t in everything)
+
+
 def test_resumed_run_logs_into_the_training_run(mlflow_store, tmp_path):
     with tracking.start_training_run(
         {"experiment": "e"}, {"a": 1}, {"random_init": "false"}

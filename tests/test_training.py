@@ -258,3 +258,105 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
         "model.keras",
         "train.json",
     ], "no temporary files left behind"
+
+
+# --------------------------------------------------------------------------- learning (issue 8)
+
+
+def test_head_learns_features_at_any_scale_with_standardization():
+    x, y = blobs(60, views=2, seed=11)
+    vx, vy = blobs(15, views=1, seed=12)
+    params = train_params(epochs=4)
+    for scale in (1e-3, 1.0, 1e3):
+        result = training.fit_cached(x * scale, y, vx * scale, vy, MODEL, params, 3, verbose=0)
+        prior = np.bincount(y).max() / len(y)
+        assert result.history["accuracy"].max() > prior + 0.3, f"scale {scale} not learnt"
+        assert result.history["val_roc_auc_macro"].iloc[-1] > 0.9
+        assert not result.info["collapse"]["collapsed"]
+
+
+def test_the_seed_head_collapses_on_tiny_features_and_raises_the_alarm():
+    """What the demo did before standardization: constant predictions, the alarm goes off."""
+    x, y = blobs(60, views=2, seed=11)
+    vx, vy = blobs(15, views=1, seed=12)
+    seed_head = {**MODEL, "standardize": False}
+    result = training.fit_cached(
+        x * 1e-3,
+        y,
+        vx * 1e-3,
+        vy,
+        seed_head,
+        train_params(epochs=4),
+        3,
+        verbose=0,
+        class_names=["No cancer", "Breast cancer", "Prostate cancer"],
+    )
+    collapse = result.info["collapse"]
+    assert collapse["collapsed"]
+    assert collapse["val_majority_share"] == 1.0
+    assert collapse["train_accuracy_max"] <= collapse["train_class_prior"] + 0.02
+    assert "for 15 of 15 validation images" in collapse["message"]
+    assert "never left the class prior" in collapse["message"]
+
+
+def test_check_collapse_on_constructed_predictions():
+    names = ["a", "b", "c"]
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)  # prior 0.5
+    constant = np.tile([0.2, 0.7, 0.1], (20, 1))
+    fine = np.eye(3)[np.arange(20) % 3] * 0.8 + 0.05
+    c = training.check_collapse(constant, labels, [0.5, 0.9], names)
+    assert c["collapsed"] and c["val_majority_class"] == "b" and c["val_majority_share"] == 1.0
+    assert "'b' for 20 of 20" in c["message"] and "prior" not in c["message"]
+    c = training.check_collapse(fine, labels, [0.45, 0.51], names)
+    assert c["collapsed"] and "never left the class prior 0.500" in c["message"]
+    c = training.check_collapse(fine, labels, [0.45, 0.53], names)
+    assert not c["collapsed"] and c["message"] == ""
+    assert c["val_majority_share"] == pytest.approx(7 / 20)
+    # thresholds come from params train.collapse
+    c = training.check_collapse(fine, labels, [0.6], names, {"max_class_share": 0.3})
+    assert c["collapsed"]
+
+
+def test_standardization_uses_every_training_view_and_never_val():
+    x, y = blobs(30, views=3, seed=5)
+    vx, vy = blobs(9, views=1, seed=6)
+    result = training.fit_cached(
+        x, y, vx * 100 + 50, vy, MODEL, train_params(epochs=1), 3, verbose=0
+    )
+    layer = result.head.get_layer("standardize")
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    np.testing.assert_allclose(layer.mean.numpy(), flat.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.scale.numpy(), flat.std(axis=0), rtol=1e-4)
+
+
+def test_val_data_loss_is_the_loss_without_the_l2_penalty():
+    from petscan import losses
+
+    x, y = blobs(30, views=1, seed=8)
+    vx, vy = blobs(9, views=1, seed=9)
+    params = train_params(epochs=2, early_stopping={"enabled": False})
+    result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+    last = result.history.iloc[-1]
+    proba = keras.ops.convert_to_numpy(result.head(vx[:, 0], training=False))
+    # the categorical focal loss by hand: -alpha_t (1 - p_t)^gamma log p_t, unweighted mean
+    p_t = proba[np.arange(9), vy]
+    alpha_t = np.array([0.5, 0.3, 0.2])[vy]
+    by_hand = np.mean(-alpha_t * (1 - p_t) ** 2 * np.log(p_t))
+    assert last["val_data_loss"] == pytest.approx(by_hand, rel=1e-4)
+    kernel = result.head.get_layer("head_dense").kernel.numpy()
+    penalty = 0.001 * float((kernel.astype(np.float64) ** 2).sum())
+    assert last["val_loss"] - last["val_data_loss"] == pytest.approx(penalty, rel=1e-3)
+    assert isinstance(losses.DataLoss(losses.make_loss(params["loss"], 3)), keras.metrics.Mean)
+
+
+def test_early_stopping_watches_val_data_loss_by_default():
+    x, y = blobs(30, views=2, seed=3)
+    vx, _ = blobs(9, views=1, seed=4)
+    vy = (np.arange(9) % 3 + 1) % 3
+    params = train_params(epochs=12)
+    params["early_stopping"] = {"enabled": True, "patience": 2, "restore_best_weights": True}
+    result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+    assert result.best_epoch == int(result.history["val_data_loss"].to_numpy().argmin())
+    with pytest.raises(ValueError, match="cannot monitor 'val_los'"):
+        training.monitor_mode("val_los")
+    assert training.monitor_mode("val_roc_auc_macro") == "max"

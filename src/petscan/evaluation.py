@@ -9,6 +9,7 @@ exactly what `petscan predict` would answer. Per split it writes a predictions C
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,14 @@ def evaluate_split(
     )
     groups = frame["patient"].astype(str).to_numpy()
     values = split_metrics(y_true, proba, groups, class_names, loss_params, evaluate_params)
+    values["majority_prediction_share"] = majority_share(proba)
     return values, paths
+
+
+def majority_share(proba: np.ndarray) -> float:
+    """Share of the images predicted as the most often predicted class (1.0: one class)."""
+    predicted = np.argmax(proba, axis=1)
+    return float(np.bincount(predicted).max() / len(predicted)) if len(predicted) else math.nan
 
 
 def mlflow_metrics(nested: dict[str, Any]) -> dict[str, float]:
@@ -224,6 +232,8 @@ def run_evaluate(
         "random_init": bool(info.get("random_init", False)),
         "backbone": info.get("backbone"),
         "backbone_label": info.get("backbone_label"),
+        # the train stage's alarm (check_collapse), without its sentence
+        "collapse": {k: v for k, v in (info.get("collapse") or {}).items() if k != "message"},
     }
     files: list[Path] = []
     for split in splits:
@@ -274,7 +284,8 @@ def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
     banner = banner_text(info)
     history = pd.read_csv(train_dir / "history.csv")
     written = [fig_dir / "training_curves.png"]
-    plots.training_curves(history, written[0], banner=banner, dpi=dpi)
+    best = info.get("best_epoch")
+    plots.training_curves(history, written[0], banner, dpi, None if best is None else int(best))
     for split in ("val", "test"):
         source = reports / f"predictions_{split}.csv"
         if not source.is_file():

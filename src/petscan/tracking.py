@@ -35,6 +35,7 @@ from mlflow.types import ColSpec, Schema
 
 from petscan import config
 from petscan.io import read_json, write_json
+from petscan.redact import redact_text, redact_url, redact_values
 
 STORE_DIR = "mlruns"
 DB_NAME = "mlflow.db"
@@ -42,7 +43,15 @@ ARTIFACTS_DIR = "artifacts"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_KEY_LENGTH = 250
 TRUNCATED = "...[truncated]"
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+EPOCH_METRICS = (
+    "loss",
+    "data_loss",
+    "accuracy",
+    "val_loss",
+    "val_data_loss",
+    "val_accuracy",
+    "val_roc_auc_macro",
+)
 RANDOM_INIT_NOTE = (
     "**WARNING: RANDOM-INIT BACKBONE (NOT RadImageNet).** The frozen backbone of this run "
     "has random weights, not the RadImageNet weights; its numbers demonstrate the pipeline "
@@ -155,7 +164,7 @@ def run_tags(manifests: Sequence[str | Path], weights_meta: dict[str, Any]) -> d
         "git_dirty": dirty,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
         "data_manifest_sha256": manifest_hash(manifests),
-        "weights_source": str(weights_meta.get("source", "unknown")),
+        "weights_source": redact_text(str(weights_meta.get("source", "unknown"))),
         "weights_sha256": str(weights_meta.get("sha256", "unknown")),
         "random_init": "true" if random_init else "false",
         "backbone": str(weights_meta.get("backbone", "unknown")),
@@ -180,8 +189,10 @@ def param_value(value: Any) -> str:
 
 
 def flat_params(params: dict[str, Any]) -> dict[str, str]:
-    """`{"train": {"loss": {"gamma": 2.0}}}` -> `{"train.loss.gamma": "2.0"}`."""
-    return {key[:MAX_KEY_LENGTH]: param_value(v) for key, v in config.flatten(params).items()}
+    """`{"train": {"loss": {"gamma": 2.0}}}` -> `{"train.loss.gamma": "2.0"}`; URLs (a
+    tracking URI, a weights source) lose their credentials and query (`redact`)."""
+    flat = config.flatten(redact_values(params))
+    return {key[:MAX_KEY_LENGTH]: param_value(v) for key, v in flat.items()}
 
 
 def run_description(tags: dict[str, str]) -> str:
@@ -204,7 +215,8 @@ def start_training_run(
     """One MLflow run per training: params (flattened, dotted names), tags, description.
 
     The run description (`mlflow.note.content`) warns loudly when the backbone is
-    random-init. The full parameter set is also stored as the `params.json` artifact.
+    random-init. The full parameter set is also stored as the `params.json` artifact;
+    URLs in either are redacted (`redact.redact_values`).
     """
     experiment_id = configure(mlflow_params)
     with mlflow.start_run(
@@ -214,7 +226,7 @@ def start_training_run(
         description=run_description(tags) or None,
     ) as run:
         mlflow.log_params(flat_params(params))
-        mlflow.log_dict(params, "params.json")
+        mlflow.log_dict(redact_values(params), "params.json")
         yield run
 
 
@@ -241,7 +253,7 @@ def write_run_id(path: str | Path, run_id: str, experiment_id: str | None = None
         {
             "run_id": run_id,
             "experiment_id": experiment_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
+            "tracking_uri": redact_url(mlflow.get_tracking_uri()),
         },
     )
 

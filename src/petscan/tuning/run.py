@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from petscan import config
-from petscan.tuning.apply import apply_best
+from petscan.tuning.apply import apply_best, trusted_overrides
 from petscan.tuning.data import TuneData, load_tune_data
 from petscan.tuning.objective import Objective
 from petscan.tuning.report import banner_text, write_outputs
@@ -107,16 +107,33 @@ def run_study(
             "seconds_this_run": round(time.time() - started, 1),
             "random_init": bool(data.meta.get("random_init")),
         }
-        outputs = write_outputs(study, settings, root, banner_text(data.meta), extra, plots)
+        best, refused = _best_overrides(study, objective)
+        if refused:
+            extra["best_params_refused"] = refused
+        outputs = write_outputs(
+            study, settings, root, banner_text(data.meta), extra, plots, best_overrides=best
+        )
         tracker.finish_study(outputs["summary"], outputs["files"], count_done(study), status)
         result = outputs["summary"]
     _raise_if_tripped(guard, study, settings)
     if apply:
+        if refused:
+            raise ValueError(refused)
         if "best_params" not in result:
             raise RuntimeError("no complete trial yet: nothing to apply")
-        changed = apply_best(result["best_params"], params_path or config.PARAMS_FILE)
+        changed = apply_best(result["best_params"], params_path or config.PARAMS_FILE, set(best))
         result["applied"] = {k: list(v) for k, v in changed.items()}
     return result
+
+
+def _best_overrides(study: optuna.Study, objective: Objective) -> tuple[dict | None, str | None]:
+    """(the best trial's values rebuilt through tune.space, None) or (None, why not)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None, None
+    try:
+        return trusted_overrides(study.best_trial, objective.dims, objective.num_classes), None
+    except ValueError as err:
+        return None, str(err)
 
 
 def _raise_if_tripped(
