@@ -196,7 +196,7 @@ def test_model_uri_never_unpickles_a_foreign_store(
         atol=1e-7,
     )
     # what --trust-store does is what the default avoids: the payload runs
-    assert predict.main([*args, "--trust-store"]) == 2
+    assert predict.main([*args, "--trust-store"]) == 1  # a model that cannot load: exit 1
     assert marker.read_text() == "pwned"
     assert "cannot load the model" in capsys.readouterr().err
 
