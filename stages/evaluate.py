@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config
+from petscan import config, errors, logs
 
 SECTIONS = ("data", "model", "train", "evaluate", "mlflow", "split.out_dir")
 
@@ -23,11 +23,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return config.stage_parser(__doc__).parse_args(argv)
 
 
+@errors.reports_user_errors("evaluate")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    params = config.load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
+    logs.import_tensorflow()
     from petscan.evaluation import run_evaluate
 
-    params = config.load_sections(SECTIONS, args.params)
     results = run_evaluate(params, root=config.workspace_root())
     test = results["test"]
     print(

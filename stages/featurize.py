@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from petscan import config
+from petscan import config, errors, logs
 
 SECTIONS = ("data", "model", "featurize", "weights.dir", "split.out_dir")
 SPLITS = ("train", "val", "test")
@@ -29,34 +29,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@errors.reports_user_errors("featurize")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    sections = config.load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
+    logs.import_tensorflow()
     # Imported here so that `--help` answers without loading TensorFlow.
     from petscan.features import featurize
-    from petscan.images import ImageError
     from petscan.weights import load_weights_meta, warning_banner, weights_file
 
-    sections = config.load_sections(SECTIONS, args.params)
     data, model, params = sections["data"], sections["model"], sections["featurize"]
     weights_dir = Path(sections["weights"]["dir"])
     split_dir = sections["split"]["out_dir"]
     root = config.workspace_root()
-    try:
-        meta = load_weights_meta(weights_dir)
-        results = featurize(
-            {split: Path(split_dir) / f"{split}.csv" for split in args.splits},
-            params["out_dir"],
-            model,
-            params,
-            weights_path=weights_file(weights_dir),
-            weights_meta=meta,
-            class_names=config.class_names(data),
-            root=root,
-            progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError, ImageError) as err:
-        print(f"featurize: {err}", file=sys.stderr)
-        return 1
+    meta = load_weights_meta(weights_dir)
+    results = featurize(
+        {split: Path(split_dir) / f"{split}.csv" for split in args.splits},
+        params["out_dir"],
+        model,
+        params,
+        weights_path=weights_file(weights_dir),
+        weights_meta=meta,
+        class_names=config.class_names(data),
+        root=root,
+        progress=not args.no_progress,
+    )
     banner = warning_banner(meta)
     for split, result in results.items():
         timing = result["timing"]

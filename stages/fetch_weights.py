@@ -13,7 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
-from petscan import config
+from petscan import config, errors, logs
 
 SECTIONS = ("weights", "model.backbone", "model.input_size")
 
@@ -32,23 +32,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@errors.reports_user_errors("fetch_weights")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    params = config.load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
+    logs.import_tensorflow()
     from petscan import weights  # here, so that `--help` answers without loading TensorFlow
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    params = config.load_sections(SECTIONS, args.params)
-    try:
-        meta = weights.fetch_weights(
-            params["weights"],
-            params["model"],
-            workspace=config.workspace_root(Path(args.params).resolve().parent),
-            force=args.force,
-            progress=not args.no_progress,
-        )
-    except weights.WeightsError as exc:
-        print(f"fetch_weights: {exc}", file=sys.stderr)
-        return 1
+    meta = weights.fetch_weights(
+        params["weights"],
+        params["model"],
+        workspace=config.workspace_root(Path(args.params).resolve().parent),
+        force=args.force,
+        progress=not args.no_progress,
+    )
     flag = "  <-- NOT RadImageNet" if weights.is_random_init(meta) else ""
     print(f"backbone {meta['backbone']}: {meta['label']} from {meta['source']}{flag}")
     print(f"sha256 {meta['sha256']}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config
+from petscan import config, errors, logs
 
 SECTIONS = ("data", "plot", "evaluate", "mlflow", "train.out_dir", "explain.out_dir")
 
@@ -22,11 +22,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return config.stage_parser(__doc__).parse_args(argv)
 
 
+@errors.reports_user_errors("plot")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    params = config.load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
+    logs.import_tensorflow()  # evaluation imports Keras
     from petscan.evaluation import make_figures
 
-    params = config.load_sections(SECTIONS, args.params)
     written = make_figures(params, root=config.workspace_root())
     print(f"plot: wrote {len(written)} figures into {params['plot']['out_dir']}")
     return 0

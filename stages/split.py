@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from petscan import config
+from petscan import config, errors, logs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -19,24 +19,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@errors.reports_user_errors("split")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    params = config.load_sections(("data", "split"), args.params)
+    logs.setup(args.verbose)
     # Imported here so that `--help` answers without loading pandas and SciPy.
-    from petscan.dataset import DataError
     from petscan.split import run
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    params = config.load_sections(("data", "split"), args.params)
-    try:
-        run(
-            params["data"],
-            params["split"],
-            root=config.workspace_root(),
-            progress=not args.no_progress,
-        )
-    except DataError as err:
-        print(f"split: {err}", file=sys.stderr)
-        return 1
+    run(
+        params["data"], params["split"], root=config.workspace_root(), progress=not args.no_progress
+    )
     return 0
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config
+from petscan import config, errors, logs
 
 SECTIONS = (
     "data",
@@ -39,11 +39,14 @@ def load_params(path: str) -> dict:
     return config.load_sections(SECTIONS, path)
 
 
+@errors.reports_user_errors("train")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    params = load_params(args.params)  # validated before TensorFlow loads or a run opens
+    logs.setup(args.verbose)
+    logs.import_tensorflow()
     from petscan.training import run_train
 
-    params = load_params(args.params)
     summary = run_train(params, root=config.workspace_root(), verbose=0 if args.quiet else 2)
     print(
         f"train: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "

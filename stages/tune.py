@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from petscan import config, tuning  # tuning loads TensorFlow only when a study runs
+from petscan import config, errors, logs, tuning  # tuning loads TensorFlow only when a study runs
 
 # the sections this stage reads, plus the two folders of the feature cache
 SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")
@@ -73,13 +73,16 @@ def dashboard(params: dict, args: argparse.Namespace) -> int:
     return 0
 
 
+@errors.reports_user_errors("tune")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
     if args.show_storage:
         return show_storage(params, args)
     if args.dashboard:
         return dashboard(params, args)
+    logs.import_tensorflow()
     try:
         summary = tuning.run_study(
             params,
@@ -93,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             params_path=args.params,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"tune: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as err:  # the study's own checks of params and data
+        print(f"tune: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(
             "tune: stopped; every finished trial is kept in the storage and tune/ holds the "

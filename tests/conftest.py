@@ -235,8 +235,11 @@ def split_params() -> dict:
         "mode": "group",
         "ratios": [0.9, 0.05, 0.05],
         "seed": 101,
+        "restarts": 32,
         "max_file_mb": 64,
         "max_pixels": 50_000_000,
+        "min_side": 8,  # the tiny test images are 8 x 8
+        "max_aspect": 8.0,
         "out_dir": "data/split",
     }
 

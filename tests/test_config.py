@@ -12,9 +12,14 @@ import yaml
 from conftest import REPO
 
 from petscan import config
+from petscan.params import defaults
 
 PARAMS = {
-    "data": {"raw_dir": "data/raw", "classes": {"a": "A", "b": "B", "c": "A"}},
+    "data": {
+        "raw_dir": "data/raw",
+        "classes": {"a": "A", "b": "B", "c": "A"},
+        "patient_pattern": None,
+    },
     "split": {"out_dir": "data/split", "seed": 101},
     "train": {"loss": {"name": "focal", "gamma": 2.0}, "out_dir": "models"},
 }
@@ -36,9 +41,12 @@ def test_load_sections_picks_whole_sections_and_single_keys(params_file):
         "train": {"loss": {"gamma": 2.0}},
     }
     assert list(picked) == ["data", "split", "train"], "keeps the order asked for"
-    # a whole section and one of its keys: the whole section, whichever comes first
+    # a whole section and one of its keys: the whole section, whichever comes first,
+    # with the keys the file leaves out at their defaults
+    whole = {**defaults()["split"], **PARAMS["split"]}
+    assert whole["mode"] == "group" and whole["ratios"] == [0.9, 0.05, 0.05]
     for names in (["split", "split.seed"], ["split.seed", "split"]):
-        assert config.load_sections(names, params_file) == {"split": PARAMS["split"]}
+        assert config.load_sections(names, params_file) == {"split": whole}
     assert config.load_sections([], params_file) == {}
 
 
@@ -50,9 +58,9 @@ def test_load_sections_agrees_with_load_section(params_file):
 
 
 def test_load_sections_names_the_file_and_the_missing_name(params_file):
-    with pytest.raises(KeyError, match=r"params\.yaml has no 'nope' section \(sections: data"):
+    with pytest.raises(KeyError, match=r"params\.yaml has no 'nope' section \(sections: synth"):
         config.load_sections(["data", "nope"], params_file)
-    with pytest.raises(KeyError, match=r"no 'split\.nope' \('split' keys: out_dir, seed\)"):
+    with pytest.raises(KeyError, match=r"no 'split\.nope' \('split' keys: mode, ratios, seed,"):
         config.load_sections(["split.nope"], params_file)
     with pytest.raises(KeyError, match=r"no 'split\.seed\.x' \('split\.seed' not a mapping\)"):
         config.load_sections(["split.seed.x"], params_file)

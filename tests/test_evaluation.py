@@ -17,7 +17,9 @@ from petscan.model import build_full_model
 
 MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
 FOCAL = {"name": "focal", "variant": "categorical", "alpha": [0.5, 0.3, 0.2], "gamma": 2.0}
-EVALUATE = {"batch_size": 4, "bootstrap_resamples": 30, "confidence": 0.95, "ece_bins": 5}
+EVALUATE = {
+    "batch_size": 4, "bootstrap_resamples": 30, "confidence": 0.95, "ece_bins": 5, "seed": 0
+}  # fmt: skip
 
 
 def write_split(root, n: int = 9) -> pd.DataFrame:

@@ -47,11 +47,11 @@ def _make_repo(root: Path) -> dict[str, Path]:
     n = 0
     for split, count in COUNTS.items():
         rows = []
-        for i in range(count):
+        for _ in range(count):
             label = n % 3
             rel = f"data/raw/class {label}/pet-{n:05d}_v1.png"
             _write_image(root / rel, rng, ("RGB", "L", "RGBA")[n % 3])
-            rows.append(manifest_row(rel, label, f"pet-{n:05d}", f"{i:064d}"))
+            rows.append(manifest_row(rel, label, f"pet-{n:05d}", F.file_sha256(root / rel)))
             n += 1
         manifests[split] = root / "data/split" / f"{split}.csv"
         write_manifest(manifests[split], rows)

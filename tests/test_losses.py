@@ -15,7 +15,9 @@ from petscan.losses import (
     class_weights,
     make_loss,
 )
+from petscan.params import defaults
 
+LOSS = defaults()["train"]["loss"]  # a whole train.loss section, as the stages get it
 ALPHA = [0.5, 0.3, 0.2]
 # Three samples, labels 0, 1, 2 (sparse integer labels, the convention of petscan.losses).
 Y = np.array([0, 1, 2])
@@ -174,13 +176,13 @@ def test_saved_model_reloads_loss_and_fits_with_class_weight(tmp_path):
 
 def test_make_loss_builds_each_kind():
     assert isinstance(
-        make_loss({"name": "crossentropy"}, 3), keras.losses.SparseCategoricalCrossentropy
+        make_loss({**LOSS, "name": "crossentropy"}, 3), keras.losses.SparseCategoricalCrossentropy
     )
     focal = make_loss({"name": "focal", "variant": "categorical", "alpha": ALPHA, "gamma": 2}, 3)
     assert isinstance(focal, CategoricalFocalLoss) and focal.alpha == ALPHA
     ovr = make_loss({"name": "focal", "variant": "one_vs_rest", "alpha": ALPHA, "gamma": 2}, 3)
     assert isinstance(ovr, OneVsRestFocalLoss)
-    assert make_loss({"name": "focal", "alpha": None, "gamma": 0}, 3).alpha == [1.0, 1.0, 1.0]
+    assert make_loss({**LOSS, "alpha": None, "gamma": 0}, 3).alpha == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -196,7 +198,7 @@ def test_make_loss_builds_each_kind():
 )
 def test_make_loss_validates(params, message):
     with pytest.raises(ValueError, match=message):
-        make_loss(params, 3)
+        make_loss({**LOSS, **params}, 3)
 
 
 # ------------------------------------------------------------------ class weights

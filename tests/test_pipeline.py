@@ -54,7 +54,7 @@ def tiny_params(path: Path) -> dict:
         images_per_patient=[1, 2],
         base_height=64,
     )
-    params["split"]["ratios"] = [0.6, 0.2, 0.2]
+    params["split"].update(ratios=[0.6, 0.2, 0.2], min_side=8)  # tiny images
     params["weights"].update(sources=[], fallback="random")
     params["model"].update(backbone="tiny", input_size=[32, 32], head_units=8)
     params["featurize"].update(augment_views=1, batch_size=16)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import CLASS_NAMES as CLASSES
-from conftest import tiny_image_classifier, write_png
+from conftest import tiny_image_classifier, tiny_model_params, write_png
 
 from petscan import predict
 from petscan.images import ImageError, load_resized
@@ -32,7 +32,7 @@ def folder(tmp_path) -> Path:
     scans = tmp_path / "scans"
     write_png(scans / "a.png", rng.integers(0, 256, (50, 40, 3), dtype=np.uint8))
     write_png(scans / "b.png", rng.integers(0, 256, (64, 64, 4), dtype=np.uint8))
-    write_png(scans / "nested/c.png", rng.integers(0, 256, (30, 70), dtype=np.uint8))
+    write_png(scans / "nested/c.png", rng.integers(0, 256, (32, 70), dtype=np.uint8))
     (scans / "broken.png").write_bytes(b"this is not a PNG")
     return scans
 
@@ -116,14 +116,18 @@ def test_cli_exit_code_when_nothing_was_predicted(model_file, folder, params_fil
     )
     assert code == 1
     assert "no image could be predicted" in capsys.readouterr().err
-    assert predict.main([str(folder), "--model", "nope.keras", "--params", str(params_file)]) == 2
+    argv = [str(folder), "--model", "nope.keras", "--params", str(params_file)]
+    assert predict.main(argv) == 1, "a missing model file is the user's problem: exit 1"
+    assert capsys.readouterr().err == (
+        "petscan predict: error: nope.keras not found: train a model first (`dvc repro`)\n"
+    )
 
 
 def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow_store, capsys):
     from petscan import tracking
 
     mlflow_params = {"experiment": "predict-test", "registered_model": "pet-predict"}
-    model_params = {"input_size": [32, 32], "resize": "stretch"}
+    model_params = tiny_model_params()
     with tracking.start_training_run(mlflow_params, {}, {}):
         tracking.log_keras_model(
             model_file, mlflow_params, CLASSES, model_params, input_example=[str(folder / "a.png")]
@@ -192,7 +196,7 @@ def test_model_uri_never_unpickles_a_foreign_store(
         atol=1e-7,
     )
     # what --trust-store does is what the default avoids: the payload runs
-    assert predict.main([*args, "--trust-store"]) == 2
+    assert predict.main([*args, "--trust-store"]) == 1  # a model that cannot load: exit 1
     assert marker.read_text() == "pwned"
     assert "cannot load the model" in capsys.readouterr().err
 

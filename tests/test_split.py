@@ -165,7 +165,9 @@ def test_duplicates_never_straddle_and_cross_class_are_dropped(
     assert "left out" in crossed[0]["error"]
     assert not result.images["path"].isin(crossed[0]["paths"]).any()
     assert result.summary["files"]["cross_class_duplicate_files"] == 2
-    assert result.summary["files"]["duplicate_files"] == 9
+    # same-class groups only (the cross-class group is counted above): one group, 7 files
+    assert result.summary["files"]["duplicate_groups"] == 1
+    assert result.summary["files"]["duplicate_files"] == 7
 
 
 def test_outputs_report_and_numeric_summary(make_raw_dir, data_params, split_params, tmp_path):

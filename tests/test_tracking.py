@@ -13,11 +13,17 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import CLASS_NAMES as CLASSES
-from conftest import random_weights_meta, serve_mlflow, tiny_image_classifier, write_png
+from conftest import (
+    random_weights_meta,
+    serve_mlflow,
+    tiny_image_classifier,
+    tiny_model_params,
+    write_png,
+)
 
 from petscan import tracking
 
-MODEL_PARAMS = {"input_size": [32, 32], "resize": "stretch", "backbone": "tiny"}
+MODEL_PARAMS = tiny_model_params()
 WEIGHTS_META = random_weights_meta(sha256="ab" * 32)
 
 

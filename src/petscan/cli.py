@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from petscan import errors, logs
+
 # command -> (module, help); each module has `main(argv: list[str] | None) -> int`.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("petscan.synthetic", "generate the synthetic PET demo data set"),
@@ -15,9 +17,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 success, 1 a problem with the data, params or files (one line on
+    stderr), 2 a usage error; any other failure is a bug and keeps its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    argv = argv[1:] if verbose else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: petscan <command> [--help]\n\ncommands:")
+        print("usage: petscan [--verbose] <command> [--help]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:<14} {text}")
         return 0 if argv else 2
@@ -25,8 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"petscan: unknown command {name!r}; see `petscan --help`", file=sys.stderr)
         return 2
+    logs.setup(verbose)  # before any command imports TensorFlow
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    run = errors.reports_user_errors(f"petscan {name}")(module.main)
+    return int(run(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Reading `params.yaml` and locating the repository.
 
 Stage scripts read only the sections (and single keys) they declare in `dvc.yaml`;
-`load_section` and `load_sections` are the way they do it, so a typo in a name fails
-loudly. `stage_parser` is every stage's command line: its docstring as `--help` and
-`--params`.
+`load_section` and `load_sections` are the way they do it: they validate the whole file
+against the schema in `petscan.params` first (so a typo anywhere fails before any work) and
+return plain dicts with every default filled in. `stage_parser` is every stage's command
+line: its docstring as `--help`, `--params` and `--verbose`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from petscan.errors import MissingInputError, ParamsError
 
 PARAMS_FILE = "params.yaml"
 
@@ -43,29 +46,44 @@ def workspace_root(start: Path | None = None) -> Path:
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The params file as written (not validated, no defaults): for tools that edit it."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run from the repository root or pass --params")
-    with path.open() as fh:
-        params = yaml.safe_load(fh) or {}
+        raise MissingInputError(f"{path} not found: run from the repository root or pass --params")
+    try:
+        with path.open() as fh:
+            params = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ParamsError(f"{path}: not valid YAML{line}: {problem}") from None
     if not isinstance(params, dict):
-        raise ValueError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
     return params
 
 
+def load_validated(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The whole params file, checked against the schema, every default filled in."""
+    from petscan.params import validate
+
+    return validate(load_params(path), path)
+
+
 def load_section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """One section of `params.yaml`, with a clear error when it is missing."""
-    return _section(load_params(path), name, path)
+    """One section of `params.yaml`, validated with the whole file, defaults filled in."""
+    return _section(load_validated(path), name, path)
 
 
 def load_sections(names: Iterable[str], path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """Whole sections and single keys of `params.yaml`, read once, nested as in the file.
 
     `load_sections(["data", "split.out_dir"])` -> `{"data": {...}, "split": {"out_dir": ...}}`.
-    A dotted name picks one key (at any depth); a missing section or key is a `KeyError`
-    naming the file and the name.
+    The whole file is validated first (`ParamsError`, one line per problem) and defaults are
+    filled in. A dotted name picks one key (at any depth); a name the schema does not know is
+    a `KeyError` naming the file and the name (a bug in the stage, not in the file).
     """
-    params = load_params(path)
+    params = load_validated(path)
     picked: dict[str, Any] = {}
     for name in names:
         parts = name.split(".")
@@ -97,6 +115,11 @@ def stage_parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
     kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
     parser = argparse.ArgumentParser(**kwargs)
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's start-up and library messages (or set PETSCAN_VERBOSE=1)",
+    )
     return parser
 
 

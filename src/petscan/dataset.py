@@ -23,7 +23,8 @@ from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
 from petscan.config import class_names as ordered_class_names
-from petscan.images import IMAGE_SUFFIXES, ImageError, inspect_image
+from petscan.errors import UserError
+from petscan.images import IMAGE_SUFFIXES, FolderScan, ImageError, check_shape, inspect_image
 
 INDEX_COLUMNS = [
     "path",
@@ -41,7 +42,7 @@ INDEX_COLUMNS = [
 MB = 1024 * 1024
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data folder cannot produce a usable split; the message says how to fix it."""
 
 
@@ -56,6 +57,8 @@ class DataIndex:
     bad_files: list[dict[str, str]] = field(default_factory=list)
     skipped_files: list[dict[str, str]] = field(default_factory=list)
     ignored_folders: list[dict[str, Any]] = field(default_factory=list)
+    link_problems: list[dict[str, str]] = field(default_factory=list)  # loops, broken links
+    link_notes: list[dict[str, str]] = field(default_factory=list)  # followed, counted once
 
     @property
     def unmatched_patients(self) -> list[str]:
@@ -122,6 +125,8 @@ def index_images(
     max_pixels: int | None = None,
     root: str | Path | None = None,
     progress: bool = True,
+    min_side: int | None = None,
+    max_aspect: float | None = None,
 ) -> DataIndex:
     """Index, hash and decode every file under `raw_dir`.
 
@@ -146,13 +151,28 @@ def index_images(
         raw_dir=raw,
         location=relative_posix(raw, root),
     )
-    candidates = list(_class_files(raw, classes, root, index))
+    scan = FolderScan(raw)
+    candidates = list(_class_files(raw, classes, root, index, scan))
+    for found, target in ((scan.problems, index.link_problems), (scan.notes, index.link_notes)):
+        for entry in found:
+            target.append(
+                {
+                    **entry,
+                    "path": relative_posix(Path(entry["path"]), root),
+                    **(
+                        {"target": relative_posix(Path(entry["target"]), root)}
+                        if "target" in entry
+                        else {}
+                    ),
+                }
+            )
     max_bytes = None if max_file_mb is None else int(float(max_file_mb) * MB)
     rows = []
     for folder, path in tqdm(
         candidates, desc=f"Indexing {raw_dir}", unit="file", disable=not progress
     ):
-        row = _index_file(path, folder, classes[folder], raw, root, pattern, max_bytes, max_pixels)
+        limits = (max_bytes, max_pixels, min_side, max_aspect)
+        row = _index_file(path, folder, classes[folder], raw, root, pattern, limits)
         if "reason" in row:
             index.bad_files.append(row)
         else:
@@ -172,13 +192,16 @@ def index_images(
 
 
 def _class_files(
-    raw: Path, classes: Mapping[str, str], root: Path, index: DataIndex
+    raw: Path, classes: Mapping[str, str], root: Path, index: DataIndex, scan: FolderScan
 ) -> Iterator[tuple[str, Path]]:
-    """(class folder, file) for every candidate image; records what is skipped."""
+    """(class folder, file) for every candidate image; records what is skipped.
+
+    Each real file is yielded once; symbolic links follow the rules of `FolderScan`.
+    """
     for entry in sorted(raw.iterdir()):
         if entry.name.startswith("."):
             continue
-        if entry.is_file():
+        if not entry.is_dir():
             index.skipped_files.append(
                 {"path": relative_posix(entry, root), "reason": "not inside a class folder"}
             )
@@ -191,7 +214,8 @@ def _class_files(
                 }
             )
         else:
-            for path in _walk_files(entry):
+            files = scan.follow(entry) if entry.is_symlink() else scan.walk(entry)
+            for path in files:
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     yield entry.name, path
                 else:
@@ -205,12 +229,9 @@ def _class_files(
 
 
 def _walk_files(folder: Path) -> Iterator[Path]:
-    """Files under `folder`, recursively, sorted, hidden files and folders skipped."""
-    for current, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(current) / name
+    """Files under `folder`, recursively, each real file once, hidden ones skipped."""
+    scan = FolderScan(folder.parent)
+    yield from scan.follow(folder) if folder.is_symlink() else scan.walk(folder)
 
 
 def _index_file(
@@ -220,10 +241,13 @@ def _index_file(
     raw: Path,
     root: Path,
     pattern: re.Pattern[str] | None,
-    max_bytes: int | None,
-    max_pixels: int | None,
+    limits: tuple[int | None, int | None, int | None, float | None],
 ) -> dict[str, Any]:
-    """One index row, or a bad-file entry {"path", "class", "reason"}."""
+    """One index row, or a bad-file entry {"path", "class", "reason"}.
+
+    `limits`: (max bytes, max pixels, min side, max aspect ratio), None for no limit.
+    """
+    max_bytes, max_pixels, min_side, max_aspect = limits
     rel = relative_posix(path, root)
     try:
         size = path.stat().st_size
@@ -234,6 +258,7 @@ def _index_file(
                 f"{max_bytes / MB:g})",
             )
         info = inspect_image(path, max_pixels=max_pixels)
+        check_shape(path, info.width, info.height, min_side, max_aspect)
         digest = sha256_file(path)
     except ImageError as err:
         return {"path": rel, "class": class_name, "reason": err.reason}

@@ -45,7 +45,7 @@ def predict_images(
     dataset = pfeatures.image_dataset(
         frame,
         tuple(model_params["input_size"]),
-        model_params.get("resize", "stretch"),
+        model_params["resize"],
         int(batch_size),
         shuffle=False,
         root=str(root),
@@ -118,10 +118,10 @@ def split_metrics(
             proba,
             list(class_names),
             groups=groups,
-            n_resamples=int(evaluate_params.get("bootstrap_resamples", 1000)),
-            confidence=float(evaluate_params.get("confidence", 0.95)),
-            ece_bins=int(evaluate_params.get("ece_bins", 10)),
-            seed=int(evaluate_params.get("seed", 0)),
+            n_resamples=int(evaluate_params["bootstrap_resamples"]),
+            confidence=float(evaluate_params["confidence"]),
+            ece_bins=int(evaluate_params["ece_bins"]),
+            seed=int(evaluate_params["seed"]),
         )
     )
     return values
@@ -142,7 +142,7 @@ def evaluate_split(
     frame = pd.read_csv(manifest, dtype={"patient": str})
     if len(frame) == 0:
         raise ValueError(f"{manifest} lists no images: re-run `dvc repro split` with more data")
-    proba = predict_images(model, frame, model_params, evaluate_params.get("batch_size", 32), root)
+    proba = predict_images(model, frame, model_params, evaluate_params["batch_size"], root)
     y_true = frame["label"].to_numpy(dtype=int)
     out_dir = Path(out_dir)
     paths = {
@@ -311,8 +311,8 @@ def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
     train_dir = root / params["train"]["out_dir"]
     reports = root / params["evaluate"]["out_dir"]
     fig_dir = root / params["plot"]["out_dir"]
-    dpi = int(params["plot"].get("dpi", plots.DEFAULT_DPI))
-    bins = int(params["evaluate"].get("ece_bins", 10))
+    dpi = int(params["plot"]["dpi"])
+    bins = int(params["evaluate"]["ece_bins"])
     info = read_train_info(train_dir)
     banner = banner_text(info)
     history = pd.read_csv(train_dir / "history.csv")

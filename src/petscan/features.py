@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ import pandas as pd
 import tensorflow as tf
 from tqdm.auto import tqdm
 
+from petscan.errors import BadInputError, MissingInputError
 from petscan.images import ImageError, load_resized
 from petscan.io import atomic_path, read_json, write_json
 from petscan.model import build_feature_extractor, feature_moments, resolve_precision
@@ -71,12 +74,33 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     """A split manifest, with a clear error when it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"split manifest {path} not found: run `dvc repro split` first")
+        raise MissingInputError(f"split manifest {path} not found: run `dvc repro split` first")
     frame = pd.read_csv(path, dtype={"path": str, "class": str, "patient": str, "sha256": str})
     missing = [c for c in ("path", "label") if c not in frame.columns]
     if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}: rerun `dvc repro split`")
+        raise BadInputError(f"{path} lacks column(s) {missing}: rerun `dvc repro split`")
     return frame
+
+
+def check_files(frame: pd.DataFrame, manifest: str | Path, root: str | Path = ".") -> None:
+    """Every file of a manifest is there and unchanged since the split (same sha256).
+
+    Run before the backbone starts, so a file deleted or corrupted after `split` is one
+    clear error naming it, not a failure inside the tf.data pipeline.
+    """
+    digests = frame["sha256"] if "sha256" in frame.columns else [None] * len(frame)
+    for rel, digest in zip(frame["path"].astype(str), digests, strict=True):
+        file = Path(root) / rel
+        if not file.is_file():
+            raise MissingInputError(
+                f"{file} is listed in {manifest} but missing: restore it, or rerun `dvc repro` "
+                "(the split stage indexes the folder again)"
+            )
+        if isinstance(digest, str) and digest and file_sha256(file) != digest:
+            raise BadInputError(
+                f"{file} changed after the split (its sha256 differs from {manifest}): rerun "
+                "`dvc repro` (the split stage checks the file again)"
+            )
 
 
 # ----------------------------------------------------------------------------- tf.data
@@ -426,6 +450,10 @@ def featurize(
     Writes `{split}.npy` and `{split}.json` per split and returns the JSON metadata
     (plus timing, which is kept out of the files so they are reproducible).
     Splits in `augment_splits` get `featurize.augment_views` augmented views.
+
+    All or nothing: every file of every manifest is checked first (`check_files`), the
+    outputs are written into `.<out_dir name>.partial` beside `out_dir` and moved into
+    `out_dir` together once all splits are done; a failure leaves `out_dir` as it was.
     """
     weights_meta = dict(weights_meta or {})
     if weights_meta.get("backbone") not in (None, model_params["backbone"]):
@@ -433,15 +461,49 @@ def featurize(
             f"the weights file is for backbone {weights_meta['backbone']!r} but model.backbone "
             f"is {model_params['backbone']!r}: run `dvc repro fetch_weights featurize`"
         )
+    frames = {}
+    for split, manifest in manifests.items():
+        frames[split] = read_manifest(manifest)
+        _check_labels(frames[split], Path(manifest), class_names)
+        check_files(frames[split], manifest, root)
     precision = resolve_precision(featurize_params.get("precision", "float32"))
     extractor = build_feature_extractor(dict(model_params), weights_path, precision)
     out_dir = Path(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
+    staging.mkdir(parents=True)
+    try:
+        results = _featurize_all(
+            extractor, frames, manifests, staging, model_params, featurize_params,
+            weights_meta, class_names, root, augment_splits, progress, precision,
+        )  # fmt: skip
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for split in results:
+            for suffix in (".npy", ".json"):
+                os.replace(staging / f"{split}{suffix}", out_dir / f"{split}{suffix}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return results
+
+
+def _featurize_all(
+    extractor: keras.Model,
+    frames: Mapping[str, pd.DataFrame],
+    manifests: Mapping[str, str | Path],
+    out_dir: Path,
+    model_params: Mapping[str, Any],
+    featurize_params: Mapping[str, Any],
+    weights_meta: Mapping[str, Any],
+    class_names: list[str] | None,
+    root: str | Path,
+    augment_splits: tuple[str, ...],
+    progress: bool,
+    precision: str,
+) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for split, manifest in manifests.items():
-        manifest = Path(manifest)
-        frame = read_manifest(manifest)
-        _check_labels(frame, manifest, class_names)
-        augment = split in augment_splits and int(featurize_params.get("augment_views", 0)) > 0
+        manifest, frame = Path(manifest), frames[split]
+        augment = split in augment_splits and int(featurize_params["augment_views"]) > 0
         views_k = int(featurize_params["augment_views"]) if augment else 0
         augmenter = (
             build_augmenter(featurize_params["augmentation"], int(featurize_params["seed"]))
@@ -491,8 +553,8 @@ def _split_meta(
         "resize": model_params["resize"],
         "input_size": [int(v) for v in model_params["input_size"]],
         "augment_views": timing["views"] - 1,
-        "augmentation": dict(featurize_params.get("augmentation") or {}),
-        "seed": featurize_params.get("seed"),
+        "augmentation": dict(featurize_params["augmentation"]),
+        "seed": featurize_params["seed"],
         "weights_sha256": weights_meta.get("sha256"),
         "weights_random_init": weights_meta.get("random_init"),
         "weights_label": weights_meta.get("label"),
@@ -546,18 +608,18 @@ def load_features(
     npy, meta_path = features_dir / f"{split}.npy", features_dir / f"{split}.json"
     for file in (npy, meta_path):
         if not file.is_file():
-            raise FileNotFoundError(f"{file} not found: {REPRO_HINT}")
+            raise MissingInputError(f"{file} not found: {REPRO_HINT}")
     frame = read_manifest(manifest_path)
     meta = read_json(meta_path)
     if meta.get("manifest_sha256") != file_sha256(manifest_path):
-        raise ValueError(
+        raise BadInputError(
             f"{npy} was computed from another version of {manifest_path} "
             f"(sha256 recorded in {meta_path} differs): {REPRO_HINT}"
         )
     features = np.load(npy, mmap_mode="r" if mmap else None)
     expected = (len(frame), int(meta["views"]), int(meta["dim"]))
     if features.dtype != np.float32 or features.shape != expected:
-        raise ValueError(
+        raise BadInputError(
             f"{npy} holds {features.dtype} {features.shape}, but {manifest_path} and {meta_path} "
             f"call for float32 {expected}: {REPRO_HINT}"
         )

@@ -7,12 +7,17 @@ naming the file and what is wrong with it.
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from petscan.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 RESIZE_MODES = ("stretch", "pad")
@@ -25,7 +30,7 @@ SUPPORTED_MODES = GREY_HIGH_DEPTH_MODES + ALPHA_MODES + PLAIN_MODES
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
     """An image file that cannot be used, with the reason."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -63,6 +68,13 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageError(path, f"too large: {width} x {height} pixels (limit {max_pixels})")
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise ImageError(
+                    path,
+                    f"{frames} frames (an animation or a stack of images); only single images "
+                    "are used: export the one 2D image",
+                )
             image.load()
     except Exception as err:
         if image is not None:
@@ -83,6 +95,24 @@ def _as_image_error(path: Path, err: Exception) -> ImageError:
     if isinstance(err, OSError | SyntaxError | ValueError | EOFError):
         return ImageError(path, f"corrupt or truncated image ({err})")
     return ImageError(path, f"cannot decode ({type(err).__name__}: {err})")
+
+
+def check_shape(
+    path: str | Path, width: int, height: int, min_side: int | None, max_aspect: float | None
+) -> None:
+    """ImageError when a side is below `min_side` or the aspect ratio above `max_aspect`
+    (params `split.min_side`, `split.max_aspect`): such a file is no whole-body image."""
+    if min_side is not None and min(width, height) < min_side:
+        raise ImageError(
+            path, f"too small: {width} x {height} pixels (split.min_side = {min_side})"
+        )
+    ratio = max(width, height) / max(1, min(width, height))
+    if max_aspect is not None and ratio > max_aspect:
+        raise ImageError(
+            path,
+            f"too elongated: {width} x {height} pixels, aspect ratio {ratio:.1f} "
+            f"(split.max_aspect = {max_aspect:g})",
+        )
 
 
 def inspect_image(path: str | Path, max_pixels: int | None = None) -> ImageInfo:
@@ -180,12 +210,106 @@ def load_resized(path: str | Path, size: tuple[int, int], mode: str = "stretch")
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted, hidden files skipped."""
-    folder = Path(folder)
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file()
-        and p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """Image files under `folder` (recursively), sorted, hidden files skipped.
+
+    Each real file once; links are handled as `FolderScan` does (see `scan_images` for
+    the list of links that were not followed).
+    """
+    return scan_images(folder)[0]
+
+
+def scan_images(folder: str | Path) -> tuple[list[Path], list[dict[str, str]]]:
+    """(image files, link problems) under `folder`: `FolderScan` with `folder` as boundary."""
+    scan = FolderScan(Path(folder))
+    files = [p for p in scan.walk(Path(folder)) if p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files), scan.problems
+
+
+@dataclass
+class FolderScan:
+    """Walk folders following symbolic links safely; each real file is yielded once.
+
+    - a link that cannot be resolved (broken, or a loop of links) is a problem;
+    - a folder link that points to the scanned folder, one of its ancestors, or a folder
+      inside it is not followed (a loop, or files that are counted where they are);
+    - a folder link leaving `boundary` is followed, and noted (`notes`), as is a folder
+      reached twice through links from outside;
+    - a file reached a second time (through a link) is not yielded again, and noted.
+    File links leaving the folder are followed silently (a DVC cache linked in).
+    Hidden files and folders are skipped. `problems` and `notes` hold
+    {"path", "target", "reason"} with paths as found.
+    """
+
+    boundary: Path
+    problems: list[dict[str, str]] = field(default_factory=list)
+    notes: list[dict[str, str]] = field(default_factory=list)
+    _files: dict[Path, Path] = field(default_factory=dict)
+    _dirs: set[Path] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.boundary = Path(os.path.realpath(self.boundary))
+
+    def walk(self, folder: Path) -> Iterator[Path]:
+        """Files under `folder` (recursively, sorted by name within each folder)."""
+        links: list[Path] = []
+        for current, dirs, files in os.walk(folder, followlinks=False):
+            here = Path(current)
+            self._dirs.add(Path(os.path.realpath(here)))
+            kept = []
+            for name in sorted(d for d in dirs if not d.startswith(".")):
+                (links if (here / name).is_symlink() else kept).append(here / name)
+            dirs[:] = [p.name for p in kept]
+            for name in sorted(f for f in files if not f.startswith(".")):
+                path = here / name
+                if path.is_symlink():
+                    links.append(path)
+                else:
+                    yield from self._file(path, Path(os.path.realpath(path)))
+        for link in sorted(links):
+            yield from self.follow(link)
+
+    def _file(self, path: Path, real: Path) -> Iterator[Path]:
+        first = self._files.setdefault(real, path)
+        if first is path:
+            yield path
+        else:
+            self._note(self.notes, path, real, f"the same file as {first.as_posix()}: counted once")
+
+    def follow(self, link: Path) -> Iterator[Path]:
+        """The files reached through one symbolic link (file or folder), by the rules above."""
+        try:
+            real = link.resolve(strict=True)
+        except (OSError, RuntimeError):
+            self._note(self.problems, link, None, "broken symbolic link, or a loop of links")
+            return
+        if not real.is_dir():
+            yield from self._file(link, real)
+            return
+        inside = real == self.boundary or real.is_relative_to(self.boundary)
+        if inside or self.boundary.is_relative_to(real):
+            reason = (
+                "symbolic link loop: points to a folder that holds it; not followed"
+                if _holds(real, link)
+                else "points to a folder inside the scanned one: not followed (its files "
+                "are counted where they are)"
+            )
+            self._note(self.problems, link, real, reason)
+            return
+        if real in self._dirs:
+            self._note(self.problems, link, real, "symbolic link loop: folder already scanned")
+            return
+        self._note(self.notes, link, real, "symbolic link leaving the data folder: followed")
+        yield from self.walk(link)
+
+    @staticmethod
+    def _note(where: list, path: Path, real: Path | None, reason: str) -> None:
+        entry = {"path": path.as_posix(), "reason": reason}
+        if real is not None:
+            entry["target"] = real.as_posix()
+        where.append(entry)
+
+
+def _holds(folder: Path, link: Path) -> bool:
+    """True when `link` lies inside `folder` (by real path of its parent)."""
+    parent = Path(os.path.realpath(link.parent))
+    return parent == folder or parent.is_relative_to(folder)

@@ -129,17 +129,17 @@ def make_loss(loss_params: dict[str, Any], num_classes: int) -> keras.losses.Los
     or one number for all; null = 1 for `categorical`, 0.5 for `one_vs_rest`) and
     `gamma >= 0`.
     """
-    name = loss_params.get("name", "focal")
+    name = loss_params["name"]
     if name == "crossentropy":
         return keras.losses.SparseCategoricalCrossentropy(name="crossentropy")
     if name != "focal":
         raise ValueError(f"params.yaml train.loss.name must be one of {LOSS_NAMES}, got {name!r}")
-    variant = loss_params.get("variant", "categorical")
+    variant = loss_params["variant"]
     if variant not in FOCAL_VARIANTS:
         raise ValueError(
             f"params.yaml train.loss.variant must be one of {FOCAL_VARIANTS}, got {variant!r}"
         )
-    alpha = loss_params.get("alpha")
+    alpha = loss_params["alpha"]
     if alpha is None:
         alpha = [1.0 if variant == "categorical" else 0.5] * num_classes
     if isinstance(alpha, int | float):
@@ -149,7 +149,7 @@ def make_loss(loss_params: dict[str, Any], num_classes: int) -> keras.losses.Los
             f"params.yaml train.loss.alpha has {len(alpha)} values for {num_classes} classes: "
             f"give one value per class, in data.classes order"
         )
-    gamma = loss_params.get("gamma", 2.0)
+    gamma = loss_params["gamma"]
     cls = CategoricalFocalLoss if variant == "categorical" else OneVsRestFocalLoss
     try:
         return cls(alpha=alpha, gamma=gamma)

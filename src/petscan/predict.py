@@ -12,14 +12,19 @@ Where the class names, input size and resize mode come from:
 - `--model` (a `.keras` file): the input size from the model's input shape; class
   names from `data.classes` and the resize mode from `model.resize` in `--params`.
 
-Unreadable files are reported on stderr with the reason and skipped. The exit code
-is 0 when at least one image was predicted, 1 when none was, 2 on a usage error.
+Unreadable files, images smaller than `split.min_side` or more elongated than
+`split.max_aspect`, and links that loop are reported on stderr with the reason and
+skipped. The model, the class names and the `--csv` path are checked before any image is
+predicted. Exit code: 0 when at least one image was predicted, 1 when none was or the
+model, params or `--csv` path cannot be used (one line), 2 on a usage error.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +33,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from petscan import config
-from petscan.images import ImageError, list_images, load_resized
+from petscan import config, logs
+from petscan import errors as errors_  # `errors` names the skipped files below
+from petscan.errors import BadInputError, MissingInputError, UserError
+from petscan.images import ImageError, check_shape, load_rgb, resize, scan_images
 from petscan.io import write_csv
 
 DEFAULT_BATCH = 32
@@ -63,10 +70,13 @@ def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[s
     errors: list[tuple[str, str]] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = list_images(item)
+            found, problems = scan_images(item)
+            errors.extend((p["path"], p["reason"]) for p in problems)
             if not found:
                 errors.append((str(item), "folder holds no image files"))
             files.extend(found)
+        elif item.is_symlink() and not item.exists():
+            errors.append((str(item), "broken symbolic link, or a loop of links"))
         elif item.exists():
             files.append(item)
         else:
@@ -83,12 +93,15 @@ def predict_paths(
     batch_size: int = DEFAULT_BATCH,
     errors: list[tuple[str, str]] | None = None,
     progress: bool = False,
+    min_side: int | None = None,
+    max_aspect: float | None = None,
 ) -> pd.DataFrame:
     """Probabilities per class and `predicted_class` for each readable image.
 
-    `model` is a Keras model taking float32 (N, H, W, 3) in [0, 255]. Unreadable files
-    raise `ImageError`, unless `errors` is a list: then (path, reason) is appended to it
-    and the file is skipped.
+    `model` is a Keras model taking float32 (N, H, W, 3) in [0, 255]. Unreadable files,
+    and images outside `min_side` / `max_aspect` (see `images.check_shape`), raise
+    `ImageError`, unless `errors` is a list: then (path, reason) is appended to it and the
+    file is skipped.
     """
     size = (int(input_size[0]), int(input_size[1]))
     names = list(class_names)
@@ -98,7 +111,9 @@ def predict_paths(
         images, kept = [], []
         for path in paths[start : start + batch_size]:
             try:
-                images.append(load_resized(path, size, resize))
+                rgb = load_rgb(path)
+                check_shape(path, rgb.shape[1], rgb.shape[0], min_side, max_aspect)
+                images.append(_resize(rgb, size, resize).astype(np.float32))
             except ImageError as err:
                 if errors is None:
                     raise
@@ -113,6 +128,9 @@ def predict_paths(
     )
     frame.insert(0, "path", rows)
     return frame
+
+
+_resize = resize  # `resize` is also a parameter name of predict_paths
 
 
 def probabilities_frame(proba: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
@@ -142,18 +160,35 @@ def load_from_file(path: str | Path, params_path: str | Path) -> LoadedModel:
     """A `.keras` file; class names and resize from params, input size from the model."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: train a model first (`dvc repro`)")
-    params = config.load_params(params_path)
-    model_params = params.get("model", {})
-    keras_model = _load_keras(path)
+        raise MissingInputError(f"{path} not found: train a model first (`dvc repro`)")
+    params = config.load_sections(("data", "model"), params_path)
+    model_params = params["model"]
+    keras_model = load_keras_file(path)
     size = _model_input_size(keras_model) or tuple(model_params["input_size"])
     return LoadedModel(
         keras_model,
         config.class_names(params["data"]),
         (int(size[0]), int(size[1])),
-        model_params.get("resize", "stretch"),
+        model_params["resize"],
         str(path),
     )
+
+
+def load_keras_file(path: Path):
+    """A `.keras` file loaded in safe mode; `BadInputError` says why a file is not a model."""
+    size = path.stat().st_size
+    if size == 0:
+        raise BadInputError(f"{path} is not a valid Keras model: it is an empty file")
+    if not zipfile.is_zipfile(path):
+        raise BadInputError(
+            f"{path} is not a valid Keras model: a .keras file is a zip archive, this is "
+            f"{size} bytes of something else (truncated, or another format)"
+        )
+    try:
+        return _load_keras(path)
+    except Exception as err:  # Keras raises many kinds for a damaged archive
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInputError(f"{path} is not a valid Keras model ({reason})") from err
 
 
 def load_from_uri(
@@ -173,7 +208,7 @@ def load_from_uri(
 
     mlflow_params: dict = {}
     if params_path is not None and Path(params_path).is_file():
-        mlflow_params = config.load_params(params_path).get("mlflow") or {}
+        mlflow_params = config.load_section("mlflow", params_path)
     tracking.use_store(mlflow_params)
     if not trust_store:
         return load_keras_artifact(uri)
@@ -260,17 +295,62 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_csv_path(path: str | Path) -> None:
+    """Refuse an output path that cannot be written, before any image is predicted."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--csv {path} is a folder: give a file name, e.g. {path}/predictions.csv")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise UserError(f"--csv {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"--csv {path}: the folder {parent} is not writable")
+
+
+def check_classes(loaded: LoadedModel) -> None:
+    """The model's output size must match the class names (before predicting anything)."""
+    shape = getattr(loaded.keras_model, "output_shape", None)
+    if isinstance(shape, list):
+        shape = shape[0]
+    outputs = shape[-1] if shape else None
+    if outputs is not None and outputs != len(loaded.class_names):
+        raise UserError(
+            f"the model {loaded.source} outputs {outputs} classes but {len(loaded.class_names)} "
+            f"class names were given ({loaded.class_names}): check data.classes in the params "
+            "file (--params) against the data the model was trained on"
+        )
+
+
+def shape_limits(params_path: str | Path) -> tuple[int, float]:
+    """`split.min_side` and `split.max_aspect` from the params file (defaults without one)."""
+    from petscan.params import defaults
+
+    split = (
+        config.load_section("split", params_path)
+        if Path(params_path).is_file()
+        else defaults()["split"]
+    )
+    return split["min_side"], split["max_aspect"]
+
+
+@errors_.reports_user_errors("petscan predict")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.csv:
+        check_csv_path(args.csv)
+    min_side, max_aspect = shape_limits(args.params)
     files, errors = expand_paths(args.paths)
-    try:
-        if args.model:
-            loaded = load_from_file(args.model, args.params)
-        else:
+    logs.import_tensorflow()
+    if args.model:
+        loaded = load_from_file(args.model, args.params)
+    else:
+        try:
             loaded = load_from_uri(args.model_uri, args.params, trust_store=args.trust_store)
-    except Exception as err:  # a CLI boundary: any failure to load is reported, not traced
-        print(f"petscan predict: cannot load the model: {err}", file=sys.stderr)
-        return 2
+        except UserError:
+            raise
+        except Exception as err:  # MLflow's many ways to say the URI does not work
+            raise UserError(f"cannot load the model {args.model_uri}: {err}") from err
+    check_classes(loaded)
     frame = predict_paths(
         loaded.keras_model,
         files,
@@ -280,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         errors=errors,
         progress=len(files) > args.batch_size,
+        min_side=min_side,
+        max_aspect=max_aspect,
     )
     for path, reason in errors:
         print(f"skipped {path}: {reason}", file=sys.stderr)

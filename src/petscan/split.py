@@ -218,29 +218,41 @@ def make_split(
     progress: bool = True,
 ) -> SplitResult:
     """Index `data.raw_dir`, drop what cannot be used and split the rest."""
-    mode = split_params.get("mode", "group")
+    mode = split_params["mode"]
     if mode not in MODES:
         raise ValueError(f"params.yaml split.mode must be one of {MODES}, got {mode!r}")
-    ratios = check_ratios(split_params.get("ratios", (0.9, 0.05, 0.05)))
-    seed = int(split_params.get("seed", 101))
+    ratios = check_ratios(split_params["ratios"])
+    seed = int(split_params["seed"])
     index = index_images(
         data_params["raw_dir"],
         data_params["classes"],
-        patient_pattern=data_params.get("patient_pattern"),
-        max_file_mb=split_params.get("max_file_mb"),
-        max_pixels=split_params.get("max_pixels"),
+        patient_pattern=data_params["patient_pattern"],
+        max_file_mb=split_params["max_file_mb"],
+        max_pixels=split_params["max_pixels"],
         root=root,
         progress=progress,
+        min_side=split_params["min_side"],
+        max_aspect=split_params["max_aspect"],
     )
     duplicates = duplicate_groups(index.images)
     images, crossed = drop_cross_class_duplicates(index.images)
-    check_classes(index, images, data_params["classes"])
+    try:
+        check_classes(index, images, data_params["classes"])
+    except DataError as err:
+        err.report = {
+            "mode": mode,
+            "ratios": list(ratios),
+            "seed": seed,
+            **_left_out(index, crossed),
+            "duplicate_groups": [g for g in duplicates if len(g["classes"]) == 1],
+        }
+        raise
     images = images.assign(group=group_ids(images))
     goal = targets(images, index.class_names, ratios)
     if mode == "image":
         images["split"] = image_split(images, ratios, seed)
     else:
-        restarts = int(split_params.get("restarts", 32))
+        restarts = int(split_params["restarts"])
         images["split"] = group_split(images, images["group"].to_numpy(), goal, seed, restarts)
     check_no_leak(images)
     if mode == "group" and patients_across_splits(images):
@@ -286,10 +298,11 @@ def summarize(
         "bad": len(index.bad_files),
         "skipped": len(index.skipped_files),
         "ignored_folders": len(index.ignored_folders),
-        "duplicate_groups": len(duplicates),
-        "duplicate_files": sum(len(group["paths"]) for group in duplicates),
+        "duplicate_groups": len(duplicates) - len(crossed),  # same-class groups, kept together
+        "duplicate_files": sum(len(g["paths"]) for g in duplicates if len(g["classes"]) == 1),
         "cross_class_duplicate_files": sum(len(group["paths"]) for group in crossed),
         "unmatched_patient_names": len(index.unmatched_patients),
+        "link_problems": len(index.link_problems),
     }
     return summary
 
@@ -315,29 +328,52 @@ def build_report(
         "mode": mode,
         "ratios": list(ratios),
         "seed": seed,
-        "raw_dir": index.location,
-        "classes": index.class_names,
         "targets": {
             split: dict(zip(index.class_names, goal[:, s].tolist(), strict=True))
             for s, split in enumerate(SPLITS)
         },
-        "bad_files": index.bad_files,
-        "skipped_files": index.skipped_files,
-        "ignored_folders": index.ignored_folders,
+        **_left_out(index, crossed),
         "duplicate_groups": same_class,
-        "cross_class_duplicates": [
-            {**group, "error": "same bytes under several classes: every copy left out"}
-            for group in crossed
-        ],
-        "unmatched_patient_names": index.unmatched_patients,
         "patients_in_several_classes": patients_in_several_classes(images),
         "patients_in_several_splits": patients_across_splits(images),
     }
 
 
+def _left_out(index: DataIndex, crossed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's account of the data folder: what was left out or not followed, and why."""
+    return {
+        "raw_dir": index.location,
+        "classes": index.class_names,
+        "bad_files": index.bad_files,
+        "skipped_files": index.skipped_files,
+        "ignored_folders": index.ignored_folders,
+        "link_problems": index.link_problems,
+        "link_notes": index.link_notes,
+        "cross_class_duplicates": [
+            {**group, "error": "same bytes under several classes: every copy left out"}
+            for group in crossed
+        ],
+        "unmatched_patient_names": index.unmatched_patients,
+    }
+
+
+OUTPUTS = ("train.csv", "val.csv", "test.csv", "index.csv", "summary.json", "report.json")
+
+
+def remove_outputs(out_dir: str | Path) -> None:
+    """Delete the stage's outputs in `out_dir`, so none from an earlier run looks current."""
+    for name in OUTPUTS:
+        (Path(out_dir) / name).unlink(missing_ok=True)
+
+
 def write_split(result: SplitResult, out_dir: str | Path) -> None:
-    """Write train/val/test.csv, index.csv, summary.json and report.json atomically."""
+    """Write train/val/test.csv, index.csv, summary.json and report.json, each atomically.
+
+    The old outputs go first and the report comes last: a run stopped half-way leaves
+    missing files (which DVC reruns), never a mix of old and new ones.
+    """
     out = Path(out_dir)
+    remove_outputs(out)
     for split in SPLITS:
         io.write_csv(out / f"{split}.csv", result.manifest(split))
     index_columns = [c for c in result.images.columns if c != "folder"]
@@ -352,10 +388,21 @@ def run(
     root: str | Path | None = None,
     progress: bool = True,
 ) -> SplitResult:
-    """Index, split, write into `split.out_dir` (relative to `root`) and log a summary."""
-    result = make_split(data_params, split_params, root=root, progress=progress)
-    out_name = Path(split_params.get("out_dir", "data/split"))
+    """Index, split, write into `split.out_dir` (relative to `root`) and log a summary.
+
+    When the split fails (`DataError`), the old outputs are removed and `report.json`
+    holds the error and what was found, so nothing stale looks like a result.
+    """
+    out_name = Path(split_params["out_dir"])
     out_dir = out_name if root is None or out_name.is_absolute() else Path(root) / out_name
+    try:
+        result = make_split(data_params, split_params, root=root, progress=progress)
+    except DataError as err:
+        remove_outputs(out_dir)
+        report = {"error": str(err), **getattr(err, "report", {})}
+        io.write_json(out_dir / "report.json", report)
+        log.info("split failed; wrote %s/report.json", out_name)
+        raise
     write_split(result, out_dir)
     for line in describe(result):
         log.info(line)
@@ -380,12 +427,15 @@ def describe(result: SplitResult) -> list[str]:
         f"left out: {files['bad']} bad, {files['skipped']} skipped, "
         f"{files['cross_class_duplicate_files']} cross-class duplicates; "
         f"{files['duplicate_groups']} same-class duplicate groups kept together; "
-        f"{files['unmatched_patient_names']} names without a patient id"
+        f"{files['unmatched_patient_names']} names without a patient id; "
+        f"{files['link_problems']} symbolic links not followed"
     )
     for entry in report["bad_files"][:10]:
         lines.append(f"  bad: {entry['path']}: {entry['reason']}")
     if len(report["bad_files"]) > 10:
         lines.append(f"  ... {len(report['bad_files']) - 10} more in report.json")
+    for entry in report["link_problems"][:10]:
+        lines.append(f"  link: {entry['path']}: {entry['reason']}")
     for entry in report["ignored_folders"]:
         lines.append(f"  ignored folder {entry['folder']} ({entry['files']} files)")
     return lines

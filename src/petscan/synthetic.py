@@ -1092,20 +1092,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_section("synthetic", args.params)
-    out_dir = Path(args.out or params.get("out_dir", "data/raw"))
+    out_dir = Path(args.out or params["out_dir"])
     if args.if_missing and out_dir.exists():
         print(f"{out_dir} exists: not generating demo data")
         return 0
     counts = scaled_counts(params["counts"], args.scale)
-    seed = int(params.get("seed", 0) if args.seed is None else args.seed)
+    seed = int(params["seed"] if args.seed is None else args.seed)
     start = time.perf_counter()
     try:
         frame = generate(
             out_dir,
             counts,
             seed,
-            images_per_patient=params.get("images_per_patient", (1, 3)),
-            base_height=int(params.get("base_height", 512)),
+            images_per_patient=params["images_per_patient"],
+            base_height=int(params["base_height"]),
             workers=args.workers,
             force=args.force,
             progress=not args.quiet,

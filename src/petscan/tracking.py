@@ -104,7 +104,7 @@ def configure(mlflow_params: dict[str, Any]) -> str:
     `<root>/mlruns/artifacts/`; a tracking server decides its own (e.g. served artifacts).
     """
     uri = use_store(mlflow_params)
-    name = mlflow_params.get("experiment") or "pet-classification"
+    name = mlflow_params["experiment"]
     client = mlflow.MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
@@ -514,9 +514,9 @@ def log_keras_model(
     model_config = {
         "class_names": list(class_names),
         "input_size": [int(v) for v in model_params["input_size"]],
-        "resize": model_params.get("resize", "stretch"),
-        "backbone": model_params.get("backbone"),
-        "preprocessing": model_params.get("preprocessing"),
+        "resize": model_params["resize"],
+        "backbone": model_params["backbone"],
+        "preprocessing": model_params["preprocessing"],
     }
     return mlflow.pyfunc.log_model(
         name=name,
@@ -527,7 +527,7 @@ def log_keras_model(
         input_example=_example_frame(input_example),
         pip_requirements=pip_requirements(),
         metadata={"petscan": "requires the petscan package (pip install -e <repo>)"},
-        registered_model_name=mlflow_params.get("registered_model") or None,
+        registered_model_name=mlflow_params["registered_model"] or None,
     )
 
 

@@ -53,7 +53,8 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from petscan import backbones, config
+from petscan import backbones, config, logs
+from petscan.errors import BadInputError, MissingInputError, UserError
 from petscan.io import read_json, write_json
 from petscan.redact import redact_text, redact_url, redact_values
 
@@ -80,7 +81,7 @@ _DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google
 _DRIVE_SUFFIX = ".googleusercontent.com"  # doc-0s-...-docs.googleusercontent.com serves files
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """Weights that cannot be used: a wrong file, or no source that works."""
 
 
@@ -104,14 +105,16 @@ def load_weights_meta(weights_dir: str | Path) -> dict[str, Any]:
     """The `weights.json` written beside `weights.h5`, checked for its required keys."""
     path = Path(weights_dir) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{path} not found: run the fetch_weights stage first "
             "(`dvc repro fetch_weights` or `python stages/fetch_weights.py`)"
         )
     meta = read_json(path)
     missing = [k for k in ("backbone", "source", "sha256", "random_init", "label") if k not in meta]
     if missing:
-        raise ValueError(f"{path} lacks {missing}: rerun `python stages/fetch_weights.py --force`")
+        raise BadInputError(
+            f"{path} lacks {missing}: rerun `python stages/fetch_weights.py --force`"
+        )
     return meta
 
 
@@ -589,7 +592,10 @@ def describe_file(path: str | Path) -> str:
     with path.open("rb") as fh:
         head = fh.read(4096)
     if h5py.is_hdf5(str(path)):
-        return _describe_h5(path)
+        try:
+            return _describe_h5(path)
+        except (OSError, KeyError) as exc:  # h5py cannot open or read it
+            return f"a damaged or truncated HDF5 file of {size} bytes ({_error_text(exc)})"
     low = head.lstrip().lower()
     if low.startswith((b"<!doctype html", b"<html")) or b"<html" in low[:1024]:
         return f"an HTML page (title: {html_title(head)!r}), not HDF5"
@@ -672,7 +678,10 @@ def check_weights(
             f"the file does not load into backbone {backbone!r}: {exc} "
             f"(the file is {describe_file(path)})"
         ) from exc
-    checked = _compare_tensors(path, layers, expected)
+    try:
+        checked = _compare_tensors(path, layers, expected)
+    except (OSError, KeyError) as exc:
+        raise WeightsError(f"cannot read the file's tensors: {_error_text(exc)}") from exc
     return {"layers": len(layers), "tensors": n_tensors, "checked_tensors": checked}
 
 
@@ -975,7 +984,8 @@ def save_random_backbone(
 
     keras.utils.set_random_seed(int(seed))
     model = backbones.build_backbone(backbone, tuple(input_shape))
-    model.save(str(path))
+    with logs.legacy_h5():  # the RadImageNet file's own format, on purpose
+        model.save(str(path))
 
 
 def save_imagenet_backbone(
@@ -992,7 +1002,8 @@ def save_imagenet_backbone(
             f"storage.googleapis.com, which failed ({_error_text(exc)}); on an offline "
             "machine it cannot work: place the RadImageNet file or use fallback: random"
         ) from None
-    model.save(str(path))
+    with logs.legacy_h5():
+        model.save(str(path))
 
 
 # --------------------------------------------------------------------------- the stage
@@ -1106,7 +1117,33 @@ def _fallback(candidate: Path, out_dir: Path, settings, failures: list[str], roo
         )
     summary = check_weights(candidate, backbone, shape)
     meta = {**meta, "sha256": sha256_file(candidate), **summary}
+    meta["rejected_files"] = _local_files(settings, root)  # so they do not "appear" next time
     return _install(candidate, out_dir, {**meta, **_common(settings)})
+
+
+def _local_files(settings, root: Path) -> dict[str, dict[str, Any]]:
+    """{path: {size, mtime_ns, sha256}} of the `file` sources that exist (and were refused)."""
+    found = {}
+    for source in settings["sources"]:
+        path = source.get("path") if source.get("type") == "file" else None
+        if path and (file := resolve_file(path, root)).is_file():
+            stat = file.stat()
+            found[str(file)] = {
+                "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns,
+                "sha256": sha256_file(file),
+            }
+    return found
+
+
+def _is_new_file(file: Path, refused: Mapping[str, Any] | None) -> bool:
+    """True unless `file` is the one refused before (same size and time, or same bytes)."""
+    if not refused:
+        return True
+    stat = file.stat()
+    if stat.st_size == refused.get("size") and stat.st_mtime_ns == refused.get("mtime_ns"):
+        return False
+    return sha256_file(file) != refused.get("sha256")
 
 
 def _failure_report(settings, failures: list[str], root: Path) -> str:
@@ -1172,9 +1209,11 @@ def _up_to_date(out_dir: Path, settings, root: Path) -> dict[str, Any] | None:
     if meta.get("settings") != settings or sha256_file(target) != meta["sha256"]:
         return None
     if is_random_init(meta):
+        refused = meta.get("rejected_files") or {}
         for source in settings["sources"]:
             path = source.get("path") if source.get("type") == "file" else None
-            if path and resolve_file(path, root).is_file():
+            file = resolve_file(path, root) if path else None
+            if file is not None and file.is_file() and _is_new_file(file, refused.get(str(file))):
                 log.info("a weights file appeared at %s: replacing the random init", path)
                 return None
     return meta

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from petscan import config, io
+from petscan.errors import BadInputError, MissingInputError
 
 FEATURES_HINT = "run `dvc repro featurize` first (the study trains on the cached features)"
 SPLITS = ("train", "val")
@@ -54,7 +55,7 @@ def check_features(root: Path, params: Mapping[str, Any]) -> None:
     """FileNotFoundError telling to run featurize when the cache or manifests are missing."""
     for path in feature_paths(root, params).values():
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: {FEATURES_HINT}")
+            raise MissingInputError(f"{path} not found: {FEATURES_HINT}")
 
 
 def _groups(frame: pd.DataFrame) -> np.ndarray:
@@ -72,7 +73,7 @@ def load_tune_data(root: Path, params: Mapping[str, Any]) -> TuneData:
     train = load_features(features_dir, "train", paths["train_manifest"])
     val = load_features(features_dir, "val", paths["val_manifest"])
     if train.dim != val.dim:
-        raise ValueError(
+        raise BadInputError(
             f"{features_dir}: train has {train.dim}-dim features, val {val.dim}: {FEATURES_HINT}"
         )
     metas = {split: io.read_json(paths[f"{split}_meta"]) for split in SPLITS}

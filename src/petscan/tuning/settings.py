@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from petscan.errors import ParamsError
+
 DEFAULT_STUDY = "petscan-head"
 DEFAULT_OUT_DIR = "tune"
 MINIMIZED = frozenset({"log_loss", "brier", "ece"})
@@ -38,14 +40,14 @@ def objective_direction(name: str) -> str:
 def check_objective(name: str) -> None:
     """ValueError unless `name` is a loss-independent scalar metric."""
     if name in LOSSES:
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml tune.objective: {name!r} is the training loss, which is not comparable "
             "across focal losses with different gamma/alpha; use roc_auc_macro, f1_macro, "
             "balanced_accuracy or log_loss"
         )
     allowed = scalar_metric_names()
     if name not in allowed:
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml tune.objective: unknown metric {name!r}; choose one of {sorted(allowed)}"
         )
 

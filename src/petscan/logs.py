@@ -1,0 +1,85 @@
+"""Keep the console to what a user needs: TensorFlow's start-up lines hidden by default.
+
+TensorFlow prints its C++ and absl start-up notices ("All log messages before
+absl::InitializeLog()", oneDNN, CPU features) when it is imported, whatever
+`TF_CPP_MIN_LOG_LEVEL` says about later messages. Every command calls `setup()` before
+anything imports TensorFlow, and `import_tensorflow()` where it needs it: the start-up
+notices are dropped, anything else TensorFlow prints while importing is passed on.
+`--verbose` (or the environment variable `PETSCAN_VERBOSE=1`, for `dvc repro`) brings
+everything back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+
+VERBOSE_ENV = "PETSCAN_VERBOSE"
+# Start-up notices of TensorFlow's native libraries; nothing a user can act on.
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|oneDNN custom operations"
+    r"|cpu_feature_guard|To enable the following instructions"
+    r"|Unable to register cu(DNN|FFT|BLAS) factory|computation placer already registered"
+    r"|Could not find cuda drivers|TF-TRT Warning"
+)
+_state = {"verbose": False}
+
+
+def is_verbose() -> bool:
+    return _state["verbose"]
+
+
+def setup(verbose: bool = False) -> bool:
+    """Set TensorFlow's log level before it is imported; returns the verbosity in effect.
+
+    Quiet (the default): C++ messages below ERROR are hidden (`TF_CPP_MIN_LOG_LEVEL=2`,
+    unless the environment sets it). Verbose: everything is shown.
+    """
+    verbose = bool(verbose) or os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes")
+    _state["verbose"] = verbose
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return verbose
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow with its start-up notices dropped (all of them kept when verbose)."""
+    if "tensorflow" in sys.modules or is_verbose():
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if not STARTUP_NOISE.search(line)]
+            if kept:
+                sys.stderr.write("\n".join(kept) + "\n")
+
+
+@contextlib.contextmanager
+def legacy_h5() -> Iterator[None]:
+    """Silence Keras' "HDF5 is legacy" warnings where the project uses `.h5` on purpose
+    (backbone weights are stored in the RadImageNet file's own format)."""
+    absl = logging.getLogger("absl")
+    level = absl.level
+    if not is_verbose():
+        absl.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)

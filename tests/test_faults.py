@@ -1,0 +1,124 @@
+"""A stage killed with SIGKILL half-way through writing: nothing it leaves behind looks
+finished to `dvc repro`, and the rerun completes (tiny repository copy, as test_pipeline)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from test_pipeline import REPO, VENV_BIN, dvc, repo_files, tiny_params
+
+SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture
+def repo(tmp_path) -> tuple[Path, dict]:
+    root = tmp_path / "repo"
+    for name in repo_files():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    params = tiny_params(root / "params.yaml")
+    # enough backbone inputs (120 images x 25 views) for featurize to take a few seconds
+    params["synthetic"]["counts"] = {"No cancer": 40, "breast cancer": 40, "prostate cancer": 40}
+    params["featurize"].update(augment_views=24, batch_size=25)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
+    env.update(
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(root / "src"),
+        PETSCAN_ROOT=str(root),
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+    )
+    from petscan.synthetic import generate
+
+    syn = params["synthetic"]
+    generate(root / syn["out_dir"], syn["counts"], syn["seed"], syn["images_per_patient"],
+             syn["base_height"], workers=1, progress=False)  # fmt: skip
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
+    if not (root / ".dvc").is_dir():
+        subprocess.run([VENV_BIN / "dvc", "init", "-q"], cwd=root, env=env, check=True)
+    return root, env
+
+
+def _stage_process(parent: psutil.Process, script: str) -> psutil.Process | None:
+    for child in parent.children(recursive=True):
+        try:
+            if any(script in part for part in child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def _kill_mid_write(root: Path, env: dict, staging: Path, timeout_s: float = 240) -> None:
+    """Run `dvc repro featurize` and SIGKILL the stage once it has started writing."""
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "dvc"), "repro", "featurize"],
+        cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if staging.is_dir() and any(staging.iterdir()):
+                stage = _stage_process(psutil.Process(proc.pid), "stages/featurize.py")
+                assert stage is not None, "featurize is writing, so its process exists"
+                stage.send_signal(signal.SIGKILL)
+                break
+            assert proc.poll() is None, "featurize finished before it could be killed:\n" + (
+                proc.stdout.read()
+            )
+            time.sleep(0.01)
+        else:
+            raise AssertionError("featurize never started writing")
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0, output
+    assert "failed to reproduce 'featurize'" in output.lower() or "-9" in output, output
+
+
+@pytest.mark.slow
+def test_featurize_killed_mid_write_is_redone_by_the_next_repro(repo):
+    root, env = repo
+    dvc(root, env, "repro", "featurize")
+    features = root / "data" / "features"
+    staging = root / "data" / ".features.partial"
+    old = {s: json.loads((features / f"{s}.json").read_text()) for s in SPLITS}
+    assert {meta["seed"] for meta in old.values()} == {101}
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["featurize"]["seed"] = 7  # featurize must run again
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _kill_mid_write(root, env, staging)
+
+    # DVC removed the old outputs before it ran the stage, and the killed run moved nothing
+    # in: data/features is absent, its partial files sit only in the staging folder
+    assert not features.exists()
+    assert staging.is_dir() and any(staging.iterdir())
+    status = dvc(root, env, "status", "featurize")
+    assert "changed" in status and "featurize" in status, "DVC does not take it for finished"
+
+    out = dvc(root, env, "repro", "featurize")
+    assert "Running stage 'featurize'" in out
+    assert not staging.exists(), "the killed run's partial files are cleaned up"
+    from petscan.features import load_features
+
+    for split in SPLITS:
+        meta = json.loads((features / f"{split}.json").read_text())
+        assert meta["seed"] == 7
+        cached = load_features(features, split, root / "data" / "split" / f"{split}.csv")
+        assert cached.features.shape == (meta["rows"], meta["views"], meta["dim"])
+    assert "up to date" in dvc(root, env, "repro", "featurize").lower()

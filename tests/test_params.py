@@ -1,0 +1,202 @@
+"""params.yaml schema: defaults, one line a problem, "did you mean", `-S` overrides, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import REPO
+
+from petscan import config, errors
+from petscan.errors import ParamsError
+from petscan.params import defaults, validate
+
+
+def problems(raw: dict, path: str = "p.yaml") -> list[str]:
+    with pytest.raises(ParamsError) as caught:
+        validate(raw, path)
+    return str(caught.value).splitlines()
+
+
+def test_the_shipped_params_file_is_valid_and_read_back_unchanged():
+    raw = config.load_params(REPO / "params.yaml")
+    checked = config.load_validated(REPO / "params.yaml")
+    flat_raw, flat_checked = config.flatten(raw), config.flatten(checked)
+    changed = {k: (v, flat_checked.get(k)) for k, v in flat_raw.items() if flat_checked.get(k) != v}
+    assert changed == {}, "validation must not change a value the file sets"
+    # keys the file leaves out come from the schema's defaults
+    assert checked["model"]["standardize"] is True
+    assert checked["train"]["collapse"] == {"max_class_share": 0.95, "prior_margin": 0.02}
+    assert checked["split"]["min_side"] == 32 and checked["split"]["max_aspect"] == 8.0
+
+
+def test_params_file_on_main_is_valid():
+    """The keys other branches added (issues 8 and 10) are in the schema with their values."""
+    main = subprocess.run(
+        ["git", "show", "main:params.yaml"], cwd=REPO, capture_output=True, text=True
+    )
+    if main.returncode != 0:
+        pytest.skip("no `main` branch in this checkout")
+    checked = validate(yaml.safe_load(main.stdout), "main:params.yaml")
+    flat_raw = config.flatten(yaml.safe_load(main.stdout))
+    assert {k: checked_v for k, checked_v in config.flatten(checked).items() if k in flat_raw} == (
+        flat_raw
+    )
+
+
+def test_missing_sections_and_keys_take_the_defaults():
+    checked = validate({"train": {"epochs": 3}})
+    assert checked["train"]["epochs"] == 3
+    assert checked["train"]["batch_size"] == 16
+    assert checked["train"]["early_stopping"]["monitor"] == "val_data_loss"
+    assert checked["train"]["reduce_lr_on_plateau"]["monitor"] == "val_data_loss"
+    assert checked["split"] == defaults()["split"]
+    assert validate(None) == defaults()
+
+
+def test_unknown_keys_are_errors_with_a_suggestion():
+    lines = problems({"split": {"max_pixel": 100}, "weights": {"fallbak": "none"}})
+    assert len(lines) == 2
+    assert lines[0].startswith("p.yaml: split.max_pixel: unknown key (did you mean 'max_pixels'?")
+    assert "allowed: mode, ratios, seed, restarts, max_file_mb, max_pixels" in lines[0]
+    assert lines[1].startswith("p.yaml: weights.fallbak: unknown key (did you mean 'fallback'?")
+    assert problems({"trian": {}})[0].startswith(
+        "p.yaml: trian: unknown key (did you mean 'train'?"
+    )
+    source = problems({"weights": {"sources": [{"type": "file", "path": "x", "sah256": None}]}})
+    assert source == [
+        "p.yaml: weights.sources[0].sah256: unknown key (did you mean 'sha256'? "
+        "allowed: sha256, label, type, path)"
+    ]
+
+
+def test_wrong_types_give_one_line_each_with_key_value_and_what_is_allowed():
+    lines = problems(
+        {
+            "train": {"epochs": "ten", "early_stopping": {"monitor": "val_los"}},
+            "split": {"seed": "ten", "ratios": "0.9,0.05,0.05"},
+        }
+    )
+    assert lines == [
+        "p.yaml: split.ratios = '0.9,0.05,0.05': input should be a valid list",
+        "p.yaml: split.seed = 'ten': input should be a valid integer, unable to parse string "
+        "as an integer",
+        "p.yaml: train.epochs = 'ten': input should be a valid integer, unable to parse string "
+        "as an integer",
+        "p.yaml: train.early_stopping.monitor = 'val_los': input should be 'val_data_loss', "
+        "'val_loss', 'val_accuracy' or 'val_roc_auc_macro'",
+    ]
+    assert problems({"split": {"ratios": [0.5, 0.2, 0.2]}}) == [
+        "p.yaml: split.ratios = [0.5, 0.2, 0.2]: train, val, test ratios must sum to 1 "
+        "(they sum to 0.9)"
+    ]
+    assert problems({"train": {"collapse": {"max_class_share": 0}}}) == [
+        "p.yaml: train.collapse.max_class_share = 0: input should be greater than 0"
+    ]
+    assert (
+        "boundaries must increase"
+        in problems(
+            {"train": {"lr_schedule": {"boundaries": [5, 5], "values": [1e-3, 1e-4, 1e-5]}}}
+        )[0]
+    )
+    assert problems({"data": {"patient_pattern": "(?P<id>x)"}}) == [
+        "p.yaml: data.patient_pattern = '(?P<id>x)': needs a named group (?P<patient>...), "
+        "or null: one image a patient"
+    ]
+    assert problems({"weights": {"sources": [{"type": "ftp", "url": "x"}]}})[0].startswith(
+        "p.yaml: weights.sources[0]: unknown type 'ftp'"
+    )
+    assert problems([1, 2]) == [
+        "p.yaml: must hold a mapping of sections (data:, split:, ...), got list"
+    ]
+
+
+def test_tune_space_entries_are_checked_for_shape_and_target():
+    assert problems({"tune": {"space": {"train.loss.gama": {"low": 0, "high": 1}}}}) == [
+        "p.yaml: tune.space.train.loss.gama: train.loss.gama is not a key of params.yaml; "
+        "fix the name (dotted path into the train or model section)"
+    ]
+    assert problems({"tune": {"space": {"model.dropout": {"low": 0.9, "high": 0.1}}}}) == [
+        "p.yaml: tune.space.model.dropout: needs numbers low <= high, got low=0.9 high=0.1"
+    ]
+    assert (
+        "keys must start with train., model. or schedule."
+        in problems({"tune": {"space": {"featurize.seed": 3}}})[0]
+    )
+    # a key the schema fills in is a valid target even when the file does not write it
+    assert validate({"tune": {"space": {"train.collapse.prior_margin": {"low": 0.0, "high": 0.1}}}})
+
+
+def test_yaml_syntax_errors_are_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: [3\n")
+    with pytest.raises(ParamsError, match=r"params\.yaml: not valid YAML at line 3, column 1"):
+        config.load_validated(path)
+
+
+def test_dvc_exp_run_set_override_is_checked_before_train_opens_a_run(tmp_path):
+    """`dvc exp run -S` writes the override into params.yaml (DVC's own code does it here);
+    the train stage then fails with one line, exit 1, before TensorFlow or MLflow start."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(path, ["train.epochs=ten", "+split.max_pixel=100"])
+    assert yaml.safe_load(path.read_text())["train"]["epochs"] == "ten"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PETSCAN_ROOT": str(tmp_path)}
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['train', '--params', sys.argv[1]]\n"
+        "try:\n"
+        "    runpy.run_path('stages/train.py', run_name='__main__')\n"
+        "finally:\n"
+        "    print(sorted({'tensorflow', 'mlflow'} & set(sys.modules)), file=sys.stdout)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines() == [
+        f"train: error: {path}: split.max_pixel: unknown key (did you mean 'max_pixels'? "
+        "allowed: mode, ratios, seed, restarts, max_file_mb, max_pixels, min_side, max_aspect, "
+        "out_dir)",
+        f"train: error: {path}: train.epochs = 'ten': input should be a valid integer, unable "
+        "to parse string as an integer",
+    ]
+    assert result.stdout.strip() == "[]", "nothing heavy was loaded, no MLflow run was opened"
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_exit_codes_user_error_one_line_bug_keeps_its_traceback(capsys):
+    @errors.reports_user_errors("stage")
+    def user_problem(argv=None) -> int:
+        raise errors.MissingInputError("data/split/train.csv not found: run `dvc repro split`")
+
+    @errors.reports_user_errors("stage")
+    def bug(argv=None) -> int:
+        raise ZeroDivisionError("a bug")
+
+    assert user_problem([]) == 1
+    assert capsys.readouterr().err == (
+        "stage: error: data/split/train.csv not found: run `dvc repro split`\n"
+    )
+    with pytest.raises(ZeroDivisionError):
+        bug([])
+    result = subprocess.run(
+        [sys.executable, "-m", "petscan.cli", "predict", "x.png", "--model", "absent.keras"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
