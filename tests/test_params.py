@@ -51,8 +51,8 @@ def test_missing_sections_and_keys_take_the_defaults():
     checked = validate({"train": {"epochs": 3}})
     assert checked["train"]["epochs"] == 3
     assert checked["train"]["batch_size"] == 16
-    assert checked["train"]["early_stopping"]["monitor"] == "val_data_loss"
-    assert checked["train"]["reduce_lr_on_plateau"]["monitor"] == "val_data_loss"
+    assert checked["train"]["early_stopping"]["monitor"] == "val_roc_auc_macro"
+    assert checked["train"]["reduce_lr_on_plateau"]["monitor"] == "val_roc_auc_macro"
     assert checked["split"] == defaults()["split"]
     assert validate(None) == defaults()
 
@@ -200,3 +200,12 @@ def test_exit_codes_user_error_one_line_bug_keeps_its_traceback(capsys):
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+
+
+def test_the_shipped_params_yaml_is_the_schema_defaults():
+    """One source of truth: every default in the schema is the value params.yaml ships."""
+    shipped = validate(yaml.safe_load((REPO / "params.yaml").read_text()))
+    drop = ("tune.space.", "weights.sources")  # free-form search space; the sources list
+    flat = {k: v for k, v in config.flatten(shipped).items() if not k.startswith(drop)}
+    expected = {k: v for k, v in config.flatten(defaults()).items() if not k.startswith(drop)}
+    assert flat == expected
