@@ -10,6 +10,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("petscan.synthetic", "generate the synthetic PET demo data set"),
     "contact-sheet": ("petscan.contact_sheet", "write a PNG with a few images per class"),
     "predict": ("petscan.predict", "class probabilities for an image file or folder"),
+    "serve": ("petscan.serve", "MLflow's scoring server for a registered model (make serve)"),
+    "app": ("petscan.app", "the web page: drop images, see probabilities and Grad-CAM (make app)"),
 }
 
 
