@@ -168,18 +168,30 @@ def resize(rgb: np.ndarray, size: tuple[int, int], mode: str = "stretch") -> np.
     """
     height, width = int(size[0]), int(size[1])
     image = Image.fromarray(rgb)
+    left, top, new_w, new_h = content_box(image.height, image.width, (height, width), mode)
     if mode == "stretch":
         return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR))
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    canvas.paste(image.resize((new_w, new_h), Image.Resampling.BILINEAR), (left, top))
+    return np.asarray(canvas)
+
+
+def content_box(
+    image_height: int, image_width: int, size: tuple[int, int], mode: str = "stretch"
+) -> tuple[int, int, int, int]:
+    """Where `resize` puts an image inside the (height, width) model input.
+
+    Returns (left, top, width, height) of the resized image in the input grid: the whole
+    input for `stretch`, the centred, aspect-preserving box for `pad` (the rest is white).
+    """
+    height, width = int(size[0]), int(size[1])
+    if mode == "stretch":
+        return 0, 0, width, height
     if mode == "pad":
-        scale = min(width / image.width, height / image.height)
-        new_w = max(1, round(image.width * scale))
-        new_h = max(1, round(image.height * scale))
-        canvas = Image.new("RGB", (width, height), (255, 255, 255))
-        canvas.paste(
-            image.resize((new_w, new_h), Image.Resampling.BILINEAR),
-            ((width - new_w) // 2, (height - new_h) // 2),
-        )
-        return np.asarray(canvas)
+        scale = min(width / image_width, height / image_height)
+        new_w = max(1, round(image_width * scale))
+        new_h = max(1, round(image_height * scale))
+        return (width - new_w) // 2, (height - new_h) // 2, new_w, new_h
     raise ValueError(f"unknown resize mode {mode!r}; expected one of {RESIZE_MODES}")
 
 
