@@ -210,6 +210,17 @@ def test_a_path_in_the_file_name_is_only_a_label(app_url, repo):
     assert status == 200 and result["file"] == "passwd"
 
 
+def test_the_load_bench_against_the_app(app_url):
+    from conftest import load_script
+
+    bench = load_script("bench/app_load.py")
+    body = bench.test_image(128)
+    result = bench.load(app_url, body, clients=4, seconds=2.0, cap=40)
+    assert result["requests"] > 0 and result["ok"] == result["requests"]
+    assert result["5xx"] == 0 and result["no_answer"] == 0
+    assert result["p50_s"] <= result["p95_s"]
+
+
 def test_the_page_and_its_assets_are_served_locally(app_url):
     with urllib.request.urlopen(app_url) as reply:
         page = reply.read().decode()
