@@ -294,7 +294,8 @@ def test_the_page_in_chromium_shows_a_result_and_an_error(browser, app_url, repo
     for card in (good, bad):
         assert "Research use only: not a medical device" in card.text
         assert "RANDOM-INIT backbone (not RadImageNet)" in card.text
-    assert "1 not usable" in browser.find_element(By.ID, "summary").text
+    summary = browser.find_element(By.ID, "summary").text
+    assert summary == "2 images: 1 analysed, 1 not usable"
 
     csv = browser.execute_script("return toCsv()").splitlines()
     assert csv[0].startswith("file,predicted_class,No cancer,Breast cancer,Prostate cancer")

@@ -111,8 +111,8 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
             return self.predict_array(np.asarray(model_input, dtype=np.float32))
         if not set(INPUT_COLUMNS) & set(model_input.columns):
             raise MlflowException.invalid_parameter_value(
-                f"the input needs a 'path' column (image files) or an 'image' column (base64 "
-                f"image bytes); got columns {list(model_input.columns)}"
+                "the input needs a 'path' column (image files) or an 'image' column "
+                "(base64-encoded image files)"
             )
         n = len(model_input)
         paths = model_input["path"] if "path" in model_input else [None] * n

@@ -161,7 +161,11 @@ function updateToolbar() {
   const done = state.rows.length;
   const failed = state.rows.filter((r) => r.error).length;
   const waiting = state.queue.length + state.running;
-  let text = done ? `${done} analysed` + (failed ? `, ${failed} not usable` : "") : "No images yet.";
+  const plural = (n) => (n === 1 ? "image" : "images");
+  let text = "No images yet.";
+  if (done) {
+    text = `${done} ${plural(done)}: ${done - failed} analysed` + (failed ? `, ${failed} not usable` : "");
+  }
   if (waiting) text += ` \u00b7 ${waiting} in progress`;
   $("summary").textContent = text;
   $("csv").disabled = done === 0;
