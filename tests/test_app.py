@@ -307,3 +307,35 @@ def test_the_page_in_chromium_shows_a_result_and_an_error(browser, app_url, repo
     reports = REPO / "reports"
     reports.mkdir(exist_ok=True)
     assert browser.save_screenshot(str(reports / "app_page.png"))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_an_alias_resolves_to_its_version_and_run(repo, monkeypatch):
+    import mlflow
+
+    from petscan.app.model import load_served_model
+
+    monkeypatch.setenv("PETSCAN_ROOT", str(repo["root"]))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking.use_store({})
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "1")
+    served = load_served_model(f"models:/{MODEL_NAME}@champion")
+    assert (served.name, served.version, served.run_id) == (MODEL_NAME, "1", repo["run_id"])
+    assert served.random_init is True and served.class_names == CLASSES
+
+
+def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, monkeypatch, capsys):
+    import yaml
+
+    from petscan import app
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert app.main(["--params", str(tmp_path / "params.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "petscan app: cannot load the model: no version of the model 'pet-classifier'" in err
+    assert "train one first (`make run` or `dvc repro`)" in err
