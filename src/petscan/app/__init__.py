@@ -95,6 +95,7 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
 
         batcher.submit(np.full((64, 64, 3), 255, np.uint8)).result()
     model_info = served.info()
+    in_flight = asyncio.Semaphore(2 * batcher.max_batch)
 
     app = FastAPI(title="petscan", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
@@ -117,15 +118,16 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     @app.post("/api/predict")
     async def predict(request: Request, name: str = "upload"):
         name = Path(name).name[:200] or "upload"  # a label only; never used as a path
-        try:
-            data = await read_body(request, limit)
-            rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
-        except UploadError as err:
-            return JSONResponse({"file": name, "error": err.message}, status_code=err.status)
-        explanation = await asyncio.wrap_future(batcher.submit(rgb))
-        picture = await run_in_threadpool(overlay_jpeg, rgb, explanation.heatmap, max_side)
+        async with in_flight:  # bounds the decoded images held in memory at once
+            try:
+                data = await read_body(request, limit)
+                rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
+            except UploadError as err:
+                return JSONResponse({"file": name, "error": err.message}, status_code=err.status)
+            explanation = await asyncio.wrap_future(batcher.submit(rgb))
+            picture = await run_in_threadpool(overlay_jpeg, rgb, explanation.heatmap, max_side)
         proba = [float(p) for p in explanation.probabilities]
-        predicted = served.class_names[int(max(range(len(proba)), key=proba.__getitem__))]
+        predicted = served.class_names[proba.index(max(proba))]
         return {
             "file": name,
             "width": int(rgb.shape[1]),
