@@ -5,7 +5,8 @@ By default it builds the real network of params.yaml `model` (InceptionResNetV2 
 model says), registers it in a temporary MLflow store, starts `petscan app` on a free
 127.0.0.1 port and sends it a 512 x 512 PNG:
 
-1. warm-up: `--warmup` requests one after another;
+1. warm-up: `--clients` concurrent clients for `--warmup` seconds (the server meets the
+   load's batch sizes once before its memory is measured);
 2. one client: `--single` requests one after another (the round trip of one image:
    upload, decode, prediction, Grad-CAM heatmap, overlay, answer);
 3. load: `--clients` concurrent clients for `--seconds` seconds, then it stops.
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = config.stage_parser(__doc__)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=float, default=15.0, help="warm-up seconds")
     parser.add_argument("--single", type=int, default=20, help="one-client requests to time")
     parser.add_argument("--size", type=int, default=512, help="the test image's side, pixels")
     parser.add_argument("--model-uri", help="a registered model of the project's store")
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{params['model']['backbone']}, RANDOM-INIT backbone (not RadImageNet)"
         proc, url = start_app(root, params_path, uri, env)
         try:
-            warm = summarise([one_request(url, body) for _ in range(args.warmup)], 1.0)
+            warm = load(url, body, args.clients, args.warmup, args.max_requests)
             rss_warm = rss_mib(proc.pid)
             start = time.monotonic()
             single = summarise(

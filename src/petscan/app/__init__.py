@@ -77,8 +77,9 @@ def decode_upload(data: bytes, name: str, max_pixels: int | None):
 def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     """The FastAPI app for a loaded `ServedModel`; `settings` is the params `app` section.
 
-    `warm_up` explains one blank image first, so the first upload does not wait for
-    TensorFlow to build its graph.
+    `warm_up` first explains blank images in batches of every size up to `app.max_batch`, so
+    no upload waits for TensorFlow to build its graph or its kernels for a new batch size
+    (and the server's memory after start-up is what it will use under load).
     """
     from fastapi import FastAPI, Request
     from fastapi.responses import FileResponse, JSONResponse
@@ -91,9 +92,7 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     max_side = int(settings["overlay_max_side"])
     batcher = Batcher(served, settings["max_batch"], settings["batch_wait_ms"] / 1000)
     if warm_up:
-        import numpy as np
-
-        batcher.submit(np.full((64, 64, 3), 255, np.uint8)).result()
+        batcher.warm_up()
     model_info = served.info()
     in_flight = asyncio.Semaphore(2 * batcher.max_batch)
 

@@ -117,6 +117,15 @@ class Batcher:
         self._jobs.put(job)
         return job.future
 
+    def warm_up(self) -> None:
+        """Explain blank images in one batch of each size 1 .. max_batch (in this thread)."""
+        blank = np.full((64, 64, 3), 255, np.uint8)
+        for size in range(1, self.max_batch + 1):
+            jobs = [_Job(blank) for _ in range(size)]
+            self._explain(jobs)
+            for job in jobs:
+                job.future.result()
+
     def close(self) -> None:
         self._jobs.put(None)
         self._thread.join(timeout=30)
