@@ -46,7 +46,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(tmp_path_factory, mlflow_globals_restored):
     """A store with a tiny model (the project's own architecture) registered as version 1,
     tagged random-init, and a folder of good and bad files."""
     from petscan.model import build_full_model

@@ -47,7 +47,7 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def repo(tmp_path_factory, mlflow_globals_restored):
     """A repository root with params.yaml, images, and a tiny model registered as version 1."""
     root = tmp_path_factory.mktemp("repo")
     params = {

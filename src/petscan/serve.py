@@ -81,7 +81,7 @@ def server_environment(tracking_uri: str) -> dict[str, str]:
     import petscan
 
     env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = tracking_uri
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # the server imports the same petscan code as this command (a checkout's src/ included)
     package_parent = str(Path(petscan.__file__).resolve().parents[1])
