@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= dev
-HOST ?= 127.0.0.1
+# The UI and dashboard listen on this address. `:=` keeps it from the environment (many
+# shells export HOST): only `make ui UI_HOST=...` on the command line changes it.
+UI_HOST := 127.0.0.1
 PORT ?= 5000
 WORKERS ?= 1
 TRIALS ?=
@@ -50,9 +52,18 @@ format: setup ## Reformat the code with ruff
 	$(BIN)/ruff format src stages tests bench
 	$(BIN)/ruff check --fix src stages tests bench
 
-ui: setup ## Open the MLflow UI on the project's own store
+# A loud warning before a server listens on anything but this machine.
+define warn_exposed
+	@case '$(UI_HOST)' in 127.0.0.1|localhost|::1) ;; *) \
+		echo "WARNING: UI_HOST=$(UI_HOST): $(1) will be reachable from other machines," \
+		"without a password, with every run's artifacts. Ctrl-C unless you mean it." >&2; \
+		sleep 3 ;; esac
+endef
+
+ui: setup ## Open the MLflow UI on the project's own store (on 127.0.0.1; UI_HOST=... to change)
+	$(call warn_exposed,the MLflow UI)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
+		--default-artifact-root $(CURDIR)/mlruns/artifacts --host '$(UI_HOST)' --port $(PORT)
 
 serve: setup ## MLflow's scoring server on 127.0.0.1 (MODEL=models:/pet-classifier@champion; default: latest)
 	$(BIN)/petscan serve $(if $(MODEL),--model "$(MODEL)")
@@ -64,9 +75,13 @@ tune: setup ## Run or resume the Optuna study on the feature cache (WORKERS=N TR
 	$(BIN)/python stages/tune.py --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) \
 		$(if $(filter 1 yes true,$(APPLY)),--apply)
 
+# STORAGE reaches the script through the environment, never through a command line
+# (`ps` shows those to every user) nor through shell quoting.
+dashboard: export PETSCAN_TUNE_STORAGE = $(STORAGE)
 dashboard: setup ## Open optuna-dashboard on the study's storage (STORAGE=url to pick another)
-	$(BIN)/optuna-dashboard "$(or $(STORAGE),$$($(BIN)/python stages/tune.py --show-storage --workers $(WORKERS)))" \
-		--host 127.0.0.1 --port $(or $(DASHBOARD_PORT),8080)
+	$(call warn_exposed,optuna-dashboard)
+	$(BIN)/python stages/tune.py --dashboard --workers $(WORKERS) --host '$(UI_HOST)' \
+		--port $(or $(DASHBOARD_PORT),8080)
 
 bench: run ## Print the speed and memory figures quoted in the README (slow: about 15 minutes)
 	$(BIN)/python bench/baseline_logreg.py

@@ -2,9 +2,11 @@
 
 Reads the `data`, `model`, `train`, `evaluate` and `mlflow` sections of params.yaml
 (and `split.out_dir`). Writes into `evaluate.out_dir`: predictions_{val,test}.csv,
-classification_report_{val,test}.txt and metrics.json ({"val": {...}, "test": {...}},
-DVC metrics), and logs `val/<metric>`, `test/<metric>` and the files into the training
-run recorded in `<train.out_dir>/train.json`.
+classification_report_{val,test}.txt, metrics.json (DVC metrics: per split accuracy,
+balanced accuracy, macro F1, macro ROC AUC and ECE with their 95% intervals, and
+random_init) and metrics_full.json (every metric). Logs `val/<metric>`, `test/<metric>` and
+the files into the MLflow run that trained the model (found by the model sha256 recorded in
+`<train.out_dir>/train.json`) and adds the test metrics to its registered version.
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Reads the `data`, `model`, `train` and `mlflow` sections of params.yaml, plus
 `weights.dir`, `split.out_dir`, `split.max_pixels` (the logged model's pixel limit),
-`featurize.out_dir` and `featurize.augmentation` (end_to_end mode). `train.mode: cached`
-fits the dense head on the cached features; `end_to_end` trains from the image files
-through the backbone. Writes into
-`train.out_dir`: model.keras (image -> probabilities), history.csv and train.json.
+`featurize.out_dir` and `featurize.augmentation` (end_to_end mode), and logs all of them as
+MLflow params. `train.mode: cached` fits the dense head on the cached features; `end_to_end`
+trains from the image files through the backbone. Writes into `train.out_dir`: model.keras
+(image -> probabilities), history.csv and train.json (the same bytes for the same inputs),
+registers the model in MLflow and moves `mlflow.alias` to the new version.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SECTIONS = (
     "split.out_dir",
     "split.max_pixels",  # the logged MLflow model refuses larger images
     "featurize.out_dir",
+    "featurize.augmentation",
 )
 
 
@@ -35,11 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_params(path: str) -> dict:
     """The sections and single keys this stage reads (and logs as MLflow params)."""
-    params = config.load_sections(SECTIONS, path)
-    if params["train"].get("mode") == "end_to_end":
-        featurize = config.load_section("featurize", path)
-        params["featurize"]["augmentation"] = featurize.get("augmentation")
-    return params
+    return config.load_sections(SECTIONS, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_train(params, root=config.workspace_root(), verbose=0 if args.quiet else 2)
     print(
         f"train: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
-        f"(val_loss {summary.get('best_val_loss', float('nan')):.4f}); "
+        f"(val data loss {summary.get('best_val_data_loss', float('nan')):.4f}, "
+        f"val macro AUC {summary.get('best_val_roc_auc_macro', float('nan')):.3f}); "
         f"MLflow run {summary['mlflow_run_id']}"
         + ("; RANDOM-INIT backbone (not RadImageNet)" if summary["random_init"] else "")
     )
+    if summary["collapse"]["collapsed"]:
+        print(f"WARNING: {summary['collapse']['message']}", file=sys.stderr)
     return 0
 
 

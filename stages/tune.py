@@ -16,34 +16,60 @@ writes the best values into params.yaml (comments kept) for `dvc repro`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from petscan import config, tuning  # tuning loads TensorFlow only when a study runs
 
 # the sections this stage reads, plus the two folders of the feature cache
 SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")
+STORAGE_ENV = "PETSCAN_TUNE_STORAGE"  # the storage URL, kept off the command line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = config.stage_parser(__doc__)
     parser.add_argument("--trials", type=int, help="total trial target (default tune.n_trials)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
-    parser.add_argument("--storage", help="Optuna storage URL or journal file (tune.storage)")
+    parser.add_argument(
+        "--storage",
+        default=os.environ.get(STORAGE_ENV) or None,
+        help=f"Optuna storage URL or journal file (tune.storage); a URL with a password is "
+        f"better passed in ${STORAGE_ENV}, which other users cannot read in `ps`",
+    )
     parser.add_argument("--study", help="study name (default tune.study_name)")
     parser.add_argument("--timeout", type=float, help="stop starting trials after N seconds")
     parser.add_argument("--apply", action="store_true", help="write the best values into --params")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument(
-        "--show-storage", action="store_true", help="print the storage (for optuna-dashboard), exit"
+        "--show-storage", action="store_true", help="print the storage (password masked), exit"
     )
+    parser.add_argument(
+        "--dashboard", action="store_true", help="serve optuna-dashboard on the study's storage"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="--dashboard: address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="--dashboard: port")
     return parser.parse_args(argv)
 
 
-def show_storage(params: dict, args: argparse.Namespace) -> int:
-    """Print the study's storage (what optuna-dashboard opens); no TensorFlow is loaded."""
+def storage_url(params: dict, args: argparse.Namespace) -> str:
     settings = tuning.TuneSettings.from_params(params["tune"], storage=args.storage)
-    url = tuning.resolve_storage(settings, config.repo_root(), max(1, args.workers))
-    print(url.removeprefix("journal:"))
+    return tuning.resolve_storage(settings, config.repo_root(), max(1, args.workers))
+
+
+def show_storage(params: dict, args: argparse.Namespace) -> int:
+    """Print the study's storage, password masked; no TensorFlow is loaded."""
+    print(tuning.storage_label(storage_url(params, args)).removeprefix("journal:"))
+    return 0
+
+
+def dashboard(params: dict, args: argparse.Namespace) -> int:
+    """optuna-dashboard in this process: the storage URL (maybe with a password) never
+    becomes a command-line argument that other users can read in `ps`."""
+    import optuna_dashboard
+
+    url = storage_url(params, args)
+    print(f"optuna-dashboard on {tuning.storage_label(url)}: http://{args.host}:{args.port}/")
+    optuna_dashboard.run_server(tuning.make_storage(url), host=args.host, port=args.port)
     return 0
 
 
@@ -52,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     if args.show_storage:
         return show_storage(params, args)
+    if args.dashboard:
+        return dashboard(params, args)
     try:
         summary = tuning.run_study(
             params,
@@ -65,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             params_path=args.params,
             progress=not args.no_progress,
         )
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"tune: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -90,6 +118,8 @@ def describe(summary: dict) -> str:
             f"best {summary['objective']} = {summary['best_value']:.4f} (trial "
             f"{summary['best_trial']}) -> tune/best_params.yaml"
         )
+    if summary.get("best_params_refused"):
+        lines.append(f"best params not written: {summary['best_params_refused']}")
     if summary.get("random_init"):
         lines.append("RANDOM-INIT backbone (not RadImageNet): these numbers demo the pipeline only")
     for note in summary.get("plot_notes", []):

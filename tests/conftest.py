@@ -4,7 +4,8 @@ Helpers (import them: `from conftest import CLASS_NAMES, write_png`):
 - the class names, a tiny `model` section and random-init weights metadata;
 - `write_png`, `manifest_row`, `write_manifest`: tiny image files and split manifests;
 - `tiny_image_classifier`: a small Keras image -> probabilities model;
-- `load_script`: a stage or bench script imported by its path.
+- `load_script`: a stage or bench script imported by its path;
+- `serve_mlflow`: a real `mlflow server` on 127.0.0.1 for the duration of a `with` block.
 
 Fixtures: `make_raw_dir`, `data_params`, `split_params` (a folder laid out like
 `data.raw_dir`) and `mlflow_store` (an isolated MLflow store).
@@ -14,7 +15,15 @@ stay fast.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -51,6 +60,7 @@ def tiny_model_params(**overrides: Any) -> dict[str, Any]:
         "head_units": 8,
         "l2": 0.001,
         "dropout": 0.7,
+        "standardize": True,
     }
     params.update(overrides)
     return params
@@ -130,6 +140,58 @@ def load_script(relpath: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_mlflow(backend_store_uri: str, artifacts: Path, log_dir: Path) -> Iterator[str]:
+    """Start `mlflow server` on a free port of 127.0.0.1 over `backend_store_uri` (serving
+    artifacts from `artifacts`); yield its URL; stop it. Its output goes to log_dir/server.log."""
+    port = _free_port()
+    log_path = Path(log_dir) / "server.log"
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        str(artifacts),
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
+                        if reply.status == 200:
+                            break
+                except OSError:
+                    pass
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"mlflow server did not start: {log_path.read_text()}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
 
 
 # --------------------------------------------------------------------------- fixtures

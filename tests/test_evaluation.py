@@ -113,3 +113,26 @@ def test_evaluate_split_predicts_the_image_files_in_manifest_order(tmp_path):
     assert values["bootstrap_resamples"] == 30
     report = paths["report"].read_text()
     assert all(name in report for name in CLASSES)
+
+
+def test_compact_metrics_keep_the_headline_numbers_and_the_collapse_alarm():
+    from petscan.evaluation import COMPACT_METRICS, compact_metrics
+
+    test = {"n": 63, "log_loss": 1.1, "recall/No cancer": 1.0, "majority_prediction_share": 1.0}
+    for name in COMPACT_METRICS:
+        test.update({name: 0.5, f"{name}_ci_low": 0.25, f"{name}_ci_high": 0.75})
+    val = {**test, "majority_prediction_share": 0.6}
+    results = {
+        "random_init": True,
+        "backbone": "tiny",
+        "collapse": {"collapsed": True, "val_majority_share": 1.0},
+        "val": val,
+        "test": test,
+    }
+    compact = compact_metrics(results)
+    assert compact["random_init"] is True and compact["collapse"] == {"collapsed": True}
+    assert compact["test"]["single_class_predictions"] is True
+    assert compact["val"]["single_class_predictions"] is False
+    assert compact["test"]["roc_auc_macro_low"] == 0.25 and compact["test"]["ece_high"] == 0.75
+    assert set(compact) == {"random_init", "collapse", "val", "test"}
+    assert len(compact["test"]) == 3 * len(COMPACT_METRICS) + 1  # no per-class, no log loss

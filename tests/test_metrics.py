@@ -264,3 +264,24 @@ def test_bootstrap_uses_patient_groups_of_the_report():
 def test_input_errors(y, p, message):
     with pytest.raises(ValueError, match=message):
         evaluate_predictions(np.array(y), p, NAMES, n_resamples=0)
+
+
+def test_ece_has_a_bootstrap_interval_like_a_hand_rolled_one():
+    """ECE's interval: the same resamples (seeded), ECE written out here with NumPy."""
+    y, p = random_predictions(n=80, seed=4)
+    r = evaluate_predictions(y, p, NAMES, n_resamples=300, ece_bins=5, seed=3)
+
+    def numpy_ece(yb, pb, bins=5):
+        conf, hit = pb.max(axis=1), (pb.argmax(axis=1) == yb).astype(float)
+        which = np.minimum((conf * bins).astype(int), bins - 1)
+        return sum(
+            (which == b).mean() * abs(hit[which == b].mean() - conf[which == b].mean())
+            for b in range(bins)
+            if (which == b).any()
+        )
+
+    rng = np.random.default_rng(3)
+    values = [numpy_ece(y[i], p[i]) for i in (rng.integers(0, 80, 80) for _ in range(300))]
+    assert r["ece_ci_low"] == pytest.approx(np.percentile(values, 2.5))
+    assert r["ece_ci_high"] == pytest.approx(np.percentile(values, 97.5))
+    assert r["ece_ci_low"] < r["ece_ci_high"] and r["ece_ci_skipped"] == 0

@@ -10,6 +10,7 @@ from conftest import tiny_model_params
 from petscan.backbones import build_backbone
 from petscan.model import (
     Preprocess,
+    Standardize,
     build_feature_extractor,
     build_full_model,
     build_head,
@@ -20,7 +21,7 @@ from petscan.model import (
 
 TINY = tiny_model_params()
 SEED_NET = {**TINY, "backbone": "inception_resnet_v2", "input_size": [224, 224]}
-SEED_NET.update(head_units=1024)
+SEED_NET.update(head_units=1024, standardize=False)  # the seed's exact head
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -182,7 +183,10 @@ def test_unknown_preprocessing_is_a_clear_error():
 
 def test_head_structure_and_parameter_count():
     head = build_head(32, 3, TINY, seed=1)
-    assert head.count_params() == 32 * 8 + 8 + 8 * 3 + 3
+    # Standardize holds a mean and a scale per feature (non-trainable), then the seed's head
+    assert head.count_params() == 2 * 32 + 32 * 8 + 8 + 8 * 3 + 3
+    assert _trainable_count(head) == 32 * 8 + 8 + 8 * 3 + 3
+    assert build_head(32, 3, {**TINY, "standardize": False}).count_params() == 32 * 8 + 8 + 27
     dense = head.get_layer("head_dense")
     assert dense.activation is keras.activations.relu
     assert dense.kernel_regularizer.l2 == pytest.approx(0.001)
@@ -195,6 +199,29 @@ def test_head_structure_and_parameter_count():
     assert float(head.losses[0]) == pytest.approx(0.001 * float((kernel**2).sum()), rel=1e-5)
 
 
+def test_seed_head_with_standardization_has_the_seed_trainable_parameters():
+    head = build_head(1536, 3, {**SEED_NET, "standardize": True})
+    assert _trainable_count(head) == 1_576_963
+    assert head.count_params() == 1_576_963 + 2 * 1536  # 55,916,771 with the backbone
+
+
+def test_standardize_fits_train_statistics_and_leaves_constant_dimensions_unscaled():
+    rng = np.random.default_rng(0)
+    train = rng.normal(3.0, 0.002, size=(40, 2, 5)).astype("float32")  # (N, V, D)
+    train[..., 4] = 0.25  # a constant dimension
+    layer = Standardize().adapt(train)
+    flat = train.reshape(-1, 5).astype("float64")
+    np.testing.assert_allclose(layer.mean.numpy(), flat.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(layer.scale.numpy()[:4], flat[:, :4].std(axis=0), rtol=1e-4)
+    assert layer.scale.numpy()[4] == 1.0
+    out = _np(layer(flat.astype("float32")))
+    np.testing.assert_allclose(out[:, :4].mean(axis=0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(out[:, :4].std(axis=0), 1.0, rtol=1e-3)
+    # a value off a constant dimension moves by its raw difference, not by 1 / 0
+    shifted = _np(layer(np.array([[3, 3, 3, 3, 0.26]], "float32")))
+    assert shifted[0, 4] == pytest.approx(0.01, abs=1e-6)
+
+
 def test_head_seed_fixes_initial_weights():
     a, b, c = (
         build_head(16, 3, TINY, seed=7),
@@ -203,19 +230,22 @@ def test_head_seed_fixes_initial_weights():
     )
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
-    assert not np.array_equal(a.get_weights()[0], c.get_weights()[0])
+    kernels = [m.get_layer("head_dense").kernel.numpy() for m in (a, c)]
+    assert not np.array_equal(*kernels)
 
 
 def test_full_model_equals_head_on_extractor_features(tmp_path):
     build_backbone("tiny", (32, 32, 3)).save(tmp_path / "weights.h5")
-    head = build_head(32, 3, TINY, seed=0)
-    full = build_full_model(TINY, 3, tmp_path / "weights.h5", head=head)
     extractor = build_feature_extractor(TINY, tmp_path / "weights.h5")
     x = _images(4)
-    expected = head.predict(extractor.predict(x, verbose=0), verbose=0)
+    features = extractor.predict(x, verbose=0)
+    head = build_head(32, 3, TINY, seed=0, train_features=features * 0.5 + 1.0)
+    full = build_full_model(TINY, 3, tmp_path / "weights.h5", head=head)
+    expected = head.predict(features, verbose=0)
     np.testing.assert_allclose(full.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     assert full.get_layer("head_dense") is head.get_layer("head_dense")  # shared, not copied
-    assert _trainable_count(full) == head.count_params()
+    assert full.get_layer("standardize") is head.get_layer("standardize")
+    assert _trainable_count(full) == _trainable_count(head)
 
 
 def test_full_model_rejects_a_head_of_the_wrong_width():
@@ -234,10 +264,17 @@ def test_trainable_backbone_layers_unfreezes_the_top_but_never_batch_norm():
 
 def test_saved_model_round_trips_with_safe_mode(tmp_path):
     params = {**TINY, "preprocessing": "keras", "dropout": 0.0}
-    full = build_full_model(params, 3, None, head=build_head(32, 3, params, seed=0))
+    train_features = np.random.default_rng(1).normal(0.01, 0.001, size=(20, 32))
+    head = build_head(32, 3, params, seed=0, train_features=train_features)
+    full = build_full_model(params, 3, None, head=head)
     path = tmp_path / "model.keras"
     full.save(path)
     loaded = load_model(path)
+    for name in ("mean", "scale"):  # the standardization travels inside the file
+        np.testing.assert_array_equal(
+            getattr(loaded.get_layer("standardize"), name).numpy(),
+            getattr(head.get_layer("standardize"), name).numpy(),
+        )
     layer = loaded.get_layer("preprocess")
     assert isinstance(layer, Preprocess)
     assert (layer.mode, layer.backbone, layer.concrete) == ("keras", "tiny", "tf")
@@ -252,3 +289,29 @@ def test_saved_model_round_trips_with_safe_mode(tmp_path):
 def test_load_model_missing_file_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="run `dvc repro train`"):
         load_model(tmp_path / "model.keras")
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+def test_bfloat16_backbone_gives_float32_features_close_to_float32(tmp_path):
+    build_backbone("tiny", (32, 32, 3)).save(tmp_path / "weights.h5")
+    x = _images(6)
+    full = build_feature_extractor(TINY, tmp_path / "weights.h5", "float32").predict(x, verbose=0)
+    half = build_feature_extractor(TINY, tmp_path / "weights.h5", "bfloat16")
+    assert half.get_layer("tiny_backbone").dtype_policy.name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32", "the global policy is restored"
+    got = half.predict(x, verbose=0)
+    assert got.dtype == np.float32 and got.shape == full.shape
+    cosine = (got * full).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(full, axis=1)
+    assert cosine.min() > 0.99
+    assert not np.array_equal(got, full), "bfloat16 must really compute in bfloat16"
+
+
+def test_precision_auto_follows_the_hardware_and_bad_values_are_refused():
+    from petscan.model import native_bfloat16, resolve_precision
+
+    assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
+    assert resolve_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="featurize.precision"):
+        resolve_precision("float16")

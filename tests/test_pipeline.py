@@ -2,14 +2,19 @@
 
 `dvc repro` runs split -> fetch_weights -> featurize -> train -> evaluate -> plot on a
 tiny synthetic data set (tiny backbone, 32 x 32 images, random-init weights); the MLflow
-run is then read back. `dvc exp run -S train.epochs=2` must re-run train, evaluate and
-plot but not featurize, and add a second MLflow run.
+run is then read back, also through the REST API of a real `mlflow server`. Two queued
+experiments (`dvc exp run --queue -S ...`) must each differ from the baseline by one param,
+re-run train, evaluate and plot but not featurize, and show in the README's `dvc exp show`
+command within 160 columns. Then the finished pipeline goes to a DVC remote and into a
+fresh clone, where nothing is recomputed and a forced re-run changes no byte.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -106,9 +111,56 @@ def dvc(root: Path, env: dict, *args: str) -> str:
     return output
 
 
+def git(root: Path, env: dict, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=root, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"`git {' '.join(args)}` failed:\n{result.stderr}"
+    return result.stdout
+
+
+def leaves(tree: dict, prefix: str = "") -> dict:
+    """`{"test": {"accuracy": x}}` -> `{"test.accuracy": x}` (how `dvc exp show` names columns)."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        out.update(leaves(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def rest(url: str, path: str, body: dict | None = None) -> dict:
+    """GET (or POST `body`) an MLflow REST endpoint; the JSON reply."""
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+# The README's comparison command: it must fit a 160-column terminal.
+EXP_SHOW = (
+    r"dvc exp show --only-changed --keep 'test\.(accuracy|f1_macro|roc_auc_macro|ece)$' "
+    r"--drop 'Created|State|Executor|.*/|val\.|.*_(low|high)$|test\.balanced'"
+)
+COMPACT = {
+    "random_init",
+    *(
+        f"{split}.{name}{bound}"
+        for split in ("val", "test")
+        for name in ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro", "ece")
+        for bound in ("", "_low", "_high")
+    ),
+    "val.single_class_predictions",
+    "test.single_class_predictions",
+    "collapse.collapsed",
+}
+
+
 @pytest.mark.slow
-def test_dvc_repro_then_experiment_logs_to_mlflow(workspace):
+def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
     import mlflow
+    from conftest import serve_mlflow
 
     root, env = workspace
     dvc(root, env, "repro")
@@ -119,25 +171,57 @@ def test_dvc_repro_then_experiment_logs_to_mlflow(workspace):
     assert {p.name for p in (root / "reports" / "figures").iterdir()} == FIGURES
     assert 1 <= info["epochs_run"] <= 3 and 0 <= info["best_epoch"] < info["epochs_run"]
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    # no run-dependent value in a DVC output: the model's sha256 finds the MLflow run
+    assert "mlflow_run_id" not in info
+    model_bytes = (root / "models" / "model.keras").read_bytes()
+    assert info["model_sha256"] == hashlib.sha256(model_bytes).hexdigest()
+    # the compact DVC metrics file; the full detail is a plain output
+    assert set(leaves(metrics)) == COMPACT
+    full = json.loads((root / "reports" / "metrics_full.json").read_text())
+    assert full["test"]["accuracy"] == metrics["test"]["accuracy"]
+    assert full["test"]["ece_ci_high"] == metrics["test"]["ece_high"]
+    assert "recall/Breast cancer_ci_low" in full["test"]
 
     shown = json.loads(dvc(root, env, "metrics", "show", "--json"))
     workspace_metrics = next(iter(shown.values()))["data"]["reports/metrics.json"]["data"]
     assert workspace_metrics["test"]["accuracy"] == metrics["test"]["accuracy"]
-    plots = json.loads(dvc(root, env, "plots", "show", "--json", "--split"))["data"]
+    plots = json.loads(dvc(root, env, "plots", "show", "--json"))["data"]
     assert {"loss", "accuracy", "confusion_test", "confusion_val"} <= set(plots)
     assert {f"reports/figures/{name}" for name in FIGURES} <= set(plots)
+    for plot, y_title in (
+        ("loss", "loss (train.loss)"),
+        ("accuracy", "accuracy"),
+        ("models/history.csv", "learning rate"),
+        ("confusion_test", "predicted class"),
+    ):
+        spec = json.dumps(plots[plot][0]["content"])
+        assert f'"title": "{y_title}"' in spec, (plot, spec[:2000])
+        assert '"title": "y"' not in spec
 
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    run = client.get_run(info["mlflow_run_id"])
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string=f"tags.model_sha256 = '{info['model_sha256']}'",
+    )
+    commit = git(root, env, "rev-parse", "HEAD").strip()
+    assert run.info.run_name == f"train-{commit[:7]}"
+    assert run.data.tags["git_dirty"] == "false"  # DVC rewriting dvc.lock is not a code change
     assert run.data.params["train.epochs"] == "3"
     assert run.data.params["model.backbone"] == "tiny"
+    assert run.data.params["featurize.augmentation.rotation"] == "0.2"  # train reads it
+    assert run.data.params["evaluate.bootstrap_resamples"] == "50"  # evaluate reads it
+    assert run.data.params["plot.dpi"] == "130"  # plot reads it
     assert run.data.tags["random_init"] == "true"
+    assert run.data.tags["collapse"] == str(info["collapse"]["collapsed"]).lower()
+    assert metrics["collapse"]["collapsed"] == info["collapse"]["collapsed"]
+    assert float(run.data.params["features.health.constant_share"]) >= 0.0
+    assert len(client.get_metric_history(run.info.run_id, "val_data_loss")) == info["epochs_run"]
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in losses) == list(range(info["epochs_run"]))
     assert len(client.get_metric_history(run.info.run_id, "learning_rate")) == info["epochs_run"]
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["test"]["accuracy"])
-    assert run.data.metrics["val/loss"] == pytest.approx(metrics["val"]["loss"])
+    assert run.data.metrics["val/loss"] == pytest.approx(full["val"]["loss"])
     figures = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "figures")}
     assert figures == FIGURES
     models = client.search_logged_models(
@@ -145,36 +229,128 @@ def test_dvc_repro_then_experiment_logs_to_mlflow(workspace):
         filter_string=f"source_run_id = '{run.info.run_id}'",
     )
     assert len(models) == 1, "log_keras_model logs one pyfunc model per training run"
-    versions = client.search_model_versions("name = 'pet-classifier'")
-    assert [v.run_id for v in versions] == [run.info.run_id]
     reports = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "reports")}
-    assert {"metrics.json", "predictions_test.csv"} <= reports
+    assert {"metrics.json", "metrics_full.json", "predictions_test.csv"} <= reports
 
+    # What the MLflow UI shows, read through the REST API of a real server on this store
+    with serve_mlflow(
+        f"sqlite:///{root / 'mlruns' / 'mlflow.db'}", root / "mlruns" / "artifacts", tmp_path
+    ) as url:
+        found = rest(url, "runs/search", {"experiment_ids": [run.info.experiment_id]})["runs"]
+        inputs = next(r for r in found if r["info"]["run_id"] == run.info.run_id)["inputs"]
+        datasets = {
+            next(t["value"] for t in d["tags"] if t["key"] == "mlflow.data.context"): d["dataset"]
+            for d in inputs["dataset_inputs"]
+        }
+        assert set(datasets) == {"train", "validation", "test"}
+        for split, context in (("train", "train"), ("val", "validation"), ("test", "test")):
+            manifest = (root / "data" / "split" / f"{split}.csv").read_bytes()
+            assert datasets[context]["name"] == split
+            assert datasets[context]["digest"] == hashlib.sha256(manifest).hexdigest()[:32]
+        version = rest(url, "registered-models/alias?name=pet-classifier&alias=candidate")[
+            "model_version"
+        ]
+        assert version["run_id"] == run.info.run_id
+        description = version["description"]
+        assert description.startswith("**WARNING: RANDOM-INIT BACKBONE")
+        assert run.data.tags["data_manifest_sha256"] in description
+        test = full["test"]
+        assert (
+            f"accuracy {test['accuracy']:.3f} [{test['accuracy_ci_low']:.3f}, "
+            f"{test['accuracy_ci_high']:.3f}]" in description
+        )
+        tags = {t["key"]: t["value"] for t in version["tags"]}
+        assert tags["random_init"] == "true" and tags["model_sha256"] == info["model_sha256"]
+        assert tags["test_roc_auc_macro"].startswith(f"{test['roc_auc_macro']:.3f} [")
+
+    # The baseline run is committed (its dvc.lock), as after `make run` on a clone; then
+    # queued experiments, one param each: the workspace's params.yaml is left as it is
+    git(root, env, "add", "-A")
+    git(root, env, "commit", "-qm", "baseline run")
+    params_before = (root / "params.yaml").read_bytes()
     features = root / "data" / "features" / "train.npy"
     stamp = features.stat().st_mtime_ns
-    out = dvc(root, env, "exp", "run", "-S", "train.epochs=2")
+    for name, change in (("gamma-1", "train.loss.gamma=1.0"), ("epochs-2", "train.epochs=2")):
+        queue = ("exp", "run", "--queue", "--copy-paths", "data/raw")
+        dvc(root, env, *queue, "-n", name, "-S", change)
+    assert (root / "params.yaml").read_bytes() == params_before
+    out = dvc(root, env, "exp", "run", "--run-all")
     assert "Running stage 'featurize'" not in out, out[-3000:]
-    assert "Running stage 'train'" in out and "Running stage 'plot'" in out
     assert features.stat().st_mtime_ns == stamp, "featurize must not re-run"
-    runs = client.search_runs([run.info.experiment_id], order_by=["attributes.start_time ASC"])
-    assert len(runs) == 2
-    second = runs[1]
-    assert second.data.params["train.epochs"] == "2"
-    assert len(client.get_metric_history(second.info.run_id, "loss")) <= 2
-    assert "test/accuracy" in second.data.metrics
-    assert json.loads((root / "models" / "train.json").read_text())["mlflow_run_id"] == (
-        second.info.run_id
-    )
-    # `dvc exp show` reads the experiment's metrics back (they are cached outputs).
-    experiments = [
-        rev
-        for entry in json.loads(dvc(root, env, "exp", "show", "--json"))
-        for group in entry.get("experiments") or []
-        for rev in group["revs"]
-    ]
-    assert len(experiments) == 1
-    exp_metrics = experiments[0]["data"]["metrics"]["reports/metrics.json"]
-    assert "error" not in exp_metrics, exp_metrics
-    assert exp_metrics["data"]["test"]["accuracy"] == pytest.approx(
-        second.data.metrics["test/accuracy"]
-    )
+    assert (root / "params.yaml").read_bytes() == params_before
+
+    shown = json.loads(dvc(root, env, "exp", "show", "--json", "--no-fetch"))
+    (baseline,) = [entry for entry in shown if entry.get("experiments")]  # the commit
+    base_params = leaves(baseline["data"]["params"]["params.yaml"]["data"])
+    experiments = {
+        rev["name"]: rev["data"] for group in baseline["experiments"] for rev in group["revs"]
+    }
+    assert set(experiments) == {"gamma-1", "epochs-2"}
+    expected_change = {"gamma-1": ("train.loss.gamma", 1.0), "epochs-2": ("train.epochs", 2)}
+    for name, data in experiments.items():
+        params = leaves(data["params"]["params.yaml"]["data"])
+        changed = {k: v for k, v in params.items() if base_params.get(k) != v}
+        assert changed == dict([expected_change[name]]), (name, changed)
+        exp_metrics = data["metrics"]["reports/metrics.json"]
+        assert "error" not in exp_metrics, exp_metrics
+        assert set(leaves(exp_metrics["data"])) == COMPACT
+        # the split summary stays a DVC metric; all metric columns: a few dozen, not 346
+        columns = sum(len(leaves(m["data"])) for m in data["metrics"].values())
+        assert columns <= len(COMPACT) + 30, columns
+        (exp_run,) = client.search_runs(
+            [run.info.experiment_id], filter_string=f"attributes.run_name = '{name}'"
+        )
+        assert exp_run.data.tags["dvc_exp_name"] == name
+        assert exp_run.data.metrics["test/accuracy"] == pytest.approx(
+            exp_metrics["data"]["test"]["accuracy"]
+        )
+        assert {d.dataset.name for d in exp_run.inputs.dataset_inputs} == {"train", "val", "test"}
+    assert len(client.get_metric_history(exp_run.info.run_id, "loss")) <= 3
+
+    # The README's command, as a user's 160-column terminal shows it
+    readme = (REPO / "README.md").read_text()
+    assert EXP_SHOW in readme, "README.md must show the tested `dvc exp show` command"
+    table = dvc(root, {**env, "COLUMNS": "160"}, *shlex.split(EXP_SHOW)[1:])
+    lines = table.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 160, table
+    assert "…" not in table, table  # no column cut off
+    header = next(line for line in lines if "Experiment" in line).split()
+    for column in ("test.accuracy", "test.f1_macro", "test.roc_auc_macro", "test.ece"):
+        assert column in header, table
+    assert {"train.loss.gamma", "train.epochs"} <= set(header), table
+    for name in experiments:
+        assert any(f"[{name}]" in line for line in lines), table
+
+
+@pytest.mark.slow
+def test_pipeline_pushed_to_a_remote_is_pulled_into_a_fresh_clone_without_recomputing(
+    workspace, tmp_path
+):
+    """The team recipe: `dvc add data/raw`, a shared DVC remote, `git clone` + `dvc pull`;
+    then `dvc repro` recomputes nothing, and a forced re-run of every stage with the same
+    inputs gives byte-identical outputs (dvc.lock unchanged, `git status` clean)."""
+    root, env = workspace
+    dvc(root, env, "repro")
+    dvc(root, env, "add", "data/raw")
+    remote = tmp_path / "remote"
+    dvc(root, env, "remote", "add", "-d", "shared", str(remote))
+    git(root, env, "add", "-A")
+    git(root, env, "commit", "-qm", "pipeline run, data/raw tracked by DVC, a shared remote")
+    dvc(root, env, "push")
+
+    clone = tmp_path / "clone"
+    git(tmp_path, env, "clone", "-q", str(root), str(clone))
+    clone_env = {**env, "PYTHONPATH": str(clone / "src"), "PETSCAN_ROOT": str(clone)}
+    dvc(clone, clone_env, "pull")
+    assert "Data and pipelines are up to date" in dvc(clone, clone_env, "status")
+    out = dvc(clone, clone_env, "repro")
+    assert "Running stage" not in out, out[-3000:]
+    assert (clone / "models" / "model.keras").read_bytes() == (
+        root / "models" / "model.keras"
+    ).read_bytes()
+
+    lock = (clone / "dvc.lock").read_text()
+    out = dvc(clone, clone_env, "repro", "--force")  # every stage again, same inputs
+    assert "Running stage 'train'" in out and "Running stage 'fetch_weights'" in out
+    assert (clone / "dvc.lock").read_text() == lock, "identical inputs must give identical outputs"
+    assert git(clone, clone_env, "status", "--porcelain") == ""

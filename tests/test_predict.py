@@ -149,3 +149,67 @@ def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow
         frame[CLASSES].to_numpy(), expected_proba(model_file, good), rtol=1e-5, atol=1e-7
     )
     assert "broken.png" in capsys.readouterr().err
+
+
+class Trap(mlflow.pyfunc.PythonModel):
+    """A pyfunc whose pickle runs code when it is loaded: it writes `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"import pathlib; pathlib.Path({self.marker!r}).write_text('pwned')",))
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+def test_model_uri_never_unpickles_a_foreign_store(
+    model_file, folder, tmp_path, mlflow_store, capsys
+):
+    from petscan import tracking
+
+    marker = tmp_path / "unpickled.txt"
+    config = {"class_names": CLASSES, "input_size": [32, 32], "resize": "stretch"}
+    with tracking.start_training_run({"experiment": "foreign"}, {}, {}):
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Trap(marker),
+            artifacts={"keras_model": str(model_file)},  # looks like a petscan model
+            model_config=config,
+            registered_model_name="foreign",
+        )
+    marker.unlink(missing_ok=True)  # MLflow's logging unpickles it (pip inference)
+    out = tmp_path / "p.csv"
+    absent = str(tmp_path / "absent.yaml")
+    args = [str(folder / "a.png"), "--model-uri", "models:/foreign/1", "--params", absent]
+    assert predict.main([*args, "--csv", str(out)]) == 0
+    assert not marker.exists()  # the pickle was never loaded ...
+    np.testing.assert_allclose(  # ... and the .keras artifact predicted
+        pd.read_csv(out)[CLASSES].to_numpy(),
+        expected_proba(model_file, [folder / "a.png"]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    # what --trust-store does is what the default avoids: the payload runs
+    assert predict.main([*args, "--trust-store"]) == 2
+    assert marker.read_text() == "pwned"
+    assert "cannot load the model" in capsys.readouterr().err
+
+
+def test_model_uri_without_a_petscan_keras_artifact_is_refused(
+    model_file, tmp_path, mlflow_store, capsys
+):
+    from petscan import tracking
+
+    with tracking.start_training_run({"experiment": "foreign"}, {}, {}) as run:
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Trap(tmp_path / "m"),
+            model_config={"class_names": CLASSES, "input_size": [32, 32]},
+        )
+    (tmp_path / "m").unlink(missing_ok=True)  # MLflow's logging unpickles it (pip inference)
+    uri = f"runs:/{run.info.run_id}/model"
+    with pytest.raises(ValueError, match="no single .keras artifact inside the model"):
+        predict.load_from_uri(uri)
+    assert not (tmp_path / "m").exists()

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import keras
@@ -18,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import CLASS_NAMES as CLASSES
-from conftest import random_weights_meta, tiny_image_classifier, write_png
+from conftest import random_weights_meta, serve_mlflow, tiny_image_classifier, write_png
 
 from petscan import tracking
 
@@ -26,14 +21,21 @@ MODEL_PARAMS = {"input_size": [32, 32], "resize": "stretch", "backbone": "tiny"}
 WEIGHTS_META = random_weights_meta(sha256="ab" * 32)
 
 
+MANIFESTS = {
+    "train": "path,class,label,patient\na.png,x,0,p1\nc.png,y,1,p3\n",
+    "val": "path,class,label,patient\nb.png,y,1,p2\n",
+    "test": "path,class,label,patient\nd.png,x,0,p4\n",
+}
+
+
 @pytest.fixture
 def manifests(tmp_path):
-    paths = []
-    for split, body in (("train", "path,class\na.png,x\n"), ("val", "path,class\nb.png,y\n")):
-        path = tmp_path / f"{split}.csv"
-        path.write_text(body)
-        paths.append(path)
-    return paths
+    """A split folder with train.csv, val.csv and test.csv (what run_tags hashes)."""
+    split_dir = tmp_path / "data" / "split"
+    split_dir.mkdir(parents=True)
+    for split, body in MANIFESTS.items():
+        (split_dir / f"{split}.csv").write_text(body)
+    return split_dir
 
 
 def tiny_model(seed: int = 0) -> keras.Model:
@@ -113,8 +115,11 @@ def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, m
 def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lucid-gamma")
     tags = tracking.run_tags(manifests, WEIGHTS_META)
-    expected_hash = hashlib.sha256(b"path,class\na.png,x\n" + b"path,class\nb.png,y\n").hexdigest()
-    assert tags["data_manifest_sha256"] == expected_hash
+    # train, val, test in that order; the tuning runs use the same definition
+    expected_hash = hashlib.sha256(
+        (MANIFESTS["train"] + MANIFESTS["val"] + MANIFESTS["test"]).encode()
+    ).hexdigest()
+    assert tags["data_manifest_sha256"] == expected_hash == tracking.data_hash(manifests)
     assert tags["git_commit"] == "unknown"  # PETSCAN_ROOT is not a git repository
     assert tags["dvc_exp_name"] == "lucid-gamma"
     assert tags["random_init"] == "true"
@@ -124,7 +129,61 @@ def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.delenv("DVC_EXP_NAME")
     assert tracking.run_tags(manifests, {"random_init": False})["dvc_exp_name"] == "workspace"
     with pytest.raises(FileNotFoundError, match="dvc repro split"):
-        tracking.run_tags([mlflow_store / "missing.csv"], WEIGHTS_META)
+        tracking.run_tags(mlflow_store / "missing", WEIGHTS_META)
+
+
+def test_run_name_is_the_dvc_experiment_or_the_commit(monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    tags = {"git_commit": "4ae41df0123456789", "git_dirty": "false"}
+    assert tracking.run_name("train", tags) == "train-4ae41df"
+    assert tracking.run_name("train", {**tags, "git_dirty": "true"}) == "train-4ae41df-dirty"
+    assert tracking.run_name("train", {"git_commit": "unknown"}) == "train-nogit"
+    monkeypatch.setenv("DVC_EXP_NAME", "gamma-1")
+    assert tracking.run_name("train", tags) == "gamma-1"
+
+
+def test_split_manifests_are_logged_as_datasets_with_contexts(mlflow_store, manifests):
+    with tracking.start_training_run({"experiment": "e"}, {}, {}) as run:
+        tracking.log_datasets(run.info.run_id, manifests, manifests.parent.parent)
+    inputs = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
+    found = {}
+    for entry in inputs:
+        context = {t.key: t.value for t in entry.tags}["mlflow.data.context"]
+        found[context] = entry.dataset
+    assert set(found) == {"train", "validation", "test"}
+    for split, context in (("train", "train"), ("val", "validation"), ("test", "test")):
+        dataset = found[context]
+        assert dataset.name == split
+        assert dataset.digest == hashlib.sha256(MANIFESTS[split].encode()).hexdigest()[:32]
+        assert f"data/split/{split}.csv" in dataset.source
+        rows = MANIFESTS[split].count("\n") - 1
+        assert f'"num_rows": {rows}' in dataset.profile
+
+
+def test_version_description_before_and_after_evaluation():
+    tags = {
+        "random_init": "true",
+        "backbone": "tiny",
+        "backbone_label": "RANDOM-INIT backbone (not RadImageNet)",
+        "weights_source": "random",
+        "weights_sha256": "ab" * 32,
+        "data_manifest_sha256": "cd" * 32,
+        "git_commit": "1234567",
+        "git_dirty": "false",
+        "dvc_exp_name": "workspace",
+    }
+    before = tracking.version_description(tags)
+    assert before.startswith("**WARNING: RANDOM-INIT BACKBONE")
+    assert "Backbone: tiny, weights: RANDOM-INIT backbone (not RadImageNet)" in before
+    assert f"split manifests sha256 {'cd' * 32}" in before
+    assert "not evaluated yet" in before
+    test = {"n": 63, "n_groups": 31, "ece": 0.0734, "ece_ci_low": 0.05, "ece_ci_high": 0.2}
+    test.update({"accuracy": 0.349206, "accuracy_ci_low": 0.185, "accuracy_ci_high": 0.5217})
+    after = tracking.version_description({**tags, "random_init": "false"}, {"test": test})
+    assert "WARNING" not in after
+    assert "Test (63 images of 31 patients; 95% bootstrap intervals)" in after
+    assert "accuracy 0.349 [0.185, 0.522]" in after and "ECE 0.073 [0.050, 0.200]" in after
+    assert "macro F1 n/a [n/a, n/a]" in after  # missing numbers are said to be missing
 
 
 def test_git_state_reads_head_and_dirty_flag(tmp_path):
@@ -143,6 +202,12 @@ def test_git_state_reads_head_and_dirty_flag(tmp_path):
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
+    assert tracking.git_state(repo) == (head, "false")
+    (repo / "dvc.lock").write_text("schema: '2.0'\n")
+    subprocess.run(["git", "add", "dvc.lock"], cwd=repo, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "lock"], cwd=repo, check=True, env=env)
+    head = tracking.git_state(repo)[0]
+    (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC writes it mid-run
     assert tracking.git_state(repo) == (head, "false")
     (repo / "f.txt").write_text("2")
     assert tracking.git_state(repo) == (head, "true")
@@ -185,20 +250,47 @@ def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests
     np.testing.assert_allclose([p.value for p in lr], [0.01, 0.01, 0.001, 0.001], rtol=1e-6)
 
 
-def test_resumed_run_logs_into_the_training_run(mlflow_store, tmp_path):
-    with tracking.start_training_run(
-        {"experiment": "e"}, {"a": 1}, {"random_init": "false"}
-    ) as run:
-        run_id = run.info.run_id
-    tracking.write_run_id(tmp_path / "run.json", run_id)
-    assert tracking.read_run_id(tmp_path / "run.json") == run_id
-    assert tracking.read_run_id(tmp_path / "absent.json") is None
-    with tracking.resumed_run(tracking.read_run_id(tmp_path / "run.json"), {}) as again:
+def test_urls_with_credentials_are_recorded_redacted(mlflow_store, manifests, tmp_path):
+    params = {
+        "mlflow": {"tracking_uri": "https://user:S3CRET@mlflow.example/", "experiment": "e"},
+        "weights": {"sources": [{"type": "url", "url": "https://h/w.h5?sig=S3CRET"}]},
+    }
+    meta = {**WEIGHTS_META, "source": "url:https://tok-S3CRET@h/w.h5"}
+    tags = tracking.run_tags(manifests, meta)
+    assert tags["weights_source"] == "url:https://***@h/w.h5"
+    with tracking.start_training_run({"experiment": "e"}, params, tags) as run:
+        pass
+    logged = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert logged.data.params["mlflow.tracking_uri"] == "https://user:***@mlflow.example/"
+    assert logged.data.params["weights.sources"] == '[{"type": "url", "url": "https://h/w.h5?***"}]'
+    recorded = mlflow.artifacts.load_text(f"{logged.info.artifact_uri}/params.json")
+    everything = [recorded, str(logged.data.params), str(logged.data.tags)]
+    assert "mlflow.example" in recorded and not any("S3CRET" in t for t in everything)
+
+
+def test_resumed_run_logs_into_the_training_run_found_by_model_hash(mlflow_store, tmp_path):
+    params = {"experiment": "e"}
+    for sha in ("aa", "bb", "aa"):  # the newest training of a model wins
+        with tracking.start_training_run(params, {"a": 1}, {"random_init": "false"}) as run:
+            mlflow.set_tag("model_sha256", sha)
+            run_id = run.info.run_id
+    assert tracking.training_run_id("aa", params) == run_id
+    with pytest.warns(UserWarning, match="no MLflow training run"):
+        assert tracking.training_run_id("cc", params) is None
+    assert tracking.training_run_id(None, params) is None
+    with tracking.resumed_run(tracking.training_run_id("aa", params), {}) as again:
         assert again.info.run_id == run_id
         mlflow.log_metric("test_accuracy", 0.75)
     with tracking.resumed_run(None) as nothing:
         assert nothing is None
+    # the params evaluate reads; a changed value (an evaluate-only experiment) is a tag
+    assert tracking.log_stage_params(run_id, {"evaluate": {"ece_bins": 10}}) == {}
+    changed = tracking.log_stage_params(run_id, {"evaluate": {"ece_bins": 15, "seed": 1}})
+    assert changed == {"evaluate.ece_bins": "15"}
     logged = mlflow.MlflowClient().get_run(run_id)
+    assert logged.data.params["evaluate.ece_bins"] == "10"
+    assert logged.data.params["evaluate.seed"] == "1"
+    assert logged.data.tags["evaluate.ece_bins"] == "15"
     assert logged.data.metrics["test_accuracy"] == 0.75
     assert logged.info.status == "FINISHED"
     assert "RANDOM-INIT" not in logged.data.tags.get("mlflow.note.content", "")
@@ -207,7 +299,7 @@ def test_resumed_run_logs_into_the_training_run(mlflow_store, tmp_path):
 # --------------------------------------------------------------------------- the pyfunc model
 
 
-def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path):
+def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, manifests):
     model = tiny_model(seed=3)
     model_path = tmp_path / "model.keras"
     model.save(model_path)
@@ -237,9 +329,35 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path):
     np.testing.assert_allclose(inner.predict(None, x)[CLASSES].to_numpy(), expected, rtol=1e-5)
     assert loaded.model_config["class_names"] == CLASSES
 
-    versions = mlflow.MlflowClient().search_model_versions("name='pet-test'")
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions("name='pet-test'")
     assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
-    by_name = mlflow.pyfunc.load_model("models:/pet-test/1")
+    # described, tagged and aliased by train; evaluate adds the test metrics
+    mlflow_params = {"registered_model": "pet-test", "alias": "candidate"}
+    tags = {**tracking.run_tags(manifests, WEIGHTS_META), "model_sha256": "ef" * 32}
+    assert tracking.register_version(info, mlflow_params, tags) == "1"
+    version = client.get_model_version_by_alias("pet-test", "candidate")
+    assert str(version.version) == "1" and "RANDOM-INIT BACKBONE" in version.description
+    assert version.tags["random_init"] == "true" and version.tags["model_sha256"] == "ef" * 32
+    assert version.tags["data_manifest_sha256"] == tracking.data_hash(manifests)
+    client.set_tag(run.info.run_id, "random_init", "true")  # what train's run carries
+    test = {"n": 4, "accuracy": 0.5, "accuracy_ci_low": 0.25, "accuracy_ci_high": 0.75}
+    assert tracking.describe_model_version(run.info.run_id, mlflow_params, {"test": test}) == ["1"]
+    version = client.get_model_version("pet-test", "1")
+    assert "Test (4 images; 95% bootstrap intervals): accuracy 0.500 [0.250, 0.750]" in (
+        version.description
+    )
+    assert version.tags["test_accuracy"] == "0.500 [0.250, 0.750]"
+    # `petscan predict` by alias
+    from petscan import predict
+
+    out_csv = tmp_path / "by_alias.csv"
+    argv = [str(images[2]), "--model-uri", "models:/pet-test@candidate", "--csv", str(out_csv)]
+    assert predict.main([*argv, "--params", str(tmp_path / "absent.yaml")]) == 0
+    np.testing.assert_allclose(
+        pd.read_csv(out_csv)[CLASSES].to_numpy(), expected[2:3], rtol=1e-5, atol=1e-6
+    )
+    by_name = mlflow.pyfunc.load_model("models:/pet-test@candidate")
     np.testing.assert_allclose(
         by_name.predict(pd.DataFrame({"path": [str(images[1])]}))[CLASSES].to_numpy(),
         expected[1:2],
@@ -250,54 +368,12 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path):
 # --------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path):
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    cmd = [
-        str(Path(sys.executable).parent / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination",
-        str(tmp_path / "server-artifacts"),
-        "--serve-artifacts",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.5)
+    with serve_mlflow(
+        f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts", tmp_path
+    ) as url:
         yield url, tmp_path / "server-artifacts"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def test_logging_to_a_real_tracking_server(mlflow_store, manifests, mlflow_server, monkeypatch):

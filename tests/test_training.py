@@ -242,7 +242,7 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
     x, y = blobs(12, views=1, dim=32, seed=5)
     result = training.fit_cached(x, y, x, y, MODEL, train_params(epochs=2), 3, verbose=0)
     full = build_full_model(MODEL, 3, None, head=result.head)
-    paths = training.save_outputs(result, full, tmp_path / "models", {"mlflow_run_id": "abc"})
+    paths = training.save_outputs(result, full, tmp_path / "models", {"backbone": "tiny"})
     loaded = load_model(paths["model"])  # safe_mode=True
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(
@@ -251,10 +251,134 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
     history = pd.read_csv(paths["history"])
     assert list(history.columns) == list(training.HISTORY_COLUMNS) and len(history) == 2
     info = json.loads(paths["summary"].read_text())
-    assert info["mlflow_run_id"] == "abc"
+    assert info["backbone"] == "tiny"
     assert info["epochs_run"] == 2 and info["best_epoch"] in (0, 1)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "history.csv",
         "model.keras",
         "train.json",
     ], "no temporary files left behind"
+
+
+def test_same_training_twice_gives_byte_identical_outputs(tmp_path):
+    """Same params and data, two trainings: model.keras, history.csv and train.json are the
+    same bytes (Keras stamps the save time and memory addresses; save_model removes them)."""
+    import zipfile
+
+    x, y = blobs(12, views=2, dim=32, seed=5)
+    for run in ("a", "b"):
+        result = training.fit_cached(x, y, x, y, MODEL, train_params(epochs=2), 3, verbose=0)
+        full = build_full_model(MODEL, 3, None, head=result.head)
+        training.save_outputs(result, full, tmp_path / run, {"backbone": "tiny"})
+    for name in ("model.keras", "history.csv", "train.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    with zipfile.ZipFile(tmp_path / "a" / "model.keras") as archive:
+        assert {i.date_time for i in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        metadata = json.loads(archive.read("metadata.json"))
+    assert metadata["date_saved"] == "unrecorded"
+
+
+# --------------------------------------------------------------------------- learning (issue 8)
+
+
+def test_head_learns_features_at_any_scale_with_standardization():
+    x, y = blobs(60, views=2, seed=11)
+    vx, vy = blobs(15, views=1, seed=12)
+    params = train_params(epochs=4)
+    for scale in (1e-3, 1.0, 1e3):
+        result = training.fit_cached(x * scale, y, vx * scale, vy, MODEL, params, 3, verbose=0)
+        prior = np.bincount(y).max() / len(y)
+        assert result.history["accuracy"].max() > prior + 0.3, f"scale {scale} not learnt"
+        assert result.history["val_roc_auc_macro"].iloc[-1] > 0.9
+        assert not result.info["collapse"]["collapsed"]
+
+
+def test_the_seed_head_collapses_on_tiny_features_and_raises_the_alarm():
+    """What the demo did before standardization: constant predictions, the alarm goes off."""
+    x, y = blobs(60, views=2, seed=11)
+    vx, vy = blobs(15, views=1, seed=12)
+    seed_head = {**MODEL, "standardize": False}
+    result = training.fit_cached(
+        x * 1e-3,
+        y,
+        vx * 1e-3,
+        vy,
+        seed_head,
+        train_params(epochs=4),
+        3,
+        verbose=0,
+        class_names=["No cancer", "Breast cancer", "Prostate cancer"],
+    )
+    collapse = result.info["collapse"]
+    assert collapse["collapsed"]
+    assert collapse["val_majority_share"] == 1.0
+    assert collapse["train_accuracy_max"] <= collapse["train_class_prior"] + 0.02
+    assert "for 15 of 15 validation images" in collapse["message"]
+    assert "never left the class prior" in collapse["message"]
+
+
+def test_check_collapse_on_constructed_predictions():
+    names = ["a", "b", "c"]
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 20)  # prior 0.5
+    constant = np.tile([0.2, 0.7, 0.1], (20, 1))
+    fine = np.eye(3)[np.arange(20) % 3] * 0.8 + 0.05
+    c = training.check_collapse(constant, labels, [0.5, 0.9], names)
+    assert c["collapsed"] and c["val_majority_class"] == "b" and c["val_majority_share"] == 1.0
+    assert "'b' for 20 of 20" in c["message"] and "prior" not in c["message"]
+    c = training.check_collapse(fine, labels, [0.45, 0.51], names)
+    assert c["collapsed"] and "never left the class prior 0.500" in c["message"]
+    c = training.check_collapse(fine, labels, [0.45, 0.53], names)
+    assert not c["collapsed"] and c["message"] == ""
+    assert c["val_majority_share"] == pytest.approx(7 / 20)
+    # thresholds come from params train.collapse
+    c = training.check_collapse(fine, labels, [0.6], names, {"max_class_share": 0.3})
+    assert c["collapsed"]
+
+
+def test_standardization_uses_every_training_view_and_never_val():
+    x, y = blobs(30, views=3, seed=5)
+    vx, vy = blobs(9, views=1, seed=6)
+    result = training.fit_cached(
+        x, y, vx * 100 + 50, vy, MODEL, train_params(epochs=1), 3, verbose=0
+    )
+    layer = result.head.get_layer("standardize")
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    np.testing.assert_allclose(layer.mean.numpy(), flat.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(layer.scale.numpy(), flat.std(axis=0), rtol=1e-4)
+
+
+def test_val_data_loss_is_the_loss_without_the_l2_penalty():
+    from petscan import losses
+
+    x, y = blobs(30, views=1, seed=8)
+    vx, vy = blobs(9, views=1, seed=9)
+    params = train_params(epochs=2, early_stopping={"enabled": False})
+    result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+    last = result.history.iloc[-1]
+    proba = keras.ops.convert_to_numpy(result.head(vx[:, 0], training=False))
+    # the categorical focal loss by hand: -alpha_t (1 - p_t)^gamma log p_t, unweighted mean
+    p_t = proba[np.arange(9), vy]
+    alpha_t = np.array([0.5, 0.3, 0.2])[vy]
+    by_hand = np.mean(-alpha_t * (1 - p_t) ** 2 * np.log(p_t))
+    assert last["val_data_loss"] == pytest.approx(by_hand, rel=1e-4)
+    kernel = result.head.get_layer("head_dense").kernel.numpy()
+    penalty = 0.001 * float((kernel.astype(np.float64) ** 2).sum())
+    assert last["val_loss"] - last["val_data_loss"] == pytest.approx(penalty, rel=1e-3)
+    assert isinstance(losses.DataLoss(losses.make_loss(params["loss"], 3)), keras.metrics.Mean)
+
+
+def test_early_stopping_watches_the_chosen_unregularized_quantity():
+    x, y = blobs(30, views=2, seed=3)
+    vx, _ = blobs(9, views=1, seed=4)
+    vy = (np.arange(9) % 3 + 1) % 3
+    params = train_params(epochs=12)
+    params["early_stopping"] = {"enabled": True, "patience": 2, "restore_best_weights": True}
+    result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+    auc = result.history["val_roc_auc_macro"].to_numpy()
+    assert result.best_epoch == int(auc.argmax()), "the default monitor is val macro AUC"
+    params["early_stopping"]["monitor"] = "val_data_loss"
+    result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+    assert result.best_epoch == int(result.history["val_data_loss"].to_numpy().argmin())
+    with pytest.raises(ValueError, match="cannot monitor 'val_los'"):
+        training.monitor_mode("val_los")
+    assert training.monitor_mode("val_roc_auc_macro") == "max"

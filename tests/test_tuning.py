@@ -22,7 +22,7 @@ import yaml
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
-from petscan import config, features, metrics, training, tuning
+from petscan import config, features, metrics, tracking, training, tuning
 
 CLASSES = {
     "No cancer": "No cancer",
@@ -51,7 +51,7 @@ def make_cache(root: Path, n_train=60, n_val=21, views=3, dim=8, seed=0) -> Path
     rng = np.random.default_rng(seed)
     means = rng.normal(0.0, 1.5, size=(3, dim))
     names = list(CLASSES.values())
-    for split, n, v in (("train", n_train, views), ("val", n_val, 1)):
+    for split, n, v in (("train", n_train, views), ("val", n_val, 1), ("test", 9, 1)):
         labels = np.arange(n) % 3
         frame = pd.DataFrame(
             {
@@ -334,6 +334,19 @@ def test_tiny_study_has_one_mlflow_child_per_trial(tiny_study):
     assert parent.data.tags["random_init"] == "true"
     assert "RANDOM-INIT" in parent.data.tags["mlflow.note.content"]
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
+    # the same data hash as a training run on this split (train + val + test manifests)
+    assert parent.data.tags["data_manifest_sha256"] == tracking.data_hash(root / "data" / "split")
+    contexts = {
+        {t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset.name
+        for d in parent.inputs.dataset_inputs
+    }
+    assert contexts == {"train": "train", "validation": "val", "test": "test"}
+    # optuna-dashboard shows the study's user attributes: the backbone and its weights
+    assert study.user_attrs["backbone"] == "tiny" and study.user_attrs["random_init"] is True
+    assert study.user_attrs["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)"
+    assert summary["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)"
+    header = (root / "tune" / "best_params.yaml").read_text().splitlines()[:3]
+    assert "# WARNING: RANDOM-INIT backbone (not RadImageNet): demo numbers only" in header
     frame = pd.read_csv(root / "tune" / "trials.csv")
     assert list(frame["number"]) == [0, 1, 2] and set(frame["state"]) == {"COMPLETE"}
     plots = {p.name for p in (root / "tune" / "plots").glob("*.png")}
@@ -545,6 +558,118 @@ def test_apply_writes_values_into_params_keeping_comments(tmp_path):
         tuning.apply_best({"train": {"loss": {"beta": 1}}}, path)
 
 
+def poisoned_study(repo: Path, name: str, params: dict, user_attrs: dict, **changed) -> None:
+    """A study in the default SQLite storage with one COMPLETE trial, written the way a
+    stranger with write access to a shared storage could: any params, any user attrs."""
+    dims = tuning.parse_space(SPACE, 3)
+    values = {
+        "train.loss.variant": "one_vs_rest",
+        "train.loss.alpha.0": 0.7,
+        "train.loss.alpha.1": 0.25,
+        "train.loss.alpha.2": 0.3,
+        "train.loss.gamma": 1.5,
+        "schedule.warmup_lr": 0.002,
+        "schedule.peak_lr": 0.02,
+        "schedule.warmup_epochs": 1,
+        "model.dropout": 0.25,
+    }
+    dists = {}
+    for dim in dims:
+        if dim.kind == "categorical":
+            dists[dim.name] = optuna.distributions.CategoricalDistribution(dim.choices)
+        elif dim.kind == "int":
+            dists[dim.name] = optuna.distributions.IntDistribution(dim.low, dim.high)
+        elif dim.kind == "float":
+            dists[dim.name] = optuna.distributions.FloatDistribution(dim.low, dim.high, log=dim.log)
+    for key, (value, dist) in changed.items():
+        values[key.replace("__", ".")], dists[key.replace("__", ".")] = value, dist
+    storage = f"sqlite:///{repo / 'tune' / 'optuna.db'}"
+    study = optuna.create_study(
+        storage=tuning.make_storage(storage), study_name=name, direction="maximize"
+    )
+    trial = optuna.trial.create_trial(
+        params=values, distributions=dists, value=0.99, user_attrs=user_attrs
+    )
+    study.add_trial(trial)
+
+
+def test_apply_rebuilds_from_the_space_and_ignores_poisoned_overrides(repo, request, caplog):
+    params = make_params(experiment_name(request), n_trials=1)
+    path = repo / "params.yaml"
+    path.write_text(yaml.safe_dump({**params, "weights": {"sources": [], "sha256": None}}))
+    poison = {
+        "weights.sources": [{"type": "url", "url": "https://evil.example/w.h5"}],
+        "weights.sha256": None,
+        "mlflow.tracking_uri": "https://evil.example/",
+        "train.loss.gamma": 3.0,
+    }
+    evil_param = optuna.distributions.CategoricalDistribution(["https://evil.example/"])
+    poisoned_study(
+        repo, "s", params, {"overrides": poison},
+        mlflow__tracking_uri=("https://evil.example/", evil_param),
+    )  # fmt: skip
+    caplog.set_level("WARNING", logger="petscan.tuning.apply")
+    summary = tuning.run_study(
+        params, repo, apply=True, params_path=path, progress=False, plots=False
+    )
+    after = config.load_params(path)
+    assert after["weights"] == {"sources": [], "sha256": None}
+    assert after["mlflow"] == params["mlflow"]  # tracking_uri still null
+    assert after["train"]["loss"]["gamma"] == 1.5  # the trial's value, not the stored 3.0
+    assert after["train"]["loss"]["alpha"] == [0.7, 0.25, 0.3]
+    assert after["train"]["lr_schedule"] == {
+        "boundaries": [1, 2, 3],
+        "values": [0.002, 0.02, 0.001, 0.0001],
+    }
+    assert after["model"]["dropout"] == 0.25
+    assert set(summary["applied"]) <= {
+        "train.loss.variant", "train.loss.alpha", "train.loss.gamma", "model.dropout",
+        "train.lr_schedule.boundaries", "train.lr_schedule.values",
+    }  # fmt: skip
+    assert "ignored: mlflow.tracking_uri, weights.sha256, weights.sources\n" in caplog.text
+    fragment = yaml.safe_load((repo / "tune" / "best_params.yaml").read_text())
+    assert set(fragment) == {"train", "model"} and fragment["train"]["loss"]["gamma"] == 1.5
+
+
+def test_apply_refuses_a_trial_value_the_space_cannot_produce(repo, request):
+    params = make_params(experiment_name(request), n_trials=1)
+    path = repo / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    before = path.read_bytes()
+    wide = optuna.distributions.FloatDistribution(0.0, 100.0)  # widened by the attacker
+    poisoned_study(repo, "s", params, {}, train__loss__gamma=(99.0, wide))
+    with pytest.raises(ValueError, match="train.loss.gamma = 99.0, which tune.space cannot"):
+        tuning.run_study(params, repo, apply=True, params_path=path, progress=False, plots=False)
+    assert path.read_bytes() == before
+    summary = json.loads((repo / "tune" / "summary.json").read_text())
+    assert "cannot produce" in summary["best_params_refused"] and "best_params" not in summary
+    assert not (repo / "tune" / "best_params.yaml").exists()
+    with pytest.raises(ValueError, match=r"refusing to write \['weights.seed'\]"):
+        tuning.apply_best({"weights": {"seed": 1}}, path, allowed={"train.loss.gamma"})
+    assert path.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "kind, spec, inside, outside",
+    [
+        (
+            "float",
+            {"low": 0.0, "high": 1.0},
+            [0.0, 0.5, 1, 1.0],
+            [-0.1, 1.01, float("nan"), "0.5", True],
+        ),
+        ("int", {"low": 0, "high": 3}, [0, 3, 2.0], [4, 1.5, -1, "1", False]),
+        ("categorical", {"choices": ["a", 1]}, ["a", 1], ["b", "1", True, 1.5]),
+        ("fixed", 7, [7], [8, "7"]),
+    ],
+)
+def test_dimension_contains(kind, spec, inside, outside):
+    dim = tuning.parse_dimension("x", spec)
+    assert dim.kind == kind
+    assert all(dim.contains(v) for v in inside)
+    assert not any(dim.contains(v) for v in outside)
+
+
 def test_stage_help_and_missing_features(tmp_path, monkeypatch, capsys):
     import importlib.util
 
@@ -566,3 +691,38 @@ def test_stage_help_and_missing_features(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == f"sqlite:///{tmp_path / 'tune' / 'optuna.db'}"
     assert stage.main(["--params", str(path), "--show-storage", "--workers", "2"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "tune" / "optuna.journal")
+    secret = "postgresql://u:S3CRET@127.0.0.1:1/x?password=S3CRET"
+    assert stage.main(["--params", str(path), "--show-storage", "--storage", secret]) == 0
+    assert capsys.readouterr().out.strip() == "postgresql://u:***@127.0.0.1:1/x?***"
+    monkeypatch.setenv("PETSCAN_TUNE_STORAGE", secret)  # how `make dashboard` passes it
+    assert stage.main(["--params", str(path), "--show-storage"]) == 0
+    assert capsys.readouterr().out.strip() == "postgresql://u:***@127.0.0.1:1/x?***"
+
+
+def test_stage_dashboard_gets_the_storage_from_the_environment(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import optuna_dashboard
+
+    spec = importlib.util.spec_from_file_location(
+        "tune_stage", REPO_PARAMS.parent / "stages" / "tune.py"
+    )
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    served = []
+    monkeypatch.setattr(
+        optuna_dashboard,
+        "run_server",
+        lambda storage, host, port: served.append((storage, host, port)),
+    )
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(make_params("tune-dashboard")))
+    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
+    monkeypatch.setenv("PETSCAN_TUNE_STORAGE", str(tmp_path / "shared.journal"))
+    assert stage.main(["--params", str(path), "--dashboard", "--port", "8123"]) == 0
+    ((storage, host, port),) = served
+    assert isinstance(storage, optuna.storages.JournalStorage) and (host, port) == (
+        "127.0.0.1",
+        8123,
+    )
+    assert "shared.journal: http://127.0.0.1:8123/" in capsys.readouterr().out

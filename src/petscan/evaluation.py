@@ -9,6 +9,7 @@ exactly what `petscan predict` would answer. Per split it writes a predictions C
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,14 @@ def evaluate_split(
     )
     groups = frame["patient"].astype(str).to_numpy()
     values = split_metrics(y_true, proba, groups, class_names, loss_params, evaluate_params)
+    values["majority_prediction_share"] = majority_share(proba)
     return values, paths
+
+
+def majority_share(proba: np.ndarray) -> float:
+    """Share of the images predicted as the most often predicted class (1.0: one class)."""
+    predicted = np.argmax(proba, axis=1)
+    return float(np.bincount(predicted).max() / len(predicted)) if len(predicted) else math.nan
 
 
 def mlflow_metrics(nested: dict[str, Any]) -> dict[str, float]:
@@ -192,6 +200,35 @@ def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# The DVC metrics file (`dvc exp show`, `dvc metrics diff`): the numbers a reader compares,
+# each with its bootstrap interval. Everything else goes to metrics_full.json and MLflow.
+COMPACT_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro", "ece")
+
+
+def compact_metrics(results: dict[str, Any]) -> dict[str, Any]:
+    """`random_init`, then per split each of `COMPACT_METRICS` with `_low` / `_high` bounds
+    and `single_class_predictions` (the collapse alarm of that split).
+
+    `{"random_init": true, "test": {"accuracy": 0.35, "accuracy_low": 0.19, ...}}`; the
+    interval is the bootstrap one of `metrics.evaluate_predictions` (`<m>_ci_low/high`).
+    """
+    compact: dict[str, Any] = {"random_init": bool(results.get("random_init", False))}
+    if isinstance(results.get("collapse"), dict) and "collapsed" in results["collapse"]:
+        compact["collapse"] = {"collapsed": bool(results["collapse"]["collapsed"])}  # train's alarm
+    for split, values in results.items():
+        if not (isinstance(values, dict) and "accuracy" in values):
+            continue  # not a split (e.g. the train stage's `collapse` record)
+        row: dict[str, Any] = {}
+        for name in COMPACT_METRICS:
+            row[name] = values.get(name)
+            row[f"{name}_low"] = values.get(f"{name}_ci_low")
+            row[f"{name}_high"] = values.get(f"{name}_ci_high")
+        if "majority_prediction_share" in values:  # the head predicts one class for every image
+            row["single_class_predictions"] = bool(values["majority_prediction_share"] >= 1.0)
+        compact[split] = row
+    return compact
+
+
 def read_train_info(train_dir: str | Path) -> dict[str, Any]:
     """`train.json` written by the train stage (run id, random_init, backbone label...)."""
     path = Path(train_dir) / "train.json"
@@ -224,6 +261,8 @@ def run_evaluate(
         "random_init": bool(info.get("random_init", False)),
         "backbone": info.get("backbone"),
         "backbone_label": info.get("backbone_label"),
+        # the train stage's alarm (check_collapse), without its sentence
+        "collapse": {k: v for k, v in (info.get("collapse") or {}).items() if k != "message"},
     }
     files: list[Path] = []
     for split in splits:
@@ -240,13 +279,17 @@ def run_evaluate(
         )
         results[split] = values
         files.extend(paths.values())
-    metrics_path = out_dir / "metrics.json"
-    io.write_json(metrics_path, _json_safe(results))
-    with tracking.resumed_run(info.get("mlflow_run_id"), params["mlflow"]) as run:
+    metrics_path, full_path = out_dir / "metrics.json", out_dir / "metrics_full.json"
+    io.write_json(metrics_path, _json_safe(compact_metrics(results)))
+    io.write_json(full_path, _json_safe(results))
+    run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
+    with tracking.resumed_run(run_id, params["mlflow"]) as run:
         if run is not None:
+            tracking.log_stage_params(run.info.run_id, {"evaluate": params["evaluate"]})
             mlflow.log_metrics(mlflow_metrics(results))
-            for path in [metrics_path, *files]:
+            for path in [metrics_path, full_path, *files]:
                 mlflow.log_artifact(str(path), artifact_path="reports")
+            tracking.describe_model_version(run.info.run_id, params["mlflow"], results)
     return results
 
 
@@ -274,7 +317,8 @@ def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
     banner = banner_text(info)
     history = pd.read_csv(train_dir / "history.csv")
     written = [fig_dir / "training_curves.png"]
-    plots.training_curves(history, written[0], banner=banner, dpi=dpi)
+    best = info.get("best_epoch")
+    plots.training_curves(history, written[0], banner, dpi, None if best is None else int(best))
     for split in ("val", "test"):
         source = reports / f"predictions_{split}.csv"
         if not source.is_file():
@@ -288,8 +332,11 @@ def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
         plots.pr_curves(y_true, proba, class_names, out["pr"], banner, dpi)
         plots.reliability_diagram(y_true, proba, bins, out["reliability"], banner, dpi)
         written.extend(out.values())
-    with tracking.resumed_run(info.get("mlflow_run_id"), params["mlflow"]) as run:
+    run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
+    with tracking.resumed_run(run_id, params["mlflow"]) as run:
         if run is not None:
+            stage_params = {"plot": params["plot"], "evaluate": {"ece_bins": bins}}
+            tracking.log_stage_params(run.info.run_id, stage_params)
             for path in written:
                 mlflow.log_artifact(str(path), artifact_path="figures")
     return written

@@ -15,6 +15,8 @@ the output array lives on disk.
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,12 +31,15 @@ from tqdm.auto import tqdm
 
 from petscan.images import ImageError, load_resized
 from petscan.io import atomic_path, read_json, write_json
-from petscan.model import build_feature_extractor
+from petscan.model import build_feature_extractor, feature_moments, resolve_precision
 
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "class", "label", "patient", "sha256")
+log = logging.getLogger(__name__)
+
 REPRO_HINT = "run `dvc repro featurize`"
 PREFETCH_BATCHES = 2
+TAIL_WARNING_S = 5.0  # seconds from the last batch to the end of a split worth a warning
 
 
 @dataclass
@@ -224,6 +229,19 @@ def images_per_batch(batch_size: int, views: int) -> int:
     return max(1, int(batch_size) // int(views))
 
 
+def _predict_full_batch(extractor: keras.Model, images: tf.Tensor, size: int) -> np.ndarray:
+    """Features of `images`, padded with zeros to `size` rows when the batch is short.
+
+    Every call then has one shape, so the last, shorter batch of a split does not make
+    TensorFlow trace and optimise the whole backbone graph again (seconds for
+    InceptionResNetV2). The backbone runs in inference mode, so rows do not interact.
+    """
+    rows = int(images.shape[0])
+    if rows < size:
+        images = tf.concat([images, tf.zeros((size - rows, *images.shape[1:]), images.dtype)], 0)
+    return np.asarray(extractor.predict_on_batch(images), dtype=np.float32)[:rows]
+
+
 def iter_feature_batches(
     extractor: keras.Model,
     paths: list[str],
@@ -239,6 +257,8 @@ def iter_feature_batches(
     A file that cannot be decoded raises `ImageError` naming it.
     """
     views = augment_views + 1
+    full = images_per_batch(batch_size, views) * views
+    dim = int(extractor.output_shape[-1])
     errors: list[ImageError] = []
     ds = view_dataset(
         paths,
@@ -263,8 +283,7 @@ def iter_feature_batches(
                     bad.path, f"{bad.reason}; fix or remove the file, then rerun `dvc repro`"
                 ) from err
             raise
-        features = np.asarray(extractor.predict_on_batch(images), dtype=np.float32)
-        yield features.reshape(-1, views, features.shape[-1])
+        yield _predict_full_batch(extractor, images, full).reshape(-1, views, dim)
 
 
 def write_features(
@@ -321,22 +340,58 @@ def featurize_split(
     )
     bar = tqdm(total=len(paths), unit="img", desc=desc, disable=not progress, smoothing=0.1)
 
+    last_batch = [time.perf_counter()]
+
     def counted() -> Iterator[np.ndarray]:
         for batch in batches:
             bar.update(len(batch))
+            last_batch[0] = time.perf_counter()
             yield batch
 
     start = time.perf_counter()
     with bar:
         write_features(out_path, counted(), (len(paths), views, dim))
     seconds = time.perf_counter() - start
+    # The time between the last batch and the end: writing and closing should take well
+    # under a second. A long tail (the "55 s wait" once seen after long runs) shows here.
+    tail = time.perf_counter() - last_batch[0]
+    if tail > TAIL_WARNING_S:
+        log.warning("%s: %.1f s passed between the last batch and the end", desc, tail)
     return {
         "rows": len(paths),
         "views": views,
         "dim": dim,
         "seconds": seconds,
+        "tail_seconds": tail,
         "images_per_s": len(paths) / seconds if seconds else float("nan"),
         "backbone_inputs_per_s": len(paths) * views / seconds if seconds else float("nan"),
+    }
+
+
+def feature_health(features: np.ndarray) -> dict[str, float]:
+    """How usable the features are as they come out of the backbone.
+
+    `mean_abs` and `median_std` (the median over dimensions of the spread across all
+    images and views) show the scale; `constant_share` is the share of dimensions with
+    no spread at all (see `model.feature_moments`). Tiny scales and many constant
+    dimensions are typical of a random-init backbone; the head's standardization copes
+    with the scale, not with dimensions that carry nothing.
+    """
+    if features.size == 0:
+        return {
+            "mean": math.nan,
+            "mean_abs": math.nan,
+            "median_std": math.nan,
+            "constant_share": math.nan,
+        }
+    mean, std, constant = feature_moments(features)
+    chunks = (features[i : i + 1024] for i in range(0, len(features), 1024))
+    mean_abs = sum(float(np.abs(c, dtype=np.float64).sum()) for c in chunks) / features.size
+    return {
+        "mean": float(mean.mean()),
+        "mean_abs": mean_abs,
+        "median_std": float(np.median(std)),
+        "constant_share": float(constant.mean()),
     }
 
 
@@ -378,7 +433,8 @@ def featurize(
             f"the weights file is for backbone {weights_meta['backbone']!r} but model.backbone "
             f"is {model_params['backbone']!r}: run `dvc repro fetch_weights featurize`"
         )
-    extractor = build_feature_extractor(dict(model_params), weights_path)
+    precision = resolve_precision(featurize_params.get("precision", "float32"))
+    extractor = build_feature_extractor(dict(model_params), weights_path, precision)
     out_dir = Path(out_dir)
     results: dict[str, dict[str, Any]] = {}
     for split, manifest in manifests.items():
@@ -406,7 +462,9 @@ def featurize(
         )
         meta = _split_meta(split, manifest, timing, model_params, featurize_params, weights_meta)
         meta["augmented"] = bool(augment)
+        meta["precision"] = precision
         meta["class_names"] = class_names
+        meta["health"] = feature_health(np.load(out_dir / f"{split}.npy", mmap_mode="r"))
         write_json(out_dir / f"{split}.json", meta)
         results[split] = {**meta, "timing": timing}
     return results

@@ -25,10 +25,14 @@ _UMASK = _read_umask()
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(
+    path: str | Path, suffix: str | None = None, mode: int | None = None
+) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it into place only on success.
 
     `suffix` keeps an extension that a writer insists on (Keras wants `.keras`).
+    `mode` (e.g. 0o600 for a file holding a password) is the file's permission bits from
+    its creation on; by default the umask decides, as for any new file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,15 +42,17 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        if mode is not None:
+            os.chmod(tmp_path, mode)  # before anything is written into it
         yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600 files
+        os.chmod(tmp_path, mode if mode is not None else 0o666 & ~_UMASK)  # mkstemp: 0600
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def write_text(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path: str | Path, text: str, mode: int | None = None) -> None:
+    with atomic_path(path, mode=mode) as tmp:
         tmp.write_text(text)
 
 
@@ -55,8 +61,9 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def write_json(path: str | Path, obj: Any, mode: int | None = None) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    write_text(path, text, mode=mode)
 
 
 def write_yaml(path: str | Path, obj: Any) -> None:

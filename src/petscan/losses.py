@@ -203,3 +203,28 @@ def _balanced(labels: np.ndarray, num_classes: int) -> dict[int, float]:
         )
     weights = compute_class_weight("balanced", classes=np.arange(num_classes), y=labels)
     return {c: float(w) for c, w in enumerate(weights)}
+
+
+@keras.saving.register_keras_serializable(package="petscan")
+class DataLoss(keras.metrics.Mean):
+    """The training loss as a metric: the data term alone, without regularization.
+
+    Keras' `loss` and `val_loss` add the model's penalties (the head's L2 term), so at
+    a constant prediction they keep falling while the weights shrink. This metric
+    averages `loss.call(y_true, y_pred)` per sample, so `val_data_loss` measures only
+    how well the validation images are predicted. Given as a weighted metric it uses the
+    class weights on training batches, like the loss; validation data has none.
+    """
+
+    def __init__(
+        self, loss: keras.losses.Loss | dict, name: str = "data_loss", dtype: Any = None
+    ) -> None:
+        super().__init__(name=name, dtype=dtype)
+        self.loss = keras.losses.deserialize(loss) if isinstance(loss, dict) else loss
+        self._direction = "down"  # lets Keras callbacks in "auto" mode minimise it
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(self.loss.call(y_true, y_pred), sample_weight=sample_weight)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "loss": keras.losses.serialize(self.loss)}

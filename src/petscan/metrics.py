@@ -9,7 +9,7 @@ stable names, ready for JSON, DVC metrics and MLflow:
   groups are given;
 * per class `<c>`: `precision/<c>`, `recall/<c>` (sensitivity), `specificity/<c>`,
   `f1/<c>`, `support/<c>`, `roc_auc/<c>` (one-vs-rest), `average_precision/<c>`;
-* bootstrap intervals for the headline metrics (`BOOTSTRAPPED` plus per-class recall,
+* bootstrap intervals for the headline metrics (`BOOTSTRAPPED`, ECE, per-class recall,
   specificity and ROC AUC): `<m>_ci_low`, `<m>_ci_high` and `<m>_ci_skipped` (resamples
   in which `<m>` was undefined, e.g. a class missing, and so left out).
 
@@ -312,8 +312,10 @@ def bootstrap_ci(
 # ----------------------------------------------------------------------------- the report
 
 
-def headline_metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """The bootstrapped metrics; NaN where undefined (a class missing from `y`)."""
+def headline_metrics(
+    y: np.ndarray, proba: np.ndarray, class_names: list[str], ece_bins: int = 10
+) -> dict[str, float]:
+    """The bootstrapped metrics (ECE too); NaN where undefined (a class missing from `y`)."""
     k = len(class_names)
     cm = confusion(y, proba.argmax(axis=1), k)
     m = _confusion_metrics(cm)
@@ -323,6 +325,7 @@ def headline_metrics(y: np.ndarray, proba: np.ndarray, class_names: list[str]) -
     if not all_present:
         out["balanced_accuracy"] = math.nan
     out["roc_auc_macro"] = float(np.mean(auc)) if all_present else math.nan
+    out["ece"] = expected_calibration_error(y, proba, ece_bins)
     per_class = {"recall": m["recall"], "specificity": m["specificity"], "roc_auc": auc}
     for metric in PER_CLASS_BOOTSTRAPPED:
         for c, name in enumerate(class_names):
@@ -392,9 +395,9 @@ def evaluate_predictions(
         out["n_groups"] = int(len(np.unique(np.asarray(groups))))
 
     def stat(yb: np.ndarray, pb: np.ndarray) -> dict[str, float]:
-        return headline_metrics(yb, pb, list(class_names))
+        return headline_metrics(yb, pb, list(class_names), ece_bins)
 
-    names = list(headline_metrics(y, p, list(class_names)))
+    names = list(headline_metrics(y, p, list(class_names), ece_bins))
     dist = bootstrap_distribution(stat, y, p, groups, n_resamples, seed, progress)
     out["bootstrap_resamples"] = int(n_resamples)
     for name in names:

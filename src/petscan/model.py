@@ -8,26 +8,39 @@ trainable. Everything here is built from params section `model`.
 The same pieces make three models that agree with each other by construction:
 
 - `build_feature_extractor`: image -> pooled backbone features (what `featurize` caches);
-- `build_head`: features -> class probabilities (what cached training fits);
+- `build_head`: features -> class probabilities (what cached training fits), starting
+  with a `Standardize` layer fitted on the training features (`model.standardize`);
 - `build_full_model`: image -> class probabilities (end-to-end training, export, predict),
   which reuses a trained head's layers.
 
 Pre-processing is the `Preprocess` layer inside the models (no Lambda layer, so a saved
 `.keras` file loads with `safe_mode=True`); `preprocess_array` is the NumPy twin.
+
+Why the head standardizes its input: pooled features of a backbone whose weights do
+not match the data (a random-init backbone above all) can be tiny (a mean of 0.005,
+per-dimension spreads of 3e-4, a third of the dimensions constant). The seed's head
+(Glorot init, L2 1e-3, learning rate 5e-5) then never moves its argmax and predicts one
+class for every image. `Standardize` maps every dimension to zero mean and unit
+variance with statistics from the training features only, so the same recipe learns
+whatever the backbone's scale. `model.standardize: false` gives the seed's exact head.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from petscan.backbones import backbone_spec, build_backbone
 
 PREPROCESSING_MODES = ("radimagenet", "rescale", "keras")
+PRECISIONS = ("float32", "bfloat16", "auto")
 # keras.applications' modes, reached through `keras` (backbone_spec(name).keras_preprocessing).
 KERAS_MODES = ("tf", "caffe", "torch")
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -117,6 +130,100 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode, "backbone": self.backbone}
 
 
+def feature_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-dimension (mean, std, constant) of features `(..., D)`, in float64.
+
+    A dimension is constant when its spread is zero or below 1e-6 of its mean: such a
+    dimension carries no information, and dividing by its spread would only blow up
+    rounding noise (scikit-learn's `StandardScaler` leaves constant features unscaled
+    for the same reason).
+    """
+    x = np.asarray(features).reshape(-1, np.shape(features)[-1])
+    if len(x) == 0:
+        raise ValueError("cannot compute feature statistics of an empty feature set")
+    mean = np.zeros(x.shape[1])
+    square = np.zeros(x.shape[1])
+    for start in range(0, len(x), 4096):  # chunks: memory-mapped caches stay on disk
+        chunk = np.asarray(x[start : start + 4096], dtype=np.float64)
+        mean += chunk.sum(axis=0)
+        square += np.square(chunk).sum(axis=0)
+    mean /= len(x)
+    std = np.sqrt(np.maximum(square / len(x) - np.square(mean), 0.0))
+    constant = std <= np.maximum(1e-6 * np.abs(mean), np.finfo(np.float32).tiny)
+    return mean, std, constant
+
+
+@keras.saving.register_keras_serializable(package="petscan")
+class Standardize(keras.layers.Layer):
+    """`(x - mean) / scale` per feature, with statistics fitted once by `adapt`.
+
+    `mean` and `scale` are non-trainable weights, so they are saved in the `.keras` file
+    and the full image model applies exactly what the head was trained with. Constant
+    dimensions (see `feature_moments`) keep `scale = 1`.
+    """
+
+    def build(self, input_shape: tuple) -> None:
+        dim = int(input_shape[-1])
+        self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
+        self.scale = self.add_weight(
+            shape=(dim,), initializer="ones", trainable=False, name="scale"
+        )
+
+    def adapt(self, features: np.ndarray) -> Standardize:
+        """Fit `mean` and `scale` on `features` (N, D) or (N, V, D): training data only."""
+        mean, std, constant = feature_moments(features)
+        if not self.built:
+            self.build((None, len(mean)))
+        if len(mean) != self.mean.shape[0]:
+            raise ValueError(f"Standardize expects {self.mean.shape[0]} features, got {len(mean)}")
+        self.mean.assign(mean.astype("float32"))
+        self.scale.assign(np.where(constant, 1.0, std).astype("float32"))
+        return self
+
+    def call(self, inputs: Any) -> Any:
+        return (ops.cast(inputs, self.compute_dtype) - self.mean) / self.scale
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return input_shape
+
+
+def native_bfloat16() -> bool:
+    """Whether this machine computes bfloat16 natively: a CPU with AVX512-BF16 or AMX-BF16
+    (Linux /proc/cpuinfo flags), or a GPU of compute capability 8.0 or newer."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability and tuple(capability) >= (8, 0):
+            return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    """`featurize.precision` -> `float32` or `bfloat16` (`auto`: bfloat16 where native)."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"params.yaml featurize.precision must be one of {PRECISIONS}, got {precision!r}"
+        )
+    if precision == "auto":
+        return "bfloat16" if native_bfloat16() else "float32"
+    return precision
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Layers built inside compute in `precision` (bfloat16: Keras' `mixed_bfloat16`,
+    float32 variables); the global policy is restored afterwards."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bfloat16" else "float32")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def input_shape(model_params: dict[str, Any]) -> tuple[int, int, int]:
     height, width = (int(v) for v in model_params["input_size"])
     return height, width, 3
@@ -145,46 +252,70 @@ def _frozen_backbone(
 
 
 def _pooled_features(
-    model_params: dict[str, Any], weights_path: str | Path | None, trainable_layers: int = 0
+    model_params: dict[str, Any],
+    weights_path: str | Path | None,
+    trainable_layers: int = 0,
+    precision: str = "float32",
 ) -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    """Symbolic image input and its pooled backbone features."""
+    """Symbolic image input and its pooled backbone features (always float32).
+
+    Only the backbone computes in `precision`; pre-processing and pooling stay float32.
+    """
     inputs = keras.Input(shape=input_shape(model_params), dtype="float32", name="image")
     x = Preprocess(model_params["preprocessing"], model_params["backbone"], name="preprocess")(
         inputs
     )
-    backbone = _frozen_backbone(model_params, weights_path, trainable_layers)
+    with _dtype_policy(resolve_precision(precision)):
+        backbone = _frozen_backbone(model_params, weights_path, trainable_layers)
     x = backbone(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32")(x)
     return inputs, x
 
 
 def build_feature_extractor(
-    model_params: dict[str, Any], weights_path: str | Path | None
+    model_params: dict[str, Any], weights_path: str | Path | None, precision: str = "float32"
 ) -> keras.Model:
-    """Frozen image -> features model: float32 (H, W, 3) in [0, 255] RGB -> (None, D)."""
-    inputs, features = _pooled_features(model_params, weights_path)
+    """Frozen image -> features model: float32 (H, W, 3) in [0, 255] RGB -> (None, D).
+
+    `precision` (`featurize.precision`) is the backbone's compute type; the features
+    are float32 either way.
+    """
+    inputs, features = _pooled_features(model_params, weights_path, precision=precision)
     return keras.Model(inputs, features, name="feature_extractor")
 
 
 def build_head(
-    feature_dim: int, num_classes: int, model_params: dict[str, Any], seed: int | None = None
+    feature_dim: int,
+    num_classes: int,
+    model_params: dict[str, Any],
+    seed: int | None = None,
+    train_features: np.ndarray | None = None,
 ) -> keras.Model:
-    """Features (D,) -> Dense(head_units, ReLU, L2) -> Dropout -> Dense(num_classes, softmax).
+    """Features (D,) -> [Standardize] -> Dense(head_units, ReLU, L2) -> Dropout -> softmax.
 
-    `seed` fixes the initial weights and the dropout mask sequence.
+    With `model.standardize` (the default) the head starts with a `Standardize` layer
+    fitted on `train_features` (N, D) or (N, V, D): the training features only, never
+    val or test (without them it is the identity until `adapt` is called). `seed` fixes
+    the initial weights and the dropout mask sequence.
     """
 
     def init(offset: int) -> keras.initializers.Initializer:
         return keras.initializers.GlorotUniform(seed=None if seed is None else seed + offset)
 
     inputs = keras.Input(shape=(int(feature_dim),), dtype="float32", name="features")
+    x = inputs
+    if model_params.get("standardize", True):
+        standardize = Standardize(name="standardize")
+        if train_features is not None:
+            standardize.adapt(train_features)
+        x = standardize(x)
     x = keras.layers.Dense(
         int(model_params["head_units"]),
         activation="relu",
         kernel_regularizer=keras.regularizers.L2(float(model_params["l2"])),
         kernel_initializer=init(0),
         name="head_dense",
-    )(inputs)
+    )(x)
     x = keras.layers.Dropout(float(model_params["dropout"]), seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         int(num_classes), activation="softmax", kernel_initializer=init(1), name="probabilities"
@@ -198,15 +329,20 @@ def build_full_model(
     weights_path: str | Path | None,
     head: keras.Model | None = None,
     trainable_backbone_layers: int = 0,
+    precision: str = "float32",
 ) -> keras.Model:
     """Image -> probabilities: Preprocess -> backbone -> pooling -> head.
 
     With `head`, its layers (and so its trained weights) are reused, so the full model
     gives the same probabilities as `head` applied to `build_feature_extractor` output.
     `trainable_backbone_layers` unfreezes that many top backbone layers (batch norm
-    excepted) for end-to-end fine-tuning.
+    excepted) for end-to-end fine-tuning. `precision` is the backbone's compute type: the
+    one the head's training features were computed in, so that the image model predicts
+    what the head saw.
     """
-    inputs, features = _pooled_features(model_params, weights_path, trainable_backbone_layers)
+    inputs, features = _pooled_features(
+        model_params, weights_path, trainable_backbone_layers, precision
+    )
     if head is None:
         head = build_head(features.shape[-1], num_classes, model_params)
     if head.input_shape[-1] != features.shape[-1] or head.output_shape[-1] != num_classes:
@@ -234,3 +370,51 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     if compile:
         import petscan.losses  # noqa: F401  (registers the custom losses)
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
+
+
+# Keras stamps every `.keras` archive with the time of saving (zip entry times and
+# `metadata.json` "date_saved") and numbers shared objects by their memory address
+# (`id()`) in `config.json`; the weights file inside is already reproducible.
+UNRECORDED_DATE = "unrecorded"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+
+
+def _renumber_shared_objects(node: Any, numbers: dict[int, int]) -> Any:
+    """Replace `shared_object_id` values (memory addresses) by 1, 2, ... in order of appearance."""
+    if isinstance(node, dict):
+        return {
+            key: (
+                numbers.setdefault(value, len(numbers) + 1)
+                if key == "shared_object_id"
+                else _renumber_shared_objects(value, numbers)
+            )
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_renumber_shared_objects(value, numbers) for value in node]
+    return node
+
+
+def make_reproducible(path: str | Path) -> None:
+    """Rewrite a saved `.keras` archive so that the same model always gives the same bytes.
+
+    Fixed zip entry times, "date_saved" set to "unrecorded", shared-object numbers in
+    order of appearance (a consistent renaming, so shared objects stay shared on load).
+    The time a model was trained is recorded by its MLflow run instead.
+    """
+    import json
+    import zipfile
+
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":
+                data = json.dumps({**json.loads(data), "date_saved": UNRECORDED_DATE}).encode()
+            elif info.filename == "config.json":
+                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = 0o644 << 16
+            archive.writestr(fixed, data)

@@ -73,31 +73,49 @@ def legend_texts(fig: Figure) -> list[str]:
 
 
 def training_curves(
-    history: pd.DataFrame, out: str | Path, banner: str | None = None, dpi: int = DEFAULT_DPI
+    history: pd.DataFrame,
+    out: str | Path,
+    banner: str | None = None,
+    dpi: int = DEFAULT_DPI,
+    best_epoch: int | None = None,
 ) -> Figure:
-    """Loss, accuracy and learning rate (log scale) per epoch, train and validation."""
+    """Data loss, accuracy (with val macro AUC) and learning rate per epoch.
+
+    The loss panel shows the data loss (`data_loss`, without the L2 penalty) when the
+    history has it, else Keras' total `loss`. `best_epoch` (the epoch whose weights were
+    kept, from train.json) is marked on the first two panels.
+    """
     if "epoch" not in history.columns:
         raise ValueError("training history needs an 'epoch' column")
     epochs = history["epoch"].to_numpy()
     fig, body = _figure(14, 4.4, banner)
     axes = body.subplots(1, 3)
-    for ax, metric, title in ((axes[0], "loss", "Loss"), (axes[1], "accuracy", "Accuracy")):
+    loss = "data_loss" if "data_loss" in history.columns else "loss"
+    panels = (
+        (axes[0], loss, "Loss without L2 (data loss)" if loss == "data_loss" else "Loss", "loss"),
+        (axes[1], "accuracy", "Accuracy", "accuracy, AUC"),
+    )
+    for ax, metric, title, ylabel in panels:
         for key, label, style in ((metric, "train", "-"), (f"val_{metric}", "validation", "--")):
             if key in history.columns:
                 ax.plot(epochs, history[key], style, marker="o", markersize=3, label=label)
         ax.set_title(title)
         ax.set_xlabel("Epoch (0-based)")
-        ax.set_ylabel(title.lower())
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    if "val_loss" in history.columns and history["val_loss"].notna().any():
-        best = int(history["val_loss"].to_numpy().argmin())
+    if "val_roc_auc_macro" in history.columns:
+        axes[1].plot(
+            epochs,
+            history["val_roc_auc_macro"],
+            ":",
+            marker="s",
+            markersize=3,
+            label="validation macro ROC AUC",
+        )
+        axes[1].set_title("Accuracy and validation macro AUC")
+    if best_epoch is not None:
         for ax in axes[:2]:
-            ax.axvline(
-                epochs[best],
-                color="grey",
-                linestyle=":",
-                label=f"best val_loss (epoch {epochs[best]})",
-            )
+            ax.axvline(best_epoch, color="grey", linestyle=":", label=f"kept epoch {best_epoch}")
     for ax in axes[:2]:
         if ax.lines:
             ax.legend(loc="best")

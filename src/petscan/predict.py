@@ -5,8 +5,10 @@
 
 Where the class names, input size and resize mode come from:
 
-- `--model-uri` (an MLflow pyfunc logged by `tracking.log_keras_model`): the model's
+- `--model-uri` (an MLflow model logged by `tracking.log_keras_model`): the model's
   own config (`class_names`, `input_size`, `resize`), so params.yaml is not needed.
+  Only its `.keras` file is loaded (safe mode) and its `MLmodel` read as YAML: nothing
+  from the store is unpickled unless `--trust-store` is given.
 - `--model` (a `.keras` file): the input size from the model's input shape; class
   names from `data.classes` and the resize mode from `model.resize` in `--params`.
 
@@ -154,8 +156,17 @@ def load_from_file(path: str | Path, params_path: str | Path) -> LoadedModel:
     )
 
 
-def load_from_uri(uri: str, params_path: str | Path | None = None) -> LoadedModel:
-    """An MLflow pyfunc logged by `tracking.log_keras_model`, with its own config."""
+def load_from_uri(
+    uri: str, params_path: str | Path | None = None, trust_store: bool = False
+) -> LoadedModel:
+    """A model logged by `tracking.log_keras_model`, with its own config.
+
+    By default nothing from the store is unpickled: the model's files are downloaded, the
+    `.keras` artifact is loaded in Keras' safe mode and the config is read from the
+    `MLmodel` file as plain YAML. `trust_store=True` loads the MLflow pyfunc instead,
+    which unpickles its Python object (runs code from the store): only for a store you
+    control.
+    """
     import mlflow
 
     from petscan import tracking
@@ -164,11 +175,62 @@ def load_from_uri(uri: str, params_path: str | Path | None = None) -> LoadedMode
     if params_path is not None and Path(params_path).is_file():
         mlflow_params = config.load_params(params_path).get("mlflow") or {}
     tracking.use_store(mlflow_params)
+    if not trust_store:
+        return load_keras_artifact(uri)
     pyfunc = mlflow.pyfunc.load_model(uri)
     inner = pyfunc.unwrap_python_model()
     if not isinstance(inner, tracking.PetscanKerasModel):
         raise TypeError(f"{uri} is not a petscan model (logged by tracking.log_keras_model)")
     return LoadedModel(inner.keras_model, inner.class_names, inner.input_size, inner.resize, uri)
+
+
+def load_keras_artifact(uri: str) -> LoadedModel:
+    """The `.keras` file inside a logged model (its pyfunc artifact `keras_model`), loaded
+    with `safe_mode=True`; class names, input size and resize from the model config in
+    the `MLmodel` file (`yaml.safe_load`). Nothing is unpickled."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="petscan-model-") as tmp:
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+        mlmodel = folder / "MLmodel"
+        if not mlmodel.is_file():
+            raise ValueError(f"{uri} is not an MLflow model (no MLmodel file)")
+        flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+        pyfunc = flavor.get("python_function") or {}
+        settings = pyfunc.get(mlflow.pyfunc.MODEL_CONFIG) or {}  # the "config" key
+        missing = [k for k in ("class_names", "input_size") if k not in settings]
+        if missing:
+            raise ValueError(
+                f"{uri} is not a petscan model (logged by tracking.log_keras_model): its "
+                f"model_config lacks {missing}"
+            )
+        keras_model = _load_keras(_keras_artifact(folder, pyfunc, uri))
+    size = [int(v) for v in settings["input_size"]]
+    return LoadedModel(
+        keras_model,
+        [str(c) for c in settings["class_names"]],
+        (size[0], size[1]),
+        str(settings.get("resize", "stretch")),
+        uri,
+    )
+
+
+def _keras_artifact(folder: Path, pyfunc: dict, uri: str) -> Path:
+    """The `keras_model` artifact's file, which must lie inside the downloaded model."""
+    entry = (pyfunc.get("artifacts") or {}).get("keras_model") or {}
+    relative = entry.get("path") if isinstance(entry, dict) else None
+    candidates = [folder / str(relative)] if relative else sorted(folder.rglob("*.keras"))
+    inside = [p for p in candidates if p.resolve().is_relative_to(folder.resolve()) and p.is_file()]
+    if len(inside) != 1 or inside[0].suffix != ".keras":
+        raise ValueError(
+            f"{uri} holds no single .keras artifact inside the model (found "
+            f"{[str(p.relative_to(folder)) for p in inside] or 'none'}); a model logged by "
+            "tracking.log_keras_model has one"
+        )
+    return inside[0]
 
 
 def format_table(frame: pd.DataFrame, digits: int = 4) -> str:
@@ -189,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--csv", help="write the table to this CSV file instead of printing it")
     parser.add_argument("--params", default=config.PARAMS_FILE, help="params.yaml to read")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
+    parser.add_argument(
+        "--trust-store",
+        action="store_true",
+        help="--model-uri: load the MLflow pyfunc, which unpickles code from the store "
+        "(default: only the .keras file, in safe mode); only for a store you control",
+    )
     return parser
 
 
@@ -199,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model:
             loaded = load_from_file(args.model, args.params)
         else:
-            loaded = load_from_uri(args.model_uri, args.params)
+            loaded = load_from_uri(args.model_uri, args.params, trust_store=args.trust_store)
     except Exception as err:  # a CLI boundary: any failure to load is reported, not traced
         print(f"petscan predict: cannot load the model: {err}", file=sys.stderr)
         return 2

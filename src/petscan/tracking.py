@@ -20,6 +20,7 @@ import json
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -32,8 +33,8 @@ import pandas as pd
 from mlflow.entities import Metric
 
 from petscan import config, pyfunc_model
-from petscan.io import read_json, write_json
 from petscan.pyfunc_model import PetscanKerasModel  # noqa: F401  (predict checks the type)
+from petscan.redact import redact_text, redact_values
 
 STORE_DIR = "mlruns"
 DB_NAME = "mlflow.db"
@@ -41,7 +42,15 @@ ARTIFACTS_DIR = "artifacts"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_KEY_LENGTH = 250
 TRUNCATED = "...[truncated]"
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+EPOCH_METRICS = (
+    "loss",
+    "data_loss",
+    "accuracy",
+    "val_loss",
+    "val_data_loss",
+    "val_accuracy",
+    "val_roc_auc_macro",
+)
 RANDOM_INIT_NOTE = (
     "**WARNING: RANDOM-INIT BACKBONE (NOT RadImageNet).** The frozen backbone of this run "
     "has random weights, not the RadImageNet weights; its numbers demonstrate the pipeline "
@@ -122,14 +131,29 @@ def _git(root: Path, *args: str) -> str | None:
 
 
 def git_state(root: Path | None = None) -> tuple[str, str]:
-    """(`git rev-parse HEAD` or "unknown", dirty flag "true"/"false"/"unknown")."""
+    """(`git rev-parse HEAD` or "unknown", dirty flag "true"/"false"/"unknown").
+
+    Dirty means a tracked file differs from the commit, except `dvc.lock`: DVC rewrites
+    it while the pipeline runs (it records outputs, not code or params)."""
     root = root or config.repo_root()
     commit = _git(root, "rev-parse", "HEAD")
     if not commit:
         return "unknown", "unknown"
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    status = _git(
+        root, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)dvc.lock"
+    )
     dirty = "unknown" if status is None else ("true" if status else "false")
     return commit, dirty
+
+
+SPLITS = ("train", "val", "test")
+DATASET_CONTEXTS = {"train": "train", "val": "validation", "test": "test"}
+DATASET_DIGEST_CHARS = 32  # MLflow stores a dataset digest in at most 36 characters
+
+
+def split_manifests(split_dir: str | Path) -> dict[str, Path]:
+    """`{split: <split_dir>/<split>.csv}` for train, val and test, in that order."""
+    return {split: Path(split_dir) / f"{split}.csv" for split in SPLITS}
 
 
 def manifest_hash(manifests: Sequence[str | Path]) -> str:
@@ -145,7 +169,14 @@ def manifest_hash(manifests: Sequence[str | Path]) -> str:
     return digest.hexdigest()
 
 
-def run_tags(manifests: Sequence[str | Path], weights_meta: dict[str, Any]) -> dict[str, str]:
+def data_hash(split_dir: str | Path) -> str:
+    """The data a run saw (tag `data_manifest_sha256`, the same for training and tuning runs):
+    sha256 over the bytes of train.csv, val.csv and test.csv of `split_dir`, in that order.
+    The manifests list every image's path, class, patient and sha256."""
+    return manifest_hash(list(split_manifests(split_dir).values()))
+
+
+def run_tags(split_dir: str | Path, weights_meta: dict[str, Any]) -> dict[str, str]:
     """Tags that make a run reproducible: code, data, experiment and backbone weights."""
     commit, dirty = git_state()
     random_init = bool(weights_meta.get("random_init", False))
@@ -153,8 +184,8 @@ def run_tags(manifests: Sequence[str | Path], weights_meta: dict[str, Any]) -> d
         "git_commit": commit,
         "git_dirty": dirty,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
-        "data_manifest_sha256": manifest_hash(manifests),
-        "weights_source": str(weights_meta.get("source", "unknown")),
+        "data_manifest_sha256": data_hash(split_dir),
+        "weights_source": redact_text(str(weights_meta.get("source", "unknown"))),
         "weights_sha256": str(weights_meta.get("sha256", "unknown")),
         "random_init": "true" if random_init else "false",
         "backbone": str(weights_meta.get("backbone", "unknown")),
@@ -163,6 +194,44 @@ def run_tags(manifests: Sequence[str | Path], weights_meta: dict[str, Any]) -> d
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit
     return tags
+
+
+def run_name(prefix: str, tags: dict[str, str]) -> str:
+    """The DVC experiment's name when DVC runs one (`DVC_EXP_NAME`), else `<prefix>-<commit>`
+    (`train-4ae41df`, `-dirty` appended for uncommitted changes): never MLflow's random words."""
+    exp_name = os.environ.get("DVC_EXP_NAME")
+    if exp_name:
+        return exp_name
+    commit = tags.get("git_commit", "unknown")
+    name = f"{prefix}-{commit[:7] if commit != 'unknown' else 'nogit'}"
+    return f"{name}-dirty" if tags.get("git_dirty") == "true" else name
+
+
+def manifest_datasets(split_dir: str | Path, root: str | Path | None = None) -> list[Any]:
+    """The split manifests as MLflow dataset inputs: name `<split>`, source the manifest's
+    path (relative to `root`), digest the first 32 hex digits of the manifest's sha256,
+    context train / validation / test."""
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for split, path in split_manifests(split_dir).items():
+        frame = pd.read_csv(path, dtype={"patient": str})
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:DATASET_DIGEST_CHARS]
+        source = path.relative_to(root) if root and path.is_relative_to(root) else path
+        with warnings.catch_warnings():  # "source can be interpreted in multiple ways"
+            warnings.simplefilter("ignore", UserWarning)
+            entity = mlflow.data.from_pandas(
+                frame, source=str(source), name=split, digest=digest, targets="label"
+            )._to_mlflow_entity()  # (and "integer columns cannot represent missing values")
+        context = InputTag(MLFLOW_DATASET_CONTEXT, DATASET_CONTEXTS[split])
+        inputs.append(DatasetInput(entity, tags=[context]))
+    return inputs
+
+
+def log_datasets(run_id: str, split_dir: str | Path, root: str | Path | None = None) -> None:
+    """Log train.csv, val.csv and test.csv as the run's datasets (MLflow's Dataset column)."""
+    mlflow.MlflowClient().log_inputs(run_id, datasets=manifest_datasets(split_dir, root))
 
 
 def param_value(value: Any) -> str:
@@ -179,8 +248,10 @@ def param_value(value: Any) -> str:
 
 
 def flat_params(params: dict[str, Any]) -> dict[str, str]:
-    """`{"train": {"loss": {"gamma": 2.0}}}` -> `{"train.loss.gamma": "2.0"}`."""
-    return {key[:MAX_KEY_LENGTH]: param_value(v) for key, v in config.flatten(params).items()}
+    """`{"train": {"loss": {"gamma": 2.0}}}` -> `{"train.loss.gamma": "2.0"}`; URLs (a
+    tracking URI, a weights source) lose their credentials and query (`redact`)."""
+    flat = config.flatten(redact_values(params))
+    return {key[:MAX_KEY_LENGTH]: param_value(v) for key, v in flat.items()}
 
 
 def run_description(tags: dict[str, str]) -> str:
@@ -203,7 +274,8 @@ def start_training_run(
     """One MLflow run per training: params (flattened, dotted names), tags, description.
 
     The run description (`mlflow.note.content`) warns loudly when the backbone is
-    random-init. The full parameter set is also stored as the `params.json` artifact.
+    random-init. The full parameter set is also stored as the `params.json` artifact;
+    URLs in either are redacted (`redact.redact_values`).
     """
     experiment_id = configure(mlflow_params)
     with mlflow.start_run(
@@ -213,7 +285,7 @@ def start_training_run(
         description=run_description(tags) or None,
     ) as run:
         mlflow.log_params(flat_params(params))
-        mlflow.log_dict(params, "params.json")
+        mlflow.log_dict(redact_values(params), "params.json")
         yield run
 
 
@@ -233,24 +305,51 @@ def resumed_run(
         yield run
 
 
-def write_run_id(path: str | Path, run_id: str, experiment_id: str | None = None) -> None:
-    """Record the training run for the later stages (`{"run_id": ..., "tracking_uri": ...}`)."""
-    write_json(
-        path,
-        {
-            "run_id": run_id,
-            "experiment_id": experiment_id,
-            "tracking_uri": mlflow.get_tracking_uri(),
-        },
-    )
+def log_stage_params(run_id: str, params: dict[str, Any]) -> dict[str, str]:
+    """Log the params a later stage (evaluate, plot) reads into the training run.
+
+    MLflow params cannot change: an experiment that changes only `evaluate.*` reuses the
+    training run, so a value that differs from the logged one goes into a tag of the same
+    name instead (the latest value; the metrics are the latest too). Returns those tags.
+    """
+    client = mlflow.MlflowClient()
+    logged = client.get_run(run_id).data.params
+    changed = {}
+    for key, value in flat_params(params).items():
+        if key not in logged:
+            client.log_param(run_id, key, value)
+        elif logged[key] != value:
+            client.set_tag(run_id, key, value)
+            changed[key] = value
+    return changed
 
 
-def read_run_id(path: str | Path) -> str | None:
-    """The run id written by `write_run_id`; None when the file is missing."""
-    path = Path(path)
-    if not path.is_file():
+def training_run_id(model_sha256: str | None, mlflow_params: dict[str, Any]) -> str | None:
+    """The newest training run whose model has this sha256 (tag `model_sha256`), or None.
+
+    `evaluate` and `plot` log into the run that trained the model they read. The run id
+    is not kept in a DVC output (it differs on every run, so identical trainings would
+    not give identical files); the model is byte-reproducible, so its sha256, recorded
+    in train.json, finds the run, also in `dvc exp run --queue` copies.
+    """
+    if not model_sha256:
         return None
-    return read_json(path).get("run_id") or None
+    experiment_id = configure(mlflow_params)
+    runs = mlflow.MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.model_sha256 = '{model_sha256}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs:
+        warnings.warn(
+            f"no MLflow training run in {mlflow.get_tracking_uri()} has model_sha256 "
+            f"{model_sha256[:12]}...: nothing is logged to MLflow (`dvc repro -f train` retrains "
+            "and logs a run)",
+            stacklevel=2,
+        )
+        return None
+    return runs[0].info.run_id
 
 
 # --------------------------------------------------------------------------- epoch metrics
@@ -368,3 +467,106 @@ def log_keras_model(
         metadata={"petscan": "requires the petscan package (pip install -e <repo>)"},
         registered_model_name=mlflow_params.get("registered_model") or None,
     )
+
+
+# --------------------------------------------------------------------------- the registry
+
+# run tags copied onto each registered version (the registry pages show them)
+VERSION_TAGS = (
+    "backbone",
+    "backbone_label",
+    "weights_source",
+    "weights_sha256",
+    "random_init",
+    "data_manifest_sha256",
+    "git_commit",
+    "dvc_exp_name",
+    "model_sha256",
+)
+# (name in the metrics, label) of the test metrics in a version's description and tags
+HEADLINE_METRICS = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("f1_macro", "macro F1"),
+    ("roc_auc_macro", "macro ROC AUC"),
+    ("ece", "ECE"),
+)
+
+
+def _with_interval(values: dict[str, Any], name: str) -> str:
+    def fmt(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, int | float) and np.isfinite(value) else "n/a"
+
+    low, high = values.get(f"{name}_ci_low"), values.get(f"{name}_ci_high")
+    return f"{fmt(values.get(name))} [{fmt(low)}, {fmt(high)}]"
+
+
+def version_description(tags: dict[str, str], results: dict[str, Any] | None = None) -> str:
+    """A registered version's description (Markdown): the random-init warning, backbone and
+    weights, data hash, code, and the test metrics with their 95% intervals once evaluated."""
+    lines = [RANDOM_INIT_NOTE, ""] if tags.get("random_init") == "true" else []
+    dirty = " (with uncommitted changes)" if tags.get("git_dirty") == "true" else ""
+    lines += [
+        f"- Backbone: {tags.get('backbone', '?')}, weights: {tags.get('backbone_label', '?')} "
+        f"(source: {tags.get('weights_source', '?')}, sha256 {tags.get('weights_sha256', '?')})",
+        f"- Data: split manifests sha256 {tags.get('data_manifest_sha256', '?')} "
+        "(train.csv + val.csv + test.csv)",
+        f"- Code: git commit {tags.get('git_commit', '?')}{dirty}; "
+        f"DVC experiment {tags.get('dvc_exp_name', '?')}",
+    ]
+    test = (results or {}).get("test")
+    if isinstance(test, dict):
+        where = f"{test.get('n', '?')} images"
+        if "n_groups" in test:
+            where += f" of {test['n_groups']} patients"
+        metrics = ", ".join(f"{label} {_with_interval(test, k)}" for k, label in HEADLINE_METRICS)
+        lines.append(f"- Test ({where}; 95% bootstrap intervals): {metrics}")
+    else:
+        lines.append("- Test metrics: not evaluated yet (the evaluate stage adds them)")
+    return "\n".join(lines)
+
+
+def register_version(
+    model_info: Any, mlflow_params: dict[str, Any], tags: dict[str, str]
+) -> str | None:
+    """Describe and tag the version `log_keras_model` registered; move `mlflow.alias` to it.
+
+    Returns the version number, or None when nothing was registered.
+    """
+    name = mlflow_params.get("registered_model")
+    version = getattr(model_info, "registered_model_version", None)
+    if not name or version is None:
+        return None
+    client = mlflow.MlflowClient()
+    client.update_model_version(name, str(version), description=version_description(tags))
+    for key in VERSION_TAGS:
+        if key in tags:
+            client.set_model_version_tag(name, str(version), key, tags[key])
+    alias = mlflow_params.get("alias")
+    if alias:
+        client.set_registered_model_alias(name, alias, str(version))
+    return str(version)
+
+
+def describe_model_version(
+    run_id: str, mlflow_params: dict[str, Any], results: dict[str, Any]
+) -> list[str]:
+    """After evaluation: the test metrics into the description and tags of the versions
+    registered from `run_id` (`test_accuracy` = "0.349 [0.185, 0.522]", ...)."""
+    name = mlflow_params.get("registered_model")
+    if not name:
+        return []
+    client = mlflow.MlflowClient()
+    tags = dict(client.get_run(run_id).data.tags)
+    versions = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    test = results.get("test") if isinstance(results.get("test"), dict) else {}
+    for version in versions:
+        client.update_model_version(
+            name, version.version, description=version_description(tags, results)
+        )
+        for key, _ in HEADLINE_METRICS:
+            if key in test:
+                client.set_model_version_tag(
+                    name, version.version, f"test_{key}", _with_interval(test, key)
+                )
+    return [str(v.version) for v in versions]

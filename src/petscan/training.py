@@ -1,8 +1,13 @@
 """Training the classifier: the `train` stage's library (params section `train`).
 
 Two modes share one recipe (the seed notebook's: Adam, piecewise learning rate,
-early stopping on `val_loss` with the best weights restored, class weights and a
-focal loss on integer labels):
+early stopping with the best weights restored, class weights and a focal loss on
+integer labels). Early stopping, the plateau schedule and the best epoch watch
+`train.early_stopping.monitor`, by default `val_roc_auc_macro` (macro one-vs-rest
+ROC AUC on val, recorded every epoch) or `val_data_loss`, the validation loss
+without the head's L2 penalty; never Keras' `val_loss` unless asked for: it includes
+the penalty, and at a constant prediction it keeps falling while the weights shrink. After training, `check_collapse` raises the alarm when the head
+predicts one class for (nearly) every validation image or never beats the class prior.
 
 * `cached` trains only the dense head on the backbone features that `featurize`
   cached. Every epoch sees every training image exactly once, as one of its cached
@@ -19,6 +24,7 @@ image-to-probability model), `history.csv` and `train.json` atomically.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,10 +36,24 @@ import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from petscan import io, losses, schedules
+from petscan import io, losses, metrics, schedules
+from petscan.backbones import backbone_spec
+
+log = logging.getLogger(__name__)
 
 MODES = ("cached", "end_to_end")
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+MONITORS = ("val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro")
+HISTORY_COLUMNS = (
+    "epoch",
+    "loss",
+    "data_loss",
+    "accuracy",
+    "val_loss",
+    "val_data_loss",
+    "val_accuracy",
+    "val_roc_auc_macro",
+    "learning_rate",
+)
 
 
 # --------------------------------------------------------------------------- determinism
@@ -125,6 +145,47 @@ def make_optimizer(optimizer_params: dict[str, Any], learning_rate: float) -> ke
         raise ValueError(f"params.yaml train.optimizer: cannot build {name!r}: {err}") from err
 
 
+def monitor_mode(monitor: str) -> str:
+    """ "min" for a loss, "max" for a score; unknown names are a clear error."""
+    if monitor not in MONITORS:
+        raise ValueError(
+            f"params.yaml: cannot monitor {monitor!r}; choose one of {', '.join(MONITORS)}"
+        )
+    return "min" if monitor.endswith("loss") else "max"
+
+
+class ValidationAUC(keras.callbacks.Callback):
+    """Adds `val_roc_auc_macro` to every epoch's logs: macro one-vs-rest ROC AUC on val.
+
+    `x` is an array of features (predicted in one call) or a dataset of images. The
+    value is NaN when a class is missing from `y`. Put it before the callbacks that
+    read it (early stopping, the plateau schedule).
+    """
+
+    def __init__(self, x: Any, y: np.ndarray, num_classes: int) -> None:
+        super().__init__()
+        self.x = np.ascontiguousarray(x, dtype=np.float32) if isinstance(x, np.ndarray) else x
+        self.y = np.asarray(y, dtype=np.int64)
+        self.num_classes = int(num_classes)
+
+    def probabilities(self) -> np.ndarray:
+        if isinstance(self.x, np.ndarray):
+            return keras.ops.convert_to_numpy(self.model(self.x, training=False))
+        return self.model.predict(self.x, verbose=0)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is None:
+            return
+        if len(np.unique(self.y)) < self.num_classes:
+            logs["val_roc_auc_macro"] = math.nan
+            return
+        proba = np.asarray(self.probabilities(), dtype=np.float64)
+        finite = np.all(np.isfinite(proba))
+        logs["val_roc_auc_macro"] = (
+            float(np.mean(metrics.roc_auc_per_class(self.y, proba))) if finite else math.nan
+        )
+
+
 class PlateauScaledSchedule(keras.callbacks.Callback):
     """The piecewise schedule, times a factor that shrinks when `monitor` plateaus.
 
@@ -139,12 +200,11 @@ class PlateauScaledSchedule(keras.callbacks.Callback):
         self.boundaries = list(schedule_params["boundaries"])
         self.values = list(schedule_params["values"])
         schedules.check_piecewise(self.boundaries, self.values)
-        self.monitor = plateau_params.get("monitor", "val_loss")
+        self.monitor = plateau_params.get("monitor", "val_roc_auc_macro")
         self.factor = float(plateau_params.get("factor", 0.5))
         self.patience = int(plateau_params.get("patience", 3))
         self.min_lr = float(plateau_params.get("min_lr", 0.0))
-        # Keras' "auto" mode: accuracy-like metrics improve upwards, everything else downwards
-        self.sign = -1.0 if any(k in self.monitor for k in ("acc", "auc")) else 1.0
+        self.sign = 1.0 if monitor_mode(self.monitor) == "min" else -1.0
         self.scale, self.best, self.wait = 1.0, math.inf, 0
 
     def _lr(self, epoch: int) -> float:
@@ -160,7 +220,7 @@ class PlateauScaledSchedule(keras.callbacks.Callback):
             keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
         )
         current = logs.get(self.monitor)
-        if current is None:
+        if current is None or not math.isfinite(current):
             return
         if self.sign * current < self.best:
             self.best, self.wait = self.sign * float(current), 0
@@ -172,21 +232,29 @@ class PlateauScaledSchedule(keras.callbacks.Callback):
 
 
 def build_callbacks(
-    train_params: dict[str, Any], extra: Sequence[keras.callbacks.Callback] = ()
+    train_params: dict[str, Any],
+    validation: ValidationAUC | None = None,
+    extra: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[list[keras.callbacks.Callback], keras.callbacks.EarlyStopping | None]:
-    """Learning-rate schedule, early stopping, then `extra` (loggers see the final logs)."""
+    """Validation AUC, learning-rate schedule, early stopping, then `extra`.
+
+    The order matters: Keras calls the callbacks in list order with one logs dict, so
+    `val_roc_auc_macro` is in the logs before early stopping reads it, and loggers in
+    `extra` see the final logs.
+    """
+    callbacks: list[keras.callbacks.Callback] = [validation] if validation else []
     plateau = train_params.get("reduce_lr_on_plateau") or {}
     if plateau.get("enabled"):
-        callbacks: list[keras.callbacks.Callback] = [
-            PlateauScaledSchedule(train_params["lr_schedule"], plateau)
-        ]
+        callbacks.append(PlateauScaledSchedule(train_params["lr_schedule"], plateau))
     else:
-        callbacks = [schedules.lr_scheduler(train_params["lr_schedule"])]
+        callbacks.append(schedules.lr_scheduler(train_params["lr_schedule"]))
     stopping = None
     es = train_params.get("early_stopping") or {}
     if es.get("enabled", True):
+        monitor = es.get("monitor", "val_roc_auc_macro")
         stopping = keras.callbacks.EarlyStopping(
-            monitor=es.get("monitor", "val_loss"),
+            monitor=monitor,
+            mode=monitor_mode(monitor),
             patience=int(es.get("patience", 5)),
             restore_best_weights=bool(es.get("restore_best_weights", True)),
             min_delta=float(es.get("min_delta", 0.0)),
@@ -202,16 +270,19 @@ def compile_model(
     num_classes: int,
     steps_per_execution: int = 1,
 ) -> None:
-    """Adam (or `train.optimizer`), `losses.make_loss(train.loss)`, sparse accuracy.
+    """Adam (or `train.optimizer`), `losses.make_loss(train.loss)`, sparse accuracy and
+    the loss without regularization (`data_loss`, class-weighted like the loss).
 
     `steps_per_execution` runs that many batches per call into TensorFlow; it must
     divide the steps of an epoch so that epoch-level callbacks still fire on time.
     """
     first_lr = float(train_params["lr_schedule"]["values"][0])
+    loss = losses.make_loss(train_params["loss"], num_classes)
     model.compile(
         optimizer=make_optimizer(train_params.get("optimizer", {}), first_lr),
-        loss=losses.make_loss(train_params["loss"], num_classes),
+        loss=loss,
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+        weighted_metrics=[losses.DataLoss(loss)],
         steps_per_execution=steps_per_execution,
     )
 
@@ -300,11 +371,14 @@ def fit_cached(
     num_classes: int,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    class_names: Sequence[str] | None = None,
 ) -> TrainResult:
     """Train the dense head on cached features (N, V, D); val uses view 0.
 
     Returns a `TrainResult` whose `model` and `head` are the trained head (features ->
     probabilities); wrap it with `petscan.model.build_full_model(head=...)` for images.
+    The head's standardization (`model.standardize`) is fitted on every view of
+    `train_features`, never on val. `info["collapse"]` is `check_collapse` on val.
     """
     from petscan import model as pmodel
 
@@ -318,14 +392,22 @@ def fit_cached(
         seed=seed,
     )
     val_x = val_features[:, 0, :] if val_features.ndim == 3 else val_features
-    head = pmodel.build_head(train_features.shape[-1], num_classes, model_params, seed=seed)
+    val_y = np.asarray(val_labels, dtype=np.int32)
+    head = pmodel.build_head(
+        train_features.shape[-1],
+        num_classes,
+        model_params,
+        seed=seed,
+        train_features=train_features,
+    )
     # one call into TensorFlow per epoch: the head is small, so per-batch overhead dominates
     compile_model(head, train_params, num_classes, steps_per_execution=sampler.steps_per_epoch)
     weights = losses.class_weights(train_labels, train_params.get("class_weight"), num_classes)
-    cbs, stopping = build_callbacks(train_params, callbacks)
+    validation = ValidationAUC(val_x, val_y, num_classes)
+    cbs, stopping = build_callbacks(train_params, validation, callbacks)
     history = head.fit(
         sampler,
-        validation_data=(val_x, np.asarray(val_labels, dtype=np.int32)),
+        validation_data=(val_x, val_y),
         epochs=int(train_params["epochs"]),
         steps_per_epoch=sampler.steps_per_epoch,
         shuffle=False,
@@ -334,7 +416,9 @@ def fit_cached(
         verbose=verbose,
     )
     info = {"mode": "cached", "class_weight": weights, "views": int(train_features.shape[1])}
-    return _finish(head, head, history, stopping, train_params, info)
+    result = _finish(head, head, history, stopping, train_params, info)
+    result.info["collapse"] = _collapse(result, validation, train_labels, train_params, class_names)
+    return result
 
 
 def fit_end_to_end(
@@ -348,8 +432,13 @@ def fit_end_to_end(
     root: str | Path = ".",
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    class_names: Sequence[str] | None = None,
 ) -> TrainResult:
-    """Train image -> probabilities from the files in the manifests, augmenting on-line."""
+    """Train image -> probabilities from the files in the manifests, augmenting on-line.
+
+    With `model.standardize` the head's statistics come from one pass of the frozen
+    backbone over the plain (not augmented) training images.
+    """
     from petscan import features as pfeatures
     from petscan import model as pmodel
 
@@ -373,13 +462,27 @@ def fit_end_to_end(
     labels = train_frame["label"].to_numpy(dtype=np.int64)
     weights = losses.class_weights(labels, train_params.get("class_weight"), num_classes)
     unfreeze = int(train_params.get("unfreeze_top_layers", 0) or 0)
+    train_features = None
+    if model_params.get("standardize", True):
+        plain = pfeatures.image_dataset(train_frame, size, resize_mode, batch, root=str(root))
+        extractor = pmodel.build_feature_extractor(model_params, weights_path)
+        train_features = extractor.predict(plain, verbose=0)
     strategy = distribution_strategy()
     with strategy.scope():
+        head = pmodel.build_head(
+            backbone_spec(model_params["backbone"]).feature_dim,
+            num_classes,
+            model_params,
+            seed=seed,
+            train_features=train_features,
+        )
         model = pmodel.build_full_model(
-            model_params, num_classes, weights_path, trainable_backbone_layers=unfreeze
+            model_params, num_classes, weights_path, head=head, trainable_backbone_layers=unfreeze
         )
         compile_model(model, train_params, num_classes)
-    cbs, stopping = build_callbacks(train_params, callbacks)
+    val_labels = val_frame["label"].to_numpy(dtype=np.int64)
+    validation = ValidationAUC(val_ds, val_labels, num_classes)
+    cbs, stopping = build_callbacks(train_params, validation, callbacks)
     history = model.fit(
         train_ds,
         validation_data=val_ds,
@@ -395,22 +498,101 @@ def fit_end_to_end(
         "unfreeze_top_layers": unfreeze,
         "replicas": int(strategy.num_replicas_in_sync),
     }
-    return _finish(model, None, history, stopping, train_params, info)
+    result = _finish(model, None, history, stopping, train_params, info)
+    result.info["collapse"] = _collapse(result, validation, labels, train_params, class_names)
+    return result
+
+
+# --------------------------------------------------------------------------- collapse alarm
+def check_collapse(
+    val_proba: np.ndarray,
+    train_labels: np.ndarray,
+    train_accuracy: Sequence[float],
+    class_names: Sequence[str],
+    settings: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Whether the head collapsed, and the numbers that say so.
+
+    Two signs, from `train.collapse`: one class takes at least `max_class_share` of the
+    validation predictions, or the best training accuracy of any epoch stays within
+    `prior_margin` of the share of the largest training class (what predicting that
+    class for every image scores). `message` says it in plain words ("" when fine).
+    """
+    settings = settings or {}
+    max_share = float(settings.get("max_class_share", 0.95))
+    margin = float(settings.get("prior_margin", 0.02))
+    predicted = np.asarray(val_proba).argmax(axis=1)
+    counts = np.bincount(predicted, minlength=len(class_names))
+    top = int(counts.argmax())
+    share = float(counts[top] / max(len(predicted), 1))
+    prior = float(np.bincount(np.asarray(train_labels), minlength=len(class_names)).max())
+    prior /= max(len(train_labels), 1)
+    best_accuracy = float(np.nanmax(train_accuracy)) if len(train_accuracy) else math.nan
+    single_class = share >= max_share
+    at_prior = not best_accuracy > prior + margin
+    reasons = []
+    if single_class:
+        reasons.append(
+            f"the head predicts '{class_names[top]}' for {counts[top]} of {len(predicted)} "
+            f"validation images ({share:.0%})"
+        )
+    if at_prior:
+        reasons.append(
+            f"its best training accuracy {best_accuracy:.3f} never left the class prior "
+            f"{prior:.3f} (predicting the largest class for every image)"
+        )
+    message = ""
+    if reasons:
+        message = (
+            "COLLAPSE: "
+            + "; ".join(reasons)
+            + ". The model has not learned to tell the classes apart: check the features' "
+            "health in data/features/*.json, model.standardize and the learning rate."
+        )
+    return {
+        "collapsed": bool(reasons),
+        "val_majority_class": class_names[top],
+        "val_majority_share": share,
+        "train_accuracy_max": best_accuracy,
+        "train_class_prior": prior,
+        "message": message,
+    }
+
+
+def _collapse(
+    result: TrainResult,
+    validation: ValidationAUC,
+    train_labels: np.ndarray,
+    train_params: dict[str, Any],
+    class_names: Sequence[str] | None,
+) -> dict[str, Any]:
+    """`check_collapse` of the trained (restored) model on the validation data."""
+    names = list(class_names or (f"class {c}" for c in range(validation.num_classes)))
+    accuracy = result.history["accuracy"].to_numpy() if "accuracy" in result.history else []
+    return check_collapse(
+        validation.probabilities(), train_labels, accuracy, names, train_params.get("collapse")
+    )
 
 
 # --------------------------------------------------------------------------- outputs
 def save_model(model: keras.Model, path: str | Path) -> Path:
-    """Save a `.keras` file atomically (a reader never sees half a model)."""
+    """Save a `.keras` file atomically (a reader never sees half a model), byte-reproducible."""
+    from petscan.model import make_reproducible
+
     path = Path(path)
     with io.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
+        make_reproducible(tmp)
     return path
 
 
 def save_outputs(
     result: TrainResult, full_model: keras.Model, out_dir: str | Path, extra: dict | None = None
 ) -> dict[str, Path]:
-    """Write `model.keras`, `history.csv` and `train.json` into `out_dir`."""
+    """Write `model.keras`, `history.csv` and `train.json` (with the model's sha256) into
+    `out_dir`. Same inputs, same bytes: nothing run-dependent (times, run ids) goes in."""
+    from petscan.weights import sha256_file
+
     out_dir = Path(out_dir)
     paths = {
         "model": out_dir / "model.keras",
@@ -419,14 +601,15 @@ def save_outputs(
     }
     save_model(full_model, paths["model"])
     io.write_csv(paths["history"], result.history)
-    io.write_json(paths["summary"], {**result.summary(), **(extra or {})})
+    model_sha256 = sha256_file(paths["model"])
+    io.write_json(
+        paths["summary"], {**result.summary(), **(extra or {}), "model_sha256": model_sha256}
+    )
     return paths
 
 
 # --------------------------------------------------------------------------- the stage
 def _check_feature_dim(dim: int, model_params: dict[str, Any], features_dir: Path) -> None:
-    from petscan.backbones import backbone_spec
-
     expected = backbone_spec(model_params["backbone"]).feature_dim
     if dim != expected:
         raise ValueError(
@@ -444,11 +627,10 @@ def run_train(
     `split.out_dir`, `featurize.out_dir` and (end_to_end) `featurize.augmentation`; all
     of it is logged as the run's params. Returns the contents of `train.json`.
     """
-    import os
-
     import mlflow
 
     from petscan import config, tracking
+    from petscan.redact import redact_text
     from petscan.weights import load_weights_meta, weights_file
 
     root = Path(root)
@@ -462,9 +644,10 @@ def run_train(
     weights_dir = root / params["weights"]["dir"]
     weights_meta = load_weights_meta(weights_dir)
     weights_path = weights_file(weights_dir)
-    tags = tracking.run_tags(list(manifests.values()), weights_meta)
-    run_name = os.environ.get("DVC_EXP_NAME") or None
+    tags = tracking.run_tags(split_dir, weights_meta)
+    run_name = tracking.run_name("train", tags)
     with tracking.start_training_run(params["mlflow"], params, tags, run_name=run_name) as run:
+        tracking.log_datasets(run.info.run_id, split_dir, root)
         logger = tracking.MlflowEpochLogger(run.info.run_id)
         if mode == "cached":
             result, full = _train_cached(params, root, manifests, weights_path, logger, verbose)
@@ -472,31 +655,35 @@ def run_train(
             result = _train_end_to_end(params, root, manifests, weights_path, logger, verbose)
             full = result.model
         extra = {
-            "mlflow_run_id": run.info.run_id,
-            "mlflow_experiment_id": run.info.experiment_id,
             "mode": mode,
             "random_init": bool(weights_meta.get("random_init", False)),
             "backbone": model_params["backbone"],
             "backbone_label": weights_meta.get("label"),
-            "weights_source": weights_meta.get("source"),
+            "weights_source": redact_text(str(weights_meta.get("source"))),
             "class_names": class_names,
             "seed": int(train_params.get("seed", 0)),
         }
         paths = save_outputs(result, full, root / train_params["out_dir"], extra)
-        summary = {**result.summary(), **extra}
+        summary = {**io.read_json(paths["summary"]), "mlflow_run_id": run.info.run_id}
+        mlflow.set_tag("model_sha256", summary["model_sha256"])  # evaluate and plot find the run
         mlflow.log_metrics(
             {k: float(v) for k, v in summary.items() if k.startswith(("best_", "epochs_run"))}
         )
+        _record_collapse(result.info["collapse"])
         mlflow.log_artifact(str(paths["history"]))
         mlflow.log_artifact(str(paths["summary"]))
         example = [str(root / pd.read_csv(manifests["val"])["path"].iloc[0])]
-        tracking.log_keras_model(
+        info = tracking.log_keras_model(
             paths["model"],
             params["mlflow"],
             class_names,
             model_params,
             input_example=example,
             max_pixels=params.get("split", {}).get("max_pixels"),
+        )
+        version_tags = {**tags, "model_sha256": summary["model_sha256"]}
+        summary["registered_version"] = tracking.register_version(
+            info, params["mlflow"], version_tags
         )
     return summary
 
@@ -520,8 +707,17 @@ def _train_cached(params, root, manifests, weights_path, logger, verbose):
         num_classes,
         callbacks=[logger],
         verbose=verbose,
+        class_names=_class_names(params),
     )
-    full = pmodel.build_full_model(params["model"], num_classes, weights_path, head=result.head)
+    train_meta = io.read_json(features_dir / "train.json")
+    _log_feature_health(train_meta)
+    full = pmodel.build_full_model(
+        params["model"],
+        num_classes,
+        weights_path,
+        head=result.head,
+        precision=train_meta.get("precision", "float32"),  # what the head's features saw
+    )
     return result, full
 
 
@@ -539,7 +735,33 @@ def _train_end_to_end(params, root, manifests, weights_path, logger, verbose):
         root=root,
         callbacks=[logger],
         verbose=verbose,
+        class_names=_class_names(params),
     )
+
+
+def _record_collapse(collapse: dict[str, Any]) -> None:
+    """Warn in plain words and tag the MLflow run when the head collapsed."""
+    import mlflow
+
+    mlflow.set_tag("collapse", str(collapse["collapsed"]).lower())
+    mlflow.log_metrics(
+        {
+            "collapse/val_majority_share": collapse["val_majority_share"],
+            "collapse/train_accuracy_max": collapse["train_accuracy_max"],
+            "collapse/train_class_prior": collapse["train_class_prior"],
+        }
+    )
+    if collapse["collapsed"]:
+        log.warning(collapse["message"])
+
+
+def _log_feature_health(train_meta: dict[str, Any]) -> None:
+    """The cached training features' health (scale, constant dimensions) as run params."""
+    import mlflow
+
+    health = train_meta.get("health") or {}
+    mlflow.log_params({f"features.health.{k}": f"{v:.4g}" for k, v in health.items()})
+    mlflow.log_param("features.precision", train_meta.get("precision", "float32"))
 
 
 def _class_names(params: dict[str, Any]) -> list[str]:

@@ -14,13 +14,19 @@ source and why it failed, `random` writes a seeded random-init backbone in the s
 format (labelled loudly, see `is_random_init`), `imagenet` asks Keras for its ImageNet
 weights (needs internet access).
 
-Downloads use only the standard library: a `.part` file resumed with HTTP Range requests,
-retried, verified against `weights.sha256` and renamed into place only when complete, so a
-stopped or corrupt download never leaves a file that looks finished.
+Downloads use only the standard library and trust nothing they are sent: https only, no
+redirect to another host (except between Google Drive's own hosts) or to http, at most
+`weights.max_download_mb` within `weights.deadline_s`, a `.part` file resumed with HTTP
+Range + If-Range requests, verified against the pinned sha256 that every remote source
+needs, and renamed into place only when complete, so a stopped or corrupt download never
+leaves a file that looks finished. Kaggle archives are read member by member, never
+extracted by the members' own names. Error messages describe a wrong file by its type and
+size, never by its content, and show URLs without credentials or query (`redact`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import html
 import http.client
@@ -30,6 +36,8 @@ import logging
 import os
 import re
 import socket
+import ssl
+import stat
 import tempfile
 import time
 import urllib.error
@@ -37,7 +45,6 @@ import urllib.parse
 import urllib.request
 import zipfile
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -48,6 +55,7 @@ from tqdm.auto import tqdm
 
 from petscan import backbones, config
 from petscan.io import read_json, write_json
+from petscan.redact import redact_text, redact_url, redact_values
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +71,13 @@ SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
     "kaggle": ("dataset", "file"),
     "huggingface": ("repo_id", "filename"),
 }
+REMOTE_SOURCES = ("url", "kaggle", "huggingface")  # these need a pinned sha256
 CHUNK = 1 << 20
+MB = 1 << 20  # weights.max_download_mb counts these
 USER_AGENT = "petscan-fetch-weights/0.1 (+python urllib)"
 _CANDIDATE = ".weights.candidate.h5"  # Keras wants an .h5 name to load the legacy format
 _DRIVE_HOSTS = {"drive.google.com", "docs.google.com", "drive.usercontent.google.com"}
+_DRIVE_SUFFIX = ".googleusercontent.com"  # doc-0s-...-docs.googleusercontent.com serves files
 
 
 class WeightsError(RuntimeError):
@@ -217,6 +228,108 @@ def html_title(page: str | bytes) -> str:
 # --------------------------------------------------------------------------- HTTP download
 
 
+def is_drive_host(host: str | None) -> bool:
+    """Google Drive's own hosts, the only ones whose HTML pages are parsed for a download
+    link and between which a redirect may change host."""
+    host = (host or "").lower()
+    return host in _DRIVE_HOSTS or host.endswith(_DRIVE_SUFFIX)
+
+
+def check_remote_url(url: str, previous: str | None = None) -> None:
+    """Refuse a URL that is not https, or that moves to another host than `previous`
+    (except between Google Drive's hosts). Raises `SourceError`."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        why = "a redirect" if previous else "the URL"
+        raise SourceError(
+            f"{why} leads to {redact_url(url)!r}: only https:// downloads are allowed "
+            "(for a file you placed yourself use a `file` source)"
+        )
+    if previous is None:
+        return
+    before = urllib.parse.urlsplit(previous)
+    same = (parts.hostname, parts.port) == (before.hostname, before.port)
+    if not same and not (is_drive_host(before.hostname) and is_drive_host(parts.hostname)):
+        raise SourceError(
+            f"refused a redirect from {before.hostname} to another host ({parts.hostname}): "
+            "only Google Drive's own hosts may hand a download on"
+        )
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only when `check_remote_url` accepts it (https, same host)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        check_remote_url(newurl, req.full_url)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def make_ssl_context(ca_bundle: str | Path | None = None) -> ssl.SSLContext:
+    """The system's trusted certificates plus, if given, those of `ca_bundle` (a PEM file;
+    `weights.ca_bundle`, for a proxy that re-signs TLS). Host names are always checked."""
+    context = ssl.create_default_context()
+    if ca_bundle:
+        context.load_verify_locations(cafile=str(ca_bundle))
+    return context
+
+
+def https_opener(ssl_context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
+    """An opener that speaks only https: no http, file, ftp or data handler, checked
+    redirects, cookies (Google Drive's confirmation needs them)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (
+        urllib.request.ProxyHandler(),
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPSHandler(context=ssl_context or make_ssl_context()),
+        urllib.request.HTTPDefaultErrorHandler(),
+        _CheckedRedirects(),
+        urllib.request.HTTPErrorProcessor(),
+        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
+    ):
+        opener.add_handler(handler)
+    return opener
+
+
+class _Budget:
+    """The size cap and the overall deadline of one download."""
+
+    def __init__(self, max_bytes: int | None, deadline_s: float | None) -> None:
+        self.max_bytes = int(max_bytes) if max_bytes else None
+        self.deadline_s = float(deadline_s) if deadline_s else None
+        self.ends = time.monotonic() + self.deadline_s if self.deadline_s else None
+
+    def left(self) -> float:
+        """Seconds until the deadline (infinite without one)."""
+        return max(0.0, self.ends - time.monotonic()) if self.ends is not None else float("inf")
+
+    def timeout(self, per_read_s: float) -> float:
+        """The socket timeout for the next request; `SourceError` once the deadline passed."""
+        self.check_time(None)
+        if self.ends is None:
+            return per_read_s
+        return max(0.1, min(per_read_s, self.ends - time.monotonic()))
+
+    def check_time(self, part: Path | None) -> None:
+        if self.ends is not None and time.monotonic() > self.ends:
+            kept = (
+                f"; {part.stat().st_size} bytes are kept in {part.name} to resume"
+                if (part is not None and part.exists())
+                else ""
+            )
+            raise SourceError(
+                f"the download took longer than weights.deadline_s = {self.deadline_s:g} s{kept}"
+            )
+
+    def check_size(self, size: int, part: Path, what: str) -> None:
+        """`SourceError` (and the part file deleted) when `size` bytes exceed the cap."""
+        if self.max_bytes is not None and size > self.max_bytes:
+            _drop_part(part)
+            raise SourceError(
+                f"{what} {size} bytes, more than weights.max_download_mb "
+                f"({self.max_bytes / MB:g} MB); the download was deleted"
+            )
+
+
 def download(
     url: str,
     dest: str | Path,
@@ -226,30 +339,38 @@ def download(
     timeout_s: float = 30.0,
     retry_wait_s: float = 1.0,
     progress: bool = True,
+    max_bytes: int | None = None,
+    deadline_s: float | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> str:
-    """Download `url` to `dest` and return the file's sha256.
+    """Download the https `url` to `dest` and return the file's sha256.
 
     Bytes go to `<dest>.<key>.part` (one per URL); an interrupted attempt is resumed with
-    an HTTP Range request when the server allows it, up to `retries` more attempts. The
-    part file is renamed to `dest` only when complete and, if `sha256` is given, matching
-    it; a mismatching part file is deleted. Raises `SourceError` with the reason.
+    an HTTP Range request guarded by `If-Range` (the ETag or Last-Modified recorded when
+    the part was started, so a changed file restarts from zero), up to `retries` more
+    attempts. At most `max_bytes` are accepted and the whole download, retries included,
+    stops after `deadline_s` seconds. A body shorter than its Content-Length is
+    incomplete; a body without Content-Length is complete only when it matches `sha256`.
+    The part file is renamed to `dest` only when complete and, if `sha256` is given,
+    matching it. Raises `SourceError` with the reason.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     url = normalize_url(url)
+    check_remote_url(url)
     key = hashlib.sha1(url.encode()).hexdigest()[:10]
     part = dest.with_name(f"{dest.name}.{key}.part")
-    opener = urllib.request.build_opener(
-        urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar())
-    )
+    opener = https_opener(ssl_context)
+    budget = _Budget(max_bytes, deadline_s)
+    shown = redact_url(url)
     errors: list[str] = []
     resolved = [url]  # after a Drive confirmation page, retries go straight to the file
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(min(retry_wait_s * 2 ** (attempt - 1), 30.0))
-            log.info("retrying %s (attempt %d of %d)", url, attempt + 1, retries + 1)
+            time.sleep(min(retry_wait_s * 2 ** (attempt - 1), 30.0, budget.left()))
+            log.info("retrying %s (attempt %d of %d)", shown, attempt + 1, retries + 1)
         try:
-            _download_once(opener, resolved, part, timeout_s, progress)
+            _download_once(opener, resolved, part, timeout_s, progress, budget, sha256)
             break
         except (_RetryableError, OSError, http.client.HTTPException) as exc:
             errors.append(_error_text(exc))
@@ -257,8 +378,9 @@ def download(
                 raise SourceError(f"HTTP {exc.code} {exc.reason}") from None
             if isinstance(getattr(exc, "reason", None), socket.gaierror):
                 raise SourceError(
-                    f"cannot resolve the host of {url} ({exc.reason}): is this machine offline?"
+                    f"cannot resolve the host of {shown} ({exc.reason}): is this machine offline?"
                 ) from None
+            budget.check_time(part)
     else:
         kept = f"; the partial file {part} is kept to resume next time" if part.exists() else ""
         raise SourceError(
@@ -266,71 +388,163 @@ def download(
         )
     digest = sha256_file(part)
     if sha256 and digest != sha256.lower():
-        part.unlink(missing_ok=True)
+        _drop_part(part)
         raise SourceError(
             f"sha256 mismatch: got {digest}, expected {sha256} (weights.sha256); "
             "the download was deleted"
         )
+    _resume_file(part).unlink(missing_ok=True)
     os.replace(part, dest)
     return digest
 
 
-def _download_once(opener, resolved: list[str], part: Path, timeout_s: float, progress: bool):
-    """One attempt: append to `part` from where it stops (Range) or start again.
+def _download_once(
+    opener, resolved: list[str], part: Path, timeout_s: float, progress: bool, budget, sha256
+) -> None:
+    """One attempt: append to `part` from where it stops (Range + If-Range) or start again.
 
     `resolved[0]` is the URL to ask; a followed Drive confirmation page replaces it."""
     for _hop in range(3):  # Google Drive may put an interstitial page before the file
         url = resolved[0]
-        have = part.stat().st_size if part.exists() else 0
+        have, validator = _resumable_part(part, budget)
         headers = {"User-Agent": USER_AGENT}
         if have:
             headers["Range"] = f"bytes={have}-"
+            headers["If-Range"] = validator
         try:
-            resp = opener.open(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+            resp = opener.open(
+                urllib.request.Request(url, headers=headers), timeout=budget.timeout(timeout_s)
+            )
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # the part is no prefix the server knows: restart
-                part.unlink(missing_ok=True)
+                _drop_part(part)
                 raise _RetryableError("server refused to resume (HTTP 416); restarting") from None
             raise
         with resp:
             if resp.headers.get_content_type() == "text/html":
                 page = resp.read(2_000_000).decode("utf-8", errors="replace")
-                next_url = gdrive_confirm_url(page, resp.geturl())
+                next_url = _drive_confirmation(page, resp.geturl())
                 if next_url and next_url != url:
+                    check_remote_url(next_url, resp.geturl())
                     log.info("following the Google Drive download confirmation")
                     resolved[0] = next_url
                     continue
+                title = html_title(page)
                 raise SourceError(
-                    f"the server sent an HTML page (title: {html_title(page)!r}), not the "
+                    f"the server sent an HTML page (title: {title[:80]!r}), not the "
                     "weights file: the link may be private, wrong or over its download quota"
                 )
-            _stream_to_part(resp, part, have, url, progress)
-            return
+            complete = _stream_to_part(resp, part, have, url, progress, budget)
+        if not complete:  # no Content-Length: only the checksum can tell a cut body
+            _check_unannounced_length(part, sha256)
+        return
     raise SourceError("too many Google Drive confirmation pages")
 
 
-def _stream_to_part(resp, part: Path, have: int, url: str, progress: bool) -> None:
+def _drive_confirmation(page: str, page_url: str) -> str | None:
+    """The download URL behind a Google Drive interstitial; None for any other page (the
+    HTML of other hosts is never searched for links)."""
+    if not is_drive_host(urllib.parse.urlsplit(page_url).hostname):
+        return None
+    return gdrive_confirm_url(page, page_url)
+
+
+def _stream_to_part(resp, part: Path, have: int, url: str, progress: bool, budget) -> bool:
+    """Write the body into `part`; True when its length was announced (and received)."""
     if have and resp.status == 206:
         start = _content_range_start(resp.headers.get("Content-Range"))
-        if start != have:
-            part.unlink(missing_ok=True)
-            raise _RetryableError(f"server resumed at byte {start}, not {have}; restarting")
+        if start != have or not _same_file(resp, _resume_file(part)):
+            _drop_part(part)
+            raise _RetryableError(
+                f"server resumed at byte {start} of a file that changed, not at {have}; restarting"
+            )
         mode = "ab"
     else:
         if have:
-            log.info("the server ignores Range requests; downloading from the start")
+            log.info("the server sent the whole file (it changed, or ignores Range): restarting")
         have, mode = 0, "wb"
+        _record_validators(resp, part)
     length = resp.headers.get("Content-Length")
     expected = int(length) if length and length.isdigit() else None
     total = have + expected if expected is not None else None
+    if total is not None:
+        budget.check_size(total, part, "the server announces")
     name = Path(urllib.parse.urlsplit(url).path).name or "weights"
     with (
         part.open(mode) as fh,
         _byte_bar(f"download {name}", total, progress, initial=have) as bar,
     ):
-        got = _pump(resp, fh, bar)
+        got = _pump(resp, fh, bar, budget=budget, already=have, part=part)
     if expected is not None and got < expected:
         raise _RetryableError(f"connection closed after {have + got} of {total} bytes")
+    return expected is not None
+
+
+def _check_unannounced_length(part: Path, sha256: str | None) -> None:
+    """A body sent without Content-Length ends when the connection closes, which a cut
+    connection does too: accept it only when it matches the expected sha256."""
+    size = part.stat().st_size
+    if not sha256:
+        _drop_part(part)
+        raise SourceError(
+            f"the server sent {size} bytes without a Content-Length, so a cut connection "
+            "cannot be told from the end of the file: give the file's sha256"
+        )
+    if sha256_file(part) != sha256.lower():
+        _drop_part(part)
+        raise _RetryableError(
+            f"the {size} bytes sent without a Content-Length do not match the sha256 "
+            "(a cut connection, or another file); restarting"
+        )
+
+
+def _resume_file(part: Path) -> Path:
+    """Beside a part file: the validators (ETag, Last-Modified) of the file it is part of."""
+    return part.with_name(part.name + ".json")
+
+
+def _drop_part(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _resume_file(part).unlink(missing_ok=True)
+
+
+def _record_validators(resp, part: Path) -> None:
+    """Keep what identifies this version of the file, for `If-Range` on a resume."""
+    etag = resp.headers.get("ETag")
+    validators = {
+        "etag": etag if etag and not etag.startswith("W/") else None,  # If-Range: strong only
+        "last_modified": resp.headers.get("Last-Modified"),
+    }
+    if any(validators.values()):
+        write_json(_resume_file(part), validators)
+    else:
+        _resume_file(part).unlink(missing_ok=True)
+
+
+def _resumable_part(part: Path, budget: _Budget) -> tuple[int, str | None]:
+    """(bytes to keep, If-Range value); (0, None) after deleting a part that cannot be
+    resumed safely: no recorded validator, or not below the size cap."""
+    if not part.exists():
+        return 0, None
+    have = part.stat().st_size
+    validators = {}
+    with contextlib.suppress(OSError, ValueError):
+        validators = read_json(_resume_file(part))
+    validator = validators.get("etag") or validators.get("last_modified")
+    capped = budget.max_bytes is not None and have >= budget.max_bytes
+    if not have or not validator or capped:
+        _drop_part(part)
+        return 0, None
+    return have, str(validator)
+
+
+def _same_file(resp, resume_file: Path) -> bool:
+    """False when a 206 answer names another ETag than the one the part was started with."""
+    with contextlib.suppress(OSError, ValueError):
+        recorded = read_json(resume_file).get("etag")
+        sent = resp.headers.get("ETag")
+        return not (recorded and sent) or recorded == sent
+    return True
 
 
 def _content_range_start(value: str | None) -> int | None:
@@ -347,7 +561,7 @@ def _error_text(exc: BaseException) -> str:
         return f"HTTP {exc.code} {exc.reason}"
     if isinstance(exc, urllib.error.URLError):
         return f"cannot reach the server ({exc.reason})"
-    return str(exc) or type(exc).__name__
+    return redact_text(str(exc)) or type(exc).__name__
 
 
 # --------------------------------------------------------------------------- checking files
@@ -383,11 +597,13 @@ def describe_file(path: str | Path) -> str:
         return "a zip archive, not HDF5 (extract the .h5 file from it)"
     if head.startswith(b"\x1f\x8b"):
         return "a gzip file, not HDF5 (decompress it first)"
+    # Never quote the bytes: a wrong file may hold a secret (a key, a token) and this
+    # text goes into logs and CI output.
     sample = head[:200]
     if sample.isascii() and all(c >= 32 or c in b"\r\n\t" for c in sample):
-        text = sample.decode().strip().replace("\n", " ")[:80]
-        return f"a text file starting {text!r}, not HDF5"
-    return f"{size} bytes of binary data that is not HDF5 (starts {head[:8].hex(' ')})"
+        kind = "a JSON text file" if sample.lstrip()[:1] in (b"{", b"[") else "a text file"
+        return f"{kind} of {size} bytes, not HDF5"
+    return f"{size} bytes of binary data that is not HDF5"
 
 
 def _describe_h5(path: Path) -> str:
@@ -499,10 +715,39 @@ def _legacy_weights(layer) -> list:
 
 
 def source_name(source: Mapping[str, Any]) -> str:
-    """A short name for messages: `url https://...`, `kaggle owner/set/file`..."""
+    """A short name for messages: `url https://...` (redacted), `kaggle owner/set/file`..."""
     kind = source.get("type", "?")
-    fields = [str(source.get(f)) for f in SOURCE_FIELDS.get(kind, ()) if source.get(f)]
+    fields = [redact_url(str(source.get(f))) for f in SOURCE_FIELDS.get(kind, ()) if source.get(f)]
     return f"{kind} {'/'.join(fields)}".strip()
+
+
+def expected_sha256(source: Mapping[str, Any], weights_params: Mapping[str, Any]) -> str | None:
+    """The source's own `sha256`, else `weights.sha256`."""
+    value = source.get("sha256") or weights_params.get("sha256")
+    return str(value).lower() if value else None
+
+
+def check_pins(source: Mapping[str, Any], weights_params: Mapping[str, Any]) -> None:
+    """A remote source needs a pinned sha256 (the first download is not trusted blindly)
+    and a hub source a pinned revision (a commit hash). Raises `SourceError`."""
+    kind = source.get("type")
+    if kind not in REMOTE_SOURCES:
+        return
+    if not expected_sha256(source, weights_params):
+        raise SourceError(
+            "no sha256 pinned, and a remote file is installed only when its checksum is known: "
+            "the first time, download the file yourself, install it once as a `file` source "
+            "(its sha256 is printed and written to weights.json) or run `sha256sum` on it, then "
+            "set weights.sha256 (or this source's sha256) to that value"
+        )
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", expected_sha256(source, weights_params) or ""):
+        raise SourceError("sha256 must be 64 hexadecimal characters")
+    if kind == "huggingface" and not re.fullmatch(r"[0-9a-f]{40}", str(source.get("revision"))):
+        raise SourceError(
+            f"revision must pin a commit (40 hexadecimal characters), got "
+            f"{source.get('revision')!r}: a branch or tag can be moved; copy the commit hash "
+            "from the repository's history on the hub"
+        )
 
 
 def fetch_source(
@@ -523,6 +768,7 @@ def fetch_source(
     nulls = [f for f in SOURCE_FIELDS[kind] if not source.get(f)]
     if nulls:
         raise SourceError(f"skipped: {', '.join(nulls)} is null")
+    check_pins(source, weights_params)
     fetchers = {
         "file": _fetch_file,
         "url": _fetch_url,
@@ -547,15 +793,26 @@ def _fetch_file(source, dest: Path, *, root: Path, params, progress: bool) -> st
 
 
 def _fetch_url(source, dest: Path, *, root: Path, params, progress: bool) -> str:
+    ca_bundle = params.get("ca_bundle")
     download(
         source["url"],
         dest,
+        sha256=expected_sha256(source, params),
         retries=int(params.get("retries", 3)),
         timeout_s=float(params.get("timeout_s", 30)),
         retry_wait_s=float(params.get("retry_wait_s", 1.0)),
         progress=progress,
+        max_bytes=_max_bytes(params),
+        deadline_s=params.get("deadline_s"),
+        ssl_context=make_ssl_context(resolve_file(ca_bundle, root)) if ca_bundle else None,
     )
-    return f"url:{source['url']}"
+    return f"url:{redact_url(source['url'])}"
+
+
+def _max_bytes(params: Mapping[str, Any]) -> int | None:
+    """`weights.max_download_mb` in bytes; null: no cap."""
+    mb = params.get("max_download_mb")
+    return int(float(mb) * MB) if mb else None
 
 
 def _fetch_kaggle(source, dest: Path, *, root: Path, params, progress: bool) -> str:
@@ -575,25 +832,63 @@ def _fetch_kaggle(source, dest: Path, *, root: Path, params, progress: bool) -> 
             )
         except Exception as exc:
             raise SourceError(f"Kaggle download failed: {exc}") from None
-        got = _kaggle_result(Path(tmp), source["file"])
+        got = _kaggle_result(Path(tmp), source["file"], _max_bytes(params))
         os.replace(got, dest)
     return f"kaggle:{source['dataset']}/{source['file']}"
 
 
-def _kaggle_result(folder: Path, filename: str) -> Path:
-    """The downloaded file; older Kaggle clients deliver `<file>.zip`."""
+def _kaggle_result(folder: Path, filename: str, max_bytes: int | None = None) -> Path:
+    """The downloaded file inside `folder` (a private temporary folder); older Kaggle
+    clients deliver `<file>.zip`, whose member is copied to `folder/<file>`."""
     name = Path(filename).name
-    if (folder / name).is_file():
-        return folder / name
+    target = folder / name
+    if target.is_file() and not target.is_symlink():
+        return target
     archive = folder / f"{name}.zip"
-    if archive.is_file():
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.namelist() if Path(m).name == name] or zf.namelist()[:1]
-            if not members:
-                raise SourceError(f"the Kaggle archive {archive.name} is empty")
-            zf.extract(members[0], folder / "unzipped")
-            return folder / "unzipped" / members[0]
-    raise SourceError(f"the Kaggle client wrote no {name} (found {os.listdir(folder)})")
+    if archive.is_file() and not archive.is_symlink():
+        extract_member(archive, name, target, max_bytes)
+        return target
+    raise SourceError(f"the Kaggle client wrote no {name} (found {sorted(os.listdir(folder))})")
+
+
+def safe_member_name(info: zipfile.ZipInfo) -> str | None:
+    """The normalised name of a regular-file member that stays inside the folder it is
+    extracted to; None for a folder, a symlink, an absolute name or one with `..`."""
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if info.is_dir() or kind not in (0, stat.S_IFREG):  # 0: made on a system without modes
+        return None
+    name = info.filename.replace("\\", "/")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or ".." in parts or not parts:
+        return None
+    return "/".join(parts)
+
+
+def extract_member(archive: Path, name: str, target: Path, max_bytes: int | None = None) -> None:
+    """Copy the archive's regular member whose base name is `name` to `target`.
+
+    A member's own name never becomes a path: only its bytes are read. Members that are
+    links, absolute or climb out with `..` are ignored; several candidates, or none, is
+    an error. At most `max_bytes` are written (a zip bomb stops there)."""
+    with zipfile.ZipFile(archive) as zf:
+        infos = zf.infolist()
+        safe = [(safe_member_name(i), i) for i in infos]
+        matches = [i for n, i in safe if n is not None and n.rsplit("/", 1)[-1] == name]
+        if len(matches) != 1:
+            refused = sum(1 for n, i in safe if n is None and not i.is_dir())
+            raise SourceError(
+                f"the Kaggle archive {archive.name} holds {len(matches)} safe members named "
+                f"{name} ({len(infos)} members, {refused} refused: links, absolute or `..` "
+                "names); expected exactly one"
+            )
+        member = matches[0]
+        if max_bytes is not None and member.file_size > max_bytes:
+            raise SourceError(
+                f"{member.file_size} bytes in the archive, more than weights.max_download_mb"
+            )
+        budget = _Budget(max_bytes, None)
+        with zf.open(member) as src, target.open("wb") as out:
+            _pump(src, out, _byte_bar("unzip", None, False), budget=budget, part=target)
 
 
 def _fetch_huggingface(source, dest: Path, *, root: Path, params, progress: bool) -> str:
@@ -608,7 +903,7 @@ def _fetch_huggingface(source, dest: Path, *, root: Path, params, progress: bool
     except Exception as exc:  # hub errors (offline, 404, gated) have many classes
         raise SourceError(f"Hugging Face download failed: {exc}") from None
     _copy(Path(cached), dest, progress)
-    return f"huggingface:{source['repo_id']}/{source['filename']}"
+    return f"huggingface:{source['repo_id']}/{source['filename']}@{source['revision']}"
 
 
 def _import_optional(module: str, package: str, extra: str):
@@ -647,13 +942,21 @@ def _byte_bar(desc: str, total: int | None, progress: bool, initial: int = 0) ->
     )
 
 
-def _pump(source, sink, bar: tqdm) -> int:
-    """Copy `source` into `sink` in `CHUNK`-byte reads, advancing `bar`; the bytes copied."""
+def _pump(
+    source, sink, bar: tqdm, budget: _Budget | None = None, already: int = 0, part=None
+) -> int:
+    """Copy `source` into `sink` in reads of at most `CHUNK` bytes, advancing `bar`; the
+    bytes copied. With a `budget`, `already + copied` must stay within its size cap and
+    the copy within its deadline (checked after every read)."""
     copied = 0
-    while chunk := source.read(CHUNK):
+    read = getattr(source, "read1", source.read)  # read1: returns what has arrived
+    while chunk := read(CHUNK):
         sink.write(chunk)
         copied += len(chunk)
         bar.update(len(chunk))
+        if budget is not None:
+            budget.check_size(already + copied, part, "the body reached")
+            budget.check_time(part)
     return copied
 
 
@@ -696,12 +999,13 @@ def save_imagenet_backbone(
 
 
 def settings_of(weights_params: Mapping[str, Any], model_params: Mapping[str, Any]) -> dict:
-    """The params that decide which file is installed (timeouts and retries do not)."""
+    """The params that decide which file is installed (timeouts and retries do not), as
+    recorded in weights.json: URLs without credentials or query (`redact`)."""
     return {
         "backbone": model_params["backbone"],
         "input_size": [int(v) for v in model_params["input_size"]],
         "sha256": weights_params.get("sha256"),
-        "sources": [dict(s) for s in weights_params.get("sources") or []],
+        "sources": [redact_values(dict(s)) for s in weights_params.get("sources") or []],
         "fallback": str(weights_params.get("fallback", "none")),
         "seed": weights_params.get("seed"),
     }
@@ -738,7 +1042,7 @@ def fetch_weights(
     candidate = out_dir / _CANDIDATE
     failures: list[str] = []
     try:
-        for source in settings["sources"]:
+        for source in weights_params.get("sources") or []:
             result = _try_source(source, candidate, root, weights_params, settings, progress)
             if isinstance(result, dict):
                 return _install(candidate, out_dir, {**result, **_common(settings)})
@@ -756,15 +1060,16 @@ def _try_source(source, candidate: Path, root: Path, weights_params, settings, p
             source, candidate, root=root, weights_params=weights_params, progress=progress
         )
         digest = sha256_file(candidate)
-        expected = source.get("sha256") or weights_params.get("sha256")
-        if expected and digest != str(expected).lower():
+        expected = expected_sha256(source, weights_params)
+        if expected and digest != expected:
             raise SourceError(f"sha256 mismatch: got {digest}, expected {expected}")
         shape = (*settings["input_size"], 3)
         summary = check_weights(candidate, settings["backbone"], shape)
     except WeightsError as exc:
         candidate.unlink(missing_ok=True)
-        log.info("source %s failed: %s", name, exc)
-        return f"{name}: {exc}"
+        text = redact_text(str(exc))
+        log.info("source %s failed: %s", name, text)
+        return f"{name}: {text}"
     log.info("weights from %s (sha256 %s)", label, digest)
     return {
         "source": label,
@@ -821,7 +1126,10 @@ def _failure_report(settings, failures: list[str], root: Path) -> str:
             "To place the file by hand: add {type: file, path: /path/to/the.h5} to "
             "weights.sources in params.yaml, then rerun."
         )
-    lines.append("Or set weights.fallback: random for a labelled random-init backbone (demo only).")
+    if settings["fallback"] != "random":
+        lines.append(
+            "Or set weights.fallback: random for a labelled random-init backbone (demo only)."
+        )
     return "\n".join(lines)
 
 
@@ -833,7 +1141,6 @@ def _common(settings) -> dict[str, Any]:
         "input_size": settings["input_size"],
         "size_bytes": None,
         "keras_version": keras.__version__,
-        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "settings": settings,
     }
 
@@ -849,7 +1156,7 @@ def _install(candidate: Path, out_dir: Path, meta: dict[str, Any]) -> dict[str, 
     os.replace(candidate, target)
     write_json(out_dir / META_FILE, meta)
     for part in out_dir.glob(f"{_CANDIDATE}.*.part"):  # other URLs' unfinished downloads
-        part.unlink(missing_ok=True)
+        _drop_part(part)
     log.info("wrote %s (%s, %s)", target, meta["label"], meta["source"])
     return meta
 

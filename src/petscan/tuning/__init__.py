@@ -51,7 +51,7 @@ _EXPORTS = {
     "study": ("FailureGuard", "Progress", "check_fingerprint", "open_study", "optimize"),
     "workers": ("run_worker", "spawn_workers", "worker_main"),
     "report": ("best_params", "trials_frame", "write_outputs", "write_plots"),
-    "apply": ("apply_best",),
+    "apply": ("apply_best", "trusted_overrides"),
     "run": ("run_study",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

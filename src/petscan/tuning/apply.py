@@ -1,12 +1,66 @@
-"""`make tune APPLY=1`: write the best values into params.yaml, keeping its comments."""
+"""`make tune APPLY=1`: write the best values into params.yaml, keeping its comments.
+
+The study storage may be shared (a database server, a journal file) and is not trusted:
+the values are rebuilt from the best trial's sampled `params`, each checked against
+`tune.space` of the local params.yaml, and only the keys the space names are written.
+What a trial stored as `user_attrs["overrides"]` is never applied.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from petscan import config, io
+from petscan.tuning.space import Dimension, overrides_from
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+log = logging.getLogger(__name__)
+
+
+def trusted_overrides(
+    trial: FrozenTrial, dims: Sequence[Dimension], num_classes: int
+) -> dict[str, Any]:
+    """{dotted params key: value} of `trial`, rebuilt through the space `dims`.
+
+    Fixed dimensions take their value from the space; every searched one must be in the
+    trial's params and inside its range or choices, else `ValueError` (a changed space
+    or a tampered storage). Other params of the trial and its stored overrides are
+    ignored, with a warning naming the keys that the space does not name.
+    """
+    values: dict[str, Any] = {}
+    for dim in dims:
+        if dim.kind == "fixed":
+            values[dim.name] = dim.value
+            continue
+        if dim.name not in trial.params:
+            raise ValueError(
+                f"trial {trial.number} has no value for tune.space {dim.name} (the space "
+                "changed since it ran?): nothing applied; start a new study with --study NAME"
+            )
+        value = trial.params[dim.name]
+        if not dim.contains(value):
+            raise ValueError(
+                f"trial {trial.number} has {dim.name} = {value!r}, which tune.space cannot "
+                "produce (a changed space, or a tampered study storage): nothing applied"
+            )
+        values[dim.name] = value
+    overrides = overrides_from(values, num_classes)
+    stored = trial.user_attrs.get("overrides")
+    foreign = set(trial.params) - set(values)
+    if isinstance(stored, Mapping):
+        foreign |= set(map(str, stored)) - set(overrides)
+    if foreign:
+        log.warning(
+            "trial %d of the study storage names keys outside tune.space, ignored: %s",
+            trial.number,
+            ", ".join(sorted(foreign)),
+        )
+    return overrides
 
 
 def _round_trip_yaml():
@@ -44,18 +98,24 @@ def _parent_node(data: Any, key: str, params_path: Path) -> tuple[Any, str]:
     return node, leaf
 
 
-def apply_best(best: Mapping[str, Any], params_path: str | Path) -> dict[str, tuple[Any, Any]]:
+def apply_best(
+    best: Mapping[str, Any], params_path: str | Path, allowed: Collection[str] | None = None
+) -> dict[str, tuple[Any, Any]]:
     """Write the best values into params.yaml, keeping its comments and layout.
 
     Returns {dotted key: (old, new)} for the values that changed. Lists keep their flow
-    style; every key must already exist in the file.
+    style; every key must already exist in the file and, if `allowed` is given, be one of
+    those dotted keys (`ValueError` before anything is written).
     """
     params_path = Path(params_path)
+    flat = config.flatten(dict(best))
+    if allowed is not None and (refused := sorted(set(flat) - set(allowed))):
+        raise ValueError(f"refusing to write {refused} into {params_path}: not keys of tune.space")
     rt = _round_trip_yaml()
     with params_path.open() as fh:
         data = rt.load(fh)
     changed: dict[str, tuple[Any, Any]] = {}
-    for key, value in config.flatten(dict(best)).items():
+    for key, value in flat.items():
         node, leaf = _parent_node(data, key, params_path)
         old = node[leaf]
         plain_old = list(old) if isinstance(old, list) else old

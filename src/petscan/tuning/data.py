@@ -86,7 +86,7 @@ def load_tune_data(root: Path, params: Mapping[str, Any]) -> TuneData:
         class_names=config.class_names(params["data"]),
         meta={
             **_weights_meta(metas["train"]),
-            "manifests": [str(paths["train_manifest"]), str(paths["val_manifest"])],
+            "split_dir": str(paths["train_manifest"].parent),  # tracking.data_hash reads it
             "fingerprint": _data_fingerprint(metas),
         },
     )

@@ -81,10 +81,14 @@ class EpochObjective(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
-        value = objective_value(
-            self.objective, self.y, predict_proba(self.model, self.x), self.class_names
-        )
-        logs[f"val_{self.objective}"] = value
+        key = f"val_{self.objective}"
+        if key in logs:  # training.ValidationAUC already scored these rows this epoch
+            value = float(logs[key])
+        else:
+            value = objective_value(
+                self.objective, self.y, predict_proba(self.model, self.x), self.class_names
+            )
+            logs[key] = value
         self.rows.append({"epoch": int(epoch), **{k: float(v) for k, v in logs.items()}})
         if not math.isfinite(value) or not math.isfinite(float(logs.get("loss", 0.0))):
             self.diverged = True

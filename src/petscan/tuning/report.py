@@ -38,10 +38,10 @@ def _round(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
     return value
 
 
-def best_params(study: optuna.Study) -> dict[str, Any]:
-    """The best trial's overrides in the shape of params.yaml (floats to 4 significant digits)."""
-    best = study.best_trial
-    overrides = best.user_attrs.get("overrides") or best.params
+def best_params(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The best trial's overrides (`apply.trusted_overrides`: rebuilt through the space,
+    never read from the storage as they are) in the shape of params.yaml (floats to 4
+    significant digits)."""
     return nest({k: _round(v) for k, v in overrides.items()})
 
 
@@ -137,16 +137,25 @@ def dump_yaml(obj: Any) -> str:
     return yaml.dump(obj, Dumper=_FlowListDumper, sort_keys=False, default_flow_style=False)
 
 
-def write_best_params(path: Path, study: optuna.Study, settings: TuneSettings) -> dict[str, Any]:
-    """best_params.yaml: a commented params.yaml fragment; returns the fragment."""
+def write_best_params(
+    path: Path,
+    study: optuna.Study,
+    settings: TuneSettings,
+    overrides: Mapping[str, Any],
+    banner: str | None = None,
+) -> dict[str, Any]:
+    """best_params.yaml: a commented params.yaml fragment (with the random-init warning
+    when `banner`); returns the fragment."""
     best = study.best_trial
-    fragment = best_params(study)
+    fragment = best_params(overrides)
     where = "mean over cv folds" if int(settings.cv_folds) >= 2 else "val"
     header = (
         f"# Best trial of Optuna study '{study.study_name}': trial {best.number}, "
         f"{settings.objective} ({where}) = {best.value:.6g}.\n"
         "# Merge into params.yaml with `make tune APPLY=1` (stages/tune.py --apply).\n"
     )
+    if banner:
+        header += f"# WARNING: {banner}\n"
     io.write_text(path, header + dump_yaml(fragment))
     return fragment
 
@@ -158,8 +167,12 @@ def write_outputs(
     banner: str | None = None,
     extra: Mapping[str, Any] | None = None,
     plots: bool = True,
+    best_overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """best_params.yaml, trials.csv, plots/*.png and summary.json under `<root>/<out_dir>`.
+
+    `best_overrides`: the best trial's values as `apply.trusted_overrides` rebuilds them;
+    None writes no best_params.yaml.
 
     Returns {"summary": what summary.json holds, "files": {name: path, "plots": [paths]}}.
     """
@@ -179,9 +192,12 @@ def write_outputs(
     io.write_csv(files["trials"], trials_frame(study))
     if states["complete"]:
         best = study.best_trial
-        files["best_params"] = out_dir / "best_params.yaml"
         summary.update(best_value=best.value, best_trial=best.number)
-        summary["best_params"] = write_best_params(files["best_params"], study, settings)
+    if states["complete"] and best_overrides is not None:
+        files["best_params"] = out_dir / "best_params.yaml"
+        summary["best_params"] = write_best_params(
+            files["best_params"], study, settings, best_overrides, banner
+        )
     files["plots"], notes = (
         write_plots(study, out_dir, banner, settings.objective) if plots else ([], ["not drawn"])
     )

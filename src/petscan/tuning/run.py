@@ -17,13 +17,20 @@ import optuna
 from optuna.trial import TrialState
 
 from petscan import config
-from petscan.tuning.apply import apply_best
+from petscan.tuning.apply import apply_best, trusted_overrides
 from petscan.tuning.data import TuneData, load_tune_data
 from petscan.tuning.objective import Objective
 from petscan.tuning.report import banner_text, write_outputs
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import count_done, resolve_storage, storage_label
-from petscan.tuning.study import FailureGuard, Progress, max_steps, optimize, resume_study
+from petscan.tuning.study import (
+    FailureGuard,
+    Progress,
+    max_steps,
+    optimize,
+    record_backbone,
+    resume_study,
+)
 from petscan.tuning.tracking import Tracker, close_stale_children, parent_run, study_tags
 from petscan.tuning.workers import spawn_workers, worker_spec
 
@@ -34,10 +41,13 @@ def open_tracker(
     storage_url: str,
     data: TuneData,
     study: optuna.Study,
+    root: Path | None = None,
 ) -> Tracker:
     """The study's parent run (found or created) with its stale child runs closed."""
     tags = study_tags(data)
-    experiment_id, parent_id = parent_run(mlflow_params, settings, storage_url, tags)
+    experiment_id, parent_id = parent_run(
+        mlflow_params, settings, storage_url, tags, data.meta["split_dir"], root
+    )
     tracker = Tracker(experiment_id, parent_id, settings.study_name, tags)
     close_stale_children(tracker.client, experiment_id, parent_id, study)
     return tracker
@@ -74,7 +84,8 @@ def run_study(
     objective = Objective(params, data, settings)  # checks the space before anything is stored
     url = resolve_storage(settings, root, workers)
     study = resume_study(settings, url, max_steps(params, settings), data.meta["fingerprint"])
-    tracker = open_tracker(params["mlflow"], settings, url, data, study)
+    record_backbone(study, data.meta)
+    tracker = open_tracker(params["mlflow"], settings, url, data, study, root)
     target = int(settings.n_trials)
     bar = Progress(
         target, count_done(study), settings.direction, settings.study_name, disable=not progress
@@ -106,17 +117,36 @@ def run_study(
             "mlflow_parent_run_id": tracker.parent_run_id,
             "seconds_this_run": round(time.time() - started, 1),
             "random_init": bool(data.meta.get("random_init")),
+            "backbone": data.meta.get("backbone"),
+            "weights_label": data.meta.get("label"),
         }
-        outputs = write_outputs(study, settings, root, banner_text(data.meta), extra, plots)
+        best, refused = _best_overrides(study, objective)
+        if refused:
+            extra["best_params_refused"] = refused
+        outputs = write_outputs(
+            study, settings, root, banner_text(data.meta), extra, plots, best_overrides=best
+        )
         tracker.finish_study(outputs["summary"], outputs["files"], count_done(study), status)
         result = outputs["summary"]
     _raise_if_tripped(guard, study, settings)
     if apply:
+        if refused:
+            raise ValueError(refused)
         if "best_params" not in result:
             raise RuntimeError("no complete trial yet: nothing to apply")
-        changed = apply_best(result["best_params"], params_path or config.PARAMS_FILE)
+        changed = apply_best(result["best_params"], params_path or config.PARAMS_FILE, set(best))
         result["applied"] = {k: list(v) for k, v in changed.items()}
     return result
+
+
+def _best_overrides(study: optuna.Study, objective: Objective) -> tuple[dict | None, str | None]:
+    """(the best trial's values rebuilt through tune.space, None) or (None, why not)."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return None, None
+    try:
+        return trusted_overrides(study.best_trial, objective.dims, objective.num_classes), None
+    except ValueError as err:
+        return None, str(err)
 
 
 def _raise_if_tripped(

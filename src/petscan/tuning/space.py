@@ -20,6 +20,7 @@ rate as phases: `warmup_lr`, `peak_lr`, `decay_lr`, `final_lr` (rates) and
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,19 @@ class Dimension:
         return trial.suggest_float(
             self.name, float(self.low), float(self.high), step=self.step, log=self.log
         )
+
+    def contains(self, value: Any) -> bool:
+        """Whether `value` is one this dimension can produce (a stored trial is checked
+        with it before its values are trusted)."""
+        if self.kind == "fixed":
+            return value == self.value
+        if self.kind == "categorical":
+            return any(value == c and type(value) is type(c) for c in self.choices)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        if self.kind == "int" and int(value) != value:
+            return False
+        return math.isfinite(value) and self.low <= value <= self.high
 
     def lowest(self) -> Any:
         """The smallest value the dimension can take."""

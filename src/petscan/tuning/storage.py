@@ -8,7 +8,6 @@ concurrent writers). Any Optuna storage URL may replace it.
 from __future__ import annotations
 
 import contextlib
-import re
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from petscan.redact import redact_url
 from petscan.tuning.settings import PRUNER_NAMES, TuneSettings
 
 SQLITE_FILE = "optuna.db"
@@ -67,8 +67,8 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
 
 
 def storage_label(url: str) -> str:
-    """The storage URL without a password (for tags and messages)."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The storage URL without a password or query string (for tags and messages)."""
+    return redact_url(url)
 
 
 def make_sampler(

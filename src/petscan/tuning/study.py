@@ -95,6 +95,16 @@ def resume_study(
     return study
 
 
+def record_backbone(study: optuna.Study, meta: Mapping[str, Any]) -> None:
+    """The backbone the cached features came from, as study user attributes (optuna-dashboard
+    shows them): `backbone`, `weights_label` (e.g. "RANDOM-INIT backbone (not RadImageNet)"),
+    `weights_source`, `random_init`."""
+    study.set_user_attr("backbone", meta.get("backbone"))
+    study.set_user_attr("weights_label", meta.get("label"))
+    study.set_user_attr("weights_source", meta.get("source"))
+    study.set_user_attr("random_init", bool(meta.get("random_init")))
+
+
 class FailureGuard:
     """Stops the study after `limit` failed trials in a row (a systematic error)."""
 

@@ -60,8 +60,9 @@ def log_batch(
 
 
 def study_tags(data: TuneData) -> dict[str, str]:
-    """`tracking.run_tags` for the study: code, data manifests, backbone weights."""
-    return tracking.run_tags(data.meta["manifests"], data.meta)
+    """`tracking.run_tags` for the study: code, data manifests, backbone weights (the same
+    `data_manifest_sha256` as the training runs on the same split)."""
+    return tracking.run_tags(data.meta["split_dir"], data.meta)
 
 
 class Tracker:
@@ -145,6 +146,8 @@ def parent_run(
     settings: TuneSettings,
     storage_url: str,
     tags: Mapping[str, str],
+    split_dir: str | Path | None = None,
+    root: str | Path | None = None,
 ) -> tuple[str, str]:
     """(experiment id, parent run id): the study's run, found by tags or created; RUNNING."""
     experiment_id = tracking.configure(dict(mlflow_params))
@@ -176,6 +179,8 @@ def parent_run(
     params = {**tracking.flat_params({"tune": described}), "tune.storage": label}
     log_batch(client, run.info.run_id, params=params)
     client.log_dict(run.info.run_id, settings.space, "tune_space.json")
+    if split_dir is not None:  # the study's data as MLflow datasets (train, validation, test)
+        tracking.log_datasets(run.info.run_id, split_dir, root)
     return experiment_id, run.info.run_id
 
 

@@ -69,8 +69,7 @@ def spawn_workers(
     config_path = (
         Path(spec["root"]) / settings["out_dir"] / f".worker-{settings['study_name']}.json"
     )
-    io.write_json(config_path, spec)
-    os.chmod(config_path, 0o600)  # the storage URL may hold a database password
+    io.write_json(config_path, spec, mode=0o600)  # the storage URL may hold a password
     env = _thread_env(workers)
     command = [sys.executable, "-m", "petscan.tuning", "--config", str(config_path), "--worker"]
     procs = [subprocess.Popen([*command, str(i)], env=env) for i in range(workers)]

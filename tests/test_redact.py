@@ -1,0 +1,46 @@
+"""redact: URLs as they may be recorded (no credentials, no query)."""
+
+from __future__ import annotations
+
+import pytest
+
+from petscan.redact import redact_text, redact_url, redact_values
+from petscan.tuning.storage import storage_label
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("https://user:pw@host/x?token=t#f", "https://user:***@host/x?***"),
+        ("postgresql://:pw@db:5432/optuna", "postgresql://:***@db:5432/optuna"),
+        ("postgresql+psycopg2://u:p%40ss@db/o", "postgresql+psycopg2://u:***@db/o"),
+        ("mysql://u:a/b?c@d@db:3306/o", "mysql://u:***@db:3306/o"),  # a pasted, unescaped password
+        ("https://ghp_TOKEN@github.com/o/r", "https://***@github.com/o/r"),
+        ("mysql://db/optuna?password=pw&x=1", "mysql://db/optuna?***"),
+        ("https://host:8443/p?", "https://host:8443/p?***"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("sqlite:////repo/tune/optuna.db", "sqlite:////repo/tune/optuna.db"),
+        ("/repo/tune/optuna.journal", "/repo/tune/optuna.journal"),
+        ("databricks", "databricks"),
+    ],
+)
+def test_redact_url(url, expected):
+    assert redact_url(url) == expected
+    assert storage_label(url) == expected
+
+
+def test_redact_values_and_text():
+    params = {
+        "mlflow": {"tracking_uri": "https://u:pw@mlflow.example/", "experiment": "e"},
+        "weights": {"sources": [{"type": "url", "url": "https://h/f?sig=S"}], "seed": 1},
+    }
+    assert redact_values(params) == {
+        "mlflow": {"tracking_uri": "https://u:***@mlflow.example/", "experiment": "e"},
+        "weights": {"sources": [{"type": "url", "url": "https://h/f?***"}], "seed": 1},
+    }
+    assert params["weights"]["sources"][0]["url"] == "https://h/f?sig=S"  # a copy
+    text = "cannot open 'postgresql://u:S3CRET@db/o' (timeout); see https://docs/x?a=1."
+    assert (
+        redact_text(text)
+        == "cannot open 'postgresql://u:***@db/o' (timeout); see https://docs/x?***"
+    )
