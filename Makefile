@@ -18,7 +18,7 @@ export PYTHONHASHSEED := 0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-gpu data run test lint format ui tune dashboard bench contact-sheet clean
+.PHONY: help setup setup-gpu data run test lint format ui serve app tune dashboard bench contact-sheet clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,6 +64,12 @@ ui: setup ## Open the MLflow UI on the project's own store (on 127.0.0.1; UI_HOS
 	$(call warn_exposed,the MLflow UI)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root $(CURDIR)/mlruns/artifacts --host '$(UI_HOST)' --port $(PORT)
+
+serve: setup ## MLflow's scoring server on 127.0.0.1 (MODEL=models:/pet-classifier@champion; default: latest)
+	$(BIN)/petscan serve $(if $(MODEL),--model "$(MODEL)")
+
+app: setup ## The web page on 127.0.0.1: drop PET images, see probabilities and Grad-CAM (MODEL=...)
+	$(BIN)/petscan app $(if $(MODEL),--model "$(MODEL)")
 
 tune: setup ## Run or resume the Optuna study on the feature cache (WORKERS=N TRIALS=N APPLY=1)
 	$(BIN)/python stages/tune.py --workers $(WORKERS) $(if $(TRIALS),--trials $(TRIALS)) \

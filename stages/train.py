@@ -1,12 +1,12 @@
 """DVC stage `train`: fit the classifier and log one MLflow run.
 
 Reads the `data`, `model`, `train` and `mlflow` sections of params.yaml, plus
-`weights.dir`, `split.out_dir`, `featurize.out_dir` and `featurize.augmentation`
-(end_to_end mode), and logs all of them as MLflow params. `train.mode: cached` fits the
-dense head on the cached features; `end_to_end` trains from the image files through the
-backbone. Writes into `train.out_dir`: model.keras (image -> probabilities), history.csv
-and train.json (the same bytes for the same inputs), registers the model in MLflow and
-moves `mlflow.alias` to the new version.
+`weights.dir`, `split.out_dir`, `split.max_pixels` (the logged model's pixel limit),
+`featurize.out_dir` and `featurize.augmentation` (end_to_end mode), and logs all of them as
+MLflow params. `train.mode: cached` fits the dense head on the cached features; `end_to_end`
+trains from the image files through the backbone. Writes into `train.out_dir`: model.keras
+(image -> probabilities), history.csv and train.json (the same bytes for the same inputs),
+registers the model in MLflow and moves `mlflow.alias` to the new version.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ SECTIONS = (
     "mlflow",
     "weights.dir",
     "split.out_dir",
+    "split.max_pixels",  # the logged MLflow model refuses larger images
     "featurize.out_dir",
     "featurize.augmentation",
 )

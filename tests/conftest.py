@@ -260,3 +260,25 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     yield root
     while mlflow.active_run() is not None:
         mlflow.end_run()
+
+
+@pytest.fixture(scope="module")
+def mlflow_globals_restored() -> Iterator[None]:
+    """Restore MLflow's process-wide tracking and registry URIs (and the environment
+    variables `mlflow.set_tracking_uri` / `set_registry_uri` export) after a module whose
+    fixtures point MLflow at a store of their own, so later modules see none of it."""
+    import os
+
+    import mlflow.tracking._model_registry.utils as registry
+    import mlflow.tracking._tracking_service.utils as tracking_service
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    environ = {name: os.environ.get(name) for name in names}
+    uris = (tracking_service._tracking_uri, registry._registry_uri)
+    yield
+    tracking_service._tracking_uri, registry._registry_uri = uris
+    for name, value in environ.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

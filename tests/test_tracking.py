@@ -319,8 +319,8 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
             input_example=[str(images[0])],
         )
     assert info.run_id == run.info.run_id
-    assert info.signature.inputs.input_names() == ["path"]
-    assert info.signature.outputs.input_names() == [*CLASSES, "predicted_class"]
+    assert info.signature.inputs.input_names() == ["path", "image"]
+    assert info.signature.outputs.input_names() == [*CLASSES, "predicted_class", "error"]
 
     loaded = mlflow.pyfunc.load_model(info.model_uri)
     out = loaded.predict(pd.DataFrame({"path": [str(p) for p in images]}))

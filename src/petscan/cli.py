@@ -13,6 +13,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "contact-sheet": ("petscan.contact_sheet", "write a PNG with a few images per class"),
     "predict": ("petscan.predict", "class probabilities for an image file or folder"),
     "explain": ("petscan.explain", "Grad-CAM heatmaps of the predictions, as overlay PNGs"),
+    "serve": ("petscan.serve", "MLflow's scoring server for a registered model (make serve)"),
+    "app": ("petscan.app", "the web page: drop images, see probabilities and Grad-CAM (make app)"),
 }
 
 

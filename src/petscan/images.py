@@ -7,12 +7,13 @@ naming the file and what is wrong with it.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -60,18 +61,29 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise ImageError(path, f"cannot read file ({err.strerror})") from err
     if size == 0:
         raise ImageError(path, "empty file (0 bytes)")
+    return _decode(path, path, max_pixels)
+
+
+def open_bytes(data: bytes, name: str, max_pixels: int | None = None) -> Image.Image:
+    """`open_image` for the bytes of an uploaded file; errors name it `name`."""
+    if not data:
+        raise ImageError(name, "empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source: Path | BinaryIO, name: str | Path, max_pixels: int | None) -> Image.Image:
     image = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(path)
+            image = Image.open(source)
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageError(path, f"too large: {width} x {height} pixels (limit {max_pixels})")
+                raise ImageError(name, f"too large: {width} x {height} pixels (limit {max_pixels})")
             frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 raise ImageError(
-                    path,
+                    name,
                     f"{frames} frames (an animation or a stack of images); only single images "
                     "are used: export the one 2D image",
                 )
@@ -79,7 +91,7 @@ def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
     except Exception as err:
         if image is not None:
             image.close()
-        raise _as_image_error(path, err) from err
+        raise _as_image_error(Path(name), err) from err
     return image
 
 
@@ -165,6 +177,15 @@ def load_rgb(path: str | Path, max_pixels: int | None = None) -> np.ndarray:
     image = open_image(path, max_pixels=max_pixels)
     try:
         return to_rgb(image, path)
+    finally:
+        image.close()
+
+
+def load_rgb_bytes(data: bytes, name: str, max_pixels: int | None = None) -> np.ndarray:
+    """Decode the bytes of an image file (e.g. an upload) to 8-bit RGB (H, W, 3)."""
+    image = open_bytes(data, name, max_pixels=max_pixels)
+    try:
+        return to_rgb(image, name)
     finally:
         image.close()
 

@@ -285,6 +285,25 @@ class MlflowParams(Section):
     alias: str | None = "candidate"
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ServeParams(Section):
+    model: str | None = None
+    host: str = "127.0.0.1"
+    port: Port = 5001
+    workers: PositiveInt = 1
+
+
+class AppParams(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    max_upload_mb: PositiveFloat = 20
+    max_batch: PositiveInt = 8
+    batch_wait_ms: NonNegInt = 20
+    overlay_max_side: PositiveInt = 768
+
+
 class EvaluateParams(Section):
     batch_size: PositiveInt = 32
     bootstrap_resamples: NonNegInt = 1000
@@ -350,6 +369,8 @@ class Params(Section):
     featurize: FeaturizeParams = Field(default_factory=FeaturizeParams)
     train: TrainParams = Field(default_factory=TrainParams)
     mlflow: MlflowParams = Field(default_factory=MlflowParams)
+    serve: ServeParams = Field(default_factory=ServeParams)
+    app: AppParams = Field(default_factory=AppParams)
     evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
     explain: ExplainParams = Field(default_factory=ExplainParams)
     plot: PlotParams = Field(default_factory=PlotParams)

@@ -31,10 +31,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities import Metric
-from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
 
-from petscan import config
+from petscan import config, pyfunc_model
+from petscan.pyfunc_model import PetscanKerasModel  # noqa: F401  (predict checks the type)
 from petscan.redact import redact_text, redact_values
 
 STORE_DIR = "mlruns"
@@ -416,62 +415,6 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 # --------------------------------------------------------------------------- the model
 
 
-def _load_keras(path: str | Path) -> keras.Model:
-    try:
-        from petscan.model import load_model
-    except ImportError:
-        return keras.models.load_model(path, safe_mode=True)
-    return load_model(path)
-
-
-class PetscanKerasModel(mlflow.pyfunc.PythonModel):
-    """A `.keras` image classifier as an MLflow pyfunc.
-
-    Input: a DataFrame with a `path` column of image files (decoded and resized with
-    `petscan.images.load_resized`), or a float32 array (N, H, W, 3) in [0, 255]
-    (arrays bypass the logged `path` signature: call
-    `loaded.unwrap_python_model().predict(None, x)`).
-    Output: one probability column per class and `predicted_class`.
-    The model config holds `class_names`, `input_size` and `resize`.
-    """
-
-    batch_size = 32
-
-    def load_context(self, context):
-        self.config = dict(context.model_config or {})
-        self.class_names = list(self.config["class_names"])
-        self.input_size = tuple(int(v) for v in self.config["input_size"])
-        self.resize = self.config.get("resize", "stretch")
-        self.keras_model = _load_keras(context.artifacts["keras_model"])
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        # (arrays are accepted too; the DataFrame hint only tells MLflow not to infer a schema)
-        from petscan.predict import predict_paths, probabilities_frame
-
-        if isinstance(model_input, pd.DataFrame):
-            if "path" not in model_input.columns:
-                raise ValueError("input DataFrame needs a 'path' column of image files")
-            paths = [str(p) for p in model_input["path"]]
-            frame = predict_paths(
-                self.keras_model, paths, self.class_names, self.input_size, self.resize,
-                batch_size=self.batch_size,
-            )  # fmt: skip
-            return frame.drop(columns="path")
-        x = np.asarray(model_input, dtype=np.float32)
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"expected images of shape (N, H, W, 3), got {x.shape}")
-        proba = self.keras_model.predict(x, batch_size=self.batch_size, verbose=0)
-        return probabilities_frame(proba, self.class_names)
-
-
-def model_signature(class_names: Sequence[str]) -> ModelSignature:
-    inputs = Schema([ColSpec("string", "path")])
-    outputs = Schema(
-        [ColSpec("double", c) for c in class_names] + [ColSpec("string", "predicted_class")]
-    )
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
 def pip_requirements() -> list[str]:
     """The installed versions of what the pyfunc needs (plus the petscan package itself)."""
     names = ["mlflow", "keras", "tensorflow-cpu", "tensorflow", "numpy", "pandas", "pillow"]
@@ -482,16 +425,6 @@ def pip_requirements() -> list[str]:
     return pins
 
 
-def _example_frame(input_example: Any) -> pd.DataFrame | None:
-    if input_example is None:
-        return None
-    if isinstance(input_example, pd.DataFrame):
-        return input_example
-    if isinstance(input_example, (str, Path)):
-        input_example = [input_example]
-    return pd.DataFrame({"path": [str(p) for p in input_example]})
-
-
 def log_keras_model(
     model_path: str | Path,
     mlflow_params: dict[str, Any],
@@ -499,11 +432,15 @@ def log_keras_model(
     model_params: dict[str, Any],
     input_example: Any = None,
     name: str = "model",
+    max_pixels: int | None = None,
 ):
     """Log a `.keras` classifier as a pyfunc into the active run and register it.
 
-    `input_example`: image paths (or a DataFrame with a `path` column) that exist now;
-    MLflow predicts on them to check the model. Registered under
+    Logged as MLflow "models from code" (`petscan/pyfunc_code.py`, see `petscan.pyfunc_model`)
+    with the Keras file as the artifact `keras_model` (`artifacts/model.keras`).
+    `input_example`: image paths (or a DataFrame with `path`/`image` columns) that exist
+    now; MLflow predicts on them to check the model. `max_pixels` (`split.max_pixels`):
+    larger images are answered with an error. Registered under
     `mlflow_params["registered_model"]` unless that is empty. Returns the ModelInfo.
     """
     model_path = Path(model_path)
@@ -517,14 +454,15 @@ def log_keras_model(
         "resize": model_params["resize"],
         "backbone": model_params["backbone"],
         "preprocessing": model_params["preprocessing"],
+        "max_pixels": None if max_pixels is None else int(max_pixels),
     }
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=PetscanKerasModel(),
-        artifacts={"keras_model": str(model_path)},
+        python_model=str(pyfunc_model.CODE_FILE),
+        artifacts={pyfunc_model.KERAS_ARTIFACT: str(model_path)},
         model_config=model_config,
-        signature=model_signature(class_names),
-        input_example=_example_frame(input_example),
+        signature=pyfunc_model.model_signature(class_names),
+        input_example=pyfunc_model.example_frame(input_example),
         pip_requirements=pip_requirements(),
         metadata={"petscan": "requires the petscan package (pip install -e <repo>)"},
         registered_model_name=mlflow_params["registered_model"] or None,

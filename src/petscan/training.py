@@ -675,7 +675,12 @@ def run_train(
         mlflow.log_artifact(str(paths["summary"]))
         example = [str(root / pd.read_csv(manifests["val"])["path"].iloc[0])]
         info = tracking.log_keras_model(
-            paths["model"], params["mlflow"], class_names, model_params, input_example=example
+            paths["model"],
+            params["mlflow"],
+            class_names,
+            model_params,
+            input_example=example,
+            max_pixels=params.get("split", {}).get("max_pixels"),
         )
         version_tags = {**tags, "model_sha256": summary["model_sha256"]}
         summary["registered_version"] = tracking.register_version(

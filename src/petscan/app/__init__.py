@@ -1,0 +1,190 @@
+"""`petscan app`: a web page where a researcher drops PET images and sees why.
+
+For each image: the class probabilities, the predicted class, the Grad-CAM overlay of
+that class, and the model version and MLflow run that answered; the results download as
+CSV. The page is plain HTML, CSS and JavaScript shipped in this package (`static/`), so it
+works with no internet. Served with FastAPI and uvicorn on `app.host` (127.0.0.1).
+
+API (what the page uses):
+- `GET /api/info`: the model (URI, name, version, run, random-init), classes, limits.
+- `POST /api/predict?name=<file name>`: the body is the bytes of one image file.
+  200: probabilities, predicted class, overlay (a JPEG data URL), model, notices.
+  A bad upload gets a JSON `{"error": ...}`: 400 empty or corrupt, 413 over
+  `app.max_upload_mb` or `split.max_pixels`, 415 not an image. Uploads are decoded in
+  memory; nothing is written to disk.
+
+The model is `--model`, else `serve.model`, else the latest version of
+`mlflow.registered_model`, read from the project's MLflow store.
+Research use only: not a medical device.
+"""
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from petscan import config
+
+SECTIONS = ("app", "serve.model", "split.max_pixels", "mlflow")
+STATIC = Path(__file__).with_name("static")
+log = logging.getLogger("petscan.app")
+
+
+class UploadError(Exception):
+    """A bad upload: the HTTP status and the one-line message the page shows."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def status_for(reason: str) -> int:
+    """413 for too large, 415 for not an image, 400 for the rest (empty, corrupt, ...)."""
+    if reason.startswith("too large"):
+        return 413
+    if reason.startswith("not an image"):
+        return 415
+    return 400
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it is known to exceed `limit` bytes."""
+    too_large = UploadError(413, f"larger than the upload limit of {limit / 2**20:g} MB")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, total = [], 0
+    async for chunk in request.stream():
+        total += len(chunk)
+        if total > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int | None):
+    """RGB uint8 of an upload, or `UploadError` with the reason (no path, no traceback)."""
+    from petscan.images import ImageError, load_rgb_bytes
+
+    try:
+        return load_rgb_bytes(data, name, max_pixels=max_pixels)
+    except ImageError as err:
+        raise UploadError(status_for(err.reason), err.reason) from err
+
+
+def create_app(served, settings: dict[str, Any], warm_up: bool = True):
+    """The FastAPI app for a loaded `ServedModel`; `settings` is the params `app` section.
+
+    `warm_up` first explains blank images in batches of every size up to `app.max_batch`, so
+    no upload waits for TensorFlow to build its graph or its kernels for a new batch size
+    (and the server's memory after start-up is what it will use under load).
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import FileResponse, JSONResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.concurrency import run_in_threadpool
+
+    from petscan.app.model import NOTICE, Batcher, overlay_jpeg
+
+    limit = int(float(settings["max_upload_mb"]) * 2**20)
+    max_side = int(settings["overlay_max_side"])
+    batcher = Batcher(served, settings["max_batch"], settings["batch_wait_ms"] / 1000)
+    if warm_up:
+        batcher.warm_up()
+    model_info = served.info()
+    in_flight = asyncio.Semaphore(2 * batcher.max_batch)
+
+    app = FastAPI(title="petscan", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.batcher = batcher
+    app.router.add_event_handler("shutdown", batcher.close)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/api/info")
+    def info():
+        return {
+            "model": model_info,
+            "notice": NOTICE,
+            "max_upload_mb": float(settings["max_upload_mb"]),
+            "max_pixels": served.max_pixels,
+        }
+
+    @app.post("/api/predict")
+    async def predict(request: Request, name: str = "upload"):
+        name = Path(name).name[:200] or "upload"  # a label only; never used as a path
+        async with in_flight:  # bounds the decoded images held in memory at once
+            try:
+                data = await read_body(request, limit)
+                rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
+            except UploadError as err:
+                return JSONResponse({"file": name, "error": err.message}, status_code=err.status)
+            explanation = await asyncio.wrap_future(batcher.submit(rgb))
+            picture = await run_in_threadpool(overlay_jpeg, rgb, explanation.heatmap, max_side)
+        proba = [float(p) for p in explanation.probabilities]
+        predicted = served.class_names[proba.index(max(proba))]
+        return {
+            "file": name,
+            "width": int(rgb.shape[1]),
+            "height": int(rgb.shape[0]),
+            "probabilities": dict(zip(served.class_names, proba, strict=True)),
+            "predicted_class": predicted,
+            "explained_class": served.class_names[explanation.class_index],
+            "peak": [int(v) for v in explanation.peak],
+            "overlay": picture,
+            "model": model_info,
+            "notice": NOTICE,
+        }
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception):
+        log.exception("petscan app: unexpected error on %s", request.url.path)
+        message = f"internal error ({type(err).__name__}); see the server's log"
+        return JSONResponse({"error": message}, status_code=500)
+
+    return app
+
+
+def build_parser():
+    parser = config.stage_parser(__doc__, prog="petscan app")
+    parser.add_argument("--model", help="MLflow model URI, e.g. models:/pet-classifier@champion")
+    parser.add_argument("--host", help="address to listen on (default app.host)")
+    parser.add_argument("--port", type=int, help="port (default app.port)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import uvicorn
+
+    from petscan import tracking
+    from petscan.app.model import load_served_model
+    from petscan.serve import resolve_model_uri
+
+    params = config.load_sections(SECTIONS, args.params)
+    settings = params["app"]
+    try:
+        tracking.use_store(params["mlflow"])
+        uri = resolve_model_uri(args.model or params["serve"]["model"], params["mlflow"])
+        served = load_served_model(uri, params["split"]["max_pixels"])
+    except Exception as err:  # a CLI boundary: report why the model cannot be served
+        print(f"petscan app: cannot load the model: {err}", file=sys.stderr)
+        return 2
+    host, port = args.host or settings["host"], args.port or settings["port"]
+    warning = " RANDOM-INIT backbone (not RadImageNet)." if served.random_init else ""
+    print(
+        f"petscan app: {uri} (version {served.version}, run {served.run_id}) on "
+        f"http://{host}:{port}/ (research use only: not a medical device).{warning}",
+        file=sys.stderr,
+        flush=True,
+    )
+    uvicorn.run(create_app(served, settings), host=host, port=port, log_level="warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
