@@ -208,7 +208,7 @@ class FeaturizeParams(Section):
     augment_views: NonNegInt = 3
     augmentation: AugmentationParams = Field(default_factory=AugmentationParams)
     seed: int = 101
-    precision: Literal["float32", "bfloat16", "auto"] = "float32"
+    precision: Literal["float32", "bfloat16", "auto"] = "auto"
 
 
 class OptimizerParams(BaseModel):
