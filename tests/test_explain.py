@@ -363,7 +363,7 @@ def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow
             square_file,
             mlflow_params,
             SQUARE_CLASSES,
-            {"input_size": list(INPUT), "resize": "pad"},
+            tiny_model_params(input_size=list(INPUT), resize="pad"),
             input_example=[str(scans / "wide.png")],
         )
     out = tmp_path / "uri"

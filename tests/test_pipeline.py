@@ -190,8 +190,8 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
     assert {"loss", "accuracy", "confusion_test", "confusion_val"} <= set(plots)
     assert {f"reports/figures/{name}" for name in FIGURES} <= set(plots)
     for plot, y_title in (
-        ("loss", "loss (train.loss)"),
-        ("accuracy", "accuracy"),
+        ("loss", "data loss (train.loss)"),
+        ("accuracy", "accuracy, macro ROC AUC"),
         ("models/history.csv", "learning rate"),
         ("confusion_test", "predicted class"),
     ):

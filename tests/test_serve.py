@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import CLASS_NAMES as CLASSES
-from conftest import tiny_image_classifier, write_png
+from conftest import tiny_image_classifier, tiny_model_params, write_png
 from PIL import Image
 
 import petscan
@@ -75,7 +75,7 @@ def repo(tmp_path_factory, mlflow_globals_restored):
                 root / "model.keras",
                 params["mlflow"],
                 CLASSES,
-                {"input_size": [32, 32], "resize": "stretch", "backbone": "tiny"},
+                tiny_model_params(),
                 input_example=[str(images["rgb"])],
                 max_pixels=MAX_PIXELS,
             )
