@@ -334,7 +334,8 @@ def test_stage_writes_features_from_params(repo, monkeypatch, capsys):
         "data": {"classes": {f"class {i}": c for i, c in enumerate(CLASSES)}},
         "weights": {"dir": "models/backbone"},
         "model": MODEL,
-        "featurize": {**FEATURIZE, "out_dir": "stage_features"},
+        # float32: the cache it is compared with was made in float32 (auto may pick bfloat16)
+        "featurize": {**FEATURIZE, "out_dir": "stage_features", "precision": "float32"},
         "split": {"out_dir": "data/split"},
     }
     (repo / "models/backbone/weights.json").write_text(json.dumps(WEIGHTS_META))

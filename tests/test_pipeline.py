@@ -235,13 +235,17 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
     reports = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "reports")}
     assert {"metrics.json", "metrics_full.json", "predictions_test.csv"} <= reports
     # the explain stage: localization on the generator's lesions, logged into the same run
-    explained = json.loads((root / "reports" / "explain" / "metrics.json").read_text())
+    explained = json.loads((root / "reports" / "explain" / "metrics_full.json").read_text())
     assert explained["skipped"] is None and explained["localization"]["images"] > 0
+    from petscan.localization import HEADLINE
+
+    headline = json.loads((root / "reports" / "explain" / "metrics.json").read_text())
+    assert set(headline["localization"]) == set(HEADLINE)
     assert run.data.metrics["explain/model/pointing_game"] == pytest.approx(
         explained["localization"]["model/pointing_game"]
     )
     explain_files = client.list_artifacts(run.info.run_id, "reports/explain")
-    assert {Path(a.path).name for a in explain_files} == {"metrics.json", "localization.csv"}
+    assert {Path(a.path).name for a in explain_files} == {"metrics_full.json", "localization.csv"}
 
     # What the MLflow UI shows, read through the REST API of a real server on this store
     with serve_mlflow(
@@ -307,7 +311,7 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
         assert set(leaves(exp_metrics["data"])) == COMPACT
         # the split summary stays a DVC metric; all metric columns: a few dozen, not 346
         columns = sum(len(leaves(m["data"])) for m in data["metrics"].values())
-        assert columns <= len(COMPACT) + 30, columns
+        assert columns <= len(COMPACT) + 30 + len(HEADLINE) + 2, columns
         (exp_run,) = client.search_runs(
             [run.info.experiment_id], filter_string=f"attributes.run_name = '{name}'"
         )
