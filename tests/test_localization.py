@@ -168,9 +168,11 @@ def test_stage_scores_every_image_with_a_visible_lesion(tiny_project):
     seen = {loc.file_key(p) for p in lesions.loc[lesions.visible, "path"]}
     scored = table.dropna(subset=["model_hit"])
     assert {loc.file_key(p) for p in scored["path"]} == seen
-    summary = json.loads((out / "metrics.json").read_text())
+    summary = json.loads((out / "metrics_full.json").read_text())
     assert summary == json.loads(json.dumps(result))
     assert summary["random_init"] is True and summary["skipped"] is None
+    headline = json.loads((out / "metrics.json").read_text())  # the DVC metric: point values
+    assert headline["localization"] == {k: summary["localization"][k] for k in loc.HEADLINE}
     local = summary["localization"]
     assert local["images"] == len(scored)
     assert local["model/empty_heatmaps"] == pytest.approx(scored["model_empty"].mean())
