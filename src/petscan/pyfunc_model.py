@@ -37,6 +37,7 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from petscan.images import ImageError, load_rgb, load_rgb_bytes, resize
+from petscan.predict import probabilities_frame
 
 INPUT_COLUMNS = ("path", "image")
 ERROR_COLUMN = "error"
@@ -141,15 +142,8 @@ def result_frame(
     proba: np.ndarray, class_names: Sequence[str], errors: Sequence[str | None]
 ) -> pd.DataFrame:
     """Probabilities per class, `predicted_class` and `error` (rows with an error: empty)."""
-    names = list(class_names)
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2 or proba.shape[1] != len(names):
-        raise ValueError(
-            f"the model outputs {proba.shape[-1]} classes but {len(names)} class names "
-            f"were given ({names}); check data.classes in params.yaml"
-        )
-    frame = pd.DataFrame(proba, columns=names)
-    predicted = [None if e else names[int(p.argmax())] for p, e in zip(proba, errors, strict=True)]
+    frame = probabilities_frame(proba, class_names)
+    predicted = [None if e else c for c, e in zip(frame["predicted_class"], errors, strict=True)]
     # object columns keep None (JSON null); a string dtype would turn it into NaN
     frame["predicted_class"] = pd.Series(predicted, dtype=object)
     frame[ERROR_COLUMN] = pd.Series(list(errors), dtype=object)
