@@ -142,7 +142,8 @@ def load_script(relpath: str) -> ModuleType:
     return module
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -152,7 +153,7 @@ def _free_port() -> int:
 def serve_mlflow(backend_store_uri: str, artifacts: Path, log_dir: Path) -> Iterator[str]:
     """Start `mlflow server` on a free port of 127.0.0.1 over `backend_store_uri` (serving
     artifacts from `artifacts`); yield its URL; stop it. Its output goes to log_dir/server.log."""
-    port = _free_port()
+    port = free_port()
     log_path = Path(log_dir) / "server.log"
     cmd = [
         str(Path(sys.executable).parent / "mlflow"),
@@ -169,29 +170,41 @@ def serve_mlflow(backend_store_uri: str, artifacts: Path, log_dir: Path) -> Iter
         "--workers",
         "1",
     ]
+    with running_server(cmd, f"http://127.0.0.1:{port}", "/health", log_path, 120) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_server(
+    cmd: Sequence[str], url: str, ready_path: str, log_path: Path, timeout_s: float, **popen: Any
+) -> Iterator[str]:
+    """Run `cmd` in its own process group (output to `log_path`), wait until
+    `url + ready_path` answers 200 (the test fails with the log after `timeout_s` or when
+    the process ends), yield `url`, then stop the whole group."""
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 120
-            while True:
-                try:
-                    with urllib.request.urlopen(f"{url}/health", timeout=2) as reply:
-                        if reply.status == 200:
-                            break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"mlflow server did not start: {log_path.read_text()}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
             try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                with urllib.request.urlopen(f"{url}{ready_path}", timeout=2) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{cmd[0]} did not start:\n{log_path.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import shutil
-import socket
 import threading
 import time
 import urllib.error
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CLASS_NAMES as CLASSES
-from conftest import REPO, tiny_model_params, write_png
+from conftest import REPO, free_port, tiny_model_params, write_png
 from PIL import Image
 
 from petscan import tracking
@@ -37,12 +36,6 @@ SETTINGS = {
 }
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +89,7 @@ def app_url(repo):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         tracking.use_store({})
         served = load_served_model(f"models:/{MODEL_NAME}/1", max_pixels=MAX_PIXELS)
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         create_app(served, SETTINGS), host="127.0.0.1", port=port, log_level="warning"
     )

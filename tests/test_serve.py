@@ -7,11 +7,7 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import CLASS_NAMES as CLASSES
-from conftest import tiny_image_classifier, tiny_model_params, write_png
+from conftest import free_port, running_server, tiny_image_classifier, tiny_model_params, write_png
 from PIL import Image
 
 import petscan
@@ -198,12 +194,6 @@ def test_resolve_model_uri(in_repo):
 # --------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, str]:
     request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
     try:
@@ -221,7 +211,7 @@ def split_body(columns: list[str], rows: list[list]) -> bytes:
 def server(repo, tmp_path_factory):
     """`petscan serve` with only /usr/bin and /bin on PATH (MLflow then needs our fix to
     find `uvicorn`), on a free 127.0.0.1 port; the latest version of the test model."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env.update(
@@ -230,32 +220,9 @@ def server(repo, tmp_path_factory):
         PYTHONPATH=str(Path(petscan.__file__).resolve().parents[1]),
     )
     cmd = [sys.executable, "-m", "petscan.cli", "serve", "--port", str(port)]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=repo["root"], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"petscan serve did not start:\n{log_path.read_text()}")
-            time.sleep(0.5)
+    with running_server(cmd, url, "/ping", log_path, 180, cwd=repo["root"], env=env):
         yield url, log_path
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_server_answers_good_bad_and_mixed_batches(server, repo):
