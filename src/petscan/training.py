@@ -355,9 +355,19 @@ def _finish(
     stopping: keras.callbacks.EarlyStopping | None,
     train_params: dict[str, Any],
     info: dict[str, Any],
+    validation: ValidationAUC,
+    train_labels: np.ndarray,
+    class_names: Sequence[str] | None,
 ) -> TrainResult:
+    """The `TrainResult` of a finished fit, with `info["collapse"]` (`check_collapse` of
+    the trained, restored model on the validation data)."""
     frame = history_frame(keras_history, train_params["lr_schedule"])
     best, stopped = _best_epoch(frame, stopping)
+    names = list(class_names or (f"class {c}" for c in range(validation.num_classes)))
+    accuracy = frame["accuracy"].to_numpy() if "accuracy" in frame else []
+    info["collapse"] = check_collapse(
+        validation.probabilities(), train_labels, accuracy, names, train_params.get("collapse")
+    )
     return TrainResult(model, head, frame, best, len(frame), stopped, info)
 
 
@@ -417,9 +427,9 @@ def fit_cached(
         verbose=verbose,
     )
     info = {"mode": "cached", "class_weight": weights, "views": int(train_features.shape[1])}
-    result = _finish(head, head, history, stopping, train_params, info)
-    result.info["collapse"] = _collapse(result, validation, train_labels, train_params, class_names)
-    return result
+    return _finish(
+        head, head, history, stopping, train_params, info, validation, train_labels, class_names
+    )
 
 
 def fit_end_to_end(
@@ -499,9 +509,9 @@ def fit_end_to_end(
         "unfreeze_top_layers": unfreeze,
         "replicas": int(strategy.num_replicas_in_sync),
     }
-    result = _finish(model, None, history, stopping, train_params, info)
-    result.info["collapse"] = _collapse(result, validation, labels, train_params, class_names)
-    return result
+    return _finish(
+        model, None, history, stopping, train_params, info, validation, labels, class_names
+    )
 
 
 # --------------------------------------------------------------------------- collapse alarm
@@ -558,21 +568,6 @@ def check_collapse(
         "train_class_prior": prior,
         "message": message,
     }
-
-
-def _collapse(
-    result: TrainResult,
-    validation: ValidationAUC,
-    train_labels: np.ndarray,
-    train_params: dict[str, Any],
-    class_names: Sequence[str] | None,
-) -> dict[str, Any]:
-    """`check_collapse` of the trained (restored) model on the validation data."""
-    names = list(class_names or (f"class {c}" for c in range(validation.num_classes)))
-    accuracy = result.history["accuracy"].to_numpy() if "accuracy" in result.history else []
-    return check_collapse(
-        validation.probabilities(), train_labels, accuracy, names, train_params.get("collapse")
-    )
 
 
 # --------------------------------------------------------------------------- outputs
