@@ -4,8 +4,6 @@ finished to `dvc repro`, and the rerun completes (tiny repository copy, as test_
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import time
@@ -14,42 +12,20 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from test_pipeline import REPO, VENV_BIN, dvc, repo_files, tiny_params
+from test_pipeline import VENV_BIN, dvc, tiny_repo
 
 SPLITS = ("train", "val", "test")
 
 
-@pytest.fixture
-def repo(tmp_path) -> tuple[Path, dict]:
-    root = tmp_path / "repo"
-    for name in repo_files():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, root / name)
-    params = tiny_params(root / "params.yaml")
+def _slow_featurize(params: dict) -> None:
     # enough backbone inputs (120 images x 25 views) for featurize to take a few seconds
     params["synthetic"]["counts"] = {"No cancer": 40, "breast cancer": 40, "prostate cancer": 40}
     params["featurize"].update(augment_views=24, batch_size=25)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
-    env.update(
-        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=str(root / "src"),
-        PETSCAN_ROOT=str(root),
-        GIT_AUTHOR_NAME="test",
-        GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test",
-        GIT_COMMITTER_EMAIL="test@example.com",
-    )
-    from petscan.synthetic import generate
 
-    syn = params["synthetic"]
-    generate(root / syn["out_dir"], syn["counts"], syn["seed"], syn["images_per_patient"],
-             syn["base_height"], workers=1, progress=False)  # fmt: skip
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        subprocess.run(cmd, cwd=root, env=env, check=True)
-    if not (root / ".dvc").is_dir():
-        subprocess.run([VENV_BIN / "dvc", "init", "-q"], cwd=root, env=env, check=True)
-    return root, env
+
+@pytest.fixture
+def repo(tmp_path) -> tuple[Path, dict]:
+    return tiny_repo(tmp_path / "repo", _slow_featurize)
 
 
 def _stage_process(parent: psutil.Process, script: str) -> psutil.Process | None:

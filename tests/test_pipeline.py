@@ -18,6 +18,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,13 +65,15 @@ def tiny_params(path: Path) -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> tuple[Path, dict]:
-    root = tmp_path_factory.mktemp("pipeline") / "repo"
+def tiny_repo(root: Path, adjust: Callable[[dict], None] | None = None) -> tuple[Path, dict]:
+    """A copy of the repository at `root` with `tiny_params` (then `adjust(params)`), its
+    demo data generated, committed to git and DVC-initialised; returns (root, env)."""
     for name in repo_files():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, root / name)
     params = tiny_params(root / "params.yaml")
+    if adjust is not None:
+        adjust(params)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     env.update(
@@ -101,6 +104,11 @@ def workspace(tmp_path_factory) -> tuple[Path, dict]:
     if not (root / ".dvc").is_dir():
         subprocess.run([VENV_BIN / "dvc", "init", "-q"], cwd=root, env=env, check=True)
     return root, env
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[Path, dict]:
+    return tiny_repo(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def dvc(root: Path, env: dict, *args: str) -> str:
