@@ -28,14 +28,18 @@ def repo(tmp_path) -> tuple[Path, dict]:
     return tiny_repo(tmp_path / "repo", _slow_featurize)
 
 
-def _stage_process(parent: psutil.Process, script: str) -> psutil.Process | None:
+def _stage_processes(parent: psutil.Process, script: str) -> list[psutil.Process]:
+    """The Python processes running `script` under `parent` (not a `sh -c` wrapper whose
+    command line also names it: killing only the shell would leave Python running)."""
+    found = []
     for child in parent.children(recursive=True):
         try:
-            if any(script in part for part in child.cmdline()):
-                return child
+            cmdline = child.cmdline()
         except psutil.NoSuchProcess:
             continue
-    return None
+        if cmdline and "python" in Path(cmdline[0]).name and script in cmdline[1:]:
+            found.append(child)
+    return found
 
 
 def _kill_mid_write(root: Path, env: dict, staging: Path, timeout_s: float = 240) -> None:
@@ -48,9 +52,10 @@ def _kill_mid_write(root: Path, env: dict, staging: Path, timeout_s: float = 240
     try:
         while time.monotonic() < deadline:
             if staging.is_dir() and any(staging.iterdir()):
-                stage = _stage_process(psutil.Process(proc.pid), "stages/featurize.py")
-                assert stage is not None, "featurize is writing, so its process exists"
-                stage.send_signal(signal.SIGKILL)
+                stages = _stage_processes(psutil.Process(proc.pid), "stages/featurize.py")
+                assert stages, "featurize is writing, so its process exists"
+                for stage in stages:
+                    stage.send_signal(signal.SIGKILL)
                 break
             assert proc.poll() is None, "featurize finished before it could be killed:\n" + (
                 proc.stdout.read()
