@@ -87,7 +87,7 @@ def register_random_init_model(root: Path, params: dict) -> str:
     model = build_full_model(params["model"], len(class_names), None)
     model.save(root / "model.keras")
     mlflow_params = {"experiment": "bench", "registered_model": "pet-bench"}
-    tags = {"random_init": "true", "backbone_label": "RANDOM-INIT backbone (not RadImageNet)"}
+    tags = {"random_init": "true", "weights_label": "RANDOM-INIT backbone (not RadImageNet)"}
     with tracking.start_training_run(mlflow_params, {}, tags):
         tracking.log_keras_model(root / "model.keras", mlflow_params, class_names, params["model"])
     (root / "model.keras").unlink()

@@ -102,7 +102,8 @@ def child_featurize(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from petscan.features import build_augmenter, featurize_split, images_per_batch
+    from petscan.features import featurize_split
+    from petscan.image_pipeline import build_augmenter, images_per_batch
 
     model, batch, extractor = _setup(args)
     featurize = config.load_section("featurize", args.params)

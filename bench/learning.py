@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_tune_data(root, params)
     x, y, groups = data.combined()
     folds = cv_folds(y, groups, args.folds, seed)
-    label = data.meta.get("label") or "backbone"
+    label = data.weights.weights_label if data.weights else "backbone"
     print(
         f"{len(y)} images of {len(set(groups))} patients (train + val), {args.folds} folds, "
         f"features {x.shape[1]} views x {x.shape[2]} from a {label}"

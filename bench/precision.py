@@ -22,10 +22,10 @@ import numpy as np
 from learning import evaluate, head
 
 from petscan import config
-from petscan.features import featurize
+from petscan.features import run_featurize
+from petscan.handoff import read_weights_info, weights_file
 from petscan.model import native_bfloat16
 from petscan.tuning.data import cv_folds, load_tune_data
-from petscan.weights import load_weights_meta, weights_file
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,13 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="precision-") as tmp:
         for precision in ("float32", "bfloat16"):
             out = Path(tmp) / precision
-            done = featurize(
+            done = run_featurize(
                 {s: split_dir / f"{s}.csv" for s in ("train", "val")},
                 out,
                 params["model"],
                 {**params["featurize"], "precision": precision},
                 weights_path=weights_file(weights_dir),
-                weights_meta=load_weights_meta(weights_dir),
+                weights=read_weights_info(weights_dir),
                 class_names=config.class_names(params["data"]),
                 root=root,
             )

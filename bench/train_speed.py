@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from petscan import training
     from petscan.features import load_features
-    from petscan.weights import weights_file
+    from petscan.handoff import weights_file
 
     root = config.workspace_root()
     params = config.load_sections(SECTIONS, args.params)

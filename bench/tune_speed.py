@@ -81,6 +81,7 @@ def write_random_cache(root: Path, params: dict) -> None:
 
     from petscan.backbones import backbone_spec
     from petscan.features import save_features
+    from petscan.handoff import WeightsInfo
 
     rng = np.random.default_rng(0)
     dim = backbone_spec(params["model"]["backbone"]).feature_dim
@@ -102,10 +103,14 @@ def write_random_cache(root: Path, params: dict) -> None:
         manifest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(manifest, index=False)
         x = means[labels][:, None, :] + rng.normal(0, 1, (rows, views[split], dim))
-        save_features(
-            root / "features", split, x, manifest,
-            {"weights_random_init": True, "weights_label": "random features (benchmark)"},
-        )  # fmt: skip
+        weights = WeightsInfo(
+            backbone=params["model"]["backbone"],
+            weights_source="random features (benchmark)",
+            weights_sha256="0" * 64,
+            random_init=True,
+            weights_label="random features (benchmark)",
+        )
+        save_features(root / "features", split, x, manifest, weights)
 
 
 def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
@@ -121,7 +126,7 @@ def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
     study_params["mlflow"] = {**params["mlflow"], "experiment": "tune-speed-bench"}
     os.environ["PETSCAN_ROOT"] = str(root)
     start = time.perf_counter()
-    summary = tuning.run_study(
+    summary = tuning.run_tune(
         study_params, root, trials=trials, study_name="bench", progress=True, plots=False
     )
     wall = time.perf_counter() - start
@@ -161,7 +166,7 @@ def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | Non
     import pandas as pd
 
     from petscan import training
-    from petscan.weights import weights_file
+    from petscan.handoff import weights_file
 
     root = config.workspace_root()
     frames = {

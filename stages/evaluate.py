@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from petscan import config, errors, logs
+from petscan.handoff import banner
 
 SECTIONS = ("data", "model", "train", "evaluate", "mlflow", "split.out_dir")
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         f"evaluate: test accuracy {test['accuracy']:.4f} "
         f"[{test['accuracy_ci_low']:.4f}, {test['accuracy_ci_high']:.4f}], "
         f"macro F1 {test['f1_macro']:.4f}, ECE {test['ece']:.4f}"
-        + ("  (RANDOM-INIT backbone, not RadImageNet)" if results["random_init"] else "")
+        + (f"  ({text})" if (text := banner(results)) else "")
     )
     return 0
 

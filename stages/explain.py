@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from petscan import config
+from petscan.handoff import banner
 
 SECTIONS = (
     "explain",
@@ -37,15 +38,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from petscan.localization import run
+    from petscan.localization import run_explain
 
     params = config.load_sections(SECTIONS, args.params)
-    result = run(params, root=config.workspace_root())
+    result = run_explain(params, root=config.workspace_root())
     summary = result["localization"]
     if summary is None:
         print(f"explain: no localization ({result['skipped']})")
         return 0
-    label = "  (RANDOM-INIT backbone, not RadImageNet)" if result["random_init"] else ""
+    label = f"  ({text})" if (text := banner(result)) else ""
     for name in ("model", "centre_prior", "random"):
         print(
             f"explain: {name:>12}: pointing game {summary[f'{name}/pointing_game']:.3f} "

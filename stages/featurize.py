@@ -36,26 +36,26 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.verbose)
     logs.import_tensorflow()
     # Imported here so that `--help` answers without loading TensorFlow.
-    from petscan.features import featurize
-    from petscan.weights import load_weights_meta, warning_banner, weights_file
+    from petscan.features import run_featurize
+    from petscan.handoff import read_weights_info, weights_file
 
     data, model, params = sections["data"], sections["model"], sections["featurize"]
     weights_dir = Path(sections["weights"]["dir"])
     split_dir = sections["split"]["out_dir"]
     root = config.workspace_root()
-    meta = load_weights_meta(weights_dir)
-    results = featurize(
+    weights = read_weights_info(weights_dir)
+    results = run_featurize(
         {split: Path(split_dir) / f"{split}.csv" for split in args.splits},
         params["out_dir"],
         model,
         params,
         weights_path=weights_file(weights_dir),
-        weights_meta=meta,
+        weights=weights,
         class_names=config.class_names(data),
         root=root,
         progress=not args.no_progress,
     )
-    banner = warning_banner(meta)
+    banner = weights.banner
     for split, result in results.items():
         timing = result["timing"]
         print(

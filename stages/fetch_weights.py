@@ -41,16 +41,18 @@ def main(argv: list[str] | None = None) -> int:
     from petscan import weights  # here, so that `--help` answers without loading TensorFlow
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    meta = weights.fetch_weights(
+    meta = weights.run_fetch_weights(
         params["weights"],
         params["model"],
         workspace=config.workspace_root(Path(args.params).resolve().parent),
         force=args.force,
         progress=not args.no_progress,
     )
-    flag = "  <-- NOT RadImageNet" if weights.is_random_init(meta) else ""
-    print(f"backbone {meta['backbone']}: {meta['label']} from {meta['source']}{flag}")
-    print(f"sha256 {meta['sha256']}")
+    flag = "  <-- NOT RadImageNet" if meta["random_init"] else ""
+    print(
+        f"backbone {meta['backbone']}: {meta['weights_label']} from {meta['weights_source']}{flag}"
+    )
+    print(f"sha256 {meta['weights_sha256']}")
     return 0
 
 

@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()  # evaluation imports Keras
-    from petscan.evaluation import make_figures
+    from petscan.figures import run_plot
 
-    written = make_figures(params, root=config.workspace_root())
+    written = run_plot(params, root=config.workspace_root())
     print(f"plot: wrote {len(written)} figures into {params['plot']['out_dir']}")
     return 0
 

@@ -25,10 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(("data", "split"), args.params)
     logs.setup(args.verbose)
     # Imported here so that `--help` answers without loading pandas and SciPy.
-    from petscan.split import run
+    from petscan.split import run_split
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    run(
+    run_split(
         params["data"], params["split"], root=config.workspace_root(), progress=not args.no_progress
     )
     return 0

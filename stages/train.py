@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from petscan import config, errors, logs
+from petscan.handoff import banner
 
 SECTIONS = (
     "data",
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         f"(val data loss {summary.get('best_val_data_loss', float('nan')):.4f}, "
         f"val macro AUC {summary.get('best_val_roc_auc_macro', float('nan')):.3f}); "
         f"MLflow run {summary['mlflow_run_id']}"
-        + ("; RANDOM-INIT backbone (not RadImageNet)" if summary["random_init"] else "")
+        + (f"; {text}" if (text := banner(summary)) else "")
     )
     if summary["collapse"]["collapsed"]:
         print(f"WARNING: {summary['collapse']['message']}", file=sys.stderr)

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return dashboard(params, args)
     logs.import_tensorflow()
     try:
-        summary = tuning.run_study(
+        summary = tuning.run_tune(
             params,
             config.repo_root(),
             trials=args.trials,

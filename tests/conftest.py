@@ -34,6 +34,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from petscan.handoff import WeightsInfo
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The seed's folder -> class mapping, as in params.yaml `data.classes`.
@@ -68,13 +70,18 @@ def tiny_model_params(**overrides: Any) -> dict[str, Any]:
 
 def random_weights_meta(sha256: str = "0" * 64) -> dict[str, Any]:
     """`weights.json` of a random-init `tiny` backbone."""
-    return {
-        "backbone": "tiny",
-        "source": "random",
-        "sha256": sha256,
-        "random_init": True,
-        "label": "RANDOM-INIT backbone (not RadImageNet)",
-    }
+    return random_weights(sha256).to_dict()
+
+
+def random_weights(sha256: str = "0" * 64) -> WeightsInfo:
+    """The `WeightsInfo` of a random-init `tiny` backbone."""
+    return WeightsInfo(
+        backbone="tiny",
+        weights_source="random",
+        weights_sha256=sha256,
+        random_init=True,
+        weights_label="RANDOM-INIT backbone (not RadImageNet)",
+    )
 
 
 # --------------------------------------------------------------------------- files

@@ -65,7 +65,7 @@ def repo(tmp_path_factory, mlflow_globals_restored):
     model = build_full_model(tiny_model_params(), len(CLASSES), None)
     model.save(root / "model.keras")
     mlflow_params = {"experiment": "app", "registered_model": MODEL_NAME}
-    tags = {"random_init": "true", "backbone_label": "RANDOM-INIT backbone (not RadImageNet)"}
+    tags = {"random_init": "true", "weights_label": "RANDOM-INIT backbone (not RadImageNet)"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -137,7 +137,7 @@ def test_info_names_the_model_version_run_and_random_init(app_url, repo):
         "version": "1",
         "run_id": repo["run_id"],
         "random_init": True,
-        "backbone_label": "RANDOM-INIT backbone (not RadImageNet)",
+        "weights_label": "RANDOM-INIT backbone (not RadImageNet)",
         "classes": CLASSES,
     }
     assert info["notice"] == "Research use only: not a medical device."

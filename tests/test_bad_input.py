@@ -10,11 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, load_script, unique_png, write_png
+from conftest import REPO, load_script, random_weights_meta, unique_png, write_png
 from PIL import Image
 
 from petscan import errors
 from petscan.images import ImageError, list_images, scan_images
+from petscan.io import sha256_file
 from petscan.split import make_split
 
 SPLIT_STAGE = load_script("stages/split.py")
@@ -154,10 +155,7 @@ def _featurize_repo(root, make_raw_dir, data_params, split_params):
     assert SPLIT_STAGE.main(["--no-progress"]) == 0
     (root / "models/backbone").mkdir(parents=True)
     build_backbone("tiny", (32, 32, 3)).save(root / "models/backbone/weights.h5")
-    meta = {"backbone": "tiny", "source": "random", "sha256": "0" * 64, "random_init": True}
-    (root / "models/backbone/weights.json").write_text(
-        json.dumps({**meta, "label": "RANDOM-INIT backbone (not RadImageNet)"})
-    )
+    (root / "models/backbone/weights.json").write_text(json.dumps(random_weights_meta()))
 
 
 def test_file_corrupted_after_split_gives_one_line_and_no_partial_outputs(
@@ -188,8 +186,6 @@ def test_featurize_failing_in_the_last_split_keeps_the_earlier_outputs(
     manifest is made to match): one line, and the old outputs stay whole."""
     import pandas as pd
 
-    from petscan import features
-
     monkeypatch.chdir(tmp_path)
     _featurize_repo(tmp_path, make_raw_dir, data_params, split_params)
     stage = load_script("stages/featurize.py")
@@ -200,7 +196,7 @@ def test_featurize_failing_in_the_last_split_keeps_the_earlier_outputs(
     frame = pd.read_csv(manifest)
     bad = tmp_path / frame["path"].iloc[-1]
     bad.write_bytes(bad.read_bytes()[:60])
-    frame.loc[len(frame) - 1, "sha256"] = features.file_sha256(bad)
+    frame.loc[len(frame) - 1, "sha256"] = sha256_file(bad)
     frame.to_csv(manifest, index=False)
     capsys.readouterr()
     assert stage.main(["--no-progress"]) == 1
@@ -251,7 +247,7 @@ def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
         "seed": 3,
     }
     model = {"backbone": "tiny", "input_size": [32, 32]}
-    meta = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    meta = weights.run_fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
     assert meta["random_init"] is True
     assert (
         f"file local.h5: not a Keras .h5 weights file: it is a damaged or truncated HDF5 "
@@ -260,13 +256,13 @@ def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
     assert list(meta["rejected_files"]) == [str(tmp_path / "local.h5")]
     stamp = (tmp_path / "out" / "weights.json").stat().st_mtime_ns
     caplog.clear()
-    again = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
-    assert again["sha256"] == meta["sha256"]
+    again = weights.run_fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    assert again["weights_sha256"] == meta["weights_sha256"]
     assert "appeared" not in caplog.text and "is up to date" in caplog.text
     assert (tmp_path / "out" / "weights.json").stat().st_mtime_ns == stamp
     # a different file at that path is new: it replaces the random init
     (tmp_path / "local.h5").write_bytes(data)
-    fixed = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    fixed = weights.run_fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
     assert fixed["random_init"] is False and "a weights file appeared" in caplog.text
 
 

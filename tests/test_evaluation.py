@@ -71,19 +71,9 @@ def test_predictions_frame_round_trip(tmp_path):
         evaluation.read_predictions(tmp_path / "p.csv", ["a", "b"])
 
 
-def test_mlflow_metrics_and_json_safe():
+def test_mlflow_metrics_keep_finite_numbers():
     nested = {"random_init": True, "val": {"accuracy": 0.5, "auc": float("nan")}, "test": {"n": 3}}
     assert evaluation.mlflow_metrics(nested) == {"val/accuracy": 0.5, "test/n": 3.0}
-    safe = evaluation._json_safe(nested)
-    assert safe["val"]["auc"] is None and safe["val"]["accuracy"] == 0.5
-
-
-def test_banner_only_for_random_init():
-    assert evaluation.banner_text({"random_init": False, "backbone_label": "RadImageNet"}) is None
-    text = evaluation.banner_text(
-        {"random_init": True, "backbone_label": "RANDOM-INIT backbone (not RadImageNet)"}
-    )
-    assert "RANDOM-INIT" in text
 
 
 def test_evaluate_split_predicts_the_image_files_in_manifest_order(tmp_path):
@@ -115,26 +105,3 @@ def test_evaluate_split_predicts_the_image_files_in_manifest_order(tmp_path):
     assert values["bootstrap_resamples"] == 30
     report = paths["report"].read_text()
     assert all(name in report for name in CLASSES)
-
-
-def test_compact_metrics_keep_the_headline_numbers_and_the_collapse_alarm():
-    from petscan.evaluation import COMPACT_METRICS, compact_metrics
-
-    test = {"n": 63, "log_loss": 1.1, "recall/No cancer": 1.0, "majority_prediction_share": 1.0}
-    for name in COMPACT_METRICS:
-        test.update({name: 0.5, f"{name}_ci_low": 0.25, f"{name}_ci_high": 0.75})
-    val = {**test, "majority_prediction_share": 0.6}
-    results = {
-        "random_init": True,
-        "backbone": "tiny",
-        "collapse": {"collapsed": True, "val_majority_share": 1.0},
-        "val": val,
-        "test": test,
-    }
-    compact = compact_metrics(results)
-    assert compact["random_init"] is True and compact["collapse"] == {"collapsed": True}
-    assert compact["test"]["single_class_predictions"] is True
-    assert compact["val"]["single_class_predictions"] is False
-    assert compact["test"]["roc_auc_macro_low"] == 0.25 and compact["test"]["ece_high"] == 0.75
-    assert set(compact) == {"random_init", "collapse", "val", "test"}
-    assert len(compact["test"]) == 3 * len(COMPACT_METRICS) + 1  # no per-class, no log loss

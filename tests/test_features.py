@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import (
     load_script,
     manifest_row,
+    random_weights,
     random_weights_meta,
     tiny_model_params,
     write_manifest,
@@ -20,7 +22,9 @@ from conftest import (
 
 from petscan import features as F
 from petscan.backbones import build_backbone
+from petscan.image_pipeline import build_augmenter, image_dataset, images_per_batch
 from petscan.images import ImageError, load_resized
+from petscan.io import sha256_file
 from petscan.model import build_feature_extractor, build_full_model, build_head
 
 MODEL = tiny_model_params()
@@ -51,7 +55,7 @@ def _make_repo(root: Path) -> dict[str, Path]:
             label = n % 3
             rel = f"data/raw/class {label}/pet-{n:05d}_v1.png"
             _write_image(root / rel, rng, ("RGB", "L", "RGBA")[n % 3])
-            rows.append(manifest_row(rel, label, f"pet-{n:05d}", F.file_sha256(root / rel)))
+            rows.append(manifest_row(rel, label, f"pet-{n:05d}", sha256_file(root / rel)))
             n += 1
         manifests[split] = root / "data/split" / f"{split}.csv"
         write_manifest(manifests[split], rows)
@@ -60,13 +64,13 @@ def _make_repo(root: Path) -> dict[str, Path]:
 
 
 def _featurize(root: Path, out: str, **overrides) -> dict:
-    return F.featurize(
+    return F.run_featurize(
         {s: root / "data/split" / f"{s}.csv" for s in COUNTS},
         root / out,
         MODEL,
         {**FEATURIZE, **overrides},
         weights_path=root / "models/backbone/weights.h5",
-        weights_meta=WEIGHTS_META,
+        weights=random_weights(),
         class_names=CLASSES,
         root=root,
         progress=False,
@@ -105,10 +109,10 @@ def test_output_shapes_views_and_metadata(repo):
         assert meta["rows"] == COUNTS[split] and meta["views"] == views and meta["dim"] == 32
         assert meta["augmented"] is (split == "train")
         manifest = repo / "data/split" / f"{split}.csv"
-        assert meta["manifest_sha256"] == F.file_sha256(manifest)
+        assert meta["manifest_sha256"] == sha256_file(manifest)
         assert meta["backbone"] == "tiny" and meta["preprocessing"] == "radimagenet"
         assert meta["input_size"] == [32, 32] and meta["resize"] == "stretch"
-        assert meta["weights_random_init"] is True and meta["weights_sha256"] == "0" * 64
+        assert meta["random_init"] is True and meta["weights_sha256"] == "0" * 64
         assert meta["class_names"] == CLASSES
     assert not list((repo / "data/features").glob(".*"))  # no temp files left behind
 
@@ -156,7 +160,7 @@ def test_full_model_matches_head_on_cached_features(repo):
     full = build_full_model(MODEL, 3, repo / "models/backbone/weights.h5", head=head)
     test = F.load_features(repo / "data/features", "test", repo / "data/split/test.csv")
     from_cache = head.predict(test.features[:, 0], verbose=0)
-    ds = F.image_dataset(test.frame, (32, 32), "stretch", batch_size=2, root=repo)
+    ds = image_dataset(test.frame, (32, 32), "stretch", batch_size=2, root=repo)
     from_files = full.predict(ds.map(lambda x, y: x), verbose=0)
     np.testing.assert_allclose(from_files, from_cache, rtol=1e-5, atol=1e-6)
 
@@ -226,9 +230,9 @@ def test_writer_streams_batches_into_a_memory_map(repo, monkeypatch, tmp_path):
 
 
 def test_batch_size_counts_backbone_inputs():
-    assert F.images_per_batch(32, 4) == 8
-    assert F.images_per_batch(32, 1) == 32
-    assert F.images_per_batch(2, 4) == 1
+    assert images_per_batch(32, 4) == 8
+    assert images_per_batch(32, 1) == 32
+    assert images_per_batch(2, 4) == 1
 
 
 def test_writer_refuses_too_few_rows_and_leaves_no_file(tmp_path):
@@ -255,7 +259,7 @@ def test_manifest_label_mismatch_is_refused(repo, tmp_path):
     frame.loc[0, "label"] = (frame.loc[0, "label"] + 1) % 3
     frame.to_csv(tmp_path / "val.csv", index=False)
     with pytest.raises(ValueError, match="data.classes in params.yaml"):
-        F.featurize(
+        F.run_featurize(
             {"val": tmp_path / "val.csv"}, tmp_path / "f", MODEL, FEATURIZE, None,
             class_names=CLASSES, root=repo, progress=False,
         )  # fmt: skip
@@ -263,12 +267,13 @@ def test_manifest_label_mismatch_is_refused(repo, tmp_path):
 
 def test_weights_for_another_backbone_are_refused(repo, tmp_path):
     with pytest.raises(ValueError, match="dvc repro fetch_weights featurize"):
-        F.featurize({}, tmp_path, MODEL, FEATURIZE, None, {"backbone": "resnet50"})
+        other = dataclasses.replace(random_weights(), backbone="resnet50")
+        F.run_featurize({}, tmp_path, MODEL, FEATURIZE, None, other)
 
 
 def test_image_dataset_yields_decoded_batches_and_labels(repo):
     frame = pd.read_csv(repo / "data/split/train.csv")
-    batches = list(F.image_dataset(frame, (32, 32), "stretch", batch_size=2, root=repo))
+    batches = list(image_dataset(frame, (32, 32), "stretch", batch_size=2, root=repo))
     assert [tuple(x.shape) for x, _ in batches] == [(2, 32, 32, 3)] * 2 + [(1, 32, 32, 3)]
     images = np.concatenate([x.numpy() for x, _ in batches])
     labels = np.concatenate([y.numpy() for _, y in batches])
@@ -281,8 +286,8 @@ def test_image_dataset_shuffle_and_augmentation_are_seeded(repo):
     frame = pd.read_csv(repo / "data/split/train.csv")
 
     def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
-        augmenter = F.build_augmenter(FEATURIZE["augmentation"], seed)
-        ds = F.image_dataset(
+        augmenter = build_augmenter(FEATURIZE["augmentation"], seed)
+        ds = image_dataset(
             frame, (32, 32), "stretch", 5, augmenter, shuffle=True, seed=seed, root=repo
         )
         x, y = next(iter(ds))
@@ -296,7 +301,7 @@ def test_image_dataset_shuffle_and_augmentation_are_seeded(repo):
 
 
 def test_augmenter_follows_params():
-    aug = F.build_augmenter(
+    aug = build_augmenter(
         {"rotation": 0.2, "zoom": 0.2, "contrast": 0.2, "translation": [0.1, 0.05]}, 5
     )
     names = [type(layer).__name__ for layer in aug.layers]
@@ -314,7 +319,7 @@ def test_augmenter_follows_params():
     assert configs[1]["width_factor"] is None  # zoom keeps the aspect ratio, as in the seed
     assert tuple(configs[2]["value_range"]) == (0, 255)
     assert [layer.seed for layer in aug.layers] == [5, 6, 7, 8]
-    only_zoom = F.build_augmenter({"rotation": 0, "zoom": 0.1}, 0)
+    only_zoom = build_augmenter({"rotation": 0, "zoom": 0.1}, 0)
     assert [type(layer).__name__ for layer in only_zoom.layers] == ["RandomZoom"]
 
 
@@ -347,7 +352,7 @@ def test_stage_writes_features_from_params(repo, monkeypatch, capsys):
     )
     meta = json.loads((repo / "stage_features/test.json").read_text())
     assert meta["manifest"] == "data/split/test.csv"
-    assert meta["weights_label"] == WEIGHTS_META["label"]
+    assert meta["weights_label"] == WEIGHTS_META["weights_label"]
     assert "WARNING: features computed with a RANDOM-INIT backbone" in capsys.readouterr().out
 
 
@@ -381,8 +386,8 @@ def test_save_features_writes_what_load_features_accepts(tmp_path):
     manifest = tmp_path / "split" / "train.csv"
     write_manifest(manifest, rows)
     x = np.arange(4 * 2 * 5, dtype=np.float64).reshape(4, 2, 5)
-    info = F.save_features(tmp_path / "features", "train", x, manifest, {"backbone": "tiny"})
-    assert (info["rows"], info["views"], info["dim"], info["backbone"]) == (4, 2, 5, "tiny")
+    info = F.save_features(tmp_path / "features", "train", x, manifest, random_weights())
+    assert (info.rows, info.views, info.dim, info.weights.backbone) == (4, 2, 5, "tiny")
     loaded = F.load_features(tmp_path / "features", "train", manifest)
     np.testing.assert_array_equal(loaded.features, x.astype(np.float32))
     assert loaded.labels.tolist() == [0, 1, 2, 0] and loaded.views == 2

@@ -114,10 +114,10 @@ def test_gallery_selection_per_class_and_slot():
 @pytest.fixture(scope="module")
 def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
     """A generated data set, manifests, a saved tiny-backbone model and its train.json."""
-    from conftest import CLASS_NAMES, CLASSES, random_weights_meta, tiny_model_params
+    from conftest import CLASS_NAMES, CLASSES, random_weights, tiny_model_params
 
+    from petscan import handoff, io, synthetic
     from petscan import model as pmodel
-    from petscan import synthetic
 
     root = tmp_path_factory.mktemp("explain")
     counts = {"No cancer": 4, "breast cancer": 6, "prostate cancer": 6}
@@ -135,10 +135,17 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
     params = tiny_model_params(resize="pad")
     (root / "models").mkdir()
     pmodel.build_full_model(params, 3, None).save(root / "models/model.keras")
-    meta = random_weights_meta()
-    (root / "models/train.json").write_text(
-        json.dumps({"random_init": True, "backbone_label": meta["label"]})
+    info = handoff.TrainInfo(
+        mode="cached",
+        weights=random_weights(),
+        class_names=CLASS_NAMES,
+        seed=0,
+        best_epoch=0,
+        epochs_run=1,
+        stopped_early=False,
+        model_sha256=io.sha256_file(root / "models/model.keras"),
     )
+    handoff.write_train_info(root / "models", info)
     stage_params = {
         "explain": {
             "method": "gradcam",
@@ -151,7 +158,8 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
         "data": {"classes": CLASSES, "raw_dir": "data/raw"},
         "model": {"resize": "pad"},
         "evaluate": {"bootstrap_resamples": 50, "confidence": 0.95},
-        "mlflow": {},
+        # no run has this model: explain finds none and logs nothing (a store of its own)
+        "mlflow": {"experiment": "explain", "tracking_uri": f"sqlite:///{root}/mlflow.db"},
         "train": {"out_dir": "models"},
         "split": {"out_dir": "split"},
     }
@@ -160,7 +168,7 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_stage_scores_every_image_with_a_visible_lesion(tiny_project):
     root, params = tiny_project
-    result = loc.run(params, root)
+    result = loc.run_explain(params, root)
     out = root / "reports/explain"
     table = pd.read_csv(out / "localization.csv")
     assert len(table) == 16  # every val and test image
@@ -196,7 +204,7 @@ def test_stage_without_ground_truth_skips_with_the_reason(tiny_project, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     (copy / "data/raw/.lesions.csv").unlink()
-    result = loc.run(params, copy)
+    result = loc.run_explain(params, copy)
     assert result["localization"] is None
     assert ".lesions.csv is missing" in result["skipped"]
     saved = json.loads((copy / "reports/explain/metrics.json").read_text())
@@ -210,7 +218,7 @@ def test_gallery_figure_has_the_banner_and_every_slot(tiny_project, tmp_path):
     from petscan import plots
 
     root, params = tiny_project
-    loc.run(params, root)
+    loc.run_explain(params, root)
     panels = root / "reports/explain/gallery"
     gallery = pd.read_csv(panels / loc.GALLERY_FILE)
     fig = plots.explanation_gallery(

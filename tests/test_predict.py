@@ -15,6 +15,7 @@ from conftest import tiny_image_classifier, tiny_model_params, write_png
 
 from petscan import predict
 from petscan.images import ImageError, load_resized
+from petscan.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def expected_proba(model_file: Path, paths: list[Path]) -> np.ndarray:
 
 
 def test_predict_paths_skips_bad_files_and_matches_keras(model_file, folder):
-    model = predict._load_keras(model_file)
+    model = load_model(model_file)
     files, errors = predict.expand_paths([folder, folder / "missing.png"])
     assert [p.name for p in files] == ["a.png", "b.png", "broken.png", "c.png"]
     assert errors == [(str(folder / "missing.png"), "no such file or folder")]

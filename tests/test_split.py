@@ -54,7 +54,7 @@ def test_bad_ratios_are_refused(ratios):
 def test_image_mode_on_the_seed_sized_folder(make_raw_dir, data_params, split_params, tmp_path):
     make_raw_dir(SEED_TOTALS, views=(1, 3))
     split_params["mode"] = "image"
-    result = splitting.run(data_params, split_params, root=tmp_path, progress=False)
+    result = splitting.run_split(data_params, split_params, root=tmp_path, progress=False)
     summary = json.loads((tmp_path / "data/split/summary.json").read_text())
     assert summary == result.summary
     assert {s: summary[s]["total"] for s in SPLITS} == {"train": 1072, "val": 58, "test": 63}
@@ -76,7 +76,7 @@ def test_image_mode_on_the_seed_sized_folder(make_raw_dir, data_params, split_pa
     # by image, patients straddle splits: the leak the group mode removes
     assert summary["patients"]["in_several_splits"] > 0
     train = pd.read_csv(tmp_path / "data/split/train.csv", dtype={"patient": str})
-    assert train.columns.tolist() == MANIFEST_COLUMNS
+    assert train.columns.tolist() == list(MANIFEST_COLUMNS)
     assert train["path"].tolist() == sorted(train["path"])
     assert train["path"].str.startswith("data/raw/").all()
     assert all((tmp_path / p).is_file() for p in train["path"].head(20))
@@ -176,7 +176,7 @@ def test_outputs_report_and_numeric_summary(make_raw_dir, data_params, split_par
     (raw / "CT scans").mkdir()
     unique_png(raw / "CT scans" / "y_v1.png", 999)
     unique_png(raw / "prostate cancer" / "IMG 5.png", 998)
-    splitting.run(data_params, split_params, root=tmp_path, progress=False)
+    splitting.run_split(data_params, split_params, root=tmp_path, progress=False)
     out = tmp_path / "data" / "split"
     assert sorted(p.name for p in out.iterdir()) == [
         "index.csv",

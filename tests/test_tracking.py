@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import CLASS_NAMES as CLASSES
 from conftest import (
-    random_weights_meta,
+    random_weights,
     serve_mlflow,
     tiny_image_classifier,
     tiny_model_params,
@@ -24,7 +25,7 @@ from conftest import (
 from petscan import tracking
 
 MODEL_PARAMS = tiny_model_params()
-WEIGHTS_META = random_weights_meta(sha256="ab" * 32)
+WEIGHTS = random_weights(sha256="ab" * 32)
 
 
 MANIFESTS = {
@@ -120,7 +121,7 @@ def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, m
 
 def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lucid-gamma")
-    tags = tracking.run_tags(manifests, WEIGHTS_META)
+    tags = tracking.run_tags(manifests, WEIGHTS)
     # train, val, test in that order; the tuning runs use the same definition
     expected_hash = hashlib.sha256(
         (MANIFESTS["train"] + MANIFESTS["val"] + MANIFESTS["test"]).encode()
@@ -131,11 +132,11 @@ def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     assert tags["random_init"] == "true"
     assert tags["weights_source"] == "random"
     assert tags["weights_sha256"] == "ab" * 32
-    assert tags["backbone_label"] == "RANDOM-INIT backbone (not RadImageNet)"
+    assert tags["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)"
     monkeypatch.delenv("DVC_EXP_NAME")
-    assert tracking.run_tags(manifests, {"random_init": False})["dvc_exp_name"] == "workspace"
+    assert tracking.run_tags(manifests, None)["dvc_exp_name"] == "workspace"
     with pytest.raises(FileNotFoundError, match="dvc repro split"):
-        tracking.run_tags(mlflow_store / "missing", WEIGHTS_META)
+        tracking.run_tags(mlflow_store / "missing", WEIGHTS)
 
 
 def test_run_name_is_the_dvc_experiment_or_the_commit(monkeypatch):
@@ -170,7 +171,7 @@ def test_version_description_before_and_after_evaluation():
     tags = {
         "random_init": "true",
         "backbone": "tiny",
-        "backbone_label": "RANDOM-INIT backbone (not RadImageNet)",
+        "weights_label": "RANDOM-INIT backbone (not RadImageNet)",
         "weights_source": "random",
         "weights_sha256": "ab" * 32,
         "data_manifest_sha256": "cd" * 32,
@@ -234,7 +235,7 @@ def test_param_values_are_readable_and_truncated():
 
 def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests):
     params = {"train": {"loss": {"gamma": 2.0, "alpha": [0.5, 0.3, 0.2]}, "epochs": 4}}
-    tags = tracking.run_tags(manifests, WEIGHTS_META)
+    tags = tracking.run_tags(manifests, WEIGHTS)
     model = tiny_model()
     with tracking.start_training_run({"experiment": "e"}, params, tags, run_name="r1") as run:
         history = fit_logged(model, run.info.run_id)
@@ -261,8 +262,8 @@ def test_urls_with_credentials_are_recorded_redacted(mlflow_store, manifests, tm
         "mlflow": {"tracking_uri": "https://user:S3CRET@mlflow.example/", "experiment": "e"},
         "weights": {"sources": [{"type": "url", "url": "https://h/w.h5?sig=S3CRET"}]},
     }
-    meta = {**WEIGHTS_META, "source": "url:https://tok-S3CRET@h/w.h5"}
-    tags = tracking.run_tags(manifests, meta)
+    weights = dataclasses.replace(WEIGHTS, weights_source="url:https://tok-S3CRET@h/w.h5")
+    tags = tracking.run_tags(manifests, weights)
     assert tags["weights_source"] == "url:https://***@h/w.h5"
     with tracking.start_training_run({"experiment": "e"}, params, tags) as run:
         pass
@@ -340,7 +341,7 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
     assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
     # described, tagged and aliased by train; evaluate adds the test metrics
     mlflow_params = {"registered_model": "pet-test", "alias": "candidate"}
-    tags = {**tracking.run_tags(manifests, WEIGHTS_META), "model_sha256": "ef" * 32}
+    tags = {**tracking.run_tags(manifests, WEIGHTS), "model_sha256": "ef" * 32}
     assert tracking.register_version(info, mlflow_params, tags) == "1"
     version = client.get_model_version_by_alias("pet-test", "candidate")
     assert str(version.version) == "1" and "RANDOM-INIT BACKBONE" in version.description
@@ -385,7 +386,7 @@ def mlflow_server(tmp_path):
 def test_logging_to_a_real_tracking_server(mlflow_store, manifests, mlflow_server, monkeypatch):
     url, artifacts = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    tags = tracking.run_tags(manifests, WEIGHTS_META)
+    tags = tracking.run_tags(manifests, WEIGHTS)
     with tracking.start_training_run(
         {"experiment": "served"}, {"train": {"epochs": 2}}, tags
     ) as run:

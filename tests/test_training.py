@@ -9,14 +9,16 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_model_params, write_png
+from conftest import CLASS_NAMES as CLASSES
+from conftest import random_weights, tiny_model_params, write_png
 from sklearn.utils.class_weight import compute_class_weight
 
-from petscan import training
+from petscan import handoff, training
 from petscan.model import build_full_model, build_head, load_model
 from petscan.schedules import piecewise_lr
 
 MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
+WEIGHTS = random_weights()
 
 
 def train_params(**overrides) -> dict:
@@ -192,9 +194,7 @@ def test_early_stopping_restores_the_best_epoch():
     # The kept weights are the best epoch's: evaluating them gives its val_loss.
     loss = result.head.evaluate(vx[:, 0], vy, verbose=0)[0]
     assert loss == pytest.approx(hist["val_loss"].iloc[best], rel=1e-5)
-    summary = result.summary()
-    assert summary["best_epoch"] == best
-    assert summary["best_val_loss"] == pytest.approx(hist["val_loss"].iloc[best])
+    assert result.best_values()["val_loss"] == pytest.approx(hist["val_loss"].iloc[best])
 
 
 # --------------------------------------------------------------------------- end to end
@@ -242,7 +242,7 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
     x, y = blobs(12, views=1, dim=32, seed=5)
     result = training.fit_cached(x, y, x, y, MODEL, train_params(epochs=2), 3, verbose=0)
     full = build_full_model(MODEL, 3, None, head=result.head)
-    paths = training.save_outputs(result, full, tmp_path / "models", {"backbone": "tiny"})
+    paths, _ = training.save_outputs(result, full, tmp_path / "models", WEIGHTS, CLASSES, 0)
     loaded = load_model(paths["model"])  # safe_mode=True
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(
@@ -251,7 +251,8 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
     history = pd.read_csv(paths["history"])
     assert list(history.columns) == list(training.HISTORY_COLUMNS) and len(history) == 2
     info = json.loads(paths["summary"].read_text())
-    assert info["backbone"] == "tiny"
+    assert info["backbone"] == "tiny" and info["class_names"] == CLASSES
+    assert handoff.read_train_info(tmp_path / "models").best == result.best_values()
     assert info["epochs_run"] == 2 and info["best_epoch"] in (0, 1)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "history.csv",
@@ -269,7 +270,7 @@ def test_same_training_twice_gives_byte_identical_outputs(tmp_path):
     for run in ("a", "b"):
         result = training.fit_cached(x, y, x, y, MODEL, train_params(epochs=2), 3, verbose=0)
         full = build_full_model(MODEL, 3, None, head=result.head)
-        training.save_outputs(result, full, tmp_path / run, {"backbone": "tiny"})
+        training.save_outputs(result, full, tmp_path / run, WEIGHTS, CLASSES, 0)
     for name in ("model.keras", "history.csv", "train.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     with zipfile.ZipFile(tmp_path / "a" / "model.keras") as archive:

@@ -19,6 +19,7 @@ import optuna
 import pandas as pd
 import pytest
 import yaml
+from conftest import random_weights
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
@@ -66,14 +67,8 @@ def make_cache(root: Path, n_train=60, n_val=21, views=3, dim=8, seed=0) -> Path
         manifest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(manifest, index=False)
         x = means[labels][:, None, :] + rng.normal(0.0, 1.0, size=(n, v, dim))
-        meta = {
-            "backbone": "tiny",
-            "weights_sha256": "ab" * 32,
-            "weights_random_init": True,
-            "weights_label": "RANDOM-INIT backbone (not RadImageNet)",
-            "weights_source": "random",
-        }
-        features.save_features(root / "data" / "features", split, x, manifest, meta)
+        weights = random_weights("ab" * 32)
+        features.save_features(root / "data" / "features", split, x, manifest, weights)
     return root
 
 
@@ -168,7 +163,7 @@ def tiny_study(tmp_path_factory, mlflow_uri):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(root))
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-        summary = tuning.run_study(params, root, progress=False)
+        summary = tuning.run_tune(params, root, progress=False)
     return root, params, summary
 
 
@@ -380,23 +375,23 @@ def test_best_params_load_into_train_and_fit(tiny_study):
 
 def test_resumed_study_adds_trials_without_repeating_numbers(repo, request):
     params = make_params(experiment_name(request), n_trials=2)
-    first = tuning.run_study(params, repo, progress=False, plots=False)
-    second = tuning.run_study(params, repo, trials=4, progress=False, plots=False)
+    first = tuning.run_tune(params, repo, progress=False, plots=False)
+    second = tuning.run_tune(params, repo, trials=4, progress=False, plots=False)
     assert first["mlflow_parent_run_id"] == second["mlflow_parent_run_id"]  # same parent
     numbers = [t.number for t in load(repo).get_trials()]
     assert numbers == [0, 1, 2, 3]
     runs = children(second["mlflow_parent_run_id"])
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [0, 1, 2, 3]
-    third = tuning.run_study(params, repo, trials=4, progress=False, plots=False)  # nothing left
+    third = tuning.run_tune(params, repo, trials=4, progress=False, plots=False)  # nothing left
     assert third["trials"]["complete"] == 4 and len(load(repo).get_trials()) == 4
     changed = make_params(experiment_name(request), n_trials=5, objective="f1_macro")
     with pytest.raises(ValueError, match="--study NEW_NAME"):
-        tuning.run_study(changed, repo, progress=False, plots=False)
+        tuning.run_tune(changed, repo, progress=False, plots=False)
 
 
 def test_parallel_workers_on_journal_storage_record_each_trial_once(repo, request):
     params = make_params(experiment_name(request), n_trials=4)
-    summary = tuning.run_study(params, repo, workers=2, progress=False, plots=False)
+    summary = tuning.run_tune(params, repo, workers=2, progress=False, plots=False)
     journal = repo / "tune" / "optuna.journal"
     assert journal.is_file() and summary["storage"] == str(journal)
     trials = load(repo, storage=str(journal)).get_trials()
@@ -422,7 +417,7 @@ def test_stopped_study_keeps_finished_trials_and_resumes(repo, request, monkeypa
 
     monkeypatch.setattr(training, "fit_cached", stopping_fit)
     with pytest.raises(KeyboardInterrupt):
-        tuning.run_study(params, repo, progress=False, plots=False)
+        tuning.run_tune(params, repo, progress=False, plots=False)
     study = load(repo)
     assert [t.state for t in study.get_trials()] == [
         TrialState.COMPLETE,
@@ -438,7 +433,7 @@ def test_stopped_study_keeps_finished_trials_and_resumes(repo, request, monkeypa
     # a SIGKILLed process leaves a RUNNING trial behind: the next run marks it FAIL
     study.ask()
     monkeypatch.setattr(training, "fit_cached", real_fit)
-    tuning.run_study(params, repo, progress=False, plots=False)
+    tuning.run_tune(params, repo, progress=False, plots=False)
     states = [t.state for t in load(repo).get_trials()]
     assert states[3] == TrialState.FAIL and TrialState.RUNNING not in states
     assert states.count(TrialState.COMPLETE) == 4
@@ -456,7 +451,7 @@ def test_nan_trial_is_failed_and_the_study_goes_on(repo, request, monkeypatch):
         return result
 
     monkeypatch.setattr(training, "fit_cached", poisoned_fit)
-    summary = tuning.run_study(params, repo, progress=False, plots=False)
+    summary = tuning.run_tune(params, repo, progress=False, plots=False)
     trials = load(repo).get_trials()
     assert [t.state for t in trials] == [
         TrialState.COMPLETE,
@@ -479,13 +474,13 @@ def test_repeated_failures_stop_the_study(repo, request, monkeypatch):
 
     monkeypatch.setattr(training, "fit_cached", broken_fit)
     with pytest.raises(RuntimeError, match="2 trials failed in a row.*broken features"):
-        tuning.run_study(params, repo, progress=False, plots=False)
+        tuning.run_tune(params, repo, progress=False, plots=False)
     assert [t.state for t in load(repo).get_trials()] == [TrialState.FAIL] * 2
 
 
 def test_cross_validation_objective_is_the_fold_mean(repo, request):
     params = make_params(experiment_name(request), n_trials=1, cv_folds=2)
-    summary = tuning.run_study(params, repo, progress=False, plots=False)
+    summary = tuning.run_tune(params, repo, progress=False, plots=False)
     (run,) = children(summary["mlflow_parent_run_id"])
     folds = [run.data.metrics[f"fold{k}/final_roc_auc_macro"] for k in (0, 1)]
     assert run.data.metrics["objective"] == pytest.approx(np.mean(folds))
@@ -515,7 +510,7 @@ def test_study_on_a_postgresql_server(repo, request):
     name = f"petscan-test-{os.getpid()}-{np.random.default_rng().integers(1 << 30)}"
     params = make_params(experiment_name(request), study=name, n_trials=2)
     try:
-        summary = tuning.run_study(params, repo, storage=url, progress=False, plots=False)
+        summary = tuning.run_tune(params, repo, storage=url, progress=False, plots=False)
         study = optuna.load_study(study_name=name, storage=url)
         assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
         assert (
@@ -609,7 +604,7 @@ def test_apply_rebuilds_from_the_space_and_ignores_poisoned_overrides(repo, requ
         mlflow__tracking_uri=("https://evil.example/", evil_param),
     )  # fmt: skip
     caplog.set_level("WARNING", logger="petscan.tuning.apply")
-    summary = tuning.run_study(
+    summary = tuning.run_tune(
         params, repo, apply=True, params_path=path, progress=False, plots=False
     )
     after = config.load_params(path)
@@ -639,7 +634,7 @@ def test_apply_refuses_a_trial_value_the_space_cannot_produce(repo, request):
     wide = optuna.distributions.FloatDistribution(0.0, 100.0)  # widened by the attacker
     poisoned_study(repo, "s", params, {}, train__loss__gamma=(99.0, wide))
     with pytest.raises(ValueError, match="train.loss.gamma = 99.0, which tune.space cannot"):
-        tuning.run_study(params, repo, apply=True, params_path=path, progress=False, plots=False)
+        tuning.run_tune(params, repo, apply=True, params_path=path, progress=False, plots=False)
     assert path.read_bytes() == before
     summary = json.loads((repo / "tune" / "summary.json").read_text())
     assert "cannot produce" in summary["best_params_refused"] and "best_params" not in summary

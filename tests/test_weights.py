@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from conftest import load_script
 
-from petscan import backbones, weights
+from petscan import backbones, handoff, weights
 
 SHAPE = (32, 32, 3)
 REV = "0123456789abcdef0123456789abcdef01234567"  # a pinned hub revision
@@ -208,7 +208,7 @@ def params(*sources, fallback="none", **extra) -> dict:
 
 
 def fetch(tmp_path: Path, wp: dict, **kwargs) -> dict:
-    return weights.fetch_weights(
+    return weights.run_fetch_weights(
         wp, MODEL, workspace=tmp_path, root=tmp_path, progress=False, **kwargs
     )
 
@@ -230,9 +230,13 @@ def test_file_source_relative_to_root_installs_checked_file(tmp_path, h5_files):
     meta = fetch(tmp_path, wp)
     installed = tmp_path / "out" / "weights.h5"
     assert installed.read_bytes() == data
-    assert meta["source"] == f"file:{tmp_path / 'RadImageNet-IRV2_notop.h5'}"
-    assert meta["sha256"] == sha(data)
-    assert (meta["random_init"], meta["label"], meta["backbone"]) == (False, "RadImageNet", "tiny")
+    assert meta["weights_source"] == f"file:{tmp_path / 'RadImageNet-IRV2_notop.h5'}"
+    assert meta["weights_sha256"] == sha(data)
+    assert (meta["random_init"], meta["weights_label"], meta["backbone"]) == (
+        False,
+        "RadImageNet",
+        "tiny",
+    )
     # tiny: 3 conv (kernel, bias) + 3 batch norms (4 tensors) = 6 layers, 18 tensors
     assert (meta["layers"], meta["tensors"]) == (6, 18)
     assert meta["checked_tensors"] == [
@@ -240,8 +244,8 @@ def test_file_source_relative_to_root_installs_checked_file(tmp_path, h5_files):
         "tiny_bn1/beta",  # tensor 18 // 2 = 9: conv0 2 + bn0 4 + conv1 2, gamma, beta
         "tiny_bn2/moving_variance",
     ]
-    assert weights.load_weights_meta(tmp_path / "out") == meta
-    assert not weights.is_random_init(meta) and weights.warning_banner(meta) is None
+    assert handoff.read_weights_meta(tmp_path / "out") == meta
+    assert not meta["random_init"] and handoff.banner(meta) is None
     model = backbones.build_backbone("tiny", SHAPE, weights=installed)
     with h5py.File(h5_files["tiny"]) as fh:
         kernel = fh["model_weights/tiny_conv2/tiny_conv2/kernel"][()]
@@ -253,7 +257,7 @@ def test_file_source_expands_home(tmp_path, h5_files, monkeypatch):
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "w.h5").write_bytes(h5_files["tiny"].read_bytes())
     meta = fetch(tmp_path, params({"type": "file", "path": "~/w.h5"}))
-    assert meta["source"] == f"file:{tmp_path / 'home' / 'w.h5'}"
+    assert meta["weights_source"] == f"file:{tmp_path / 'home' / 'w.h5'}"
 
 
 def test_current_install_is_skipped_and_redone_when_settings_or_file_change(
@@ -270,7 +274,7 @@ def test_current_install_is_skipped_and_redone_when_settings_or_file_change(
     (tmp_path / "out" / "weights.h5").write_bytes(b"tampered")
     again = fetch(tmp_path, wp)
     assert (tmp_path / "out" / "weights.h5").read_bytes() == h5_files["tiny"].read_bytes()
-    assert again["sha256"] == first["sha256"]
+    assert again["weights_sha256"] == first["weights_sha256"]
     # a changed expectation is a changed setting: the wrong checksum now fails
     with pytest.raises(weights.WeightsError, match="sha256 mismatch"):
         fetch(tmp_path, {**wp, "sha256": "0" * 64})
@@ -282,7 +286,7 @@ def test_url_download_verifies_sha256_and_leaves_no_part(tmp_path, h5_files, ser
     url = f"{server.url}/w.h5"
     wp = params({"type": "url", "url": url}, sha256=sha(data), ca_bundle=str(tls.cert))
     meta = fetch(tmp_path, wp)
-    assert meta["source"] == f"url:{url}" and meta["sha256"] == sha(data)
+    assert meta["weights_source"] == f"url:{url}" and meta["weights_sha256"] == sha(data)
     assert (tmp_path / "out" / "weights.h5").read_bytes() == data
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["weights.h5", "weights.json"]
 
@@ -341,7 +345,7 @@ def test_always_cut_fails_clearly_without_final_file(tmp_path, h5_files, server,
     server.routes["/w.h5"] = (data, "application/octet-stream", "ok")
     server.requests.clear()
     meta = fetch(tmp_path, wp)
-    assert meta["sha256"] == sha(data)
+    assert meta["weights_sha256"] == sha(data)
     assert server.requests[0][1] is not None and server.requests[0][1].startswith("bytes=")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["weights.h5", "weights.json"]
 
@@ -488,7 +492,7 @@ def test_kaggle_and_hub_clients_are_used_when_present(tmp_path, h5_files, monkey
         tmp_path, params({"type": "kaggle", "dataset": "o/s", "file": "w.h5"}, sha256=sha(data))
     )
     assert calls == ["auth", ("o/s", "w.h5")]
-    assert meta["source"] == "kaggle:o/s/w.h5" and meta["sha256"] == sha(data)
+    assert meta["weights_source"] == "kaggle:o/s/w.h5" and meta["weights_sha256"] == sha(data)
 
     hub = types.ModuleType("huggingface_hub")
     hub.hf_hub_download = lambda repo_id, filename, revision, repo_type: str(h5_files["tiny"])
@@ -497,7 +501,10 @@ def test_kaggle_and_hub_clients_are_used_when_present(tmp_path, h5_files, monkey
     with pytest.raises(weights.WeightsError, match="revision must pin a commit"):
         fetch(tmp_path / "hub", params({**source, "revision": "main"}, sha256=sha(data)))
     meta = fetch(tmp_path / "hub", params({**source, "revision": REV}, sha256=sha(data)))
-    assert (meta["source"], meta["label"]) == (f"huggingface:a/b/w.h5@{REV}", "Hub copy")
+    assert (meta["weights_source"], meta["weights_label"]) == (
+        f"huggingface:a/b/w.h5@{REV}",
+        "Hub copy",
+    )
 
 
 def test_kaggle_without_credentials(tmp_path, monkeypatch):
@@ -547,22 +554,22 @@ def test_all_sources_failing_with_fallback_none_lists_each(tmp_path):
 def test_random_fallback_is_labelled_loadable_and_deterministic(tmp_path, caplog):
     caplog.set_level(logging.WARNING, logger="petscan.weights")
     meta = fetch(tmp_path / "a", params(*ALL_FAIL, fallback="random", seed=5))
-    assert meta["random_init"] is True and weights.is_random_init(meta)
-    assert meta["label"] == "RANDOM-INIT backbone (not RadImageNet)" == weights.RANDOM_LABEL
-    assert meta["source"] == "random"
-    assert weights.warning_banner(meta) == weights.RANDOM_LABEL
+    assert meta["random_init"] is True
+    assert meta["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)" == handoff.RANDOM_LABEL
+    assert meta["weights_source"] == "random"
+    assert handoff.banner(meta) == handoff.RANDOM_LABEL
     assert any(
         r.levelname == "WARNING" and "RANDOMLY INITIALISED" in r.message for r in caplog.records
     )
     assert "1. file RadImageNet-IRV2_notop.h5: not found" in caplog.text
     assert "set weights.fallback: random" not in caplog.text  # it already is
     on_disk = json.loads((tmp_path / "a" / "out" / "weights.json").read_text())
-    assert on_disk["random_init"] is True and on_disk["label"] == weights.RANDOM_LABEL
+    assert on_disk["random_init"] is True and on_disk["weights_label"] == handoff.RANDOM_LABEL
     path = tmp_path / "a" / "out" / "weights.h5"
     loaded = backbones.build_backbone("tiny", SHAPE, weights=path).get_weights()
     same = fetch(tmp_path / "b", params(*ALL_FAIL, fallback="random", seed=5))
     other = fetch(tmp_path / "c", params(*ALL_FAIL, fallback="random", seed=6))
-    assert same["sha256"] == meta["sha256"] != other["sha256"]
+    assert same["weights_sha256"] == meta["weights_sha256"] != other["weights_sha256"]
     # identical inputs, byte-identical outputs (DVC then sees the same folder hash)
     for name in ("weights.h5", "weights.json"):
         first, second = (tmp_path / d / "out" / name for d in ("a", "b"))
@@ -577,7 +584,7 @@ def test_random_install_is_replaced_once_the_real_file_appears(tmp_path, h5_file
     assert fetch(tmp_path, wp)["random_init"] is True
     (tmp_path / "w.h5").write_bytes(h5_files["tiny"].read_bytes())
     meta = fetch(tmp_path, wp)
-    assert meta["random_init"] is False and meta["label"] == "RadImageNet"
+    assert meta["random_init"] is False and meta["weights_label"] == "RadImageNet"
 
 
 def test_imagenet_fallback_explains_it_needs_weights_it_cannot_get(tmp_path):
@@ -587,12 +594,12 @@ def test_imagenet_fallback_explains_it_needs_weights_it_cannot_get(tmp_path):
         fetch(tmp_path, params(fallback="maybe"))
 
 
-def test_load_weights_meta_missing_names_the_fix(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run the fetch_weights stage"):
-        weights.load_weights_meta(tmp_path)
+def test_read_weights_meta_missing_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run `dvc repro fetch_weights`"):
+        handoff.read_weights_meta(tmp_path)
     (tmp_path / "weights.json").write_text('{"backbone": "tiny"}')
     with pytest.raises(ValueError, match="lacks"):
-        weights.load_weights_meta(tmp_path)
+        handoff.read_weights_meta(tmp_path)
 
 
 # --------------------------------------------------------------------------- Google Drive
@@ -690,14 +697,14 @@ def test_stage_help_and_run(tmp_path, monkeypatch, capsys, h5_files):
     (tmp_path / "w.h5").write_bytes(h5_files["tiny"].read_bytes())
     assert stage.main(["--no-progress"]) == 0
     assert "backbone tiny: RadImageNet from file:" in capsys.readouterr().out
-    assert weights.load_weights_meta(tmp_path / "models/backbone")["backbone"] == "tiny"
+    assert handoff.read_weights_meta(tmp_path / "models/backbone")["backbone"] == "tiny"
 
 
 @pytest.mark.slow
 def test_full_size_inception_resnet_v2_random_fallback(tmp_path):
     model = {"backbone": "inception_resnet_v2", "input_size": [75, 75]}  # smallest input
     wp = params(fallback="random", seed=3)
-    meta = weights.fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    meta = weights.run_fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
     # InceptionResNetV2 no-top: 448 layers with weights, 896 tensors (ecosystem notes)
     assert (meta["layers"], meta["tensors"], meta["random_init"]) == (448, 896, True)
     # Keras numbers auto-named layers per process (conv2d, conv2d_207, ...): match the stem
@@ -967,7 +974,7 @@ def test_recorded_urls_lose_tokens_and_query(tmp_path, h5_files, server, tls, ca
     caplog.set_level(logging.DEBUG)
     meta = fetch(tmp_path, wp)
     assert server.requests == [("/w.h5?token=S3CRET", None)]  # the real URL was asked
-    assert meta["source"] == f"url:{server.url}/w.h5?***"
+    assert meta["weights_source"] == f"url:{server.url}/w.h5?***"
     on_disk = (tmp_path / "out" / "weights.json").read_text()
     assert "S3CRET" not in on_disk and "S3CRET" not in caplog.text
     stamp = (tmp_path / "out" / "weights.h5").stat().st_mtime_ns
@@ -1031,7 +1038,7 @@ def test_zip_slip_members_never_touch_files_outside(tmp_path, h5_files, monkeypa
     # with one regular member among them, that one (and only its bytes) is used
     kaggle_client(monkeypatch, [*evil, ("RadImageNet/w.h5", data)])
     meta = fetch(work, params(source, sha256=sha(data)))
-    assert meta["sha256"] == sha(data) and meta["source"] == "kaggle:o/s/w.h5"
+    assert meta["weights_sha256"] == sha(data) and meta["weights_source"] == "kaggle:o/s/w.h5"
     assert victim.read_bytes() == b"three years of work"
 
 

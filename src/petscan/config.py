@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from petscan.errors import MissingInputError, ParamsError
+from petscan.params import validate
 
 PARAMS_FILE = "params.yaml"
 
@@ -65,8 +66,6 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 def load_validated(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     """The whole params file, checked against the schema, every default filled in."""
-    from petscan.params import validate
-
     return validate(load_params(path), path)
 
 

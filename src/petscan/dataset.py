@@ -8,7 +8,6 @@ reported with the reason and left out, so one broken export never stops a run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from petscan.config import class_names as ordered_class_names
 from petscan.errors import UserError
 from petscan.images import IMAGE_SUFFIXES, FolderScan, ImageError, check_shape, inspect_image
+from petscan.io import sha256_file
 
 INDEX_COLUMNS = [
     "path",
@@ -64,14 +64,6 @@ class DataIndex:
     def unmatched_patients(self) -> list[str]:
         """Paths whose file name did not match `data.patient_pattern`."""
         return self.images.loc[~self.images["patient_matched"], "path"].tolist()
-
-
-def sha256_file(path: str | Path, chunk_size: int = MB) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def compile_patient_pattern(pattern: str | None) -> re.Pattern[str] | None:

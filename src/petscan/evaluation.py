@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 
-from petscan import io, losses, metrics
+from petscan import config, io, losses, metrics, tracking
+from petscan import model as pmodel
+from petscan.handoff import read_train_info, write_metrics
+from petscan.image_pipeline import image_dataset
 
 PROBA_PREFIX = "proba/"
 TRUE_COLUMN = "true_class"
@@ -38,11 +42,9 @@ def predict_images(
     root: str | Path = ".",
 ) -> np.ndarray:
     """Class probabilities (N, K) for the images listed in a manifest frame, in its order."""
-    from petscan import features as pfeatures
-
     if len(frame) == 0:
         return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
-    dataset = pfeatures.image_dataset(
+    dataset = image_dataset(
         frame,
         tuple(model_params["input_size"]),
         model_params["resize"],
@@ -178,65 +180,6 @@ def mlflow_metrics(nested: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def banner_text(train_info: dict[str, Any]) -> str | None:
-    """The warning stamped on figures of a random-init backbone (from train.json), else None."""
-    from petscan.weights import warning_banner
-
-    return warning_banner(
-        {"random_init": train_info.get("random_init"), "label": train_info.get("backbone_label")}
-    )
-
-
-def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf -> None, so metrics.json is strict JSON (DVC shows None as '-')."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out[key] = _json_safe(value)
-        elif isinstance(value, float) and not np.isfinite(value):
-            out[key] = None
-        else:
-            out[key] = value
-    return out
-
-
-# The DVC metrics file (`dvc exp show`, `dvc metrics diff`): the numbers a reader compares,
-# each with its bootstrap interval. Everything else goes to metrics_full.json and MLflow.
-COMPACT_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro", "ece")
-
-
-def compact_metrics(results: dict[str, Any]) -> dict[str, Any]:
-    """`random_init`, then per split each of `COMPACT_METRICS` with `_low` / `_high` bounds
-    and `single_class_predictions` (the collapse alarm of that split).
-
-    `{"random_init": true, "test": {"accuracy": 0.35, "accuracy_low": 0.19, ...}}`; the
-    interval is the bootstrap one of `metrics.evaluate_predictions` (`<m>_ci_low/high`).
-    """
-    compact: dict[str, Any] = {"random_init": bool(results.get("random_init", False))}
-    if isinstance(results.get("collapse"), dict) and "collapsed" in results["collapse"]:
-        compact["collapse"] = {"collapsed": bool(results["collapse"]["collapsed"])}  # train's alarm
-    for split, values in results.items():
-        if not (isinstance(values, dict) and "accuracy" in values):
-            continue  # not a split (e.g. the train stage's `collapse` record)
-        row: dict[str, Any] = {}
-        for name in COMPACT_METRICS:
-            row[name] = values.get(name)
-            row[f"{name}_low"] = values.get(f"{name}_ci_low")
-            row[f"{name}_high"] = values.get(f"{name}_ci_high")
-        if "majority_prediction_share" in values:  # the head predicts one class for every image
-            row["single_class_predictions"] = bool(values["majority_prediction_share"] >= 1.0)
-        compact[split] = row
-    return compact
-
-
-def read_train_info(train_dir: str | Path) -> dict[str, Any]:
-    """`train.json` written by the train stage (run id, random_init, backbone label...)."""
-    path = Path(train_dir) / "train.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run the train stage first (`dvc repro train`)")
-    return io.read_json(path)
-
-
 def run_evaluate(
     params: dict[str, Any], root: str | Path = ".", splits: Sequence[str] = ("val", "test")
 ) -> dict[str, Any]:
@@ -245,11 +188,6 @@ def run_evaluate(
     `params` holds the sections `data`, `model`, `train`, `evaluate`, `mlflow` and
     `split` (for `split.out_dir`). Returns the nested metrics written to metrics.json.
     """
-    import mlflow
-
-    from petscan import config, tracking
-    from petscan import model as pmodel
-
     root = Path(root)
     class_names = config.class_names(params["data"])
     train_dir = root / params["train"]["out_dir"]
@@ -258,11 +196,9 @@ def run_evaluate(
     info = read_train_info(train_dir)
     model = pmodel.load_model(train_dir / "model.keras")
     results: dict[str, Any] = {
-        "random_init": bool(info.get("random_init", False)),
-        "backbone": info.get("backbone"),
-        "backbone_label": info.get("backbone_label"),
+        **info.weights.to_dict(),
         # the train stage's alarm (check_collapse), without its sentence
-        "collapse": {k: v for k, v in (info.get("collapse") or {}).items() if k != "message"},
+        "collapse": {k: v for k, v in info.collapse.items() if k != "message"},
     }
     files: list[Path] = []
     for split in splits:
@@ -279,10 +215,8 @@ def run_evaluate(
         )
         results[split] = values
         files.extend(paths.values())
-    metrics_path, full_path = out_dir / "metrics.json", out_dir / "metrics_full.json"
-    io.write_json(metrics_path, _json_safe(compact_metrics(results)))
-    io.write_json(full_path, _json_safe(results))
-    run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
+    metrics_path, full_path = write_metrics(out_dir, results)
+    run_id = tracking.training_run_id(info.model_sha256, params["mlflow"])
     with tracking.resumed_run(run_id, params["mlflow"]) as run:
         if run is not None:
             tracking.log_stage_params(run.info.run_id, {"evaluate": params["evaluate"]})
@@ -291,70 +225,3 @@ def run_evaluate(
                 mlflow.log_artifact(str(path), artifact_path="reports")
             tracking.describe_model_version(run.info.run_id, params["mlflow"], results)
     return results
-
-
-FIGURES = ("confusion", "roc", "pr", "reliability")
-
-
-def make_figures(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
-    """The `plot` stage: training curves and, per split, confusion / ROC / PR / reliability.
-
-    `params` holds `data`, `plot`, `train.out_dir`, `evaluate` (out_dir, ece_bins) and
-    `mlflow`. Figures of a random-init backbone carry the warning banner.
-    """
-    import mlflow
-
-    from petscan import config, plots, tracking
-
-    root = Path(root)
-    class_names = config.class_names(params["data"])
-    train_dir = root / params["train"]["out_dir"]
-    reports = root / params["evaluate"]["out_dir"]
-    fig_dir = root / params["plot"]["out_dir"]
-    dpi = int(params["plot"]["dpi"])
-    bins = int(params["evaluate"]["ece_bins"])
-    info = read_train_info(train_dir)
-    banner = banner_text(info)
-    history = pd.read_csv(train_dir / "history.csv")
-    written = [fig_dir / "training_curves.png"]
-    best = info.get("best_epoch")
-    plots.training_curves(history, written[0], banner, dpi, None if best is None else int(best))
-    for split in ("val", "test"):
-        source = reports / f"predictions_{split}.csv"
-        if not source.is_file():
-            raise FileNotFoundError(f"{source} not found: run `dvc repro evaluate` first")
-        y_true, proba, _ = read_predictions(source, class_names)
-        out = {name: fig_dir / f"{name}_{split}.png" for name in FIGURES}
-        plots.confusion_matrices(
-            y_true, proba.argmax(axis=1), class_names, out["confusion"], banner, dpi
-        )
-        plots.roc_curves(y_true, proba, class_names, out["roc"], banner, dpi)
-        plots.pr_curves(y_true, proba, class_names, out["pr"], banner, dpi)
-        plots.reliability_diagram(y_true, proba, bins, out["reliability"], banner, dpi)
-        written.extend(out.values())
-    if "explain" in params:  # the explain stage's gallery panels
-        written.append(explanation_figure(params, root, class_names, banner, dpi))
-    run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
-    with tracking.resumed_run(run_id, params["mlflow"]) as run:
-        if run is not None:
-            stage_params = {"plot": params["plot"], "evaluate": {"ece_bins": bins}}
-            tracking.log_stage_params(run.info.run_id, stage_params)
-            for path in written:
-                mlflow.log_artifact(str(path), artifact_path="figures")
-    return written
-
-
-def explanation_figure(
-    params: dict[str, Any], root: Path, class_names: list[str], banner: str | None, dpi: int
-) -> Path:
-    """`explanations_test.png` from the explain stage's gallery (`explain.out_dir`)."""
-    from petscan import plots
-    from petscan.localization import GALLERY_FILE, GALLERY_SPLIT
-
-    panels = root / params["explain"]["out_dir"] / "gallery"
-    if not (panels / GALLERY_FILE).is_file():
-        raise FileNotFoundError(f"{panels / GALLERY_FILE} not found: run `dvc repro explain`")
-    out = root / params["plot"]["out_dir"] / f"explanations_{GALLERY_SPLIT}.png"
-    gallery = pd.read_csv(panels / GALLERY_FILE)
-    plots.explanation_gallery(gallery, panels, class_names, out, banner, dpi)
-    return out

@@ -6,7 +6,8 @@ through tf.data), makes its views (view 0 the plain image, then for training ima
 backbone on them and streams the pooled features into `data/features/{split}.npy`
 (float32 (N, V, D), written through a memory map into a temporary file that is renamed
 into place). `{split}.json` records what the features were computed from, and
-`load_features` refuses a cache that does not match its manifest.
+`load_features` refuses a cache that does not match its manifest. The images come
+through `image_pipeline`; the `.json` files are `handoff.FeatureMeta`.
 
 Memory stays flat as the data set grows: only a few batches of images are in flight and
 the output array lives on disk.
@@ -14,13 +15,12 @@ the output array lives on disk.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,17 +32,24 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from petscan.errors import BadInputError, MissingInputError
-from petscan.images import ImageError, load_resized
-from petscan.io import atomic_path, read_json, write_json
+from petscan.handoff import (
+    FEATURES_HINT,
+    FeatureMeta,
+    WeightsInfo,
+    feature_files,
+    manifest_meta,
+    read_feature_meta,
+    read_manifest,
+    write_feature_meta,
+)
+from petscan.image_pipeline import build_augmenter, images_per_batch, view_dataset
+from petscan.images import ImageError
+from petscan.io import atomic_path, sha256_file
 from petscan.model import build_feature_extractor, feature_moments, resolve_precision
 
 SPLITS = ("train", "val", "test")
-MANIFEST_COLUMNS = ("path", "class", "label", "patient", "sha256")
 log = logging.getLogger(__name__)
 
-REPRO_HINT = "run `dvc repro featurize`"
-PREFETCH_BATCHES = 2
-DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))  # files decoded at once by featurize
 TAIL_WARNING_S = 5.0  # seconds from the last batch to the end of a split worth a warning
 
 
@@ -53,7 +60,11 @@ class FeatureSet:
     features: np.ndarray  # (N, V, D) float32; view 0 is the plain image
     labels: np.ndarray  # (N,) int64
     frame: pd.DataFrame  # the split manifest, row i <-> features[i]
-    views: int
+    meta: FeatureMeta
+
+    @property
+    def views(self) -> int:
+        return self.meta.views
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,26 +72,6 @@ class FeatureSet:
     @property
     def dim(self) -> int:
         return int(self.features.shape[-1])
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def read_manifest(path: str | Path) -> pd.DataFrame:
-    """A split manifest, with a clear error when it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(f"split manifest {path} not found: run `dvc repro split` first")
-    frame = pd.read_csv(path, dtype={"path": str, "class": str, "patient": str, "sha256": str})
-    missing = [c for c in ("path", "label") if c not in frame.columns]
-    if missing:
-        raise BadInputError(f"{path} lacks column(s) {missing}: rerun `dvc repro split`")
-    return frame
 
 
 def check_files(frame: pd.DataFrame, manifest: str | Path, root: str | Path = ".") -> None:
@@ -97,166 +88,14 @@ def check_files(frame: pd.DataFrame, manifest: str | Path, root: str | Path = ".
                 f"{file} is listed in {manifest} but missing: restore it, or rerun `dvc repro` "
                 "(the split stage indexes the folder again)"
             )
-        if isinstance(digest, str) and digest and file_sha256(file) != digest:
+        if isinstance(digest, str) and digest and sha256_file(file) != digest:
             raise BadInputError(
                 f"{file} changed after the split (its sha256 differs from {manifest}): rerun "
                 "`dvc repro` (the split stage checks the file again)"
             )
 
 
-# ----------------------------------------------------------------------------- tf.data
-
-
-def build_augmenter(augmentation: Mapping[str, Any], seed: int) -> keras.Sequential:
-    """The seed notebook's training augmentation, seeded (one seed per layer).
-
-    Keys (params `featurize.augmentation`): rotation (fraction of a full turn), zoom,
-    contrast, translation (one factor or [height, width]); 0 or a missing key leaves
-    that layer out. Optional `fill_mode` (Keras default "reflect"). Works on pixel
-    values in [0, 255].
-    """
-    fill = augmentation.get("fill_mode", "reflect")
-    layers: list[keras.layers.Layer] = []
-    if augmentation.get("rotation"):
-        layers.append(
-            keras.layers.RandomRotation(augmentation["rotation"], fill_mode=fill, seed=seed)
-        )
-    if augmentation.get("zoom"):
-        layers.append(keras.layers.RandomZoom(augmentation["zoom"], fill_mode=fill, seed=seed + 1))
-    if augmentation.get("contrast"):
-        layers.append(
-            keras.layers.RandomContrast(
-                augmentation["contrast"], value_range=(0, 255), seed=seed + 2
-            )
-        )
-    translation = augmentation.get("translation")
-    if translation:
-        height, width = (translation, translation) if np.isscalar(translation) else translation
-        layers.append(keras.layers.RandomTranslation(height, width, fill_mode=fill, seed=seed + 3))
-    return keras.Sequential(layers or [keras.layers.Identity()], name="augmentation")
-
-
-def _decoder(
-    input_size: tuple[int, int], resize_mode: str, root: str | Path, errors: list[ImageError]
-) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A tf.data map function: file path -> float32 (H, W, 3) in [0, 255] via PIL.
-
-    A file that cannot be decoded is appended to `errors` (so the caller can name it)
-    before the exception stops the pipeline.
-    """
-    height, width = (int(v) for v in input_size)
-    root = Path(root)
-
-    def decode_file(path: bytes) -> np.ndarray:
-        file = root / path.decode()
-        try:
-            return load_resized(file, (height, width), resize_mode)
-        except ImageError as err:
-            errors.append(err)
-            raise
-
-    def decode(path: tf.Tensor) -> tf.Tensor:
-        image = tf.numpy_function(decode_file, [path], tf.float32, stateful=False)
-        image.set_shape((height, width, 3))
-        return image
-
-    return decode
-
-
-def _add_views(augmenter: keras.Sequential, augment_views: int) -> Callable[[tf.Tensor], tf.Tensor]:
-    """One image (H, W, 3) -> its views (V, H, W, 3): the plain image, then K augmented.
-
-    Applied image by image in file order, so the random draws (and the views) depend on
-    the seed and the manifest only, not on the batch size.
-    """
-
-    def add_views(image: tf.Tensor) -> tf.Tensor:
-        copies = augmenter(tf.tile(image[None], [augment_views, 1, 1, 1]), training=True)
-        return tf.concat([image[None], copies], axis=0)
-
-    return add_views
-
-
-def _flatten_views(batch: tf.Tensor) -> tf.Tensor:
-    """(B, V, H, W, 3) -> (B * V, H, W, 3), image-major."""
-    shape = tf.shape(batch)
-    return tf.reshape(batch, tf.concat([[shape[0] * shape[1]], shape[2:]], axis=0))
-
-
-def view_dataset(
-    paths: list[str],
-    input_size: tuple[int, int],
-    resize_mode: str,
-    images_per_batch: int,
-    augment_views: int = 0,
-    augmenter: keras.Sequential | None = None,
-    root: str | Path = ".",
-    errors: list[ImageError] | None = None,
-) -> tf.data.Dataset:
-    """Batches of `images_per_batch` images as (B * V, H, W, 3) float32 tensors.
-
-    Each file is decoded once (parallel map); its V = 1 + augment_views views are made
-    from the decoded image in a sequential map (so augmentation is reproducible by seed,
-    whatever the batch size), and batches are prefetched so decoding and augmentation
-    overlap with the backbone.
-    """
-    if augment_views and augmenter is None:
-        raise ValueError("augment_views > 0 needs an augmenter (see build_augmenter)")
-    decode = _decoder(input_size, resize_mode, root, errors if errors is not None else [])
-    ds = tf.data.Dataset.from_tensor_slices(tf.constant(list(paths), dtype=tf.string))
-    ds = ds.map(decode, num_parallel_calls=DECODE_THREADS, deterministic=True)
-    if augment_views:
-        ds = ds.map(_add_views(augmenter, augment_views))  # sequential: reproducible
-        ds = ds.batch(images_per_batch).map(_flatten_views)
-    else:
-        ds = ds.batch(images_per_batch)
-    # tf.data's autotuning off: with it, the iterator stalled 6 to 47 s after the last batch
-    # in some runs (the "55 s wait"; none in 3 runs without it). Decoding is not the
-    # bottleneck (the backbone is), so fixed parallelism costs nothing.
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.prefetch(PREFETCH_BATCHES).with_options(options)
-
-
-def image_dataset(
-    frame: pd.DataFrame,
-    input_size: tuple[int, int],
-    resize_mode: str,
-    batch_size: int,
-    augmenter: keras.Sequential | None = None,
-    shuffle: bool = False,
-    seed: int = 0,
-    root: str | Path = ".",
-) -> tf.data.Dataset:
-    """(images, labels) batches from manifest rows, for end-to-end training and evaluation.
-
-    Images are float32 (B, H, W, 3) in [0, 255], decoded exactly as `featurize` decodes
-    them; labels are int32 (B,). `shuffle` reshuffles every epoch, seeded; `augmenter`
-    (training only) is applied per batch.
-    """
-    decode = _decoder(input_size, resize_mode, root, [])
-    paths = tf.constant(frame["path"].astype(str).tolist(), dtype=tf.string)
-    labels = tf.constant(frame["label"].to_numpy(dtype=np.int32))
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    if shuffle:
-        ds = ds.shuffle(max(len(frame), 1), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(
-        lambda path, label: (decode(path), label),
-        num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True,
-    )
-    ds = ds.batch(batch_size)
-    if augmenter is not None:
-        ds = ds.map(lambda images, label: (augmenter(images, training=True), label))
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 # ----------------------------------------------------------------------------- featurize
-
-
-def images_per_batch(batch_size: int, views: int) -> int:
-    """`featurize.batch_size` counts backbone inputs; a batch holds that many views."""
-    return max(1, int(batch_size) // int(views))
 
 
 def _predict_full_batch(extractor: keras.Model, images: tf.Tensor, size: int) -> np.ndarray:
@@ -441,13 +280,13 @@ def _check_labels(frame: pd.DataFrame, manifest: Path, class_names: list[str] | 
         )
 
 
-def featurize(
+def run_featurize(
     manifests: Mapping[str, str | Path],
     out_dir: str | Path,
     model_params: Mapping[str, Any],
     featurize_params: Mapping[str, Any],
     weights_path: str | Path | None,
-    weights_meta: Mapping[str, Any] | None = None,
+    weights: WeightsInfo | None = None,
     class_names: list[str] | None = None,
     root: str | Path = ".",
     augment_splits: tuple[str, ...] = ("train",),
@@ -463,10 +302,9 @@ def featurize(
     outputs are written into `.<out_dir name>.partial` beside `out_dir` and moved into
     `out_dir` together once all splits are done; a failure leaves `out_dir` as it was.
     """
-    weights_meta = dict(weights_meta or {})
-    if weights_meta.get("backbone") not in (None, model_params["backbone"]):
+    if weights is not None and weights.backbone != model_params["backbone"]:
         raise ValueError(
-            f"the weights file is for backbone {weights_meta['backbone']!r} but model.backbone "
+            f"the weights file is for backbone {weights.backbone!r} but model.backbone "
             f"is {model_params['backbone']!r}: run `dvc repro fetch_weights featurize`"
         )
     frames = {}
@@ -483,12 +321,14 @@ def featurize(
     try:
         results = _featurize_all(
             extractor, frames, manifests, staging, model_params, featurize_params,
-            weights_meta, class_names, root, augment_splits, progress, precision,
+            weights, class_names, root, augment_splits, progress, precision,
         )  # fmt: skip
         out_dir.mkdir(parents=True, exist_ok=True)
         for split in results:
-            for suffix in (".npy", ".json"):
-                os.replace(staging / f"{split}{suffix}", out_dir / f"{split}{suffix}")
+            for staged, final in zip(
+                feature_files(staging, split), feature_files(out_dir, split), strict=True
+            ):
+                os.replace(staged, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return results
@@ -501,7 +341,7 @@ def _featurize_all(
     out_dir: Path,
     model_params: Mapping[str, Any],
     featurize_params: Mapping[str, Any],
-    weights_meta: Mapping[str, Any],
+    weights: WeightsInfo | None,
     class_names: list[str] | None,
     root: str | Path,
     augment_splits: tuple[str, ...],
@@ -510,7 +350,6 @@ def _featurize_all(
 ) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     for split, manifest in manifests.items():
-        manifest, frame = Path(manifest), frames[split]
         augment = split in augment_splits and int(featurize_params["augment_views"]) > 0
         views_k = int(featurize_params["augment_views"]) if augment else 0
         augmenter = (
@@ -518,10 +357,11 @@ def _featurize_all(
             if augment
             else None
         )
+        npy = feature_files(out_dir, split)[0]
         timing = featurize_split(
             extractor,
-            frame,
-            out_dir / f"{split}.npy",
+            frames[split],
+            npy,
             model_params,
             int(featurize_params["batch_size"]),
             views_k,
@@ -530,44 +370,25 @@ def _featurize_all(
             desc=f"featurize {split}",
             progress=progress,
         )
-        meta = _split_meta(split, manifest, timing, model_params, featurize_params, weights_meta)
-        meta["augmented"] = bool(augment)
-        meta["precision"] = precision
-        meta["class_names"] = class_names
-        meta["health"] = feature_health(np.load(out_dir / f"{split}.npy", mmap_mode="r"))
-        write_json(out_dir / f"{split}.json", meta)
-        results[split] = {**meta, "timing": timing}
+        meta = manifest_meta(
+            split,
+            manifest,
+            (timing["rows"], timing["views"], timing["dim"]),
+            weights=weights,
+            preprocessing=model_params["preprocessing"],
+            resize=model_params["resize"],
+            input_size=[int(v) for v in model_params["input_size"]],
+            augment_views=timing["views"] - 1,
+            augmented=bool(augment),
+            augmentation=dict(featurize_params["augmentation"]),
+            seed=featurize_params["seed"],
+            precision=precision,
+            class_names=class_names,
+            health=feature_health(np.load(npy, mmap_mode="r")),
+        )
+        write_feature_meta(out_dir, meta)
+        results[split] = {**meta.to_dict(), "timing": timing}
     return results
-
-
-def _split_meta(
-    split: str,
-    manifest: Path,
-    timing: Mapping[str, Any],
-    model_params: Mapping[str, Any],
-    featurize_params: Mapping[str, Any],
-    weights_meta: Mapping[str, Any],
-) -> dict[str, Any]:
-    return {
-        "split": split,
-        "rows": timing["rows"],
-        "views": timing["views"],
-        "dim": timing["dim"],
-        "dtype": "float32",
-        "manifest": manifest.as_posix(),
-        "manifest_sha256": file_sha256(manifest),
-        "backbone": model_params["backbone"],
-        "preprocessing": model_params["preprocessing"],
-        "resize": model_params["resize"],
-        "input_size": [int(v) for v in model_params["input_size"]],
-        "augment_views": timing["views"] - 1,
-        "augmentation": dict(featurize_params["augmentation"]),
-        "seed": featurize_params["seed"],
-        "weights_sha256": weights_meta.get("sha256"),
-        "weights_random_init": weights_meta.get("random_init"),
-        "weights_label": weights_meta.get("label"),
-        "weights_source": weights_meta.get("source"),
-    }
 
 
 def save_features(
@@ -575,30 +396,20 @@ def save_features(
     split: str,
     features: np.ndarray,
     manifest: str | Path,
-    meta: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+    weights: WeightsInfo | None = None,
+    **fields: Any,
+) -> FeatureMeta:
     """Write an in-memory (N, V, D) array as `{split}.npy` + `{split}.json`, atomically,
-    in the format `load_features` checks; `meta` adds to (or overrides) the JSON.
+    in the format `load_features` checks; `fields` sets more `FeatureMeta` fields.
 
     For benchmarks and tests that need a feature cache without running a backbone.
     """
     features = np.asarray(features, dtype=np.float32)
-    features_dir, manifest = Path(features_dir), Path(manifest)
-    with atomic_path(features_dir / f"{split}.npy", suffix=".npy") as tmp:
+    with atomic_path(feature_files(features_dir, split)[0], suffix=".npy") as tmp:
         np.save(tmp, features)
-    rows, views, dim = features.shape
-    info = {
-        "split": split,
-        "rows": rows,
-        "views": views,
-        "dim": dim,
-        "dtype": "float32",
-        "manifest": manifest.as_posix(),
-        "manifest_sha256": file_sha256(manifest),
-        **(meta or {}),
-    }
-    write_json(features_dir / f"{split}.json", info)
-    return info
+    meta = manifest_meta(split, manifest, features.shape, weights=weights, **fields)
+    write_feature_meta(features_dir, meta)
+    return meta
 
 
 # ----------------------------------------------------------------------------- loading
@@ -609,27 +420,26 @@ def load_features(
 ) -> FeatureSet:
     """The cached features of `split`, checked against its manifest.
 
-    Raises FileNotFoundError / ValueError telling to run `dvc repro featurize` when the
-    cache is missing, was computed from another manifest, or has the wrong shape.
+    Raises `MissingInputError` / `BadInputError` telling to run `dvc repro featurize` when
+    the cache is missing, was computed from another manifest, or has the wrong shape.
     """
-    features_dir, manifest_path = Path(features_dir), Path(manifest_path)
-    npy, meta_path = features_dir / f"{split}.npy", features_dir / f"{split}.json"
-    for file in (npy, meta_path):
-        if not file.is_file():
-            raise MissingInputError(f"{file} not found: {REPRO_HINT}")
+    manifest_path = Path(manifest_path)
+    npy, meta_path = feature_files(features_dir, split)
+    if not npy.is_file():
+        raise MissingInputError(f"{npy} not found: {FEATURES_HINT}")
+    meta = read_feature_meta(features_dir, split)
     frame = read_manifest(manifest_path)
-    meta = read_json(meta_path)
-    if meta.get("manifest_sha256") != file_sha256(manifest_path):
+    if meta.manifest_sha256 != sha256_file(manifest_path):
         raise BadInputError(
             f"{npy} was computed from another version of {manifest_path} "
-            f"(sha256 recorded in {meta_path} differs): {REPRO_HINT}"
+            f"(sha256 recorded in {meta_path} differs): {FEATURES_HINT}"
         )
     features = np.load(npy, mmap_mode="r" if mmap else None)
-    expected = (len(frame), int(meta["views"]), int(meta["dim"]))
+    expected = (len(frame), meta.views, meta.dim)
     if features.dtype != np.float32 or features.shape != expected:
         raise BadInputError(
             f"{npy} holds {features.dtype} {features.shape}, but {manifest_path} and {meta_path} "
-            f"call for float32 {expected}: {REPRO_HINT}"
+            f"call for float32 {expected}: {FEATURES_HINT}"
         )
     labels = frame["label"].to_numpy(dtype=np.int64)
-    return FeatureSet(features=features, labels=labels, frame=frame, views=expected[1])
+    return FeatureSet(features=features, labels=labels, frame=frame, meta=meta)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -73,6 +74,15 @@ def write_yaml(path: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     with Path(path).open() as fh:
         return json.load(fh)
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """The hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_csv(path: str | Path, frame) -> None:

@@ -21,14 +21,20 @@ model that "looks at the lesion" beats both.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 
-from petscan import metrics
+from petscan import config, explain, io, metrics, tracking
+from petscan import model as pmodel
+from petscan.handoff import json_safe, read_train_info
+from petscan.images import load_rgb
 
 BODY_BELOW = 250  # grey levels under this are body: the display's background is white (255)
 MAPS = ("model", "centre_prior", "random")
@@ -102,10 +108,8 @@ def random_map(
     resize_mode: str,
 ) -> np.ndarray:
     """Uniform noise on the model's feature grid, mapped to the file as heatmaps are."""
-    from petscan.explain import to_image_grid
-
     cells = rng.random(tuple(int(v) for v in feature_size))
-    return to_image_grid(cells, shape, input_size, resize_mode)
+    return explain.to_image_grid(cells, shape, input_size, resize_mode)
 
 
 def image_scores(
@@ -188,18 +192,6 @@ GALLERY_FILE = "gallery.csv"
 GALLERY_SPLIT = "test"  # the gallery shows test images
 
 
-def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
-    """NaN -> None (strict JSON; DVC shows None as '-'), nested dicts too."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            value = _json_safe(value)
-        elif isinstance(value, float) and not np.isfinite(value):
-            value = None
-        out[key] = value
-    return out
-
-
 def gallery_selection(
     frame: pd.DataFrame, class_names: Sequence[str]
 ) -> list[tuple[str, str, str, int | None]]:
@@ -240,7 +232,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(params: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
+def run_explain(params: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
     """The `explain` stage: localization on the explained splits, gallery panels, MLflow.
 
     `params` holds `data` (classes, raw_dir), `model.resize`, `explain`, `evaluate`
@@ -249,14 +241,6 @@ def run(params: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
     PNGs of chosen test images plus gallery.csv), and logs the metrics
     (`explain/...`) and files into the training run. Returns what metrics.json holds.
     """
-    import json
-
-    import mlflow
-
-    from petscan import config, evaluation, explain, io, tracking
-    from petscan import model as pmodel
-    from petscan.images import load_rgb
-
     root = Path(root)
     p = params["explain"]
     class_names = config.class_names(params["data"])
@@ -264,7 +248,7 @@ def run(params: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
     method = explain.check_method(p["method"])
     out_dir = root / p["out_dir"]
     train_dir = root / params["train"]["out_dir"]
-    info = evaluation.read_train_info(train_dir)
+    info = read_train_info(train_dir)
     model = pmodel.load_model(train_dir / "model.keras")
     explainer = explain.explainer_for(model)
     lesions, skipped = read_lesions(root / params["data"]["raw_dir"])
@@ -326,8 +310,7 @@ def run(params: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
             int(p["seed"]),
         )
     result = {
-        "random_init": bool(info.get("random_init", False)),
-        "backbone_label": info.get("backbone_label"),
+        **info.weights.to_dict(),
         "method": method,
         "heatmap_of": "true class",
         "splits": list(p["splits"]),
@@ -336,12 +319,12 @@ def run(params: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
         "skipped": skipped,
     }
     io.write_csv(out_dir / "localization.csv", table)
-    io.write_json(out_dir / "metrics_full.json", _json_safe(result))
-    io.write_json(out_dir / "metrics.json", _json_safe(headline(result)))
+    io.write_json(out_dir / "metrics_full.json", json_safe(result))
+    io.write_json(out_dir / "metrics.json", json_safe(headline(result)))
     panels = write_gallery(
         model, table, p, class_names, mode, method, lesions, out_dir / "gallery", root
     )
-    run_id = tracking.training_run_id(info.get("model_sha256"), params["mlflow"])
+    run_id = tracking.training_run_id(info.model_sha256, params["mlflow"])
     with tracking.resumed_run(run_id, params["mlflow"]) as active:
         if active is not None:
             if summary is not None:
@@ -368,12 +351,6 @@ def write_gallery(
 ) -> int:
     """Overlay PNGs (the predicted class's heatmap) of the chosen test images,
     and gallery.csv: one row per slot, with the visible lesions as JSON for the figure."""
-    import json
-    import shutil
-
-    from petscan import explain, io
-    from petscan.images import load_rgb
-
     shutil.rmtree(gallery_dir, ignore_errors=True)
     gallery_dir.mkdir(parents=True)
     frame = table[table["split"] == GALLERY_SPLIT]

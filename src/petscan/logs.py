@@ -51,17 +51,25 @@ def setup(verbose: bool = False) -> bool:
 
 def import_tensorflow() -> None:
     """Import TensorFlow with its start-up notices dropped (all of them kept when verbose)."""
-    if "tensorflow" in sys.modules or is_verbose():
+    with quiet_startup():
         import tensorflow  # noqa: F401
 
+
+@contextlib.contextmanager
+def quiet_startup() -> Iterator[None]:
+    """Drop TensorFlow's start-up notices from what is printed to stderr inside the block
+    (e.g. importing a module that imports TensorFlow); everything else is passed on."""
+    if "tensorflow" in sys.modules or is_verbose():
+        yield
         return
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            yield
         finally:
+            sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from petscan.errors import ParamsError
+from petscan.tuning.space import parse_space
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -385,6 +386,14 @@ def defaults() -> dict[str, Any]:
     return Params().model_dump()
 
 
+def section(name: str, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Section `name` of params.yaml made from `values`: checked against the schema, every
+    missing key filled with its default. For code that builds a section by hand (tests,
+    benchmarks); the stages get theirs from `config.load_sections`.
+    """
+    return validate({name: dict(values or {})}, f"params section {name!r}")[name]
+
+
 def validate(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
     """The whole params file, checked and with defaults filled, as plain dicts.
 
@@ -410,8 +419,6 @@ def validate(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
 
 def _check_space(params: dict[str, Any], path: str | Path) -> str | None:
     """tune.space: each entry's shape, and that it names a real train.*/model.* key."""
-    from petscan.tuning.space import parse_space
-
     classes = list(dict.fromkeys(params["data"]["classes"].values()))
     sections = {"train": params["train"], "model": params["model"]}
     try:

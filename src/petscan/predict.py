@@ -24,20 +24,26 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
+import yaml
 from tqdm import tqdm
 
-from petscan import config, logs
+from petscan import config, logs, tracking
 from petscan import errors as errors_  # `errors` names the skipped files below
 from petscan.errors import BadInputError, MissingInputError, UserError
 from petscan.images import ImageError, check_shape, load_rgb, resize, scan_images
 from petscan.io import write_csv
+from petscan.model import load_model
+from petscan.params import defaults
+from petscan.pyfunc_model import PetscanKerasModel, probabilities_frame
 
 DEFAULT_BATCH = 32
 
@@ -51,17 +57,6 @@ class LoadedModel:
     input_size: tuple[int, int]
     resize: str
     source: str
-
-
-def _load_keras(path: str | Path):
-    """`petscan.model.load_model` (custom layers registered) or plain Keras, safe mode."""
-    try:
-        from petscan.model import load_model
-    except ImportError:
-        import keras
-
-        return keras.models.load_model(path, safe_mode=True)
-    return load_model(path)
 
 
 def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -133,20 +128,6 @@ def predict_paths(
 _resize = resize  # `resize` is also a parameter name of predict_paths
 
 
-def probabilities_frame(proba: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
-    """One probability column per class, then `predicted_class` (the most probable)."""
-    names = list(class_names)
-    proba = np.asarray(proba, dtype=np.float64)
-    if proba.ndim != 2 or proba.shape[1] != len(names):
-        raise ValueError(
-            f"the model outputs {proba.shape[-1]} classes but {len(names)} class names "
-            f"were given ({names}); check data.classes in params.yaml"
-        )
-    frame = pd.DataFrame(proba, columns=names)
-    frame["predicted_class"] = [names[i] for i in proba.argmax(axis=1)]
-    return frame
-
-
 def _model_input_size(keras_model) -> tuple[int, int] | None:
     shape = getattr(keras_model, "input_shape", None)
     if isinstance(shape, list):
@@ -185,7 +166,7 @@ def load_keras_file(path: Path):
             f"{size} bytes of something else (truncated, or another format)"
         )
     try:
-        return _load_keras(path)
+        return load_model(path)
     except Exception as err:  # Keras raises many kinds for a damaged archive
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BadInputError(f"{path} is not a valid Keras model ({reason})") from err
@@ -202,10 +183,6 @@ def load_from_uri(
     which unpickles its Python object (runs code from the store): only for a store you
     control.
     """
-    import mlflow
-
-    from petscan import tracking
-
     mlflow_params: dict = {}
     if params_path is not None and Path(params_path).is_file():
         mlflow_params = config.load_section("mlflow", params_path)
@@ -214,7 +191,7 @@ def load_from_uri(
         return load_keras_artifact(uri)
     pyfunc = mlflow.pyfunc.load_model(uri)
     inner = pyfunc.unwrap_python_model()
-    if not isinstance(inner, tracking.PetscanKerasModel):
+    if not isinstance(inner, PetscanKerasModel):
         raise TypeError(f"{uri} is not a petscan model (logged by tracking.log_keras_model)")
     return LoadedModel(inner.keras_model, inner.class_names, inner.input_size, inner.resize, uri)
 
@@ -223,11 +200,6 @@ def load_keras_artifact(uri: str) -> LoadedModel:
     """The `.keras` file inside a logged model (its pyfunc artifact `keras_model`), loaded
     with `safe_mode=True`; class names, input size and resize from the model config in
     the `MLmodel` file (`yaml.safe_load`). Nothing is unpickled."""
-    import tempfile
-
-    import mlflow
-    import yaml
-
     with tempfile.TemporaryDirectory(prefix="petscan-model-") as tmp:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         mlmodel = folder / "MLmodel"
@@ -242,7 +214,7 @@ def load_keras_artifact(uri: str) -> LoadedModel:
                 f"{uri} is not a petscan model (logged by tracking.log_keras_model): its "
                 f"model_config lacks {missing}"
             )
-        keras_model = _load_keras(_keras_artifact(folder, pyfunc, uri))
+        keras_model = load_model(_keras_artifact(folder, pyfunc, uri))
     size = [int(v) for v in settings["input_size"]]
     return LoadedModel(
         keras_model,
@@ -323,8 +295,6 @@ def check_classes(loaded: LoadedModel) -> None:
 
 def shape_limits(params_path: str | Path) -> tuple[int, float]:
     """`split.min_side` and `split.max_aspect` from the params file (defaults without one)."""
-    from petscan.params import defaults
-
     split = (
         config.load_section("split", params_path)
         if Path(params_path).is_file()

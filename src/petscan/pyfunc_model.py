@@ -37,7 +37,7 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from petscan.images import ImageError, load_rgb, load_rgb_bytes, resize
-from petscan.predict import probabilities_frame
+from petscan.model import load_model
 
 INPUT_COLUMNS = ("path", "image")
 ERROR_COLUMN = "error"
@@ -45,10 +45,18 @@ KERAS_ARTIFACT = "keras_model"
 CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
 
 
-def _load_keras(path: str | Path):
-    from petscan.model import load_model
-
-    return load_model(path)
+def probabilities_frame(proba: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
+    """One probability column per class, then `predicted_class` (the most probable)."""
+    names = list(class_names)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape[1] != len(names):
+        raise ValueError(
+            f"the model outputs {proba.shape[-1]} classes but {len(names)} class names "
+            f"were given ({names}); check data.classes in params.yaml"
+        )
+    frame = pd.DataFrame(proba, columns=names)
+    frame["predicted_class"] = [names[i] for i in proba.argmax(axis=1)]
+    return frame
 
 
 def decode_base64(text: str) -> bytes:
@@ -104,7 +112,7 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
         self.input_size = tuple(int(v) for v in self.config["input_size"])
         self.resize = self.config.get("resize", "stretch")
         self.max_pixels = self.config.get("max_pixels")
-        self.keras_model = _load_keras(context.artifacts[KERAS_ARTIFACT])
+        self.keras_model = load_model(context.artifacts[KERAS_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         # (arrays are accepted too; the DataFrame hint only tells MLflow not to infer a schema)

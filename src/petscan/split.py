@@ -35,12 +35,12 @@ from petscan.dataset import (
     index_images,
     patients_in_several_classes,
 )
+from petscan.handoff import MANIFEST_COLUMNS
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MODES = ("group", "image")
-MANIFEST_COLUMNS = ["path", "class", "label", "patient", "sha256"]
 
 
 @dataclass
@@ -54,7 +54,8 @@ class SplitResult:
     def manifest(self, split: str) -> pd.DataFrame:
         """Rows of one split in the manifest format, sorted by path."""
         rows = self.images[self.images["split"] == split]
-        return rows[MANIFEST_COLUMNS].sort_values("path", kind="stable").reset_index(drop=True)
+        rows = rows[list(MANIFEST_COLUMNS)].sort_values("path", kind="stable")
+        return rows.reset_index(drop=True)
 
 
 def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
@@ -382,7 +383,7 @@ def write_split(result: SplitResult, out_dir: str | Path) -> None:
     io.write_json(out / "report.json", result.report)
 
 
-def run(
+def run_split(
     data_params: dict[str, Any],
     split_params: dict[str, Any],
     root: str | Path | None = None,
@@ -450,7 +451,7 @@ __all__ = [
     "group_split",
     "image_split",
     "make_split",
-    "run",
+    "run_split",
     "split_counts",
     "write_split",
 ]

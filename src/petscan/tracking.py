@@ -33,7 +33,7 @@ import pandas as pd
 from mlflow.entities import Metric
 
 from petscan import config, pyfunc_model
-from petscan.pyfunc_model import PetscanKerasModel  # noqa: F401  (predict checks the type)
+from petscan.handoff import WEIGHTS_FIELDS, WeightsInfo, banner
 from petscan.redact import redact_text, redact_values
 
 STORE_DIR = "mlruns"
@@ -51,11 +51,18 @@ EPOCH_METRICS = (
     "val_accuracy",
     "val_roc_auc_macro",
 )
-RANDOM_INIT_NOTE = (
-    "**WARNING: RANDOM-INIT BACKBONE (NOT RadImageNet).** The frozen backbone of this run "
-    "has random weights, not the RadImageNet weights; its numbers demonstrate the pipeline "
-    "only and are NOT a RadImageNet result."
-)
+
+
+def random_init_note(tags: dict[str, str]) -> str | None:
+    """The Markdown warning on a run or model version of a random-init backbone, or None."""
+    text = banner(tags)
+    if text is None:
+        return None
+    return (
+        f"**WARNING: {text.upper()}.** The frozen backbone of this run has random weights, not the "
+        "RadImageNet weights; its numbers demonstrate the pipeline only and are NOT a "
+        "RadImageNet result."
+    )
 
 
 # --------------------------------------------------------------------------- store
@@ -176,21 +183,20 @@ def data_hash(split_dir: str | Path) -> str:
     return manifest_hash(list(split_manifests(split_dir).values()))
 
 
-def run_tags(split_dir: str | Path, weights_meta: dict[str, Any]) -> dict[str, str]:
-    """Tags that make a run reproducible: code, data, experiment and backbone weights."""
+def run_tags(split_dir: str | Path, weights: WeightsInfo | None) -> dict[str, str]:
+    """Tags that make a run reproducible: code, data, experiment and backbone weights (the
+    `WeightsInfo` fields under their own names; `random_init` is "true" or "false")."""
     commit, dirty = git_state()
-    random_init = bool(weights_meta.get("random_init", False))
     tags = {
         "git_commit": commit,
         "git_dirty": dirty,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME") or "workspace",
         "data_manifest_sha256": data_hash(split_dir),
-        "weights_source": redact_text(str(weights_meta.get("source", "unknown"))),
-        "weights_sha256": str(weights_meta.get("sha256", "unknown")),
-        "random_init": "true" if random_init else "false",
-        "backbone": str(weights_meta.get("backbone", "unknown")),
-        "backbone_label": str(weights_meta.get("label", "unknown")),
     }
+    if weights is not None:
+        tags.update({key: str(value) for key, value in weights.to_dict().items()})
+        tags["weights_source"] = redact_text(weights.weights_source)
+        tags["random_init"] = "true" if weights.random_init else "false"
     if commit != "unknown":
         tags["mlflow.source.git.commit"] = commit
     return tags
@@ -255,10 +261,8 @@ def flat_params(params: dict[str, Any]) -> dict[str, str]:
 
 
 def run_description(tags: dict[str, str]) -> str:
-    lines = []
-    if tags.get("random_init") == "true":
-        lines.append(RANDOM_INIT_NOTE)
-    label = tags.get("backbone_label")
+    lines = [note] if (note := random_init_note(tags)) else []
+    label = tags.get("weights_label")
     if label:
         lines.append(f"Backbone weights: {label} (source: {tags.get('weights_source', '?')}).")
     return "\n\n".join(lines)
@@ -473,11 +477,7 @@ def log_keras_model(
 
 # run tags copied onto each registered version (the registry pages show them)
 VERSION_TAGS = (
-    "backbone",
-    "backbone_label",
-    "weights_source",
-    "weights_sha256",
-    "random_init",
+    *WEIGHTS_FIELDS,
     "data_manifest_sha256",
     "git_commit",
     "dvc_exp_name",
@@ -504,10 +504,10 @@ def _with_interval(values: dict[str, Any], name: str) -> str:
 def version_description(tags: dict[str, str], results: dict[str, Any] | None = None) -> str:
     """A registered version's description (Markdown): the random-init warning, backbone and
     weights, data hash, code, and the test metrics with their 95% intervals once evaluated."""
-    lines = [RANDOM_INIT_NOTE, ""] if tags.get("random_init") == "true" else []
+    lines = [note, ""] if (note := random_init_note(tags)) else []
     dirty = " (with uncommitted changes)" if tags.get("git_dirty") == "true" else ""
     lines += [
-        f"- Backbone: {tags.get('backbone', '?')}, weights: {tags.get('backbone_label', '?')} "
+        f"- Backbone: {tags.get('backbone', '?')}, weights: {tags.get('weights_label', '?')} "
         f"(source: {tags.get('weights_source', '?')}, sha256 {tags.get('weights_sha256', '?')})",
         f"- Data: split manifests sha256 {tags.get('data_manifest_sha256', '?')} "
         "(train.csv + val.csv + test.csv)",

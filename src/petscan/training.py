@@ -25,6 +25,7 @@ image-to-probability model), `history.csv` and `train.json` atomically.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -33,12 +34,25 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import mlflow
 import numpy as np
 import pandas as pd
 import tensorflow as tf
 
-from petscan import io, losses, metrics, schedules
+from petscan import config, io, losses, metrics, schedules, tracking
+from petscan import model as pmodel
 from petscan.backbones import backbone_spec
+from petscan.features import load_features
+from petscan.handoff import (
+    FeatureMeta,
+    TrainInfo,
+    WeightsInfo,
+    read_weights_info,
+    weights_file,
+    write_train_info,
+)
+from petscan.image_pipeline import build_augmenter, image_dataset
+from petscan.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -309,16 +323,11 @@ class TrainResult:
     stopped_early: bool
     info: dict[str, Any] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    def best_values(self) -> dict[str, float]:
+        """history.csv's row at `best_epoch`: {column: value}, without the epoch."""
         best = self.history[self.history["epoch"] == self.best_epoch]
         row = best.iloc[0].to_dict() if len(best) else {}
-        return {
-            "best_epoch": int(self.best_epoch),
-            "epochs_run": int(self.epochs_run),
-            "stopped_early": bool(self.stopped_early),
-            **{f"best_{k}": float(v) for k, v in row.items() if k not in ("epoch",)},
-            **self.info,
-        }
+        return {k: float(v) for k, v in row.items() if k != "epoch"}
 
 
 def history_frame(
@@ -391,8 +400,6 @@ def fit_cached(
     The head's standardization (`model.standardize`) is fitted on every view of
     `train_features`, never on val. `info["collapse"]` is `check_collapse` on val.
     """
-    from petscan import model as pmodel
-
     seed = int(train_params.get("seed", 0))
     set_determinism(seed)
     sampler = CachedViewSampler(
@@ -450,16 +457,13 @@ def fit_end_to_end(
     With `model.standardize` the head's statistics come from one pass of the frozen
     backbone over the plain (not augmented) training images.
     """
-    from petscan import features as pfeatures
-    from petscan import model as pmodel
-
     seed = int(train_params.get("seed", 0))
     set_determinism(seed)
     size = tuple(model_params["input_size"])
     batch = int(train_params["batch_size"])
     resize_mode = model_params.get("resize", "stretch")
-    augmenter = pfeatures.build_augmenter(augmentation, seed) if augmentation else None
-    train_ds = pfeatures.image_dataset(
+    augmenter = build_augmenter(augmentation, seed) if augmentation else None
+    train_ds = image_dataset(
         train_frame,
         size,
         resize_mode,
@@ -469,13 +473,13 @@ def fit_end_to_end(
         seed=seed,
         root=str(root),
     )
-    val_ds = pfeatures.image_dataset(val_frame, size, resize_mode, batch, root=str(root))
+    val_ds = image_dataset(val_frame, size, resize_mode, batch, root=str(root))
     labels = train_frame["label"].to_numpy(dtype=np.int64)
     weights = losses.class_weights(labels, train_params.get("class_weight"), num_classes)
     unfreeze = int(train_params.get("unfreeze_top_layers", 0) or 0)
     train_features = None
     if model_params.get("standardize", True):
-        plain = pfeatures.image_dataset(train_frame, size, resize_mode, batch, root=str(root))
+        plain = image_dataset(train_frame, size, resize_mode, batch, root=str(root))
         extractor = pmodel.build_feature_extractor(model_params, weights_path)
         train_features = extractor.predict(plain, verbose=0)
     strategy = distribution_strategy()
@@ -573,35 +577,42 @@ def check_collapse(
 # --------------------------------------------------------------------------- outputs
 def save_model(model: keras.Model, path: str | Path) -> Path:
     """Save a `.keras` file atomically (a reader never sees half a model), byte-reproducible."""
-    from petscan.model import make_reproducible
-
     path = Path(path)
     with io.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
-        make_reproducible(tmp)
+        pmodel.make_reproducible(tmp)
     return path
 
 
 def save_outputs(
-    result: TrainResult, full_model: keras.Model, out_dir: str | Path, extra: dict | None = None
-) -> dict[str, Path]:
+    result: TrainResult,
+    full_model: keras.Model,
+    out_dir: str | Path,
+    weights: WeightsInfo,
+    class_names: Sequence[str],
+    seed: int,
+) -> tuple[dict[str, Path], TrainInfo]:
     """Write `model.keras`, `history.csv` and `train.json` (with the model's sha256) into
     `out_dir`. Same inputs, same bytes: nothing run-dependent (times, run ids) goes in."""
-    from petscan.weights import sha256_file
-
     out_dir = Path(out_dir)
-    paths = {
-        "model": out_dir / "model.keras",
-        "history": out_dir / "history.csv",
-        "summary": out_dir / "train.json",
-    }
+    paths = {"model": out_dir / "model.keras", "history": out_dir / "history.csv"}
     save_model(full_model, paths["model"])
     io.write_csv(paths["history"], result.history)
-    model_sha256 = sha256_file(paths["model"])
-    io.write_json(
-        paths["summary"], {**result.summary(), **(extra or {}), "model_sha256": model_sha256}
+    info = TrainInfo(
+        mode=result.info["mode"],
+        weights=weights,
+        class_names=list(class_names),
+        seed=int(seed),
+        best_epoch=int(result.best_epoch),
+        epochs_run=int(result.epochs_run),
+        stopped_early=bool(result.stopped_early),
+        model_sha256=io.sha256_file(paths["model"]),
+        best=result.best_values(),
+        collapse=dict(result.info.get("collapse") or {}),
+        details={k: v for k, v in result.info.items() if k not in ("mode", "collapse")},
     )
-    return paths
+    paths["summary"] = write_train_info(out_dir, info)
+    return paths, info
 
 
 # --------------------------------------------------------------------------- the stage
@@ -623,12 +634,6 @@ def run_train(
     `split.out_dir`, `featurize.out_dir` and (end_to_end) `featurize.augmentation`; all
     of it is logged as the run's params. Returns the contents of `train.json`.
     """
-    import mlflow
-
-    from petscan import config, tracking
-    from petscan.redact import redact_text
-    from petscan.weights import load_weights_meta, weights_file
-
     root = Path(root)
     train_params, model_params = params["train"], params["model"]
     mode = train_params.get("mode", "cached")
@@ -638,9 +643,10 @@ def run_train(
     split_dir = root / params["split"]["out_dir"]
     manifests = {s: split_dir / f"{s}.csv" for s in ("train", "val", "test")}
     weights_dir = root / params["weights"]["dir"]
-    weights_meta = load_weights_meta(weights_dir)
+    weights = read_weights_info(weights_dir)
+    weights = dataclasses.replace(weights, weights_source=redact_text(weights.weights_source))
     weights_path = weights_file(weights_dir)
-    tags = tracking.run_tags(split_dir, weights_meta)
+    tags = tracking.run_tags(split_dir, weights)
     run_name = tracking.run_name("train", tags)
     with tracking.start_training_run(params["mlflow"], params, tags, run_name=run_name) as run:
         tracking.log_datasets(run.info.run_id, split_dir, root)
@@ -650,22 +656,15 @@ def run_train(
         else:
             result = _train_end_to_end(params, root, manifests, weights_path, logger, verbose)
             full = result.model
-        extra = {
-            "mode": mode,
-            "random_init": bool(weights_meta.get("random_init", False)),
-            "backbone": model_params["backbone"],
-            "backbone_label": weights_meta.get("label"),
-            "weights_source": redact_text(str(weights_meta.get("source"))),
-            "class_names": class_names,
-            "seed": int(train_params.get("seed", 0)),
-        }
-        paths = save_outputs(result, full, root / train_params["out_dir"], extra)
-        summary = {**io.read_json(paths["summary"]), "mlflow_run_id": run.info.run_id}
+        seed = int(train_params["seed"])
+        out_dir = root / train_params["out_dir"]
+        paths, train_info = save_outputs(result, full, out_dir, weights, class_names, seed)
+        summary = {**train_info.to_dict(), "mlflow_run_id": run.info.run_id}
         mlflow.set_tag("model_sha256", summary["model_sha256"])  # evaluate and plot find the run
         mlflow.log_metrics(
             {k: float(v) for k, v in summary.items() if k.startswith(("best_", "epochs_run"))}
         )
-        _record_collapse(result.info["collapse"])
+        _record_collapse(train_info.collapse)
         mlflow.log_artifact(str(paths["history"]))
         mlflow.log_artifact(str(paths["summary"]))
         example = [str(root / pd.read_csv(manifests["val"])["path"].iloc[0])]
@@ -685,12 +684,9 @@ def run_train(
 
 
 def _train_cached(params, root, manifests, weights_path, logger, verbose):
-    from petscan import features as pfeatures
-    from petscan import model as pmodel
-
     features_dir = root / params["featurize"]["out_dir"]
-    train_set = pfeatures.load_features(features_dir, "train", manifests["train"])
-    val_set = pfeatures.load_features(features_dir, "val", manifests["val"])
+    train_set = load_features(features_dir, "train", manifests["train"])
+    val_set = load_features(features_dir, "val", manifests["val"])
     _check_feature_dim(train_set.features.shape[-1], params["model"], features_dir)
     num_classes = len(_class_names(params))
     result = fit_cached(
@@ -705,14 +701,13 @@ def _train_cached(params, root, manifests, weights_path, logger, verbose):
         verbose=verbose,
         class_names=_class_names(params),
     )
-    train_meta = io.read_json(features_dir / "train.json")
-    _log_feature_health(train_meta)
+    _log_feature_health(train_set.meta)
     full = pmodel.build_full_model(
         params["model"],
         num_classes,
         weights_path,
         head=result.head,
-        precision=train_meta.get("precision", "float32"),  # what the head's features saw
+        precision=train_set.meta.precision,  # what the head's features saw
     )
     return result, full
 
@@ -737,8 +732,6 @@ def _train_end_to_end(params, root, manifests, weights_path, logger, verbose):
 
 def _record_collapse(collapse: dict[str, Any]) -> None:
     """Warn in plain words and tag the MLflow run when the head collapsed."""
-    import mlflow
-
     mlflow.set_tag("collapse", str(collapse["collapsed"]).lower())
     mlflow.log_metrics(
         {
@@ -751,16 +744,11 @@ def _record_collapse(collapse: dict[str, Any]) -> None:
         log.warning(collapse["message"])
 
 
-def _log_feature_health(train_meta: dict[str, Any]) -> None:
+def _log_feature_health(meta: FeatureMeta) -> None:
     """The cached training features' health (scale, constant dimensions) as run params."""
-    import mlflow
-
-    health = train_meta.get("health") or {}
-    mlflow.log_params({f"features.health.{k}": f"{v:.4g}" for k, v in health.items()})
-    mlflow.log_param("features.precision", train_meta.get("precision", "float32"))
+    mlflow.log_params({f"features.health.{k}": f"{v:.4g}" for k, v in meta.health.items()})
+    mlflow.log_param("features.precision", meta.precision)
 
 
 def _class_names(params: dict[str, Any]) -> list[str]:
-    from petscan import config
-
     return config.class_names(params["data"])

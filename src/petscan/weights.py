@@ -5,13 +5,15 @@
 `huggingface` hub file), checks that the result loads into the configured backbone, and
 installs it as `<weights.dir>/weights.h5` with `<weights.dir>/weights.json` beside it:
 
-    {"backbone": ..., "source": "file:/x.h5" | "url:https://..." | "kaggle:..." |
-     "huggingface:..." | "random" | "imagenet", "sha256": ..., "random_init": bool,
-     "label": "RadImageNet" | "RANDOM-INIT backbone (not RadImageNet)" | ...}
+    {"backbone": ..., "weights_source": "file:/x.h5" | "url:https://..." | "kaggle:..." |
+     "huggingface:..." | "random" | "imagenet", "weights_sha256": ..., "random_init": bool,
+     "weights_label": "RadImageNet" | "RANDOM-INIT backbone (not RadImageNet)" | ...}
+
+(`handoff.WeightsInfo` owns that file; this module only writes it.)
 
 When no source works, `weights.fallback` decides: `none` fails with a message naming every
 source and why it failed, `random` writes a seeded random-init backbone in the same `.h5`
-format (labelled loudly, see `is_random_init`), `imagenet` asks Keras for its ImageNet
+format (labelled loudly: `random_init` true), `imagenet` asks Keras for its ImageNet
 weights (needs internet access).
 
 Downloads use only the standard library and trust nothing they are sent: https only, no
@@ -54,17 +56,22 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from petscan import backbones, config, logs
-from petscan.errors import BadInputError, MissingInputError, UserError
-from petscan.io import read_json, write_json
+from petscan.errors import UserError
+from petscan.handoff import (
+    DEFAULT_LABEL,
+    IMAGENET_LABEL,
+    RANDOM_LABEL,
+    WEIGHTS_META_FILE,
+    WeightsInfo,
+    read_weights_meta,
+    weights_file,
+    write_weights_meta,
+)
+from petscan.io import read_json, sha256_file, write_json
 from petscan.redact import redact_text, redact_url, redact_values
 
 log = logging.getLogger(__name__)
 
-WEIGHTS_FILE = "weights.h5"
-META_FILE = "weights.json"
-RANDOM_LABEL = "RANDOM-INIT backbone (not RadImageNet)"
-IMAGENET_LABEL = "ImageNet (not RadImageNet)"
-DEFAULT_LABEL = "RadImageNet"
 FALLBACKS = ("none", "random", "imagenet")
 SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
     "file": ("path",),
@@ -91,49 +98,6 @@ class SourceError(WeightsError):
 
 class _RetryableError(Exception):
     """One download attempt failed in a way another attempt may fix."""
-
-
-# --------------------------------------------------------------------------- metadata
-
-
-def weights_file(weights_dir: str | Path) -> Path:
-    """`<weights_dir>/weights.h5`, the path every later stage loads."""
-    return Path(weights_dir) / WEIGHTS_FILE
-
-
-def load_weights_meta(weights_dir: str | Path) -> dict[str, Any]:
-    """The `weights.json` written beside `weights.h5`, checked for its required keys."""
-    path = Path(weights_dir) / META_FILE
-    if not path.is_file():
-        raise MissingInputError(
-            f"{path} not found: run the fetch_weights stage first "
-            "(`dvc repro fetch_weights` or `python stages/fetch_weights.py`)"
-        )
-    meta = read_json(path)
-    missing = [k for k in ("backbone", "source", "sha256", "random_init", "label") if k not in meta]
-    if missing:
-        raise BadInputError(
-            f"{path} lacks {missing}: rerun `python stages/fetch_weights.py --force`"
-        )
-    return meta
-
-
-def is_random_init(meta: Mapping[str, Any]) -> bool:
-    """True when the backbone is randomly initialised (not RadImageNet): say so everywhere."""
-    return bool(meta.get("random_init", False))
-
-
-def warning_banner(meta: Mapping[str, Any]) -> str | None:
-    """The text to stamp on figures and reports, or None for a real pretrained backbone."""
-    return str(meta.get("label") or RANDOM_LABEL) if is_random_init(meta) else None
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- Google Drive
@@ -1022,7 +986,7 @@ def settings_of(weights_params: Mapping[str, Any], model_params: Mapping[str, An
     }
 
 
-def fetch_weights(
+def run_fetch_weights(
     weights_params: Mapping[str, Any],
     model_params: Mapping[str, Any],
     *,
@@ -1046,7 +1010,9 @@ def fetch_weights(
     if fallback not in FALLBACKS:
         raise WeightsError(f"weights.fallback must be one of {FALLBACKS}, got {fallback!r}")
     if not force and (meta := _up_to_date(out_dir, settings, root)):
-        log.info("%s is up to date (%s); nothing to do", weights_file(out_dir), meta["source"])
+        log.info(
+            "%s is up to date (%s); nothing to do", weights_file(out_dir), meta["weights_source"]
+        )
         return meta
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -1083,10 +1049,10 @@ def _try_source(source, candidate: Path, root: Path, weights_params, settings, p
         return f"{name}: {text}"
     log.info("weights from %s (sha256 %s)", label, digest)
     return {
-        "source": label,
-        "sha256": digest,
+        "weights_source": label,
+        "weights_sha256": digest,
         "random_init": False,
-        "label": str(source.get("label") or DEFAULT_LABEL),
+        "weights_label": str(source.get("label") or DEFAULT_LABEL),
         **summary,
     }
 
@@ -1102,11 +1068,11 @@ def _fallback(candidate: Path, out_dir: Path, settings, failures: list[str], roo
             save_imagenet_backbone(backbone, shape, candidate)
         except WeightsError as exc:
             raise WeightsError(f"{report}\n{exc}") from None
-        meta = {"source": "imagenet", "random_init": False, "label": IMAGENET_LABEL}
+        meta = {"weights_source": "imagenet", "random_init": False, "weights_label": IMAGENET_LABEL}
         log.warning("no RadImageNet weights: using Keras' ImageNet weights instead")
     else:
         save_random_backbone(backbone, shape, int(settings["seed"] or 0), candidate)
-        meta = {"source": "random", "random_init": True, "label": RANDOM_LABEL}
+        meta = {"weights_source": "random", "random_init": True, "weights_label": RANDOM_LABEL}
         log.warning(
             "!!! %s: no source gave the weights, so '%s' is RANDOMLY INITIALISED "
             "(seed %s). Every number computed with it says nothing about RadImageNet.\n%s",
@@ -1116,7 +1082,7 @@ def _fallback(candidate: Path, out_dir: Path, settings, failures: list[str], roo
             report,
         )
     summary = check_weights(candidate, backbone, shape)
-    meta = {**meta, "sha256": sha256_file(candidate), **summary}
+    meta = {**meta, "weights_sha256": sha256_file(candidate), **summary}
     meta["rejected_files"] = _local_files(settings, root)  # so they do not "appear" next time
     return _install(candidate, out_dir, {**meta, **_common(settings)})
 
@@ -1187,28 +1153,27 @@ def _install(candidate: Path, out_dir: Path, meta: dict[str, Any]) -> dict[str, 
     so an interruption leaves a mismatch that the next run redoes)."""
     target = weights_file(out_dir)
     meta["size_bytes"] = candidate.stat().st_size
-    ordered = {k: meta[k] for k in ("backbone", "source", "sha256", "random_init", "label")}
-    meta = {**ordered, **meta}
-    (out_dir / META_FILE).unlink(missing_ok=True)
+    info = WeightsInfo.from_dict(meta)
+    (out_dir / WEIGHTS_META_FILE).unlink(missing_ok=True)
     os.replace(candidate, target)
-    write_json(out_dir / META_FILE, meta)
+    meta = write_weights_meta(out_dir, info, meta)
     for part in out_dir.glob(f"{_CANDIDATE}.*.part"):  # other URLs' unfinished downloads
         _drop_part(part)
-    log.info("wrote %s (%s, %s)", target, meta["label"], meta["source"])
+    log.info("wrote %s (%s, %s)", target, info.weights_label, info.weights_source)
     return meta
 
 
 def _up_to_date(out_dir: Path, settings, root: Path) -> dict[str, Any] | None:
-    target, meta_path = weights_file(out_dir), out_dir / META_FILE
+    target, meta_path = weights_file(out_dir), out_dir / WEIGHTS_META_FILE
     if not (target.is_file() and meta_path.is_file()):
         return None
     try:
-        meta = load_weights_meta(out_dir)
+        meta = read_weights_meta(out_dir)
     except (ValueError, OSError):
         return None
-    if meta.get("settings") != settings or sha256_file(target) != meta["sha256"]:
+    if meta.get("settings") != settings or sha256_file(target) != meta["weights_sha256"]:
         return None
-    if is_random_init(meta):
+    if meta["random_init"]:
         refused = meta.get("rejected_files") or {}
         for source in settings["sources"]:
             path = source.get("path") if source.get("type") == "file" else None

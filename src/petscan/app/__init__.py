@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from petscan import config
+from petscan.handoff import banner
 
 SECTIONS = ("app", "serve.model", "split.max_pixels", "mlflow")
 STATIC = Path(__file__).with_name("static")
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"petscan app: cannot load the model: {err}", file=sys.stderr)
         return 2
     host, port = args.host or settings["host"], args.port or settings["port"]
-    warning = " RANDOM-INIT backbone (not RadImageNet)." if served.random_init else ""
+    text = banner({"random_init": served.random_init, "weights_label": served.weights_label})
+    warning = f" {text}." if text else ""
     print(
         f"petscan app: {uri} (version {served.version}, run {served.run_id}) on "
         f"http://{host}:{port}/ (research use only: not a medical device).{warning}",

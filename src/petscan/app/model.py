@@ -39,7 +39,7 @@ class ServedModel:
     version: str | None = None
     run_id: str | None = None
     random_init: bool | None = None  # None: the run does not say
-    backbone_label: str | None = None
+    weights_label: str | None = None
     max_pixels: int | None = None
 
     def info(self) -> dict[str, Any]:
@@ -50,7 +50,7 @@ class ServedModel:
             "version": self.version,
             "run_id": self.run_id,
             "random_init": self.random_init,
-            "backbone_label": self.backbone_label,
+            "weights_label": self.weights_label,
             "classes": self.class_names,
         }
 
@@ -87,7 +87,7 @@ def load_served_model(uri: str, max_pixels: int | None = None) -> ServedModel:
         tags = client.get_run(served.run_id).data.tags
         if "random_init" in tags:
             served.random_init = tags["random_init"] == "true"
-        served.backbone_label = tags.get("backbone_label")
+        served.weights_label = tags.get("weights_label")
     return served
 
 

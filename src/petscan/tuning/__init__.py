@@ -12,7 +12,7 @@ One module per concern:
 * `workers`: several worker processes on one study (`python -m petscan.tuning`);
 * `report`: best_params.yaml, trials.csv, plots, summary.json;
 * `apply`: writing the best values into params.yaml (comments kept);
-* `run`: `run_study`, the whole of `make tune`.
+* `run`: `run_tune`, the whole of `make tune`.
 
 The names below are imported from their module on first use, so reading the settings
 or the storage (`stages/tune.py --show-storage`) does not load TensorFlow.
@@ -49,10 +49,10 @@ _EXPORTS = {
     ),
     "tracking": ("Tracker", "close_stale_children", "parent_run"),
     "study": ("FailureGuard", "Progress", "check_fingerprint", "open_study", "optimize"),
-    "workers": ("run_worker", "spawn_workers", "worker_main"),
+    "workers": ("run_worker", "spawn_workers"),
     "report": ("best_params", "trials_frame", "write_outputs", "write_plots"),
     "apply": ("apply_best", "trusted_overrides"),
-    "run": ("run_study",),
+    "run": ("run_tune",),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from petscan.tuning.workers import worker_main
+from petscan.tuning.workers import main
 
-sys.exit(worker_main())
+sys.exit(main())

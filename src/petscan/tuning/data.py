@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from petscan import config, io
+from petscan import config
 from petscan.errors import BadInputError, MissingInputError
+from petscan.features import load_features
+from petscan.handoff import FeatureMeta, WeightsInfo, feature_files
 
 FEATURES_HINT = "run `dvc repro featurize` first (the study trains on the cached features)"
 SPLITS = ("train", "val")
@@ -28,7 +30,9 @@ class TuneData:
     val_y: np.ndarray
     val_groups: np.ndarray
     class_names: list[str]
-    meta: dict[str, Any] = field(default_factory=dict)
+    weights: WeightsInfo | None = None  # the backbone the features came from
+    split_dir: str = ""  # the manifests' folder (`tracking.data_hash` reads it)
+    fingerprint: str = ""  # a resumed study must see the same data (`_data_fingerprint`)
 
     def combined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Train + val as one pool for cross-validation; val's view 0 repeated to V views."""
@@ -46,8 +50,7 @@ def feature_paths(root: Path, params: Mapping[str, Any]) -> dict[str, Path]:
     paths = {}
     for split in SPLITS:
         paths[f"{split}_manifest"] = split_dir / f"{split}.csv"
-        paths[f"{split}_features"] = features_dir / f"{split}.npy"
-        paths[f"{split}_meta"] = features_dir / f"{split}.json"
+        paths[f"{split}_features"], paths[f"{split}_meta"] = feature_files(features_dir, split)
     return paths
 
 
@@ -65,8 +68,6 @@ def _groups(frame: pd.DataFrame) -> np.ndarray:
 
 def load_tune_data(root: Path, params: Mapping[str, Any]) -> TuneData:
     """Train and val features (checked by `features.load_features`) for the study."""
-    from petscan.features import load_features  # imports TensorFlow
-
     check_features(root, params)
     paths = feature_paths(root, params)
     features_dir = paths["train_features"].parent
@@ -76,7 +77,6 @@ def load_tune_data(root: Path, params: Mapping[str, Any]) -> TuneData:
         raise BadInputError(
             f"{features_dir}: train has {train.dim}-dim features, val {val.dim}: {FEATURES_HINT}"
         )
-    metas = {split: io.read_json(paths[f"{split}_meta"]) for split in SPLITS}
     return TuneData(
         train_x=np.asarray(train.features),
         train_y=train.labels,
@@ -85,30 +85,17 @@ def load_tune_data(root: Path, params: Mapping[str, Any]) -> TuneData:
         val_y=val.labels,
         val_groups=_groups(val.frame),
         class_names=config.class_names(params["data"]),
-        meta={
-            **_weights_meta(metas["train"]),
-            "split_dir": str(paths["train_manifest"].parent),  # tracking.data_hash reads it
-            "fingerprint": _data_fingerprint(metas),
-        },
+        weights=train.meta.weights,
+        split_dir=str(paths["train_manifest"].parent),
+        fingerprint=_data_fingerprint([train.meta, val.meta]),
     )
 
 
-def _weights_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
-    """The backbone weights recorded in the cache, as `tracking.run_tags` reads them."""
-    return {
-        "backbone": meta.get("backbone"),
-        "source": meta.get("weights_source"),
-        "sha256": meta.get("weights_sha256"),
-        "random_init": bool(meta.get("weights_random_init", False)),
-        "label": meta.get("weights_label"),
-    }
-
-
-def _data_fingerprint(metas: Mapping[str, Mapping[str, Any]]) -> str:
+def _data_fingerprint(metas: list[FeatureMeta]) -> str:
     """Manifest and weights hashes and feature shapes: a resumed study must see the same."""
     return "|".join(
-        f"{m.get('manifest_sha256')}:{m.get('weights_sha256')}:{m.get('views')}:{m.get('dim')}"
-        for m in (metas[split] for split in SPLITS)
+        f"{m.manifest_sha256}:{m.weights.weights_sha256 if m.weights else None}:{m.views}:{m.dim}"
+        for m in metas
     )
 
 

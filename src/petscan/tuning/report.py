@@ -16,6 +16,7 @@ import yaml
 from optuna.trial import TrialState
 
 from petscan import io
+from petscan.handoff import WeightsInfo
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.space import nest
 
@@ -23,11 +24,10 @@ SIGNIFICANT_DIGITS = 4
 PLOT_DPI = 110
 
 
-def banner_text(meta: Mapping[str, Any]) -> str | None:
+def banner_text(weights: WeightsInfo | None) -> str | None:
     """The red line stamped on the plots when the backbone is random-init; else None."""
-    if meta.get("random_init"):
-        return f"{meta.get('label') or 'RANDOM-INIT backbone (not RadImageNet)'}: demo numbers only"
-    return None
+    text = weights.banner if weights else None
+    return f"{text}: demo numbers only" if text else None
 
 
 def _round(value: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:

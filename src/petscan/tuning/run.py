@@ -1,4 +1,4 @@
-"""`run_study`: the whole of `make tune`, from the feature cache to the outputs.
+"""`run_tune`: the whole of `make tune`, from the feature cache to the outputs.
 
 A trial samples the space, writes the values into copies of the `train` and `model`
 sections and trains the head with `training.fit_cached` (the `train` stage's own
@@ -46,14 +46,14 @@ def open_tracker(
     """The study's parent run (found or created) with its stale child runs closed."""
     tags = study_tags(data)
     experiment_id, parent_id = parent_run(
-        mlflow_params, settings, storage_url, tags, data.meta["split_dir"], root
+        mlflow_params, settings, storage_url, tags, data.split_dir, root
     )
     tracker = Tracker(experiment_id, parent_id, settings.study_name, tags)
     close_stale_children(tracker.client, experiment_id, parent_id, study)
     return tracker
 
 
-def run_study(
+def run_tune(
     params: Mapping[str, Any],
     root: str | Path | None = None,
     *,
@@ -83,8 +83,8 @@ def run_study(
     data = load_tune_data(root, params)
     objective = Objective(params, data, settings)  # checks the space before anything is stored
     url = resolve_storage(settings, root, workers)
-    study = resume_study(settings, url, max_steps(params, settings), data.meta["fingerprint"])
-    record_backbone(study, data.meta)
+    study = resume_study(settings, url, max_steps(params, settings), data.fingerprint)
+    record_backbone(study, data.weights)
     tracker = open_tracker(params["mlflow"], settings, url, data, study, root)
     target = int(settings.n_trials)
     bar = Progress(
@@ -116,15 +116,13 @@ def run_study(
             "storage": storage_label(url),
             "mlflow_parent_run_id": tracker.parent_run_id,
             "seconds_this_run": round(time.time() - started, 1),
-            "random_init": bool(data.meta.get("random_init")),
-            "backbone": data.meta.get("backbone"),
-            "weights_label": data.meta.get("label"),
+            **(data.weights.to_dict() if data.weights else {}),
         }
         best, refused = _best_overrides(study, objective)
         if refused:
             extra["best_params_refused"] = refused
         outputs = write_outputs(
-            study, settings, root, banner_text(data.meta), extra, plots, best_overrides=best
+            study, settings, root, banner_text(data.weights), extra, plots, best_overrides=best
         )
         tracker.finish_study(outputs["summary"], outputs["files"], count_done(study), status)
         result = outputs["summary"]

@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from petscan.handoff import WeightsInfo
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import (
     COUNTED,
@@ -95,14 +96,11 @@ def resume_study(
     return study
 
 
-def record_backbone(study: optuna.Study, meta: Mapping[str, Any]) -> None:
+def record_backbone(study: optuna.Study, weights: WeightsInfo | None) -> None:
     """The backbone the cached features came from, as study user attributes (optuna-dashboard
-    shows them): `backbone`, `weights_label` (e.g. "RANDOM-INIT backbone (not RadImageNet)"),
-    `weights_source`, `random_init`."""
-    study.set_user_attr("backbone", meta.get("backbone"))
-    study.set_user_attr("weights_label", meta.get("label"))
-    study.set_user_attr("weights_source", meta.get("source"))
-    study.set_user_attr("random_init", bool(meta.get("random_init")))
+    shows them): the `WeightsInfo` fields, e.g. `random_init` and `weights_label`."""
+    for key, value in (weights.to_dict() if weights else {}).items():
+        study.set_user_attr(key, value)
 
 
 class FailureGuard:

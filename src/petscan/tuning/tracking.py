@@ -62,7 +62,7 @@ def log_batch(
 def study_tags(data: TuneData) -> dict[str, str]:
     """`tracking.run_tags` for the study: code, data manifests, backbone weights (the same
     `data_manifest_sha256` as the training runs on the same split)."""
-    return tracking.run_tags(data.meta["split_dir"], data.meta)
+    return tracking.run_tags(data.split_dir, data.weights)
 
 
 class Tracker:

@@ -110,7 +110,7 @@ def run_worker(config_path: str | Path, worker: int) -> int:
     return EXIT_TRIPPED if guard.tripped else 0
 
 
-def worker_main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """`python -m petscan.tuning --config SPEC --worker I`."""
     parser = argparse.ArgumentParser(
         prog="python -m petscan.tuning",

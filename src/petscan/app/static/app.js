@@ -35,7 +35,7 @@ async function loadInfo() {
   info.textContent = "";
   info.append(el("div", null, `Model ${model.version ? model.name + " version " + model.version : model.uri}`));
   info.append(el("div", null, `MLflow run ${model.run_id || "unknown"}`));
-  info.append(el("div", null, `Backbone: ${model.backbone_label || "unknown"}`));
+  info.append(el("div", null, `Backbone: ${model.weights_label || "unknown"}`));
   $("random-init").hidden = model.random_init !== true;
   const mp = state.info.max_pixels / 1e6;
   const pixels = mp ? `, at most ${mp >= 1 ? mp.toFixed(0) : mp.toPrecision(2)} megapixels` : "";

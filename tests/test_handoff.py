@@ -1,0 +1,109 @@
+"""`handoff`: the files passed between stages, read back exactly as written."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+from conftest import manifest_row, random_weights, write_manifest
+
+from petscan import handoff
+from petscan.errors import BadInputError, MissingInputError
+from petscan.handoff import COMPACT_METRICS, compact_metrics
+
+
+def test_weights_info_round_trips_through_weights_json(tmp_path):
+    info = random_weights("ab" * 32)
+    handoff.write_weights_meta(tmp_path, info, {"size_bytes": 12, "random_init": False})
+    on_disk = json.loads((tmp_path / "weights.json").read_text())
+    # the WeightsInfo fields come first and win over same-named details
+    assert list(on_disk)[:5] == list(handoff.WEIGHTS_FIELDS) and on_disk["size_bytes"] == 12
+    assert on_disk["random_init"] is True
+    assert handoff.read_weights_info(tmp_path) == info
+
+
+def test_weights_json_missing_or_incomplete_names_the_fix(tmp_path):
+    with pytest.raises(MissingInputError, match="weights.json not found: run `dvc repro fetch"):
+        handoff.read_weights_info(tmp_path)
+    (tmp_path / "weights.json").write_text(json.dumps({"backbone": "tiny", "random_init": 1}))
+    with pytest.raises(BadInputError, match="lacks .*weights_source.*fetch_weights"):
+        handoff.read_weights_info(tmp_path)
+
+
+def test_one_banner_for_every_record_that_carries_the_weights():
+    info = random_weights()
+    assert info.banner == "RANDOM-INIT backbone (not RadImageNet)"
+    assert handoff.banner(info.to_dict()) == info.banner  # weights.json, train.json
+    assert handoff.banner({"random_init": "true", "weights_label": "x"}) == "x"  # MLflow tags
+    assert handoff.banner({"random_init": True}) == handoff.RANDOM_LABEL  # no label recorded
+    real = dataclasses.replace(info, random_init=False, weights_label="RadImageNet")
+    assert real.banner is None and handoff.banner({"random_init": "false"}) is None
+
+
+def test_feature_meta_keeps_one_name_per_field(tmp_path):
+    write_manifest(tmp_path / "train.csv", [manifest_row("a.png", 0, "p0", "0" * 64)])
+    meta = handoff.manifest_meta(
+        "train", tmp_path / "train.csv", (1, 3, 8), weights=random_weights(), precision="bfloat16"
+    )
+    handoff.write_feature_meta(tmp_path / "features", meta)
+    on_disk = json.loads((tmp_path / "features" / "train.json").read_text())
+    # flat, under the same names as in weights.json and the MLflow tags
+    assert on_disk["random_init"] is True and on_disk["weights_label"] == meta.weights.weights_label
+    assert "weights" not in on_disk and "weights_random_init" not in on_disk
+    assert handoff.read_feature_meta(tmp_path / "features", "train") == meta
+    bare = dataclasses.replace(meta, weights=None)
+    assert handoff.FeatureMeta.from_dict(bare.to_dict()) == bare
+
+
+def test_train_info_round_trips_and_refuses_an_old_file(tmp_path):
+    info = handoff.TrainInfo(
+        mode="cached",
+        weights=random_weights(),
+        class_names=["a", "b"],
+        seed=3,
+        best_epoch=4,
+        epochs_run=9,
+        stopped_early=True,
+        model_sha256="cd" * 32,
+        best={"val_data_loss": 0.5, "accuracy": 0.75},
+        collapse={"collapsed": False},
+        details={"views": 5},
+    )
+    handoff.write_train_info(tmp_path, info)
+    on_disk = json.loads((tmp_path / "train.json").read_text())
+    assert on_disk["best_val_data_loss"] == 0.5 and on_disk["best_epoch"] == 4
+    assert on_disk["views"] == 5 and on_disk["weights_label"] == info.weights.weights_label
+    assert handoff.read_train_info(tmp_path) == info
+    del on_disk["weights_label"]
+    (tmp_path / "train.json").write_text(json.dumps(on_disk))
+    with pytest.raises(BadInputError, match="lacks \\['weights_label'\\].*dvc repro train"):
+        handoff.read_train_info(tmp_path)
+
+
+def test_json_safe_turns_non_finite_numbers_into_null():
+    nested = {"val": {"accuracy": 0.5, "auc": math.nan, "n": np.int64(3)}, "x": -math.inf}
+    assert handoff.json_safe(nested) == {"val": {"accuracy": 0.5, "auc": None, "n": 3}, "x": None}
+
+
+def test_compact_metrics_keep_the_headline_numbers_and_the_collapse_alarm():
+    test = {"n": 63, "log_loss": 1.1, "recall/No cancer": 1.0, "majority_prediction_share": 1.0}
+    for name in COMPACT_METRICS:
+        test.update({name: 0.5, f"{name}_ci_low": 0.25, f"{name}_ci_high": 0.75})
+    val = {**test, "majority_prediction_share": 0.6}
+    results = {
+        "random_init": True,
+        "backbone": "tiny",
+        "collapse": {"collapsed": True, "val_majority_share": 1.0},
+        "val": val,
+        "test": test,
+    }
+    compact = compact_metrics(results)
+    assert compact["random_init"] is True and compact["collapse"] == {"collapsed": True}
+    assert compact["test"]["single_class_predictions"] is True
+    assert compact["val"]["single_class_predictions"] is False
+    assert compact["test"]["roc_auc_macro_low"] == 0.25 and compact["test"]["ece_high"] == 0.75
+    assert set(compact) == {"random_init", "collapse", "val", "test"}
+    assert len(compact["test"]) == 3 * len(COMPACT_METRICS) + 1  # no per-class, no log loss
