@@ -35,6 +35,7 @@ import pytest
 from PIL import Image
 
 from petscan.handoff import WeightsInfo
+from petscan.params import section
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,8 +65,7 @@ def tiny_model_params(**overrides: Any) -> dict[str, Any]:
         "dropout": 0.7,
         "standardize": True,
     }
-    params.update(overrides)
-    return params
+    return section("model", {**params, **overrides})
 
 
 def random_weights_meta(sha256: str = "0" * 64) -> dict[str, Any]:

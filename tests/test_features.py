@@ -26,14 +26,19 @@ from petscan.image_pipeline import build_augmenter, image_dataset, images_per_ba
 from petscan.images import ImageError, load_resized
 from petscan.io import sha256_file
 from petscan.model import build_feature_extractor, build_full_model, build_head
+from petscan.params import section
 
 MODEL = tiny_model_params()
-FEATURIZE = {
-    "batch_size": 6,  # backbone inputs per batch: 2 train images x 3 views, 6 val images
-    "augment_views": 2,
-    "augmentation": {"rotation": 0.2, "zoom": 0.2, "contrast": 0.2, "translation": 0.1},
-    "seed": 101,
-}
+FEATURIZE = section(
+    "featurize",
+    {
+        "batch_size": 6,  # backbone inputs per batch: 2 train images x 3 views, 6 val images
+        "augment_views": 2,
+        "augmentation": {"rotation": 0.2, "zoom": 0.2, "contrast": 0.2, "translation": 0.1},
+        "seed": 101,
+        "precision": "float32",
+    },
+)
 COUNTS = {"train": 5, "val": 2, "test": 3}
 WEIGHTS_META = random_weights_meta()
 
@@ -301,9 +306,8 @@ def test_image_dataset_shuffle_and_augmentation_are_seeded(repo):
 
 
 def test_augmenter_follows_params():
-    aug = build_augmenter(
-        {"rotation": 0.2, "zoom": 0.2, "contrast": 0.2, "translation": [0.1, 0.05]}, 5
-    )
+    augmentation = {**FEATURIZE["augmentation"], "translation": [0.1, 0.05]}
+    aug = build_augmenter(augmentation, 5)
     names = [type(layer).__name__ for layer in aug.layers]
     assert names == ["RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation"]
     configs = [layer.get_config() for layer in aug.layers]
@@ -319,7 +323,8 @@ def test_augmenter_follows_params():
     assert configs[1]["width_factor"] is None  # zoom keeps the aspect ratio, as in the seed
     assert tuple(configs[2]["value_range"]) == (0, 255)
     assert [layer.seed for layer in aug.layers] == [5, 6, 7, 8]
-    only_zoom = build_augmenter({"rotation": 0, "zoom": 0.1}, 0)
+    only = {**augmentation, "rotation": 0, "zoom": 0.1, "contrast": 0, "translation": 0}
+    only_zoom = build_augmenter(only, 0)
     assert [type(layer).__name__ for layer in only_zoom.layers] == ["RandomZoom"]
 
 

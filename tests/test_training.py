@@ -15,6 +15,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from petscan import handoff, training
 from petscan.model import build_full_model, build_head, load_model
+from petscan.params import section
 from petscan.schedules import piecewise_lr
 
 MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
@@ -41,8 +42,7 @@ def train_params(**overrides) -> dict:
         "seed": 7,
         "out_dir": "models",
     }
-    params.update(overrides)
-    return params
+    return section("train", {**params, **overrides})
 
 
 def blobs(n: int, views: int, dim: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -135,7 +135,7 @@ def test_plateau_on_accuracy_waits_for_it_to_stop_rising():
     model.compile(optimizer=keras.optimizers.Adam(1.0), loss="sparse_categorical_crossentropy")
     cb = training.PlateauScaledSchedule(
         {"boundaries": [], "values": [1.0]},
-        {"monitor": "val_accuracy", "factor": 0.5, "patience": 2},
+        {"monitor": "val_accuracy", "factor": 0.5, "patience": 2, "min_lr": 0.0},
     )
     cb.set_model(model)
     seen = []
@@ -215,7 +215,7 @@ def tiny_images(folder, n: int = 6) -> pd.DataFrame:
 def test_end_to_end_runs_one_tiny_epoch_with_unfrozen_top(tmp_path):
     frame = tiny_images(tmp_path)
     params = train_params(epochs=1, batch_size=4, unfreeze_top_layers=3, mode="end_to_end")
-    aug = {"rotation": 0.2, "zoom": 0.2, "contrast": 0.2, "translation": 0.1}
+    aug = section("featurize")["augmentation"]
     result = training.fit_end_to_end(
         frame, frame, MODEL, params, aug, None, 3, root=tmp_path, verbose=0
     )
@@ -323,16 +323,17 @@ def test_check_collapse_on_constructed_predictions():
     labels = np.array([0] * 50 + [1] * 30 + [2] * 20)  # prior 0.5
     constant = np.tile([0.2, 0.7, 0.1], (20, 1))
     fine = np.eye(3)[np.arange(20) % 3] * 0.8 + 0.05
-    c = training.check_collapse(constant, labels, [0.5, 0.9], names)
+    settings = section("train")["collapse"]
+    c = training.check_collapse(constant, labels, [0.5, 0.9], names, settings)
     assert c["collapsed"] and c["val_majority_class"] == "b" and c["val_majority_share"] == 1.0
     assert "'b' for 20 of 20" in c["message"] and "prior" not in c["message"]
-    c = training.check_collapse(fine, labels, [0.45, 0.51], names)
+    c = training.check_collapse(fine, labels, [0.45, 0.51], names, settings)
     assert c["collapsed"] and "never left the class prior 0.500" in c["message"]
-    c = training.check_collapse(fine, labels, [0.45, 0.53], names)
+    c = training.check_collapse(fine, labels, [0.45, 0.53], names, settings)
     assert not c["collapsed"] and c["message"] == ""
     assert c["val_majority_share"] == pytest.approx(7 / 20)
     # thresholds come from params train.collapse
-    c = training.check_collapse(fine, labels, [0.6], names, {"max_class_share": 0.3})
+    c = training.check_collapse(fine, labels, [0.6], names, {**settings, "max_class_share": 0.3})
     assert c["collapsed"]
 
 
@@ -373,7 +374,7 @@ def test_early_stopping_watches_the_chosen_unregularized_quantity():
     vx, _ = blobs(9, views=1, seed=4)
     vy = (np.arange(9) % 3 + 1) % 3
     params = train_params(epochs=12)
-    params["early_stopping"] = {"enabled": True, "patience": 2, "restore_best_weights": True}
+    params["early_stopping"] = section("train")["early_stopping"] | {"patience": 2}
     result = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
     auc = result.history["val_roc_auc_macro"].to_numpy()
     assert result.best_epoch == int(auc.argmax()), "the default monitor is val macro AUC"

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
 from petscan import config, features, metrics, tracking, training, tuning
+from petscan.params import section
 
 CLASSES = {
     "No cancer": "No cancer",
@@ -73,7 +74,8 @@ def make_cache(root: Path, n_train=60, n_val=21, views=3, dim=8, seed=0) -> Path
 
 
 def make_params(experiment: str, study: str = "s", **tune) -> dict:
-    return {
+    """The sections a study reads, small; every other key takes the schema's default."""
+    sections = {
         "data": {"raw_dir": "data/raw", "classes": dict(CLASSES)},
         "model": {
             "backbone": "tiny",
@@ -119,6 +121,7 @@ def make_params(experiment: str, study: str = "s", **tune) -> dict:
             **tune,
         },
     }
+    return {name: section(name, values) for name, values in sections.items()}
 
 
 @pytest.fixture(scope="module")

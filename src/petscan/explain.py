@@ -287,7 +287,7 @@ def explain_images(
     explainer = explainer_for(model)
     codes = _class_codes(target, explainer.num_classes)
     classes = np.tile(codes, (len(images), 1))
-    mode = model_params.get("resize", "stretch")
+    mode = model_params["resize"]
     nested = explain_classes(model, images, classes, mode, method, batch_size)
     return [explanation for per_image in nested for explanation in per_image]
 

@@ -312,7 +312,7 @@ def run_featurize(
         frames[split] = read_manifest(manifest)
         _check_labels(frames[split], Path(manifest), class_names)
         check_files(frames[split], manifest, root)
-    precision = resolve_precision(featurize_params.get("precision", "float32"))
+    precision = resolve_precision(featurize_params["precision"])
     extractor = build_feature_extractor(dict(model_params), weights_path, precision)
     out_dir = Path(out_dir)
     staging = out_dir.parent / f".{out_dir.name}.partial"

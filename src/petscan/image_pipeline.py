@@ -29,25 +29,24 @@ def build_augmenter(augmentation: Mapping[str, Any], seed: int) -> keras.Sequent
     """The seed notebook's training augmentation, seeded (one seed per layer).
 
     Keys (params `featurize.augmentation`): rotation (fraction of a full turn), zoom,
-    contrast, translation (one factor or [height, width]); 0 or a missing key leaves
-    that layer out. Optional `fill_mode` (Keras default "reflect"). Works on pixel
-    values in [0, 255].
+    contrast, translation (one factor or [height, width]), fill_mode; a factor of 0
+    leaves that layer out. Works on pixel values in [0, 255].
     """
-    fill = augmentation.get("fill_mode", "reflect")
+    fill = augmentation["fill_mode"]
     layers: list[keras.layers.Layer] = []
-    if augmentation.get("rotation"):
+    if augmentation["rotation"]:
         layers.append(
             keras.layers.RandomRotation(augmentation["rotation"], fill_mode=fill, seed=seed)
         )
-    if augmentation.get("zoom"):
+    if augmentation["zoom"]:
         layers.append(keras.layers.RandomZoom(augmentation["zoom"], fill_mode=fill, seed=seed + 1))
-    if augmentation.get("contrast"):
+    if augmentation["contrast"]:
         layers.append(
             keras.layers.RandomContrast(
                 augmentation["contrast"], value_range=(0, 255), seed=seed + 2
             )
         )
-    translation = augmentation.get("translation")
+    translation = augmentation["translation"]
     if translation:
         height, width = (translation, translation) if np.isscalar(translation) else translation
         layers.append(keras.layers.RandomTranslation(height, width, fill_mode=fill, seed=seed + 3))

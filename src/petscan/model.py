@@ -304,7 +304,7 @@ def build_head(
 
     inputs = keras.Input(shape=(int(feature_dim),), dtype="float32", name="features")
     x = inputs
-    if model_params.get("standardize", True):
+    if model_params["standardize"]:
         standardize = Standardize(name="standardize")
         if train_features is not None:
             standardize.adapt(train_features)

@@ -1109,7 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             force=args.force,
             progress=not args.quiet,
-            visible_contrast=float(params.get("visible_contrast", DEFAULT_VISIBLE_CONTRAST)),
+            visible_contrast=float(params["visible_contrast"]),
         )
     except (FileExistsError, ValueError) as err:
         print(f"petscan generate: {err}", file=sys.stderr)

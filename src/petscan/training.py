@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,6 @@ from petscan.redact import redact_text
 
 log = logging.getLogger(__name__)
 
-MODES = ("cached", "end_to_end")
 MONITORS = ("val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro")
 HISTORY_COLUMNS = (
     "epoch",
@@ -215,10 +214,10 @@ class PlateauScaledSchedule(keras.callbacks.Callback):
         self.boundaries = list(schedule_params["boundaries"])
         self.values = list(schedule_params["values"])
         schedules.check_piecewise(self.boundaries, self.values)
-        self.monitor = plateau_params.get("monitor", "val_roc_auc_macro")
-        self.factor = float(plateau_params.get("factor", 0.5))
-        self.patience = int(plateau_params.get("patience", 3))
-        self.min_lr = float(plateau_params.get("min_lr", 0.0))
+        self.monitor = plateau_params["monitor"]
+        self.factor = float(plateau_params["factor"])
+        self.patience = int(plateau_params["patience"])
+        self.min_lr = float(plateau_params["min_lr"])
         self.sign = 1.0 if monitor_mode(self.monitor) == "min" else -1.0
         self.scale, self.best, self.wait = 1.0, math.inf, 0
 
@@ -258,21 +257,20 @@ def build_callbacks(
     `extra` see the final logs.
     """
     callbacks: list[keras.callbacks.Callback] = [validation] if validation else []
-    plateau = train_params.get("reduce_lr_on_plateau") or {}
-    if plateau.get("enabled"):
+    plateau = train_params["reduce_lr_on_plateau"]
+    if plateau["enabled"]:
         callbacks.append(PlateauScaledSchedule(train_params["lr_schedule"], plateau))
     else:
         callbacks.append(schedules.lr_scheduler(train_params["lr_schedule"]))
     stopping = None
-    es = train_params.get("early_stopping") or {}
-    if es.get("enabled", True):
-        monitor = es.get("monitor", "val_roc_auc_macro")
+    es = train_params["early_stopping"]
+    if es["enabled"]:
         stopping = keras.callbacks.EarlyStopping(
-            monitor=monitor,
-            mode=monitor_mode(monitor),
-            patience=int(es.get("patience", 5)),
-            restore_best_weights=bool(es.get("restore_best_weights", True)),
-            min_delta=float(es.get("min_delta", 0.0)),
+            monitor=es["monitor"],
+            mode=monitor_mode(es["monitor"]),
+            patience=int(es["patience"]),
+            restore_best_weights=bool(es["restore_best_weights"]),
+            min_delta=float(es["min_delta"]),
             verbose=0,
         )
         callbacks.append(stopping)
@@ -294,7 +292,7 @@ def compile_model(
     first_lr = float(train_params["lr_schedule"]["values"][0])
     loss = losses.make_loss(train_params["loss"], num_classes)
     model.compile(
-        optimizer=make_optimizer(train_params.get("optimizer", {}), first_lr),
+        optimizer=make_optimizer(train_params["optimizer"], first_lr),
         loss=loss,
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         weighted_metrics=[losses.DataLoss(loss)],
@@ -375,7 +373,7 @@ def _finish(
     names = list(class_names or (f"class {c}" for c in range(validation.num_classes)))
     accuracy = frame["accuracy"].to_numpy() if "accuracy" in frame else []
     info["collapse"] = check_collapse(
-        validation.probabilities(), train_labels, accuracy, names, train_params.get("collapse")
+        validation.probabilities(), train_labels, accuracy, names, train_params["collapse"]
     )
     return TrainResult(model, head, frame, best, len(frame), stopped, info)
 
@@ -400,7 +398,7 @@ def fit_cached(
     The head's standardization (`model.standardize`) is fitted on every view of
     `train_features`, never on val. `info["collapse"]` is `check_collapse` on val.
     """
-    seed = int(train_params.get("seed", 0))
+    seed = int(train_params["seed"])
     set_determinism(seed)
     sampler = CachedViewSampler(
         train_features,
@@ -420,7 +418,7 @@ def fit_cached(
     )
     # one call into TensorFlow per epoch: the head is small, so per-batch overhead dominates
     compile_model(head, train_params, num_classes, steps_per_execution=sampler.steps_per_epoch)
-    weights = losses.class_weights(train_labels, train_params.get("class_weight"), num_classes)
+    weights = losses.class_weights(train_labels, train_params["class_weight"], num_classes)
     validation = ValidationAUC(val_x, val_y, num_classes)
     cbs, stopping = build_callbacks(train_params, validation, callbacks)
     history = head.fit(
@@ -457,11 +455,11 @@ def fit_end_to_end(
     With `model.standardize` the head's statistics come from one pass of the frozen
     backbone over the plain (not augmented) training images.
     """
-    seed = int(train_params.get("seed", 0))
+    seed = int(train_params["seed"])
     set_determinism(seed)
     size = tuple(model_params["input_size"])
     batch = int(train_params["batch_size"])
-    resize_mode = model_params.get("resize", "stretch")
+    resize_mode = model_params["resize"]
     augmenter = build_augmenter(augmentation, seed) if augmentation else None
     train_ds = image_dataset(
         train_frame,
@@ -475,10 +473,10 @@ def fit_end_to_end(
     )
     val_ds = image_dataset(val_frame, size, resize_mode, batch, root=str(root))
     labels = train_frame["label"].to_numpy(dtype=np.int64)
-    weights = losses.class_weights(labels, train_params.get("class_weight"), num_classes)
-    unfreeze = int(train_params.get("unfreeze_top_layers", 0) or 0)
+    weights = losses.class_weights(labels, train_params["class_weight"], num_classes)
+    unfreeze = int(train_params["unfreeze_top_layers"])
     train_features = None
-    if model_params.get("standardize", True):
+    if model_params["standardize"]:
         plain = image_dataset(train_frame, size, resize_mode, batch, root=str(root))
         extractor = pmodel.build_feature_extractor(model_params, weights_path)
         train_features = extractor.predict(plain, verbose=0)
@@ -524,7 +522,7 @@ def check_collapse(
     train_labels: np.ndarray,
     train_accuracy: Sequence[float],
     class_names: Sequence[str],
-    settings: dict[str, Any] | None = None,
+    settings: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Whether the head collapsed, and the numbers that say so.
 
@@ -533,9 +531,8 @@ def check_collapse(
     `prior_margin` of the share of the largest training class (what predicting that
     class for every image scores). `message` says it in plain words ("" when fine).
     """
-    settings = settings or {}
-    max_share = float(settings.get("max_class_share", 0.95))
-    margin = float(settings.get("prior_margin", 0.02))
+    max_share = float(settings["max_class_share"])
+    margin = float(settings["prior_margin"])
     predicted = np.asarray(val_proba).argmax(axis=1)
     counts = np.bincount(predicted, minlength=len(class_names))
     top = int(counts.argmax())
@@ -636,9 +633,7 @@ def run_train(
     """
     root = Path(root)
     train_params, model_params = params["train"], params["model"]
-    mode = train_params.get("mode", "cached")
-    if mode not in MODES:
-        raise ValueError(f"params.yaml train.mode must be one of {MODES}, got {mode!r}")
+    mode = train_params["mode"]
     class_names = config.class_names(params["data"])
     split_dir = root / params["split"]["out_dir"]
     manifests = {s: split_dir / f"{s}.csv" for s in ("train", "val", "test")}
@@ -674,7 +669,7 @@ def run_train(
             class_names,
             model_params,
             input_example=example,
-            max_pixels=params.get("split", {}).get("max_pixels"),
+            max_pixels=params["split"]["max_pixels"],
         )
         version_tags = {**tags, "model_sha256": summary["model_sha256"]}
         summary["registered_version"] = tracking.register_version(
@@ -714,7 +709,7 @@ def _train_cached(params, root, manifests, weights_path, logger, verbose):
 
 def _train_end_to_end(params, root, manifests, weights_path, logger, verbose):
     frames = {s: pd.read_csv(manifests[s], dtype={"patient": str}) for s in ("train", "val")}
-    augmentation = (params.get("featurize") or {}).get("augmentation")
+    augmentation = params["featurize"]["augmentation"]
     return fit_end_to_end(
         frames["train"],
         frames["val"],

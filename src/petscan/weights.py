@@ -771,9 +771,9 @@ def _fetch_url(source, dest: Path, *, root: Path, params, progress: bool) -> str
         source["url"],
         dest,
         sha256=expected_sha256(source, params),
-        retries=int(params.get("retries", 3)),
-        timeout_s=float(params.get("timeout_s", 30)),
-        retry_wait_s=float(params.get("retry_wait_s", 1.0)),
+        retries=int(params["retries"]),
+        timeout_s=float(params["timeout_s"]),
+        retry_wait_s=float(params["retry_wait_s"]),
         progress=progress,
         max_bytes=_max_bytes(params),
         deadline_s=params.get("deadline_s"),
@@ -981,7 +981,7 @@ def settings_of(weights_params: Mapping[str, Any], model_params: Mapping[str, An
         "input_size": [int(v) for v in model_params["input_size"]],
         "sha256": weights_params.get("sha256"),
         "sources": [redact_values(dict(s)) for s in weights_params.get("sources") or []],
-        "fallback": str(weights_params.get("fallback", "none")),
+        "fallback": str(weights_params["fallback"]),
         "seed": weights_params.get("seed"),
     }
 
@@ -1004,7 +1004,7 @@ def run_fetch_weights(
     """
     workspace = Path(workspace) if workspace else config.workspace_root()
     root = Path(root) if root else config.repo_root()
-    out_dir = workspace / weights_params.get("dir", "models/backbone")
+    out_dir = workspace / weights_params["dir"]
     settings = settings_of(weights_params, model_params)
     fallback = settings["fallback"]
     if fallback not in FALLBACKS:
