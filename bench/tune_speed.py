@@ -117,7 +117,9 @@ def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
     """Run `trials` trials in a scratch storage; per-trial durations and epochs."""
     import optuna
 
-    from petscan import tuning
+    from petscan.tuning.report import trials_frame
+    from petscan.tuning.run import run_tune
+    from petscan.tuning.storage import make_storage
 
     study_params = copy.deepcopy(params)
     study_params["split"] = {"out_dir": str(data_dir.resolve() / "split")}
@@ -126,12 +128,12 @@ def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
     study_params["mlflow"] = {**params["mlflow"], "experiment": "tune-speed-bench"}
     os.environ["PETSCAN_ROOT"] = str(root)
     start = time.perf_counter()
-    summary = tuning.run_tune(
+    summary = run_tune(
         study_params, root, trials=trials, study_name="bench", progress=True, plots=False
     )
     wall = time.perf_counter() - start
-    storage = tuning.make_storage(summary["storage"])
-    frame = tuning.trials_frame(optuna.load_study(study_name="bench", storage=storage))
+    storage = make_storage(summary["storage"])
+    frame = trials_frame(optuna.load_study(study_name="bench", storage=storage))
     return {
         "trials": int(len(frame)),
         "states": frame["state"].value_counts().to_dict(),

@@ -19,7 +19,9 @@ import argparse
 import os
 import sys
 
-from petscan import config, errors, logs, tuning  # tuning loads TensorFlow only when a study runs
+from petscan import config, errors, logs
+from petscan.tuning.settings import TuneSettings
+from petscan.tuning.storage import make_storage, resolve_storage, storage_label
 
 # the sections this stage reads, plus the two folders of the feature cache
 SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")
@@ -52,24 +54,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def storage_url(params: dict, args: argparse.Namespace) -> str:
-    settings = tuning.TuneSettings.from_params(params["tune"], storage=args.storage)
-    return tuning.resolve_storage(settings, config.repo_root(), max(1, args.workers))
+    settings = TuneSettings.from_params(params["tune"], storage=args.storage)
+    return resolve_storage(settings, config.repo_root(), max(1, args.workers))
 
 
 def show_storage(params: dict, args: argparse.Namespace) -> int:
     """Print the study's storage, password masked; no TensorFlow is loaded."""
-    print(tuning.storage_label(storage_url(params, args)).removeprefix("journal:"))
+    print(storage_label(storage_url(params, args)).removeprefix("journal:"))
     return 0
 
 
 def dashboard(params: dict, args: argparse.Namespace) -> int:
     """optuna-dashboard in this process: the storage URL (maybe with a password) never
     becomes a command-line argument that other users can read in `ps`."""
-    import optuna_dashboard
+    import optuna_dashboard  # here: importing it takes 3.8 s, and only --dashboard needs it
 
     url = storage_url(params, args)
-    print(f"optuna-dashboard on {tuning.storage_label(url)}: http://{args.host}:{args.port}/")
-    optuna_dashboard.run_server(tuning.make_storage(url), host=args.host, port=args.port)
+    print(f"optuna-dashboard on {storage_label(url)}: http://{args.host}:{args.port}/")
+    optuna_dashboard.run_server(make_storage(url), host=args.host, port=args.port)
     return 0
 
 
@@ -83,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dashboard:
         return dashboard(params, args)
     logs.import_tensorflow()
+    from petscan.tuning.run import run_tune  # loads TensorFlow: after --help and the above
+
     try:
-        summary = tuning.run_tune(
+        summary = run_tune(
             params,
             config.repo_root(),
             trials=args.trials,

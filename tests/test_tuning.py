@@ -23,8 +23,22 @@ from conftest import random_weights
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
-from petscan import config, features, metrics, tracking, training, tuning
+from petscan import config, features, metrics, tracking, training
 from petscan.params import section
+from petscan.tuning.apply import apply_best
+from petscan.tuning.data import TuneData, cv_folds
+from petscan.tuning.objective import objective_value
+from petscan.tuning.run import run_tune
+from petscan.tuning.settings import TuneSettings, check_objective, objective_direction
+from petscan.tuning.space import (
+    apply_overrides,
+    overrides_from,
+    parse_dimension,
+    parse_space,
+    sample,
+    schedule_from_phases,
+)
+from petscan.tuning.storage import make_pruner, make_sampler, make_storage, storage_label
 
 CLASSES = {
     "No cancer": "No cancer",
@@ -155,7 +169,7 @@ def children(parent_run_id: str) -> list:
 
 def load(repo: Path, name: str = "s", storage: str | None = None) -> optuna.Study:
     url = storage or f"sqlite:///{repo / 'tune' / 'optuna.db'}"
-    return optuna.load_study(study_name=name, storage=tuning.make_storage(url))
+    return optuna.load_study(study_name=name, storage=make_storage(url))
 
 
 @pytest.fixture(scope="module")
@@ -166,23 +180,23 @@ def tiny_study(tmp_path_factory, mlflow_uri):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(root))
         mp.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
-        summary = tuning.run_tune(params, root, progress=False)
+        summary = run_tune(params, root, progress=False)
     return root, params, summary
 
 
 # ----------------------------------------------------------------------------- search space
 def test_space_fixed_ranged_choices_and_per_class_alpha():
-    dims = {d.name: d for d in tuning.parse_space(SPACE, 3)}
+    dims = {d.name: d for d in parse_space(SPACE, 3)}
     assert [f"train.loss.alpha.{i}" for i in range(3)] == [n for n in dims if "alpha" in n]
     assert dims["train.loss.alpha.1"].kind == "float" and dims["train.loss.alpha.1"].low == 0.2
     assert dims["schedule.warmup_epochs"].kind == "int"  # whole-number bounds
     assert dims["schedule.peak_lr"].log and dims["schedule.peak_lr"].kind == "float"
     assert dims["train.loss.variant"].choices == ("categorical", "one_vs_rest")
     assert dims["schedule.decay_lr"].kind == "fixed" and dims["schedule.decay_lr"].value == 1e-3
-    per_class = tuning.parse_space({"train.loss.alpha": [0.5, {"low": 0.1, "high": 0.2}, 0.3]}, 3)
+    per_class = parse_space({"train.loss.alpha": [0.5, {"low": 0.1, "high": 0.2}, 0.3]}, 3)
     assert [d.kind for d in per_class] == ["fixed", "float", "fixed"]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
-    values = tuning.sample(list(dims.values()), study.ask())
+    values = sample(list(dims.values()), study.ask())
     assert 0.2 <= values["train.loss.alpha.2"] <= 0.8 and values["schedule.peak_epochs"] == 1
     assert values["schedule.warmup_epochs"] in (0, 1)
 
@@ -197,14 +211,14 @@ def test_schedule_phases_give_increasing_boundaries_and_overrides():
         "peak_epochs": 4,
         "decay_epochs": 5,
     }
-    assert tuning.schedule_from_phases(phases) == {
+    assert schedule_from_phases(phases) == {
         "boundaries": [3, 7, 12],
         "values": [1e-5, 1e-3, 1e-4, 1e-6],
     }
     values = {f"schedule.{k}": v for k, v in phases.items()}
     values.update({"train.loss.alpha.0": 0.4, "train.loss.alpha.1": 0.5, "train.loss.alpha.2": 0.6})
     values["model.dropout"] = 0.25
-    overrides = tuning.overrides_from(values, 3)
+    overrides = overrides_from(values, 3)
     assert overrides == {
         "model.dropout": 0.25,
         "train.loss.alpha": [0.4, 0.5, 0.6],
@@ -212,7 +226,7 @@ def test_schedule_phases_give_increasing_boundaries_and_overrides():
         "train.lr_schedule.values": [1e-5, 1e-3, 1e-4, 1e-6],
     }
     base = make_params("x")
-    merged = tuning.apply_overrides({"train": base["train"], "model": base["model"]}, overrides)
+    merged = apply_overrides({"train": base["train"], "model": base["model"]}, overrides)
     assert merged["train"]["lr_schedule"]["boundaries"] == [3, 7, 12]
     assert merged["train"]["loss"]["gamma"] == 2 and merged["model"]["head_units"] == 8
     assert base["train"]["lr_schedule"]["boundaries"] == [1]  # the original is untouched
@@ -233,13 +247,13 @@ def test_schedule_phases_give_increasing_boundaries_and_overrides():
 def test_space_errors_name_the_entry(space, message):
     base = make_params("x")
     with pytest.raises(ValueError, match=message):
-        tuning.parse_space(space, 3, {"train": base["train"], "model": base["model"]})
+        parse_space(space, 3, {"train": base["train"], "model": base["model"]})
 
 
 def test_schedule_durations_must_keep_boundaries_increasing():
     space = {**SPACE, "schedule.peak_epochs": {"low": 0, "high": 3}}
     with pytest.raises(ValueError, match="peak_epochs: durations must be >= 1"):
-        tuning.parse_space(space, 3)
+        parse_space(space, 3)
 
 
 def test_objective_is_a_loss_independent_metric_matching_sklearn():
@@ -247,26 +261,26 @@ def test_objective_is_a_loss_independent_metric_matching_sklearn():
     y = np.arange(30) % 3
     proba = rng.dirichlet(np.ones(3), size=30)
     names = list(CLASSES.values())
-    assert tuning.objective_value("f1_macro", y, proba, names) == pytest.approx(
+    assert objective_value("f1_macro", y, proba, names) == pytest.approx(
         f1_score(y, proba.argmax(1), average="macro")
     )
-    assert tuning.objective_value("roc_auc_macro", y, proba, names) == pytest.approx(
+    assert objective_value("roc_auc_macro", y, proba, names) == pytest.approx(
         roc_auc_score(y, proba, multi_class="ovr", average="macro")
     )
-    assert np.isnan(tuning.objective_value("f1_macro", y, np.full((30, 3), np.nan), names))
+    assert np.isnan(objective_value("f1_macro", y, np.full((30, 3), np.nan), names))
     point = metrics.point_metrics(y, proba, names)
     for name in ("roc_auc_macro", "balanced_accuracy", "log_loss"):
-        assert tuning.objective_value(name, y, proba, names) == pytest.approx(point[name])
-    assert tuning.objective_direction("log_loss") == "minimize"
-    assert tuning.objective_direction("roc_auc_macro") == "maximize"
+        assert objective_value(name, y, proba, names) == pytest.approx(point[name])
+    assert objective_direction("log_loss") == "minimize"
+    assert objective_direction("roc_auc_macro") == "maximize"
     with pytest.raises(ValueError, match="not comparable"):
-        tuning.check_objective("val_loss")
+        check_objective("val_loss")
     with pytest.raises(ValueError, match="unknown metric"):
-        tuning.check_objective("auc")
+        check_objective("auc")
 
 
 def test_cv_folds_keep_patients_together_and_repeat_val_views():
-    data = tuning.TuneData(
+    data = TuneData(
         train_x=np.zeros((12, 3, 2), np.float32),
         train_y=np.arange(12) % 3,
         train_groups=np.array([f"t{i // 2}" for i in range(12)]),
@@ -278,30 +292,30 @@ def test_cv_folds_keep_patients_together_and_repeat_val_views():
     x, y, groups = data.combined()
     assert x.shape == (18, 3, 2) and y.shape == (18,)
     np.testing.assert_array_equal(x[12:, 2], data.val_x[:, 0])  # view 0 repeated
-    folds = tuning.cv_folds(y, groups, 3, seed=0)
+    folds = cv_folds(y, groups, 3, seed=0)
     assert len(folds) == 3
     covered = np.sort(np.concatenate([va for _, va in folds]))
     np.testing.assert_array_equal(covered, np.arange(18))
     for tr, va in folds:
         assert not set(groups[tr]) & set(groups[va])
     with pytest.raises(ValueError, match="0 \\(hold-out val\\) or >= 2"):
-        tuning.cv_folds(y, groups, 1, seed=0)
+        cv_folds(y, groups, 1, seed=0)
 
 
 def test_pruners_and_sampler():
-    assert isinstance(tuning.make_pruner({"name": "median"}, 10), optuna.pruners.MedianPruner)
-    hyper = tuning.make_pruner({"name": "hyperband", "min_resource": 2}, 20)
+    assert isinstance(make_pruner({"name": "median"}, 10), optuna.pruners.MedianPruner)
+    hyper = make_pruner({"name": "hyperband", "min_resource": 2}, 20)
     assert isinstance(hyper, optuna.pruners.HyperbandPruner)
-    assert isinstance(tuning.make_pruner({"name": "none"}, 10), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner({"name": "none"}, 10), optuna.pruners.NopPruner)
     with pytest.raises(ValueError, match="tune.pruner"):
-        tuning.make_pruner({"name": "median", "bogus": 1}, 10)
+        make_pruner({"name": "median", "bogus": 1}, 10)
     with pytest.raises(ValueError, match="tune.pruner.name"):
-        tuning.TuneSettings.from_params({"pruner": {"name": "asha"}})
-    settings = tuning.TuneSettings(seed=5)
-    first = tuning.make_sampler(settings, 0, 0)._random_sampler._rng.rng.random()
-    again = tuning.make_sampler(settings, 0, 0)._random_sampler._rng.rng.random()
-    other = tuning.make_sampler(settings, 1, 0)._random_sampler._rng.rng.random()
-    resumed = tuning.make_sampler(settings, 0, 7)._random_sampler._rng.rng.random()
+        TuneSettings.from_params({"pruner": {"name": "asha"}})
+    settings = TuneSettings(seed=5)
+    first = make_sampler(settings, 0, 0)._random_sampler._rng.rng.random()
+    again = make_sampler(settings, 0, 0)._random_sampler._rng.rng.random()
+    other = make_sampler(settings, 1, 0)._random_sampler._rng.rng.random()
+    resumed = make_sampler(settings, 0, 7)._random_sampler._rng.rng.random()
     assert first == again and len({first, other, resumed}) == 3
 
 
@@ -364,7 +378,7 @@ def test_best_params_load_into_train_and_fit(tiny_study):
     )
     assert len(best["train"]["loss"]["alpha"]) == 3
     assert set(best) == {"train", "model"} and set(best["train"]) == {"loss", "lr_schedule"}
-    merged = tuning.apply_overrides(params, config.flatten(best))
+    merged = apply_overrides(params, config.flatten(best))
     merged["train"]["epochs"] = 1
     cache = np.load(root / "data" / "features" / "train.npy")
     val = np.load(root / "data" / "features" / "val.npy")
@@ -378,23 +392,23 @@ def test_best_params_load_into_train_and_fit(tiny_study):
 
 def test_resumed_study_adds_trials_without_repeating_numbers(repo, request):
     params = make_params(experiment_name(request), n_trials=2)
-    first = tuning.run_tune(params, repo, progress=False, plots=False)
-    second = tuning.run_tune(params, repo, trials=4, progress=False, plots=False)
+    first = run_tune(params, repo, progress=False, plots=False)
+    second = run_tune(params, repo, trials=4, progress=False, plots=False)
     assert first["mlflow_parent_run_id"] == second["mlflow_parent_run_id"]  # same parent
     numbers = [t.number for t in load(repo).get_trials()]
     assert numbers == [0, 1, 2, 3]
     runs = children(second["mlflow_parent_run_id"])
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in runs) == [0, 1, 2, 3]
-    third = tuning.run_tune(params, repo, trials=4, progress=False, plots=False)  # nothing left
+    third = run_tune(params, repo, trials=4, progress=False, plots=False)  # nothing left
     assert third["trials"]["complete"] == 4 and len(load(repo).get_trials()) == 4
     changed = make_params(experiment_name(request), n_trials=5, objective="f1_macro")
     with pytest.raises(ValueError, match="--study NEW_NAME"):
-        tuning.run_tune(changed, repo, progress=False, plots=False)
+        run_tune(changed, repo, progress=False, plots=False)
 
 
 def test_parallel_workers_on_journal_storage_record_each_trial_once(repo, request):
     params = make_params(experiment_name(request), n_trials=4)
-    summary = tuning.run_tune(params, repo, workers=2, progress=False, plots=False)
+    summary = run_tune(params, repo, workers=2, progress=False, plots=False)
     journal = repo / "tune" / "optuna.journal"
     assert journal.is_file() and summary["storage"] == str(journal)
     trials = load(repo, storage=str(journal)).get_trials()
@@ -420,7 +434,7 @@ def test_stopped_study_keeps_finished_trials_and_resumes(repo, request, monkeypa
 
     monkeypatch.setattr(training, "fit_cached", stopping_fit)
     with pytest.raises(KeyboardInterrupt):
-        tuning.run_tune(params, repo, progress=False, plots=False)
+        run_tune(params, repo, progress=False, plots=False)
     study = load(repo)
     assert [t.state for t in study.get_trials()] == [
         TrialState.COMPLETE,
@@ -436,7 +450,7 @@ def test_stopped_study_keeps_finished_trials_and_resumes(repo, request, monkeypa
     # a SIGKILLed process leaves a RUNNING trial behind: the next run marks it FAIL
     study.ask()
     monkeypatch.setattr(training, "fit_cached", real_fit)
-    tuning.run_tune(params, repo, progress=False, plots=False)
+    run_tune(params, repo, progress=False, plots=False)
     states = [t.state for t in load(repo).get_trials()]
     assert states[3] == TrialState.FAIL and TrialState.RUNNING not in states
     assert states.count(TrialState.COMPLETE) == 4
@@ -454,7 +468,7 @@ def test_nan_trial_is_failed_and_the_study_goes_on(repo, request, monkeypatch):
         return result
 
     monkeypatch.setattr(training, "fit_cached", poisoned_fit)
-    summary = tuning.run_tune(params, repo, progress=False, plots=False)
+    summary = run_tune(params, repo, progress=False, plots=False)
     trials = load(repo).get_trials()
     assert [t.state for t in trials] == [
         TrialState.COMPLETE,
@@ -477,13 +491,13 @@ def test_repeated_failures_stop_the_study(repo, request, monkeypatch):
 
     monkeypatch.setattr(training, "fit_cached", broken_fit)
     with pytest.raises(RuntimeError, match="2 trials failed in a row.*broken features"):
-        tuning.run_tune(params, repo, progress=False, plots=False)
+        run_tune(params, repo, progress=False, plots=False)
     assert [t.state for t in load(repo).get_trials()] == [TrialState.FAIL] * 2
 
 
 def test_cross_validation_objective_is_the_fold_mean(repo, request):
     params = make_params(experiment_name(request), n_trials=1, cv_folds=2)
-    summary = tuning.run_tune(params, repo, progress=False, plots=False)
+    summary = run_tune(params, repo, progress=False, plots=False)
     (run,) = children(summary["mlflow_parent_run_id"])
     folds = [run.data.metrics[f"fold{k}/final_roc_auc_macro"] for k in (0, 1)]
     assert run.data.metrics["objective"] == pytest.approx(np.mean(folds))
@@ -504,7 +518,7 @@ def _postgres_url() -> str:
         with engine.connect():
             pass
     except Exception as err:  # unreachable server, bad credentials, missing driver
-        pytest.skip(f"PostgreSQL at {tuning.storage_label(url)} is unreachable: {err}")
+        pytest.skip(f"PostgreSQL at {storage_label(url)} is unreachable: {err}")
     return url
 
 
@@ -513,12 +527,10 @@ def test_study_on_a_postgresql_server(repo, request):
     name = f"petscan-test-{os.getpid()}-{np.random.default_rng().integers(1 << 30)}"
     params = make_params(experiment_name(request), study=name, n_trials=2)
     try:
-        summary = tuning.run_tune(params, repo, storage=url, progress=False, plots=False)
+        summary = run_tune(params, repo, storage=url, progress=False, plots=False)
         study = optuna.load_study(study_name=name, storage=url)
         assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
-        assert (
-            summary["storage"] == tuning.storage_label(url) and "petscan:***@" in summary["storage"]
-        )
+        assert summary["storage"] == storage_label(url) and "petscan:***@" in summary["storage"]
     finally:
         optuna.delete_study(study_name=name, storage=url)
 
@@ -535,7 +547,7 @@ def test_apply_writes_values_into_params_keeping_comments(tmp_path):
         },
         "model": {"dropout": 0.55, "l2": 1.0e-5},
     }
-    changed = tuning.apply_best(best, path)
+    changed = apply_best(best, path)
     assert changed["train.loss.gamma"] == (2.0, 1.234)
     after = path.read_text()
     comments = [line for line in before.splitlines() if line.lstrip().startswith("#")]
@@ -551,15 +563,15 @@ def test_apply_writes_values_into_params_keeping_comments(tmp_path):
         (a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b
     ]
     assert len(changed_lines) == 7  # gamma, alpha, variant, boundaries, values, dropout, l2
-    assert tuning.apply_best(best, path) == {}  # already applied
+    assert apply_best(best, path) == {}  # already applied
     with pytest.raises(KeyError, match="train.loss.beta"):
-        tuning.apply_best({"train": {"loss": {"beta": 1}}}, path)
+        apply_best({"train": {"loss": {"beta": 1}}}, path)
 
 
 def poisoned_study(repo: Path, name: str, params: dict, user_attrs: dict, **changed) -> None:
     """A study in the default SQLite storage with one COMPLETE trial, written the way a
     stranger with write access to a shared storage could: any params, any user attrs."""
-    dims = tuning.parse_space(SPACE, 3)
+    dims = parse_space(SPACE, 3)
     values = {
         "train.loss.variant": "one_vs_rest",
         "train.loss.alpha.0": 0.7,
@@ -583,7 +595,7 @@ def poisoned_study(repo: Path, name: str, params: dict, user_attrs: dict, **chan
         values[key.replace("__", ".")], dists[key.replace("__", ".")] = value, dist
     storage = f"sqlite:///{repo / 'tune' / 'optuna.db'}"
     study = optuna.create_study(
-        storage=tuning.make_storage(storage), study_name=name, direction="maximize"
+        storage=make_storage(storage), study_name=name, direction="maximize"
     )
     trial = optuna.trial.create_trial(
         params=values, distributions=dists, value=0.99, user_attrs=user_attrs
@@ -607,9 +619,7 @@ def test_apply_rebuilds_from_the_space_and_ignores_poisoned_overrides(repo, requ
         mlflow__tracking_uri=("https://evil.example/", evil_param),
     )  # fmt: skip
     caplog.set_level("WARNING", logger="petscan.tuning.apply")
-    summary = tuning.run_tune(
-        params, repo, apply=True, params_path=path, progress=False, plots=False
-    )
+    summary = run_tune(params, repo, apply=True, params_path=path, progress=False, plots=False)
     after = config.load_params(path)
     assert after["weights"] == {"sources": [], "sha256": None}
     assert after["mlflow"] == params["mlflow"]  # tracking_uri still null
@@ -637,13 +647,13 @@ def test_apply_refuses_a_trial_value_the_space_cannot_produce(repo, request):
     wide = optuna.distributions.FloatDistribution(0.0, 100.0)  # widened by the attacker
     poisoned_study(repo, "s", params, {}, train__loss__gamma=(99.0, wide))
     with pytest.raises(ValueError, match="train.loss.gamma = 99.0, which tune.space cannot"):
-        tuning.run_tune(params, repo, apply=True, params_path=path, progress=False, plots=False)
+        run_tune(params, repo, apply=True, params_path=path, progress=False, plots=False)
     assert path.read_bytes() == before
     summary = json.loads((repo / "tune" / "summary.json").read_text())
     assert "cannot produce" in summary["best_params_refused"] and "best_params" not in summary
     assert not (repo / "tune" / "best_params.yaml").exists()
     with pytest.raises(ValueError, match=r"refusing to write \['weights.seed'\]"):
-        tuning.apply_best({"weights": {"seed": 1}}, path, allowed={"train.loss.gamma"})
+        apply_best({"weights": {"seed": 1}}, path, allowed={"train.loss.gamma"})
     assert path.read_bytes() == before
 
 
@@ -662,7 +672,7 @@ def test_apply_refuses_a_trial_value_the_space_cannot_produce(repo, request):
     ],
 )
 def test_dimension_contains(kind, spec, inside, outside):
-    dim = tuning.parse_dimension("x", spec)
+    dim = parse_dimension("x", spec)
     assert dim.kind == kind
     assert all(dim.contains(v) for v in inside)
     assert not any(dim.contains(v) for v in outside)

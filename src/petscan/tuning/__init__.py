@@ -14,59 +14,7 @@ One module per concern:
 * `apply`: writing the best values into params.yaml (comments kept);
 * `run`: `run_tune`, the whole of `make tune`.
 
-The names below are imported from their module on first use, so reading the settings
-or the storage (`stages/tune.py --show-storage`) does not load TensorFlow.
+Import from the module itself (`from petscan.tuning.run import run_tune`): the package
+imports nothing, so reading the settings or the storage (`stages/tune.py --show-storage`)
+does not load TensorFlow.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "space": (
-        "Dimension",
-        "apply_overrides",
-        "nest",
-        "overrides_from",
-        "parse_dimension",
-        "parse_space",
-        "sample",
-        "schedule_from_phases",
-    ),
-    "settings": ("TuneSettings", "check_objective", "objective_direction"),
-    "data": ("TuneData", "check_features", "cv_folds", "feature_paths", "load_tune_data"),
-    "objective": ("EpochObjective", "Objective", "TrialFailed", "objective_value"),
-    "storage": (
-        "count_done",
-        "default_storage",
-        "fail_stale_trials",
-        "make_pruner",
-        "make_sampler",
-        "make_storage",
-        "resolve_storage",
-        "storage_label",
-    ),
-    "tracking": ("Tracker", "close_stale_children", "parent_run"),
-    "study": ("FailureGuard", "Progress", "check_fingerprint", "open_study", "optimize"),
-    "workers": ("run_worker", "spawn_workers"),
-    "report": ("best_params", "trials_frame", "write_outputs", "write_plots"),
-    "apply": ("apply_best", "trusted_overrides"),
-    "run": ("run_tune",),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str) -> Any:
-    module = _MODULE_OF.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
