@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan.evaluation import run_evaluate
+    from petscan.evaluation import run_evaluate  # here: TensorFlow takes ~5 s to load
 
     results = run_evaluate(params, root=config.workspace_root())
     test = results["test"]

@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from petscan.localization import run_explain
+    from petscan.localization import run_explain  # here: TensorFlow takes ~5 s to load
 
     params = config.load_sections(SECTIONS, args.params)
     result = run_explain(params, root=config.workspace_root())

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from petscan import config, errors, logs
+from petscan.handoff import read_weights_info, weights_file
 
 SECTIONS = ("data", "model", "featurize", "weights.dir", "split.out_dir")
 SPLITS = ("train", "val", "test")
@@ -35,9 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    # Imported here so that `--help` answers without loading TensorFlow.
-    from petscan.features import run_featurize
-    from petscan.handoff import read_weights_info, weights_file
+    from petscan.features import run_featurize  # here: TensorFlow takes ~5 s to load
 
     data, model, params = sections["data"], sections["model"], sections["featurize"]
     weights_dir = Path(sections["weights"]["dir"])

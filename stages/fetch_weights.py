@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan import weights  # here, so that `--help` answers without loading TensorFlow
+    from petscan import weights  # here: TensorFlow takes ~5 s to load
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     meta = weights.run_fetch_weights(

@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
-    logs.import_tensorflow()  # evaluation imports Keras
-    from petscan.figures import run_plot
+    logs.import_tensorflow()
+    from petscan.figures import run_plot  # here: TensorFlow takes ~5 s to load
 
     written = run_plot(params, root=config.workspace_root())
     print(f"plot: wrote {len(written)} figures into {params['plot']['out_dir']}")

@@ -24,8 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_sections(("data", "split"), args.params)
     logs.setup(args.verbose)
-    # Imported here so that `--help` answers without loading pandas and SciPy.
-    from petscan.split import run_split
+    from petscan.split import run_split  # after parsing: loads pandas and SciPy
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_split(

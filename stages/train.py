@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)  # validated before TensorFlow loads or a run opens
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan.training import run_train
+    from petscan.training import run_train  # here: TensorFlow takes ~5 s to load
 
     summary = run_train(params, root=config.workspace_root(), verbose=0 if args.quiet else 2)
     print(

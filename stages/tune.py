@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dashboard:
         return dashboard(params, args)
     logs.import_tensorflow()
-    from petscan.tuning.run import run_tune  # loads TensorFlow: after --help and the above
+    from petscan.tuning.run import run_tune  # here: TensorFlow takes ~5 s to load
 
     try:
         summary = run_tune(

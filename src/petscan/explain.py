@@ -37,9 +37,15 @@ from typing import Any
 
 import keras
 import numpy as np
+import pandas as pd
 import tensorflow as tf
+from matplotlib import colormaps
+from PIL import Image
+from tqdm.auto import tqdm
 
-from petscan.images import content_box, resize
+from petscan import config, predict
+from petscan.images import ImageError, content_box, load_rgb, resize
+from petscan.io import atomic_path, write_csv
 
 METHODS = ("gradcam", "gradcam++")
 TARGETS = ("predicted", "all")
@@ -347,8 +353,6 @@ def overlay(
     The colour's weight grows with the heat (`alpha * heat` per pixel), so where the model
     finds no evidence the image is shown as it is.
     """
-    from matplotlib import colormaps
-
     rgb = _rgb(image).astype(np.float32)
     heat = np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
     if heat.shape != rgb.shape[:2]:
@@ -387,12 +391,10 @@ def resolve_target(value: str, class_names: Sequence[str]) -> str | int:
 
 def _inputs(paths: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
     """(file, name relative to its input) pairs, and inputs that are missing or empty."""
-    from petscan.predict import expand_paths
-
     files: list[tuple[Path, Path]] = []
     errors: list[tuple[str, str]] = []
     for item in map(Path, paths):
-        found, missing = expand_paths([item])
+        found, missing = predict.expand_paths([item])
         errors += missing
         root = item if item.is_dir() else item.parent
         files += [(file, file.relative_to(root)) for file in found]
@@ -416,10 +418,6 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     zlib level 1: encoding a colour overlay at the default level 6 took ~5x longer than
     explaining the image (measured by bench/explain_speed.py) for files ~1.3x smaller.
     """
-    from PIL import Image
-
-    from petscan.io import atomic_path
-
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
 
@@ -441,10 +439,6 @@ def explain_files(
     `batch_size` at a time, so memory does not grow with the folder. Unreadable files are
     appended to `errors` as (path, reason) and skipped. Returns the index rows.
     """
-    from tqdm.auto import tqdm
-
-    from petscan.images import ImageError, load_rgb
-
     out_dir = Path(out_dir)
     errors = [] if errors is None else errors
     names = list(loaded.class_names)
@@ -491,8 +485,6 @@ def explain_files(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from petscan import config
-
     parser = argparse.ArgumentParser(
         prog="petscan explain",
         description="Grad-CAM heatmaps of the classifier's predictions, overlaid on each "
@@ -517,11 +509,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pandas as pd
-
-    from petscan import predict
-    from petscan.io import write_csv
-
     args = build_parser().parse_args(argv)
     files, errors = _inputs(args.paths)
     try:

@@ -27,6 +27,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
+from sklearn.utils.class_weight import compute_class_weight
 
 EPSILON = 1e-7
 LOSS_NAMES = ("focal", "crossentropy")
@@ -184,8 +185,6 @@ def class_weights(
 
 
 def _balanced(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    from sklearn.utils.class_weight import compute_class_weight
-
     if labels.size == 0:
         raise ValueError("class_weight 'balanced' needs training labels, got none")
     if not np.issubdtype(labels.dtype, np.integer):

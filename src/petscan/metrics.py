@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, classification_report
+from tqdm.auto import tqdm
 
 BOOTSTRAPPED = ("accuracy", "balanced_accuracy", "f1_macro", "f1_weighted", "roc_auc_macro")
 PER_CLASS_BOOTSTRAPPED = ("recall", "specificity", "roc_auc")
@@ -92,8 +94,6 @@ def classification_report_text(
     y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray, class_names: list[str]
 ) -> str:
     """scikit-learn's text classification report (4 digits) over all classes."""
-    from sklearn.metrics import classification_report
-
     return classification_report(
         y_true,
         y_pred,
@@ -159,8 +159,6 @@ def roc_auc_per_class(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
 
 def average_precision_per_class(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
     """One-vs-rest average precision (scikit-learn's step-wise definition) per class."""
-    from sklearn.metrics import average_precision_score
-
     out = np.full(proba.shape[1], math.nan)
     for c in range(proba.shape[1]):
         if np.any(y == c):
@@ -265,8 +263,6 @@ def bootstrap_distribution(
     p = np.asarray(proba)
     indices = resample_indices(len(y), groups, n_resamples, seed)
     if progress:
-        from tqdm.auto import tqdm
-
         indices = tqdm(indices, total=n_resamples, desc="bootstrap", leave=False)
     rows: list[Mapping[str, float]] = []
     for idx in indices:

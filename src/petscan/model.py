@@ -28,6 +28,8 @@ whatever the backbone's scale. `model.standardize: false` gives the seed's exact
 from __future__ import annotations
 
 import contextlib
+import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from petscan import losses  # noqa: F401  (registers the custom losses for load_model)
 from petscan.backbones import backbone_spec, build_backbone
 
 PREPROCESSING_MODES = ("radimagenet", "rescale", "keras")
@@ -361,14 +364,12 @@ def build_full_model(
 def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     """Load a `.keras` model written by this project, refusing unsafe (Lambda) layers.
 
-    `compile=False` (default) is enough for predicting; with `compile=True` the custom
-    losses of `petscan.losses` are registered first.
+    `compile=False` (default) is enough for predicting; `compile=True` finds the custom
+    losses of `petscan.losses` (registered when that module is imported, as it is here).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} not found: run `dvc repro train` first")
-    if compile:
-        import petscan.losses  # noqa: F401  (registers the custom losses)
     return keras.saving.load_model(path, compile=compile, safe_mode=True)
 
 
@@ -402,9 +403,6 @@ def make_reproducible(path: str | Path) -> None:
     order of appearance (a consistent renaming, so shared objects stay shared on load).
     The time a model was trained is recorded by its MLflow run instead.
     """
-    import json
-    import zipfile
-
     path = Path(path)
     with zipfile.ZipFile(path) as archive:
         entries = [(info, archive.read(info)) for info in archive.infolist()]

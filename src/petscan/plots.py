@@ -9,13 +9,16 @@ probabilities (one-vs-rest), never from argmax labels.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure, SubFigure
+from matplotlib.patches import Ellipse
 from matplotlib.text import Text
+from PIL import Image
 from sklearn.metrics import (
     average_precision_score,
     confusion_matrix,
@@ -348,11 +351,6 @@ def explanation_gallery(
     slot (`GALLERY_COLUMNS`). Visible lesions of the ground truth are outlined in cyan,
     the heatmap's peak is a white cross. `gallery` is the explain stage's gallery.csv.
     """
-    import json
-
-    from matplotlib.patches import Ellipse
-    from PIL import Image
-
     slots = list(GALLERY_COLUMNS)
     fig, body = _figure(3.0 * len(slots), 3.6 * len(class_names), banner)
     axes = np.atleast_2d(body.subplots(len(class_names), len(slots), squeeze=False))

@@ -20,15 +20,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from petscan import config
+import mlflow
+
+import petscan
+from petscan import config, tracking
 
 SECTIONS = ("serve", "mlflow")
 
 
 def latest_version_uri(name: str) -> str:
     """`models:/<name>/<highest version>` in the current registry."""
-    import mlflow
-
     versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
     if not versions:
         raise LookupError(
@@ -61,10 +62,6 @@ def mlflow_params_from(params_path: str | Path | None = None) -> dict[str, Any]:
 
 def load_pyfunc(uri: str | None = None, params_path: str | Path | None = None):
     """An MLflow model of this project, read from the project's store (see `petscan.load_model`)."""
-    import mlflow
-
-    from petscan import tracking
-
     mlflow_params = mlflow_params_from(params_path)
     store = tracking.resolve_tracking_uri(mlflow_params)
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
@@ -78,8 +75,6 @@ def load_pyfunc(uri: str | None = None, params_path: str | Path | None = None):
 
 def server_environment(tracking_uri: str) -> dict[str, str]:
     """This process' environment, with the store, this Python's `bin/` and `petscan` on paths."""
-    import petscan
-
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = env["MLFLOW_REGISTRY_URI"] = tracking_uri
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -119,13 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from petscan import tracking
-
     params = config.load_sections(SECTIONS, args.params)
     serve, mlflow_params = params["serve"], params["mlflow"]
     tracking_uri = tracking.use_store(mlflow_params)
     try:
-        uri = resolve_model_uri(args.model or serve.get("model"), mlflow_params)
+        uri = resolve_model_uri(args.model or serve["model"], mlflow_params)
     except Exception as err:  # a CLI boundary: the store or registry may be unreachable
         print(f"petscan serve: {err}", file=sys.stderr)
         return 2

@@ -30,7 +30,8 @@ import keras
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.entities import Metric
+from mlflow.entities import DatasetInput, InputTag, Metric
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from petscan import config, pyfunc_model
 from petscan.handoff import WEIGHTS_FIELDS, WeightsInfo, banner
@@ -217,9 +218,6 @@ def manifest_datasets(split_dir: str | Path, root: str | Path | None = None) -> 
     """The split manifests as MLflow dataset inputs: name `<split>`, source the manifest's
     path (relative to `root`), digest the first 32 hex digits of the manifest's sha256,
     context train / validation / test."""
-    from mlflow.entities import DatasetInput, InputTag
-    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
-
     inputs = []
     for split, path in split_manifests(split_dir).items():
         frame = pd.read_csv(path, dtype={"patient": str})

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import h5py
+import keras
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -944,8 +945,6 @@ def save_random_backbone(
     Seeds Python, NumPy and Keras globally (`keras.utils.set_random_seed`): the same seed
     gives byte-identical tensors in any process.
     """
-    import keras
-
     keras.utils.set_random_seed(int(seed))
     model = backbones.build_backbone(backbone, tuple(input_shape))
     with logs.legacy_h5():  # the RadImageNet file's own format, on purpose
@@ -1137,8 +1136,6 @@ def _failure_report(settings, failures: list[str], root: Path) -> str:
 
 
 def _common(settings) -> dict[str, Any]:
-    import keras
-
     return {
         "backbone": settings["backbone"],
         "input_size": settings["input_size"],

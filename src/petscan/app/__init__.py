@@ -24,8 +24,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from petscan import config
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from petscan import config, tracking
+from petscan.app.model import NOTICE, Batcher, load_served_model, overlay_jpeg
 from petscan.handoff import banner
+from petscan.images import ImageError, load_rgb_bytes
+from petscan.serve import resolve_model_uri
 
 SECTIONS = ("app", "serve.model", "split.max_pixels", "mlflow")
 STATIC = Path(__file__).with_name("static")
@@ -67,8 +76,6 @@ async def read_body(request, limit: int) -> bytes:
 
 def decode_upload(data: bytes, name: str, max_pixels: int | None):
     """RGB uint8 of an upload, or `UploadError` with the reason (no path, no traceback)."""
-    from petscan.images import ImageError, load_rgb_bytes
-
     try:
         return load_rgb_bytes(data, name, max_pixels=max_pixels)
     except ImageError as err:
@@ -82,13 +89,6 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     no upload waits for TensorFlow to build its graph or its kernels for a new batch size
     (and the server's memory after start-up is what it will use under load).
     """
-    from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, JSONResponse
-    from fastapi.staticfiles import StaticFiles
-    from starlette.concurrency import run_in_threadpool
-
-    from petscan.app.model import NOTICE, Batcher, overlay_jpeg
-
     limit = int(float(settings["max_upload_mb"]) * 2**20)
     max_side = int(settings["overlay_max_side"])
     batcher = Batcher(served, settings["max_batch"], settings["batch_wait_ms"] / 1000)
@@ -160,12 +160,6 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import uvicorn
-
-    from petscan import tracking
-    from petscan.app.model import load_served_model
-    from petscan.serve import resolve_model_uri
-
     params = config.load_sections(SECTIONS, args.params)
     settings = params["app"]
     try:

@@ -18,10 +18,13 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import mlflow
 import numpy as np
 from PIL import Image
 
+from petscan.explain import explain_images, overlay
 from petscan.images import resize
+from petscan.pyfunc_model import PetscanKerasModel
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")
 NOTICE = "Research use only: not a medical device."
@@ -57,10 +60,6 @@ class ServedModel:
 
 def load_served_model(uri: str, max_pixels: int | None = None) -> ServedModel:
     """The pyfunc model at `uri` (MLflow store already selected) with its version and run."""
-    import mlflow
-
-    from petscan.pyfunc_model import PetscanKerasModel
-
     pyfunc = mlflow.pyfunc.load_model(uri)
     inner = pyfunc.unwrap_python_model()
     if not isinstance(inner, PetscanKerasModel):
@@ -151,8 +150,6 @@ class Batcher:
                 return
 
     def _explain(self, jobs: list[_Job]) -> None:
-        from petscan.explain import explain_images
-
         try:
             explanations = explain_images(
                 self.served.keras_model,
@@ -173,8 +170,6 @@ class Batcher:
 
 def overlay_jpeg(rgb: np.ndarray, heatmap: np.ndarray, max_side: int, quality: int = 88) -> str:
     """The Grad-CAM overlay as a `data:image/jpeg;base64,...` URL, at most `max_side` a side."""
-    from petscan.explain import overlay
-
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:

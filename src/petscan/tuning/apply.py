@@ -13,6 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ruamel.yaml import YAML
+
 from petscan import config, io
 from petscan.tuning.space import Dimension, overrides_from
 
@@ -65,8 +67,6 @@ def trusted_overrides(
 
 def _round_trip_yaml():
     """A ruamel.yaml round-trip loader/dumper in params.yaml's layout."""
-    from ruamel.yaml import YAML
-
     rt = YAML()
     rt.preserve_quotes = True
     rt.width = 4096

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
 
 from petscan import config
 from petscan.errors import BadInputError, MissingInputError
@@ -103,8 +104,6 @@ def cv_folds(
     labels: np.ndarray, groups: np.ndarray, k: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """StratifiedGroupKFold (shuffled, seeded) folds; patients never straddle a fold."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
     if k < 2:
         raise ValueError(f"params.yaml tune.cv_folds must be 0 (hold-out val) or >= 2, got {k}")
     if len(np.unique(groups)) < k:

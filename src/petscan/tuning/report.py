@@ -9,11 +9,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only, never a window; before pyplot is imported
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np
 import optuna
 import pandas as pd
 import yaml
 from optuna.trial import TrialState
+from optuna.visualization import matplotlib as ovm
 
 from petscan import io
 from petscan.handoff import WeightsInfo
@@ -81,12 +86,6 @@ def write_plots(
     study: optuna.Study, out_dir: Path, banner: str | None = None, target_name: str = "Objective"
 ) -> tuple[list[Path], list[str]]:
     """Optuna's matplotlib plots as PNGs; returns (files, notes about skipped plots)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     searched = any(t.params for t in complete)
     plots: dict[str, Callable] = {

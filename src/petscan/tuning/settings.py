@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
+from petscan import metrics
 from petscan.errors import ParamsError
 
 DEFAULT_STUDY = "petscan-head"
@@ -24,10 +27,6 @@ def is_scalar_metric(name: str) -> bool:
 
 def scalar_metric_names() -> set[str]:
     """The names `tune.objective` may take: the scalars of `metrics.point_metrics`."""
-    import numpy as np
-
-    from petscan import metrics
-
     names = metrics.point_metrics(np.array([0, 1, 2]), np.eye(3) * 0.7 + 0.1, ["a", "b", "c"])
     return {k for k in names if is_scalar_metric(k)}
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from petscan.redact import redact_url
@@ -51,9 +53,6 @@ def is_local_file_storage(url: str) -> bool:
 def make_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL (RDB, heartbeat on servers) or a journal-file path."""
     if is_journal(url):
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
