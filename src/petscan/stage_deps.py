@@ -93,7 +93,7 @@ class ImportGraph:
     def modules_of(self, script: str | Path) -> set[str]:
         """The project modules a script (not itself a project module) runs, transitively."""
         found = self._parse(Path(script), name="__main__", package_name="")
-        return self._closure(f.need for f in found)
+        return self.closure(f.need for f in found)
 
     def files_of(self, script: str | Path) -> set[Path]:
         """`modules_of` as files (under `src`)."""
@@ -103,7 +103,8 @@ class ImportGraph:
         """What one project module imports directly (module level only if not `whole`)."""
         return {f.need for f in self._imports(module) if whole or f.module_level}
 
-    def _closure(self, needs: Iterable[Need]) -> set[str]:
+    def closure(self, needs: Iterable[Need]) -> set[str]:
+        """The modules `needs` run, following imports transitively."""
         done: dict[str, bool] = {}  # module -> whether its function-level imports were followed
         todo = list(needs)
         while todo:
@@ -138,7 +139,8 @@ class ImportGraph:
         if reader.dynamic_levels:  # import_module(variable): the modules named in the file
             named = sorted({text for text, _ in reader.strings if "." in text} & set(self.files))
             for module_level in reader.dynamic_levels:
-                reader.found += [_Found(Need(m), module_level) for m in named]
+                needs = [need for m in named for need in self.needs_of_import(m)]
+                reader.found += [_Found(need, module_level) for need in needs]
         return reader.found
 
     def _module_at(self, path: Path) -> str | None:
@@ -365,15 +367,16 @@ def _is_content(line: str) -> bool:
     return bool(stripped) and not stripped.startswith("#")
 
 
-def _is_key(line: str, key: str) -> bool:
+def _is_key(line: str, key: str, indent: int | None = None) -> bool:
     """`line` is `key:` alone (a trailing comment allowed): a block follows."""
-    return re.fullmatch(rf"\s*{re.escape(key)}:\s*(#.*)?", line.rstrip("\r\n")) is not None
+    found = re.fullmatch(rf"\s*{re.escape(key)}:\s*(#.*)?", line.rstrip("\r\n"))
+    return found is not None and indent in (None, _indent(line))
 
 
 def _deps_block(lines: list[str], stage: str) -> tuple[int, int, str]:
     """(first line, end, item indent) of `stage`'s `deps:` list in `dvc.yaml`'s lines."""
-    top = next((i for i, line in enumerate(lines) if _is_key(line, "stages")), None)
-    body = [i for i in range(top + 1, len(lines)) if _is_content(lines[i])] if top else []
+    top = next((i for i, line in enumerate(lines) if _is_key(line, "stages", indent=0)), None)
+    body = [] if top is None else [i for i in range(top + 1, len(lines)) if _is_content(lines[i])]
     body = body[: next((n for n, i in enumerate(body) if _indent(lines[i]) == 0), len(body))]
     if not body:
         raise UserError(f"{DVC_YAML}: no top-level `stages:` block")
