@@ -202,6 +202,17 @@ def test_files_of_are_the_module_files(fake):
     }
 
 
+def test_why_is_a_shortest_chain_of_imports(fake):
+    script = fake.src.parent / "run.py"
+    script.write_text("from petscan.sub import leaf\nfrom petscan import typed\n")
+    # both reach plain in two steps: the first import in the script wins
+    assert fake.why(script, "petscan.plain") == ["petscan.sub.leaf", "petscan.plain"]
+    assert fake.why(script, "petscan.sub.sibling") == ["petscan.sub.leaf", "petscan.sub.sibling"]
+    assert fake.why(script, "petscan.heavy") == []
+    script.write_text("import petscan\n")  # all of __init__.py: `load` imports heavy
+    assert fake.why(script, "petscan.heavy") == ["petscan", "petscan.heavy"]
+
+
 def test_a_missing_script_or_bad_syntax_is_a_user_error(fake, tmp_path):
     with pytest.raises(stage_deps.UserError, match="nope.py not found"):
         fake.modules_of(tmp_path / "nope.py")
@@ -406,3 +417,7 @@ def test_check_and_write_on_a_small_repository(fake, capsys):
     )
     assert stage_deps.main(["--check", "--root", str(root)]) == 0
     assert "one: 6 project files (as in dvc.yaml)" in capsys.readouterr().out
+
+    assert stage_deps.main(["--why", "one", "src/petscan/plain.py", "--root", str(root)]) == 0
+    assert capsys.readouterr().out == "stages/one.py -> petscan.sub.leaf -> petscan.plain\n"
+    assert stage_deps.why(root, "one", "petscan.heavy") == "one does not run petscan.heavy"

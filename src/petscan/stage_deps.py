@@ -8,6 +8,7 @@ from the code and keeps `dvc.yaml` in step:
     python -m petscan.stage_deps           # each stage's files; +/- where dvc.yaml differs
     python -m petscan.stage_deps --check   # exit 1 when dvc.yaml differs (tests do this)
     python -m petscan.stage_deps --write   # rewrite the `- src/...` deps lines (make deps)
+    python -m petscan.stage_deps --why featurize src/petscan/weights.py   # the import chain
 
 The code is read with `ast`, never imported, so this is fast and has no side effects.
 What counts as an import of a project module (`petscan` under `src/`):
@@ -43,6 +44,7 @@ import argparse
 import ast
 import re
 import sys
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,12 +94,19 @@ class ImportGraph:
 
     def modules_of(self, script: str | Path) -> set[str]:
         """The project modules a script (not itself a project module) runs, transitively."""
-        found = self._parse(Path(script), name="__main__", package_name="")
-        return self.closure(f.need for f in found)
+        return set(self._walk(self._script_needs(script)))
 
     def files_of(self, script: str | Path) -> set[Path]:
         """`modules_of` as files (under `src`)."""
         return {self.files[module] for module in self.modules_of(script)}
+
+    def why(self, script: str | Path, module: str) -> list[str]:
+        """A shortest chain of imports from `script` to `module` (empty if it is not run)."""
+        parents = self._walk(self._script_needs(script))
+        chain = [module] if module in parents else []
+        while chain and parents[chain[-1]] is not None:
+            chain.append(parents[chain[-1]])
+        return chain[::-1]
 
     def imports_of(self, module: str, whole: bool = True) -> set[Need]:
         """What one project module imports directly (module level only if not `whole`)."""
@@ -105,16 +114,25 @@ class ImportGraph:
 
     def closure(self, needs: Iterable[Need]) -> set[str]:
         """The modules `needs` run, following imports transitively."""
-        done: dict[str, bool] = {}  # module -> whether its function-level imports were followed
-        todo = list(needs)
+        return set(self._walk(needs))
+
+    def _script_needs(self, script: str | Path) -> list[Need]:
+        return [f.need for f in self._parse(Path(script), name="__main__", package_name="")]
+
+    def _walk(self, needs: Iterable[Need]) -> dict[str, str | None]:
+        """Module -> the module whose import ran it (all of it, for a package), breadth first."""
+        parents: dict[str, str | None] = {}
+        whole_done: dict[str, bool] = {}  # whether its function-level imports were followed
+        todo = deque((need, None) for need in needs)
         while todo:
-            need = todo.pop()
+            need, parent = todo.popleft()
             whole = need.whole or not self.is_package(need.module)
-            if need.module in done and (done[need.module] or not whole):
+            if need.module in whole_done and (whole_done[need.module] or not whole):
                 continue
-            done[need.module] = whole
-            todo.extend(self.imports_of(need.module, whole))
-        return set(done)
+            whole_done[need.module], parents[need.module] = whole, parent
+            subs = sorted(self.imports_of(need.module, whole), key=lambda n: (n.module, n.whole))
+            todo.extend((sub, need.module) for sub in subs)
+        return parents
 
     def _imports(self, module: str) -> list[_Found]:
         if module not in self._cache:
@@ -425,6 +443,21 @@ def differences(root: str | Path) -> dict[str, tuple[list[str], list[str], list[
     return result
 
 
+def why(root: str | Path, stage: str, target: str) -> str:
+    """`stages/x.py -> petscan.a -> petscan.b`: why `stage` depends on `target`."""
+    root = Path(root)
+    scripts = stage_scripts(read_dvc_yaml(root))
+    if stage not in scripts:
+        raise UserError(f"no stage {stage!r} running a stages/ script; stages: {sorted(scripts)}")
+    graph = ImportGraph(root / "src")
+    by_file = {path.relative_to(root).as_posix(): m for m, path in graph.files.items()}
+    module = by_file.get(target, target)
+    chain = graph.why(root / scripts[stage], module)
+    if not chain:
+        return f"{stage} does not run {target}"
+    return " -> ".join([scripts[stage], *chain])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m petscan.stage_deps",
@@ -435,8 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--write", action="store_true", help="rewrite the src deps in dvc.yaml")
     mode.add_argument("--check", action="store_true", help="exit 1 if dvc.yaml differs")
+    mode.add_argument(
+        "--why",
+        nargs=2,
+        metavar=("STAGE", "FILE"),
+        help="the chain of imports by which STAGE runs FILE (src/petscan/x.py or petscan.x)",
+    )
     args = parser.parse_args(argv)
     root = args.root or _find_root(Path.cwd())
+    if args.why:
+        print(why(root, *args.why))
+        return 0
 
     diffs = differences(root)
     stale = [stage for stage, (_, missing, extra) in diffs.items() if missing or extra]
