@@ -418,6 +418,14 @@ def test_check_and_write_on_a_small_repository(fake, capsys):
     assert stage_deps.main(["--check", "--root", str(root)]) == 0
     assert "one: 6 project files (as in dvc.yaml)" in capsys.readouterr().out
 
+    written = (root / "dvc.yaml").read_text()
+    unsorted = written.replace("core.py", "CORE").replace("plain.py", "core.py")
+    (root / "dvc.yaml").write_text(unsorted.replace("CORE", "plain.py"))
+    assert stage_deps.main(["--check", "--root", str(root)]) == 0  # the same files
+    assert stage_deps.main(["--write", "--root", str(root)]) == 0
+    assert (root / "dvc.yaml").read_text() == written  # sorted again
+    assert "dvc.yaml: rewrote the src deps of no stage: sorted" in capsys.readouterr().out
+
     assert stage_deps.main(["--why", "one", "src/petscan/plain.py", "--root", str(root)]) == 0
     assert capsys.readouterr().out == "stages/one.py -> petscan.sub.leaf -> petscan.plain\n"
     assert stage_deps.why(root, "one", "petscan.heavy") == "one does not run petscan.heavy"

@@ -488,11 +488,13 @@ def main(argv: list[str] | None = None) -> int:
         for path in sorted({*files, *extra}):
             mark = "+" if path in missing else "-" if path in extra else " "
             print(f"  {mark} {path}")
-    if args.write and stale:
+    if args.write:
         path = Path(root) / DVC_YAML
-        wanted = {stage: diffs[stage][0] for stage in stale}
-        io.write_text(path, rewrite(path.read_text(), wanted))
-        print(f"{path}: rewrote the src deps of {', '.join(stale)} (+ added, - removed)")
+        text = path.read_text()
+        new = rewrite(text, {stage: files for stage, (files, _, _) in diffs.items()})
+        if new != text:  # also when only the order or a duplicate changed
+            io.write_text(path, new)
+            print(f"{path}: rewrote the src deps of {', '.join(stale) or 'no stage: sorted'}")
     elif stale:
         print(f"dvc.yaml: + missing, - not imported; `{REGENERATE}` (make deps) fixes it")
         return 1 if args.check else 0
