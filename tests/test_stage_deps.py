@@ -287,6 +287,8 @@ def test_the_stage_lists_follow_the_import_graph():
     assert "src/petscan/losses.py" in COMPUTED["featurize"]  # model.py, inside a function
     assert "src/petscan/pyfunc_code.py" in COMPUTED["train"]  # logged by path
     assert "src/petscan/training.py" not in COMPUTED["featurize"]
+    assert "src/petscan/weights.py" not in COMPUTED["featurize"]  # the downloader
+    assert "src/petscan/weights.py" in COMPUTED["fetch_weights"]
     assert "src/petscan/serve.py" not in COMPUTED["split"]  # only petscan.load_model imports it
     assert "src/petscan/__init__.py" in COMPUTED["split"]
 
