@@ -8,7 +8,7 @@ from the code and keeps `dvc.yaml` in step:
     python -m petscan.stage_deps           # each stage's files; +/- where dvc.yaml differs
     python -m petscan.stage_deps --check   # exit 1 when dvc.yaml differs (tests do this)
     python -m petscan.stage_deps --write   # rewrite the `- src/...` deps lines (make deps)
-    python -m petscan.stage_deps --why featurize src/petscan/weights.py   # the import chain
+    python -m petscan.stage_deps --why evaluate src/petscan/backbones.py   # the import chain
 
 The code is read with `ast`, never imported, so this is fast and has no side effects.
 What counts as an import of a project module (`petscan` under `src/`):
@@ -26,7 +26,7 @@ What counts as an import of a project module (`petscan` under `src/`):
   `import petscan.x`. With an f-string, every project module whose name starts with its
   literal beginning: `import_module(f"{__name__}.{name}")` in a package's `__init__.py`
   (the lazy `__getattr__` registry of `petscan.tuning`) is every module of that package.
-  So `from petscan.tuning import run_study` depends on the whole of `tuning/`, and on only
+  So `from petscan.tuning import run_tune` depends on the whole of `tuning/`, and on only
   the modules it imports once the names are plain imports in `__init__.py`.
 - `import_module(variable)`: every project module named by a string literal in the same
   file (`"petscan.x"`: `cli.py`'s command table). A dynamic import whose name is built
