@@ -25,9 +25,8 @@ What counts as an import of a project module (`petscan` under `src/`):
 - `importlib.import_module("petscan.x")` (or `__import__`) with a literal string: as
   `import petscan.x`. With an f-string, every project module whose name starts with its
   literal beginning: `import_module(f"{__name__}.{name}")` in a package's `__init__.py`
-  (the lazy `__getattr__` registry of `petscan.tuning`) is every module of that package.
-  So `from petscan.tuning import run_tune` depends on the whole of `tuning/`, and on only
-  the modules it imports once the names are plain imports in `__init__.py`.
+  (a lazy `__getattr__` registry, as `petscan.tuning` had) is every module of that
+  package, so `from <package> import <a lazily exported name>` depends on all of them.
 - `import_module(variable)`: every project module named by a string literal in the same
   file (`"petscan.x"`: `cli.py`'s command table). A dynamic import whose name is built
   some other way is not seen: name the module in a literal.
