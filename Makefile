@@ -18,7 +18,7 @@ export PYTHONHASHSEED := 0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-gpu data run test lint format ui serve app tune dashboard bench contact-sheet clean
+.PHONY: help setup setup-gpu data run test lint format deps ui serve app tune dashboard bench contact-sheet clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ lint: setup ## Check style with ruff
 format: setup ## Reformat the code with ruff
 	$(BIN)/ruff format src stages tests bench
 	$(BIN)/ruff check --fix src stages tests bench
+
+deps: setup ## Rewrite each stage's src/ deps in dvc.yaml from what its script imports
+	PYTHONPATH=src $(BIN)/python -m petscan.stage_deps --write
 
 # A loud warning before a server listens on anything but this machine.
 define warn_exposed
