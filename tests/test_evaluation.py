@@ -11,7 +11,7 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, tiny_model_params, write_manifest, write_png
 from sklearn.metrics import accuracy_score, f1_score
 
-from petscan import evaluation
+from petscan import evaluation, handoff
 from petscan.images import load_resized
 from petscan.model import build_full_model
 
@@ -43,34 +43,6 @@ def test_loss_value_matches_hand_computed_crossentropy_and_focal():
     assert focal == pytest.approx(by_hand, rel=1e-5)
 
 
-def test_predictions_frame_round_trip(tmp_path):
-    frame = pd.DataFrame(
-        {"path": ["a.png", "b.png"], "patient": ["007", "8"], "label": [2, 0], "class": ["", ""]}
-    )
-    proba = np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.1]])
-    out = evaluation.predictions_frame(frame, proba, CLASSES)
-    assert list(out.columns) == [
-        "path",
-        "patient",
-        "label",
-        "true_class",
-        "proba/No cancer",
-        "proba/Breast cancer",
-        "proba/Prostate cancer",
-        "predicted_label",
-        "predicted_class",
-    ]
-    assert list(out["true_class"]) == ["Prostate cancer", "No cancer"]
-    assert list(out["predicted_class"]) == ["Prostate cancer", "Breast cancer"]
-    out.to_csv(tmp_path / "p.csv", index=False)
-    y, p, back = evaluation.read_predictions(tmp_path / "p.csv", CLASSES)
-    np.testing.assert_array_equal(y, [2, 0])
-    np.testing.assert_allclose(p, proba)
-    assert list(back["patient"]) == ["007", "8"], "patient ids stay strings"
-    with pytest.raises(ValueError, match="re-run `dvc repro evaluate`"):
-        evaluation.read_predictions(tmp_path / "p.csv", ["a", "b"])
-
-
 def test_mlflow_metrics_keep_finite_numbers():
     nested = {"random_init": True, "val": {"accuracy": 0.5, "auc": float("nan")}, "test": {"n": 3}}
     assert evaluation.mlflow_metrics(nested) == {"val/accuracy": 0.5, "test/n": 3.0}
@@ -92,7 +64,7 @@ def test_evaluate_split_predicts_the_image_files_in_manifest_order(tmp_path):
     )
     images = np.stack([load_resized(tmp_path / p, (32, 32)) for p in frame["path"]])
     expected = model.predict(images, verbose=0)
-    y, proba, written = evaluation.read_predictions(paths["predictions"], CLASSES)
+    y, proba, written = handoff.read_predictions(paths["predictions"], CLASSES)
     np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-6)
     assert list(written["path"]) == list(frame["path"])
     predicted = proba.argmax(axis=1)

@@ -7,7 +7,9 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
+from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, random_weights, write_manifest
 
 from petscan import handoff
@@ -107,3 +109,31 @@ def test_compact_metrics_keep_the_headline_numbers_and_the_collapse_alarm():
     assert compact["test"]["roc_auc_macro_low"] == 0.25 and compact["test"]["ece_high"] == 0.75
     assert set(compact) == {"random_init", "collapse", "val", "test"}
     assert len(compact["test"]) == 3 * len(COMPACT_METRICS) + 1  # no per-class, no log loss
+
+
+def test_predictions_frame_round_trip(tmp_path):
+    frame = pd.DataFrame(
+        {"path": ["a.png", "b.png"], "patient": ["007", "8"], "label": [2, 0], "class": ["", ""]}
+    )
+    proba = np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.1]])
+    out = handoff.predictions_frame(frame, proba, CLASSES)
+    assert list(out.columns) == [
+        "path",
+        "patient",
+        "label",
+        "true_class",
+        "proba/No cancer",
+        "proba/Breast cancer",
+        "proba/Prostate cancer",
+        "predicted_label",
+        "predicted_class",
+    ]
+    assert list(out["true_class"]) == ["Prostate cancer", "No cancer"]
+    assert list(out["predicted_class"]) == ["Prostate cancer", "Breast cancer"]
+    out.to_csv(tmp_path / "p.csv", index=False)
+    y, p, back = handoff.read_predictions(tmp_path / "p.csv", CLASSES)
+    np.testing.assert_array_equal(y, [2, 0])
+    np.testing.assert_allclose(p, proba)
+    assert list(back["patient"]) == ["007", "8"], "patient ids stay strings"
+    with pytest.raises(ValueError, match="re-run `dvc repro evaluate`"):
+        handoff.read_predictions(tmp_path / "p.csv", ["a", "b"])

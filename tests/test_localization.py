@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from petscan import handoff
 from petscan import localization as loc
 
 
@@ -188,7 +189,7 @@ def test_stage_scores_every_image_with_a_visible_lesion(tiny_project):
     assert local["centre_prior/energy_inside"] == pytest.approx(
         scored["centre_prior_energy"].mean()
     )
-    gallery = pd.read_csv(out / "gallery" / loc.GALLERY_FILE)
+    gallery = pd.read_csv(out / "gallery" / handoff.GALLERY_FILE)
     assert len(gallery) == 12  # 3 classes x 4 slots
     for panel in gallery["panel"].dropna():
         assert (out / "gallery" / panel).is_file()
@@ -209,7 +210,7 @@ def test_stage_without_ground_truth_skips_with_the_reason(tiny_project, tmp_path
     assert ".lesions.csv is missing" in result["skipped"]
     saved = json.loads((copy / "reports/explain/metrics.json").read_text())
     assert saved["skipped"] == result["skipped"]
-    assert (copy / "reports/explain/gallery" / loc.GALLERY_FILE).is_file()
+    assert (copy / "reports/explain/gallery" / handoff.GALLERY_FILE).is_file()
 
 
 def test_gallery_figure_has_the_banner_and_every_slot(tiny_project, tmp_path):
@@ -220,7 +221,7 @@ def test_gallery_figure_has_the_banner_and_every_slot(tiny_project, tmp_path):
     root, params = tiny_project
     loc.run_explain(params, root)
     panels = root / "reports/explain/gallery"
-    gallery = pd.read_csv(panels / loc.GALLERY_FILE)
+    gallery = pd.read_csv(panels / handoff.GALLERY_FILE)
     fig = plots.explanation_gallery(
         gallery, panels, CLASS_NAMES, tmp_path / "g.png", banner="RANDOM-INIT backbone"
     )

@@ -21,17 +21,8 @@ import pandas as pd
 
 from petscan import config, io, losses, metrics, tracking
 from petscan import model as pmodel
-from petscan.handoff import read_train_info, write_metrics
+from petscan.handoff import predictions_frame, read_train_info, write_metrics
 from petscan.image_pipeline import image_dataset
-
-PROBA_PREFIX = "proba/"
-TRUE_COLUMN = "true_class"
-PRED_COLUMN = "predicted_class"
-
-
-def proba_columns(class_names: Sequence[str]) -> list[str]:
-    """Column names of the per-class probabilities in a predictions CSV."""
-    return [f"{PROBA_PREFIX}{name}" for name in class_names]
 
 
 def predict_images(
@@ -56,41 +47,6 @@ def predict_images(
     if len(proba) != len(frame):
         raise RuntimeError(f"model returned {len(proba)} predictions for {len(frame)} images")
     return np.asarray(proba, dtype=np.float64)
-
-
-def predictions_frame(
-    frame: pd.DataFrame, proba: np.ndarray, class_names: Sequence[str]
-) -> pd.DataFrame:
-    """path, patient, true class, one probability column per class, predicted class."""
-    predicted = np.argmax(proba, axis=1)
-    out = pd.DataFrame(
-        {
-            "path": frame["path"].to_numpy(),
-            "patient": frame["patient"].astype(str).to_numpy(),
-            "label": frame["label"].to_numpy(dtype=int),
-            TRUE_COLUMN: [class_names[i] for i in frame["label"].to_numpy(dtype=int)],
-        }
-    )
-    for column, values in zip(proba_columns(class_names), proba.T, strict=True):
-        out[column] = values
-    out["predicted_label"] = predicted
-    out[PRED_COLUMN] = [class_names[i] for i in predicted]
-    return out
-
-
-def read_predictions(
-    path: str | Path, class_names: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """(integer labels, probabilities (N, K), frame) from a predictions CSV."""
-    frame = pd.read_csv(path, dtype={"patient": str})
-    columns = proba_columns(class_names)
-    missing = [c for c in ["label", *columns] if c not in frame]
-    if missing:
-        raise ValueError(
-            f"{path} lacks columns {missing}: it was written for other classes; "
-            f"re-run `dvc repro evaluate`"
-        )
-    return frame["label"].to_numpy(dtype=int), frame[columns].to_numpy(dtype=float), frame
 
 
 def loss_value(

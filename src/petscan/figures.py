@@ -15,9 +15,7 @@ import mlflow
 import pandas as pd
 
 from petscan import config, plots, tracking
-from petscan.evaluation import read_predictions
-from petscan.handoff import read_train_info
-from petscan.localization import GALLERY_FILE, GALLERY_SPLIT
+from petscan.handoff import GALLERY_FILE, GALLERY_SPLIT, read_predictions, read_train_info
 
 FIGURES = ("confusion", "roc", "pr", "reliability")
 

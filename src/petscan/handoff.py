@@ -5,6 +5,8 @@
     <split.out_dir>/{split}.csv           split          featurize, train, evaluate, tune
     <featurize.out_dir>/{split}.json      featurize      train, tune (`FeatureMeta`)
     <train.out_dir>/train.json            train          evaluate, explain, plot (`TrainInfo`)
+    <evaluate.out_dir>/predictions_*.csv  evaluate       plot (`read_predictions`)
+    <explain.out_dir>/gallery/gallery.csv explain        plot
     <evaluate.out_dir>/metrics.json       evaluate       DVC: `dvc metrics show`, `dvc exp show`
     <evaluate.out_dir>/metrics_full.json  evaluate       readers, the model version's notes
 
@@ -18,11 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from petscan.errors import BadInputError, MissingInputError
@@ -294,6 +297,61 @@ def write_train_info(train_dir: str | Path, info: TrainInfo) -> Path:
     path = Path(train_dir) / TRAIN_INFO_FILE
     write_json(path, info.to_dict())
     return path
+
+
+# ----------------------------------------------------------------------------- predictions
+# <evaluate.out_dir>/predictions_{split}.csv: evaluate writes, plot reads.
+
+PROBA_PREFIX = "proba/"
+TRUE_COLUMN = "true_class"
+PRED_COLUMN = "predicted_class"
+
+
+def proba_columns(class_names: Sequence[str]) -> list[str]:
+    """Column names of the per-class probabilities in a predictions CSV."""
+    return [f"{PROBA_PREFIX}{name}" for name in class_names]
+
+
+def predictions_frame(
+    frame: pd.DataFrame, proba: np.ndarray, class_names: Sequence[str]
+) -> pd.DataFrame:
+    """path, patient, true class, one probability column per class, predicted class."""
+    predicted = np.argmax(proba, axis=1)
+    out = pd.DataFrame(
+        {
+            "path": frame["path"].to_numpy(),
+            "patient": frame["patient"].astype(str).to_numpy(),
+            "label": frame["label"].to_numpy(dtype=int),
+            TRUE_COLUMN: [class_names[i] for i in frame["label"].to_numpy(dtype=int)],
+        }
+    )
+    for column, values in zip(proba_columns(class_names), proba.T, strict=True):
+        out[column] = values
+    out["predicted_label"] = predicted
+    out[PRED_COLUMN] = [class_names[i] for i in predicted]
+    return out
+
+
+def read_predictions(
+    path: str | Path, class_names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """(integer labels, probabilities (N, K), frame) from a predictions CSV."""
+    frame = pd.read_csv(path, dtype={"patient": str})
+    columns = proba_columns(class_names)
+    missing = [c for c in ["label", *columns] if c not in frame]
+    if missing:
+        raise ValueError(
+            f"{path} lacks columns {missing}: it was written for other classes; "
+            f"re-run `dvc repro evaluate`"
+        )
+    return frame["label"].to_numpy(dtype=int), frame[columns].to_numpy(dtype=float), frame
+
+
+# ----------------------------------------------------------------------------- gallery
+# <explain.out_dir>/gallery/gallery.csv and its PNGs: explain writes, plot draws them.
+
+GALLERY_FILE = "gallery.csv"
+GALLERY_SPLIT = "test"  # the gallery shows test images
 
 
 # ----------------------------------------------------------------------------- metrics

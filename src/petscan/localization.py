@@ -33,7 +33,7 @@ import pandas as pd
 
 from petscan import config, explain, io, metrics, tracking
 from petscan import model as pmodel
-from petscan.handoff import json_safe, read_train_info
+from petscan.handoff import GALLERY_FILE, GALLERY_SPLIT, json_safe, read_train_info
 from petscan.images import load_rgb
 
 BODY_BELOW = 250  # grey levels under this are body: the display's background is white (255)
@@ -188,8 +188,6 @@ GALLERY_SLOTS = (
     ("wrong", "high"),
     ("wrong", "low"),
 )
-GALLERY_FILE = "gallery.csv"
-GALLERY_SPLIT = "test"  # the gallery shows test images
 
 
 def gallery_selection(
