@@ -431,3 +431,31 @@ def test_check_and_write_on_a_small_repository(fake, capsys):
     assert stage_deps.main(["--why", "one", "src/petscan/plain.py", "--root", str(root)]) == 0
     assert capsys.readouterr().out == "stages/one.py -> petscan.sub.leaf -> petscan.plain\n"
     assert stage_deps.why(root, "one", "petscan.heavy") == "one does not run petscan.heavy"
+
+
+def test_the_project_has_no_import_cycle():
+    """Module-level imports only: Python runs them on import, so a cycle among them makes
+    the result depend on which module is imported first."""
+    graph = stage_deps.ImportGraph(REPO / "src")
+    by_path = {"petscan.pyfunc_code"}  # pyfunc_model hands the file to MLflow, never imports it
+    edges = {
+        module: {need.module for need in graph.imports_of(module, whole=False)} - {module}
+        for module in graph.files
+    }
+    edges["petscan.pyfunc_model"] -= by_path
+    cycles, state = [], {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(edges[module]):
+            if state.get(target) == "open":
+                cycles.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+    assert "petscan.tracking" in edges["petscan.training"], "the graph is not empty"
