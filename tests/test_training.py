@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import CLASS_NAMES as CLASSES
-from conftest import random_weights, tiny_model_params, write_png
+from conftest import manifest_row, random_weights, tiny_model_params, write_manifest, write_png
 from sklearn.utils.class_weight import compute_class_weight
 
 from petscan import handoff, training
+from petscan.errors import MissingInputError
 from petscan.model import build_full_model, build_head, load_model
-from petscan.params import section
+from petscan.params import section, validate
 from petscan.schedules import piecewise_lr
 
 MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
@@ -161,7 +162,7 @@ def test_cached_training_is_repeatable_and_follows_the_recipe():
     for a, b in zip(first.head.get_weights(), second.head.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     hist = first.history
-    assert list(hist.columns) == list(training.HISTORY_COLUMNS)
+    assert list(hist.columns) == list(handoff.HISTORY_COLUMNS)
     assert list(hist["epoch"]) == [0, 1, 2, 3]
     expected_lr = [piecewise_lr(e, [1, 3], [5e-2, 3e-2, 1e-2]) for e in range(4)]
     np.testing.assert_allclose(hist["learning_rate"], expected_lr, rtol=1e-6)
@@ -249,7 +250,7 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
         loaded.predict(images, verbose=0), full.predict(images, verbose=0), rtol=1e-5, atol=1e-6
     )
     history = pd.read_csv(paths["history"])
-    assert list(history.columns) == list(training.HISTORY_COLUMNS) and len(history) == 2
+    assert list(history.columns) == list(handoff.HISTORY_COLUMNS) and len(history) == 2
     info = json.loads(paths["summary"].read_text())
     assert info["backbone"] == "tiny" and info["class_names"] == CLASSES
     assert handoff.read_train_info(tmp_path / "models").best == result.best_values()
@@ -384,3 +385,15 @@ def test_early_stopping_watches_the_chosen_unregularized_quantity():
     with pytest.raises(ValueError, match="cannot monitor 'val_los'"):
         training.monitor_mode("val_los")
     assert training.monitor_mode("val_roc_auc_macro") == "max"
+
+
+def test_train_stage_without_the_feature_cache_opens_no_mlflow_run(mlflow_store):
+    root = mlflow_store
+    rows = [manifest_row(f"img{i}.png", i % 3, f"p{i}", "0" * 64) for i in range(3)]
+    for split in ("train", "val", "test"):
+        write_manifest(root / "data/split" / f"{split}.csv", rows)
+    handoff.write_weights_meta(root / "models/backbone", WEIGHTS, {})
+    params = validate({"model": MODEL, "mlflow": {"experiment": "no-cache"}})
+    with pytest.raises(MissingInputError, match="train.npy not found: run `dvc repro featurize`"):
+        training.run_train(params, root)
+    assert not (root / "mlruns").exists(), "no run (and no store) was created"

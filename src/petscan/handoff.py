@@ -5,6 +5,7 @@
     <split.out_dir>/{split}.csv           split          featurize, train, evaluate, tune
     <featurize.out_dir>/{split}.json      featurize      train, tune (`FeatureMeta`)
     <train.out_dir>/train.json            train          evaluate, explain, plot (`TrainInfo`)
+    <train.out_dir>/history.csv           train          plot (`HISTORY_COLUMNS`)
     <evaluate.out_dir>/predictions_*.csv  evaluate       plot (`read_predictions`)
     <explain.out_dir>/gallery/gallery.csv explain        plot
     <evaluate.out_dir>/metrics.json       evaluate       DVC: `dvc metrics show`, `dvc exp show`
@@ -226,6 +227,19 @@ def manifest_meta(
 
 
 # ----------------------------------------------------------------------------- train
+
+# the per-epoch values: columns of <train.out_dir>/history.csv (train -> plot) and the
+# MLflow metrics of a training run
+EPOCH_METRICS = (
+    "loss",
+    "data_loss",
+    "accuracy",
+    "val_loss",
+    "val_data_loss",
+    "val_accuracy",
+    "val_roc_auc_macro",
+)
+HISTORY_COLUMNS = ("epoch", *EPOCH_METRICS, "learning_rate")
 
 
 @dataclass(frozen=True)

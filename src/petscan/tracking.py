@@ -34,7 +34,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from petscan import config, pyfunc_model
-from petscan.handoff import WEIGHTS_FIELDS, WeightsInfo, banner
+from petscan.handoff import EPOCH_METRICS, WEIGHTS_FIELDS, WeightsInfo, banner
 from petscan.redact import redact_text, redact_values
 
 STORE_DIR = "mlruns"
@@ -43,15 +43,6 @@ ARTIFACTS_DIR = "artifacts"
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 MAX_KEY_LENGTH = 250
 TRUNCATED = "...[truncated]"
-EPOCH_METRICS = (
-    "loss",
-    "data_loss",
-    "accuracy",
-    "val_loss",
-    "val_data_loss",
-    "val_accuracy",
-    "val_roc_auc_macro",
-)
 
 
 def random_init_note(tags: dict[str, str]) -> str | None:

@@ -42,8 +42,9 @@ import tensorflow as tf
 from petscan import config, io, losses, metrics, schedules, tracking
 from petscan import model as pmodel
 from petscan.backbones import backbone_spec
-from petscan.features import load_features
+from petscan.features import FeatureSet, load_features
 from petscan.handoff import (
+    HISTORY_COLUMNS,
     FeatureMeta,
     TrainInfo,
     WeightsInfo,
@@ -57,17 +58,6 @@ from petscan.redact import redact_text
 log = logging.getLogger(__name__)
 
 MONITORS = ("val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro")
-HISTORY_COLUMNS = (
-    "epoch",
-    "loss",
-    "data_loss",
-    "accuracy",
-    "val_loss",
-    "val_data_loss",
-    "val_accuracy",
-    "val_roc_auc_macro",
-    "learning_rate",
-)
 
 
 # --------------------------------------------------------------------------- determinism
@@ -641,13 +631,15 @@ def run_train(
     weights = read_weights_info(weights_dir)
     weights = dataclasses.replace(weights, weights_source=redact_text(weights.weights_source))
     weights_path = weights_file(weights_dir)
+    # read before a run opens: a missing or stale cache is one error line, not a FAILED run
+    cached = _load_cached(params, root, manifests) if mode == "cached" else None
     tags = tracking.run_tags(split_dir, weights)
     run_name = tracking.run_name("train", tags)
     with tracking.start_training_run(params["mlflow"], params, tags, run_name=run_name) as run:
         tracking.log_datasets(run.info.run_id, split_dir, root)
         logger = tracking.MlflowEpochLogger(run.info.run_id)
-        if mode == "cached":
-            result, full = _train_cached(params, root, manifests, weights_path, logger, verbose)
+        if cached is not None:
+            result, full = _train_cached(params, cached, weights_path, logger, verbose)
         else:
             result = _train_end_to_end(params, root, manifests, weights_path, logger, verbose)
             full = result.model
@@ -678,11 +670,16 @@ def run_train(
     return summary
 
 
-def _train_cached(params, root, manifests, weights_path, logger, verbose):
+def _load_cached(params, root, manifests) -> tuple[FeatureSet, FeatureSet]:
     features_dir = root / params["featurize"]["out_dir"]
     train_set = load_features(features_dir, "train", manifests["train"])
     val_set = load_features(features_dir, "val", manifests["val"])
-    _check_feature_dim(train_set.features.shape[-1], params["model"], features_dir)
+    _check_feature_dim(train_set.dim, params["model"], features_dir)
+    return train_set, val_set
+
+
+def _train_cached(params, cached, weights_path, logger, verbose):
+    train_set, val_set = cached
     num_classes = len(_class_names(params))
     result = fit_cached(
         train_set.features,
