@@ -21,6 +21,7 @@ import pandas as pd
 
 from petscan import config, io, losses, metrics, tracking
 from petscan import model as pmodel
+from petscan.errors import BadInputError
 from petscan.handoff import predictions_frame, read_train_info, write_metrics
 from petscan.image_pipeline import image_dataset
 
@@ -99,7 +100,7 @@ def evaluate_split(
     """Predict one split's images; write its predictions CSV and classification report."""
     frame = pd.read_csv(manifest, dtype={"patient": str})
     if len(frame) == 0:
-        raise ValueError(f"{manifest} lists no images: re-run `dvc repro split` with more data")
+        raise BadInputError(f"{manifest} lists no images: re-run `dvc repro split` with more data")
     proba = predict_images(model, frame, model_params, evaluate_params["batch_size"], root)
     y_true = frame["label"].to_numpy(dtype=int)
     out_dir = Path(out_dir)

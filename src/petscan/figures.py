@@ -15,6 +15,7 @@ import mlflow
 import pandas as pd
 
 from petscan import config, plots, tracking
+from petscan.errors import MissingInputError
 from petscan.handoff import GALLERY_FILE, GALLERY_SPLIT, read_predictions, read_train_info
 
 FIGURES = ("confusion", "roc", "pr", "reliability")
@@ -41,7 +42,7 @@ def run_plot(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
     for split in ("val", "test"):
         source = reports / f"predictions_{split}.csv"
         if not source.is_file():
-            raise FileNotFoundError(f"{source} not found: run `dvc repro evaluate` first")
+            raise MissingInputError(f"{source} not found: run `dvc repro evaluate` first")
         y_true, proba, _ = read_predictions(source, class_names)
         out = {name: fig_dir / f"{name}_{split}.png" for name in FIGURES}
         plots.confusion_matrices(
@@ -69,7 +70,7 @@ def explanation_figure(
     """`explanations_test.png` from the explain stage's gallery (`explain.out_dir`)."""
     panels = root / params["explain"]["out_dir"] / "gallery"
     if not (panels / GALLERY_FILE).is_file():
-        raise FileNotFoundError(f"{panels / GALLERY_FILE} not found: run `dvc repro explain`")
+        raise MissingInputError(f"{panels / GALLERY_FILE} not found: run `dvc repro explain`")
     out = root / params["plot"]["out_dir"] / f"explanations_{GALLERY_SPLIT}.png"
     gallery = pd.read_csv(panels / GALLERY_FILE)
     plots.explanation_gallery(gallery, panels, class_names, out, banner, dpi)

@@ -354,7 +354,7 @@ def read_predictions(
     columns = proba_columns(class_names)
     missing = [c for c in ["label", *columns] if c not in frame]
     if missing:
-        raise ValueError(
+        raise BadInputError(
             f"{path} lacks columns {missing}: it was written for other classes; "
             f"re-run `dvc repro evaluate`"
         )
