@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 from petscan import config, errors, logs
-from petscan.handoff import read_weights_info, weights_file
+from petscan.handoff import SPLITS, read_weights_info, weights_file
 
 SECTIONS = ("data", "model", "featurize", "weights.dir", "split.out_dir")
-SPLITS = ("train", "val", "test")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -47,7 +47,6 @@ from petscan.images import ImageError
 from petscan.io import atomic_path, sha256_file
 from petscan.model import build_feature_extractor, feature_moments, resolve_precision
 
-SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
 
 TAIL_WARNING_S = 5.0  # seconds from the last batch to the end of a split worth a warning

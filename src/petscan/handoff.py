@@ -134,7 +134,13 @@ def write_weights_meta(
 
 # ----------------------------------------------------------------------------- manifests
 
+SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = ("path", "class", "label", "patient", "sha256")
+
+
+def manifest_paths(split_dir: str | Path) -> dict[str, Path]:
+    """`{split}.csv` in `split_dir`, for each of `SPLITS`."""
+    return {split: Path(split_dir) / f"{split}.csv" for split in SPLITS}
 
 
 def read_manifest(path: str | Path) -> pd.DataFrame:

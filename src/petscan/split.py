@@ -35,11 +35,10 @@ from petscan.dataset import (
     index_images,
     patients_in_several_classes,
 )
-from petscan.handoff import MANIFEST_COLUMNS
+from petscan.handoff import MANIFEST_COLUMNS, SPLITS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 MODES = ("group", "image")
 
 

@@ -34,7 +34,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from petscan import config, pyfunc_model
-from petscan.handoff import EPOCH_METRICS, WEIGHTS_FIELDS, WeightsInfo, banner
+from petscan.handoff import EPOCH_METRICS, WEIGHTS_FIELDS, WeightsInfo, banner, manifest_paths
 from petscan.redact import redact_text, redact_values
 
 STORE_DIR = "mlruns"
@@ -145,14 +145,8 @@ def git_state(root: Path | None = None) -> tuple[str, str]:
     return commit, dirty
 
 
-SPLITS = ("train", "val", "test")
 DATASET_CONTEXTS = {"train": "train", "val": "validation", "test": "test"}
 DATASET_DIGEST_CHARS = 32  # MLflow stores a dataset digest in at most 36 characters
-
-
-def split_manifests(split_dir: str | Path) -> dict[str, Path]:
-    """`{split: <split_dir>/<split>.csv}` for train, val and test, in that order."""
-    return {split: Path(split_dir) / f"{split}.csv" for split in SPLITS}
 
 
 def manifest_hash(manifests: Sequence[str | Path]) -> str:
@@ -172,7 +166,7 @@ def data_hash(split_dir: str | Path) -> str:
     """The data a run saw (tag `data_manifest_sha256`, the same for training and tuning runs):
     sha256 over the bytes of train.csv, val.csv and test.csv of `split_dir`, in that order.
     The manifests list every image's path, class, patient and sha256."""
-    return manifest_hash(list(split_manifests(split_dir).values()))
+    return manifest_hash(list(manifest_paths(split_dir).values()))
 
 
 def run_tags(split_dir: str | Path, weights: WeightsInfo | None) -> dict[str, str]:
@@ -210,7 +204,7 @@ def manifest_datasets(split_dir: str | Path, root: str | Path | None = None) -> 
     path (relative to `root`), digest the first 32 hex digits of the manifest's sha256,
     context train / validation / test."""
     inputs = []
-    for split, path in split_manifests(split_dir).items():
+    for split, path in manifest_paths(split_dir).items():
         frame = pd.read_csv(path, dtype={"patient": str})
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:DATASET_DIGEST_CHARS]
         source = path.relative_to(root) if root and path.is_relative_to(root) else path

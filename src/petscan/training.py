@@ -48,6 +48,7 @@ from petscan.handoff import (
     FeatureMeta,
     TrainInfo,
     WeightsInfo,
+    manifest_paths,
     read_weights_info,
     weights_file,
     write_train_info,
@@ -626,7 +627,7 @@ def run_train(
     mode = train_params["mode"]
     class_names = config.class_names(params["data"])
     split_dir = root / params["split"]["out_dir"]
-    manifests = {s: split_dir / f"{s}.csv" for s in ("train", "val", "test")}
+    manifests = manifest_paths(split_dir)
     weights_dir = root / params["weights"]["dir"]
     weights = read_weights_info(weights_dir)
     weights = dataclasses.replace(weights, weights_source=redact_text(weights.weights_source))

@@ -17,7 +17,7 @@ from petscan.features import load_features
 from petscan.handoff import FeatureMeta, WeightsInfo, feature_files
 
 FEATURES_HINT = "run `dvc repro featurize` first (the study trains on the cached features)"
-SPLITS = ("train", "val")
+STUDY_SPLITS = ("train", "val")  # a study never sees test
 
 
 @dataclass
@@ -49,7 +49,7 @@ def feature_paths(root: Path, params: Mapping[str, Any]) -> dict[str, Path]:
     split_dir = root / params["split"]["out_dir"]
     features_dir = root / params["featurize"]["out_dir"]
     paths = {}
-    for split in SPLITS:
+    for split in STUDY_SPLITS:
         paths[f"{split}_manifest"] = split_dir / f"{split}.csv"
         paths[f"{split}_features"], paths[f"{split}_meta"] = feature_files(features_dir, split)
     return paths
