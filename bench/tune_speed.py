@@ -10,6 +10,13 @@
    and prints what the same study (same trials, same epochs run per trial) would cost
    without the cache, and the ratio.
 
+3. Where a cached epoch goes (`--overhead-epochs`, default 8; 0 skips it): one training
+   of the default recipe on the same features with early stopping off, its median epoch
+   (training, validation and callbacks) beside the bare head's forward and backward
+   passes over the same batches in a plain `tf.function` (and with the optimizer's update,
+   Keras' Adam and `training.FusedAdam`), all in the same process, so the ratio holds
+   even when other jobs load the machine.
+
 `--random-features` times step 1 on random features of the demo's shapes (train 1,072 x
 (1 + featurize.augment_views) x D, val 58 x 1 x D) when the cache has not been built.
 Results are also written to bench/results/tune_speed.json.
@@ -49,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--random-features", action="store_true", help="random features of the demo's shapes"
     )
+    parser.add_argument(
+        "--overhead-epochs", type=int, default=8, help="epochs of step 3 (0: skip it)"
+    )
     parser.add_argument("--out", default="bench/results/tune_speed.json", help="result file")
     return parser.parse_args(argv)
 
@@ -87,7 +97,7 @@ def write_random_cache(root: Path, params: dict) -> None:
     dim = backbone_spec(params["model"]["backbone"]).feature_dim
     names = config.class_names(params["data"])
     means = rng.normal(0.0, 0.3, size=(len(names), dim)).astype(np.float32)
-    views = {"train": 1 + int(params["featurize"].get("augment_views", 0)), "val": 1}
+    views = {"train": 1 + int(params["featurize"]["augment_views"]), "val": 1}
     for split, rows in DEMO_ROWS.items():
         labels = np.arange(rows) % len(names)
         frame = pd.DataFrame(
@@ -134,9 +144,14 @@ def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
     wall = time.perf_counter() - start
     storage = make_storage(summary["storage"])
     frame = trials_frame(optuna.load_study(study_name="bench", storage=storage))
+    epochs = frame["epochs_run"].fillna(0)
     return {
         "trials": int(len(frame)),
         "states": frame["state"].value_counts().to_dict(),
+        "per_trial": frame[["number", "state", "value", "epochs_run", "duration_s"]].to_dict(
+            orient="records"
+        ),  # the same seeds must give the same states and values
+        "study_s_per_epoch": float(frame["duration_s"].sum() / max(epochs.sum(), 1)),
         "wall_s": wall,
         "trial_s_mean": float(frame["duration_s"].mean()),
         "trial_s_max": float(frame["duration_s"].max()),
@@ -161,6 +176,109 @@ def epoch_timer():
             self.seconds.append(time.perf_counter() - self._start)
 
     return EpochTimer()
+
+
+def load_cache(data_dir: Path, params: dict) -> dict:
+    """Train and val features and labels of the cache under `data_dir`."""
+    from petscan.features import load_features
+
+    split, features = data_dir / "split", data_dir / "features"
+    train = load_features(features, "train", split / "train.csv")
+    val = load_features(features, "val", split / "val.csv")
+    return {"x": train.features, "y": train.labels, "val_x": val.features, "val_y": val.labels}
+
+
+def bare_epoch_s(head, train_params: dict, batches, optimizer=None, repeats: int = 5) -> float:
+    """Median seconds of the head's forward and backward passes over `batches` (x, y,
+    sample weight, stacked: steps x batch x ...) in a plain `tf.function`: the focal loss
+    with the L2 penalty, its gradients, and `optimizer`'s update when given (else the
+    gradients are summed, so that TensorFlow cannot drop them)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from petscan import losses
+
+    loss_fn = losses.make_loss(train_params["loss"], head.output.shape[-1])
+    weights = head.trainable_variables
+    if optimizer is not None:
+        optimizer.build(weights)
+    xs, ys, ws = (tf.constant(b) for b in batches)
+
+    @tf.function
+    def epoch():
+        total = tf.constant(0.0)
+        for i in tf.range(tf.shape(xs)[0]):
+            with tf.GradientTape() as tape:
+                y_pred = head(xs[i], training=True)
+                loss = loss_fn(ys[i], y_pred, sample_weight=ws[i]) + tf.add_n(head.losses)
+            grads = tape.gradient(loss, weights)
+            if optimizer is None:
+                total += tf.add_n([tf.reduce_sum(g) for g in grads])
+            else:
+                optimizer.apply(grads, weights)
+                total += loss
+        return total
+
+    epoch()  # tracing
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        epoch().numpy()
+        seconds.append(time.perf_counter() - start)
+    return float(np.median(seconds))
+
+
+def time_epoch_overhead(params: dict, data_dir: Path, epochs: int) -> dict:
+    """A cached epoch inside `fit_cached` against the bare head's passes (same process)."""
+    import keras
+    import numpy as np
+
+    from petscan import losses, training
+
+    cache = load_cache(data_dir, params)
+    train_params = copy.deepcopy(params["train"])
+    train_params.update(epochs=int(epochs), early_stopping={"enabled": False})
+    timer = epoch_timer()
+    num_classes = len(config.class_names(params["data"]))
+    result = training.fit_cached(
+        cache["x"],
+        cache["y"],
+        cache["val_x"],
+        cache["val_y"],
+        params["model"],
+        train_params,
+        num_classes,
+        callbacks=[timer],
+        verbose=0,
+    )
+    weights = losses.class_weights(cache["y"], train_params["class_weight"], num_classes)
+    batch = int(train_params["batch_size"])
+    sampler = training.CachedViewSampler(cache["x"], cache["y"], batch, 1, seed=0)
+    full = len(cache["x"]) // batch  # whole batches, stacked; a short last one is scaled
+    xs, ys = zip(*(sampler[i] for i in range(full)), strict=True)
+    ws = [np.array([weights[c] for c in y], np.float32) for y in ys]
+    batches = (np.stack(xs), np.stack(ys), np.stack(ws))
+    scale = sampler.steps_per_epoch / full
+    lr = float(train_params["lr_schedule"]["values"][-1])
+    optimizers = {
+        "forward_backward": None,
+        "with_keras_adam": keras.optimizers.Adam(lr),
+        "with_fused_adam": training.make_optimizer({"name": "adam"}, lr, fused=True),
+    }
+    bare = {
+        name: scale * bare_epoch_s(result.head, train_params, batches, optimizer)
+        for name, optimizer in optimizers.items()
+    }
+    fit_epoch = float(np.median(timer.seconds[1:]))
+    return {
+        "epochs_timed": int(epochs),
+        "steps_per_epoch": sampler.steps_per_epoch,
+        "fit_epoch_s": fit_epoch,
+        "fit_first_epoch_s": timer.seconds[0],
+        "bare_epoch_s": bare,
+        "fused_adam": type(result.head.optimizer).__name__ == "FusedAdam",
+        "ratio_fit_over_forward_backward": fit_epoch / bare["forward_backward"],
+    }
 
 
 def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | None) -> dict:
@@ -195,7 +313,7 @@ def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | Non
         frames["val"],
         params["model"],
         train_params,
-        params["featurize"].get("augmentation"),
+        params["featurize"]["augmentation"],
         weights_file(weights),
         len(config.class_names(params["data"])),
         root=root,
@@ -231,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 2
         cached = time_study(params, data_dir, args.trials, scratch / "root")
+        if args.overhead_epochs > 0:
+            result["epoch_overhead"] = time_epoch_overhead(params, data_dir, args.overhead_epochs)
     result["cached"] = cached
     per_trial = cached["trial_s_mean"]
     cached_full = cached["setup_s"] + per_trial * n_full
@@ -241,6 +361,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{cached['epochs_run_mean']:.1f} epochs/trial, states {cached['states']}, "
         f"setup {cached['setup_s']:.1f} s); a {n_full}-trial study: ~{cached_full / 60:.1f} min"
     )
+    if "epoch_overhead" in result:
+        over = result["epoch_overhead"]
+        bare = over["bare_epoch_s"]
+        print(
+            f"cached epoch ({over['steps_per_epoch']} steps): {over['fit_epoch_s']:.3f} s in "
+            f"fit_cached (training, validation, callbacks; the study: "
+            f"{cached['study_s_per_epoch']:.3f} s per epoch run, trial set-up included) | "
+            f"bare head, same batches: forward+backward {bare['forward_backward']:.3f} s, "
+            f"+ Keras Adam {bare['with_keras_adam']:.3f} s, "
+            f"+ FusedAdam {bare['with_fused_adam']:.3f} s | "
+            f"ratio fit / forward+backward {over['ratio_fit_over_forward_backward']:.2f}"
+        )
     if not (args.skip_e2e or args.random_features):
         try:
             e2e = time_end_to_end(params, Path(args.data_dir), args.e2e_epochs, args.e2e_images)

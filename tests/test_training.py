@@ -4,6 +4,10 @@ end-to-end mode on tiny images, and the saved outputs."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -94,6 +98,22 @@ def test_sampler_visits_every_image_once_per_epoch_with_seeded_views():
         sampler[9]
 
 
+def test_sampler_dataset_gives_exactly_the_sampler_batches():
+    # 13 images in batches of 4: every epoch ends with a short batch of 1
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(13, 3, 5)).astype(np.float32)
+    labels = rng.integers(0, 3, size=13)
+    sampler = training.CachedViewSampler(feats, labels, batch_size=4, epochs=3, seed=5)
+    batches = list(sampler.dataset().as_numpy_iterator())
+    assert len(batches) == len(sampler) == 12
+    assert [len(y) for _, y in batches] == [4, 4, 4, 1] * 3
+    for index, (x, y) in enumerate(batches):
+        want_x, want_y = sampler[index]
+        np.testing.assert_array_equal(x, want_x)
+        np.testing.assert_array_equal(y, want_y)
+        assert (x.dtype, y.dtype) == (want_x.dtype, want_y.dtype) == (np.float32, np.int32)
+
+
 def test_sampler_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"\(N, V, D\)"):
         training.CachedViewSampler(np.zeros((4, 2)), np.zeros(4), 2, 1)
@@ -110,6 +130,79 @@ def test_make_optimizer_adam_and_unknown():
     assert float(opt.learning_rate) == pytest.approx(1e-3) and opt.beta_1 == 0.8
     with pytest.raises(ValueError, match="train.optimizer"):
         training.make_optimizer({"name": "no_such_optimizer"}, 1e-3)
+
+
+def test_fused_adam_is_keras_adam_bit_for_bit():
+    assert training.exact_xla_available(), "XLA without FMA must be usable on a CPU"
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=(37, 11)).astype(np.float32), np.zeros(11, np.float32)]
+    grads = [
+        [rng.normal(size=w.shape).astype(np.float32) * 10.0**-k for w in start] for k in range(6)
+    ]
+    results = []
+    for fused in (False, True):
+        optimizer = training.make_optimizer({"name": "adam"}, 3e-2, fused=fused)
+        assert type(optimizer) is (training.FusedAdam if fused else keras.optimizers.Adam)
+        weights = [keras.Variable(w) for w in start]
+        optimizer.build(weights)
+        for step, grad in enumerate(grads):
+            optimizer.learning_rate = 3e-2 / (1 + step)  # as the schedule callbacks do
+            optimizer.apply([keras.ops.convert_to_tensor(g) for g in grad], weights)
+        moments = [optimizer._momentums[0], optimizer._velocities[0]]
+        results.append([keras.ops.convert_to_numpy(w) for w in weights + moments])
+    plain, fused = results
+    assert not np.array_equal(plain[0], start[0]), "the weights moved"
+    for a, b in zip(plain, fused, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fused_adam_is_refused_where_xla_would_use_fma():
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file() or " fma " not in cpuinfo.read_text():
+        pytest.skip("this CPU has no FMA instruction")
+    code = (
+        "import keras; from petscan import training; "
+        "print(training.exact_xla_available(), "
+        "type(training.make_optimizer({'name': 'adam'}, 1e-3, fused=True)).__name__)"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_max_isa=AVX2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "Adam"]
+
+
+def test_fit_cached_gives_what_the_plain_keras_path_gave():
+    """fit_cached (tf.data, FusedAdam) against the same fit on the PyDataset, validation
+    arrays and Keras' Adam: the same history and weights, bit for bit."""
+    x, y = blobs(43, views=3, seed=1)  # 43 = 5 batches of 8 + 3
+    vx, vy = blobs(35, views=1, seed=2)  # two validation batches: 32 + 3
+    params = train_params(epochs=5)
+    fast = training.fit_cached(x, y, vx, vy, MODEL, params, 3, verbose=0)
+
+    training.set_determinism(params["seed"])
+    sampler = training.CachedViewSampler(x, y, 8, params["epochs"], seed=params["seed"])
+    head = build_head(x.shape[-1], 3, MODEL, seed=params["seed"], train_features=x)
+    training.compile_model(head, params, 3, steps_per_execution=sampler.steps_per_epoch)
+    assert type(head.optimizer) is keras.optimizers.Adam
+    validation = training.ValidationAUC(vx[:, 0], vy, 3)
+    callbacks, _ = training.build_callbacks(params, validation)
+    history = head.fit(
+        sampler,
+        validation_data=(vx[:, 0], vy.astype(np.int32)),
+        epochs=params["epochs"],
+        steps_per_epoch=sampler.steps_per_epoch,
+        shuffle=False,
+        class_weight=fast.info["class_weight"],
+        callbacks=callbacks,
+        verbose=0,
+    )
+    assert type(fast.head.optimizer) is training.FusedAdam
+    pd.testing.assert_frame_equal(
+        fast.history, training.history_frame(history, params["lr_schedule"]), check_exact=True
+    )
+    for a, b in zip(fast.head.get_weights(), head.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_plateau_scaled_schedule_halves_after_patience():

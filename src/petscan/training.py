@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,7 @@ from petscan.redact import redact_text
 log = logging.getLogger(__name__)
 
 MONITORS = ("val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro")
+VALIDATION_BATCH = 32  # Keras' batch for validation arrays: val_loss is a mean over batches
 
 
 # --------------------------------------------------------------------------- determinism
@@ -135,19 +138,156 @@ class CachedViewSampler(keras.utils.PyDataset):
         rows = order[step * self.batch_size : (step + 1) * self.batch_size]
         return self.features[rows, views[rows]], self.labels[rows]
 
+    def dataset(self) -> tf.data.Dataset:
+        """The same batches, in the same order, as a `tf.data.Dataset`.
+
+        `fit` on a `PyDataset` calls back into Python for every batch and builds a slow
+        iterator per fit; here every epoch's rows are planned up front and gathered
+        inside TensorFlow from one copy of the features.
+        """
+        n, views, dim = self.features.shape
+        plans = [self.plan(epoch) for epoch in range(self.epochs)]
+        rows = np.stack([order * views + chosen[order] for order, chosen in plans])
+        labels = np.stack([self.labels[order] for order, _ in plans])
+        table = tf.constant(self.features.reshape(n * views, dim))
+        batch = self.batch_size
+        epochs = tf.data.Dataset.from_tensor_slices((rows, labels))
+        batches = epochs.flat_map(
+            lambda r, y: tf.data.Dataset.from_tensor_slices((r, y)).batch(batch)
+        )
+        return _unthreaded(batches.map(lambda r, y: (tf.gather(table, r), y)))
+
+
+def _unthreaded(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` without tf.data's autotuning and injected prefetch: the same elements,
+    and no background threads, whose shutdown held up the end of `fit` by up to 4.7 s."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.experimental_optimization.inject_prefetch = False
+    return dataset.with_options(options)
+
+
+# --------------------------------------------------------------------------- fused Adam
+XLA_NO_FMA_FLAG = "--xla_cpu_max_isa=AVX"  # AVX has no fused multiply-add instruction
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _adam_kernel(gradient, variable, m, v, alpha, one_minus_beta_1, one_minus_beta_2, epsilon):
+    """Keras' Adam update of one variable, the same float32 operations in the same order,
+    compiled by XLA into one pass over memory instead of about twelve. `variable`, `m`
+    and `v` are resource handles, so one trace serves every model of the same shapes."""
+
+    def read(handle):
+        return tf.raw_ops.ReadVariableOp(resource=handle, dtype=gradient.dtype)
+
+    m_new = read(m) + (gradient - read(m)) * one_minus_beta_1
+    v_new = read(v) + (tf.square(gradient) - read(v)) * one_minus_beta_2
+    step = (m_new * alpha) / (tf.sqrt(v_new) + epsilon)
+    tf.raw_ops.AssignVariableOp(resource=m, value=m_new)
+    tf.raw_ops.AssignVariableOp(resource=v, value=v_new)
+    tf.raw_ops.AssignSubVariableOp(resource=variable, value=step)
+
+
+def _handle(variable: Any) -> tf.Tensor:
+    return (variable.value if isinstance(variable, keras.Variable) else variable).handle
+
+
+@functools.cache
+def exact_xla_available() -> bool:
+    """Whether `_adam_kernel` reproduces TensorFlow's separate operations bit for bit here.
+
+    XLA's CPU code generator contracts a multiply and the add after it into one FMA
+    instruction (one rounding instead of two), which would move every update by up to an
+    ulp. Capping its instruction set at AVX before the process's first XLA compilation
+    prevents that (XLA_FLAGS, unless it already sets `xla_cpu_max_isa`); this then checks
+    it on random numbers, where an FMA shows. False on GPUs, or when the check fails
+    (XLA set up earlier in the process): `FusedAdam` then runs Keras' own update.
+    """
+    if tf.config.list_physical_devices("GPU"):
+        return False
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_max_isa" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {XLA_NO_FMA_FLAG}".strip()
+    rng = np.random.default_rng(0)
+    grad, var, m, v = rng.normal(size=(4, 4099))
+    v = v**2  # a velocity is a mean of squares
+    constants = [np.float32(c) for c in (0.37, 1 - 0.9, 1 - 0.999, 1e-7)]
+    fused = [tf.Variable(x, dtype=tf.float32) for x in (var, m, v)]
+    grad = tf.constant(grad, tf.float32)
+    try:
+        _adam_kernel(grad, *(x.handle for x in fused), *constants)
+    except (tf.errors.OpError, ValueError) as err:  # no XLA in this TensorFlow build
+        log.info("fused Adam unavailable (%s): using Keras' Adam", err)
+        return False
+    var, m, v = (tf.constant(x, tf.float32) for x in (var, m, v))
+    alpha, c1, c2, eps = constants
+    m = m + (grad - m) * c1
+    v = v + (tf.square(grad) - v) * c2
+    var = var - (m * alpha) / (tf.sqrt(v) + eps)
+    same = all(
+        np.array_equal(a.numpy(), b.numpy()) for a, b in zip(fused, (var, m, v), strict=True)
+    )
+    if not same:
+        log.info("XLA's Adam update differs from TensorFlow's here: using Keras' Adam")
+    return same
+
+
+@keras.saving.register_keras_serializable(package="petscan")
+class FusedAdam(keras.optimizers.Adam):
+    """Keras' Adam, bit for bit, with each variable's update run as one XLA kernel.
+
+    Keras runs Adam as about twelve separate element-wise operations per variable, each
+    a pass over memory; for the head's 1536 x 1024 kernel they took more time than the
+    forward and backward passes together (2 CPU cores; README, "Measured"). `_adam_kernel`
+    does the same float32 arithmetic in one pass (`exact_xla_available` checks that it
+    is the same); AMSGrad runs Keras' update.
+    """
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if self.amsgrad:
+            return super().update_step(gradient, variable, learning_rate)
+        dtype = variable.dtype
+        lr = keras.ops.cast(learning_rate, dtype)
+        gradient = keras.ops.cast(gradient, dtype)
+        local_step = keras.ops.cast(self.iterations + 1, dtype)
+        beta_1_power = keras.ops.power(keras.ops.cast(self.beta_1, dtype), local_step)
+        beta_2_power = keras.ops.power(keras.ops.cast(self.beta_2, dtype), local_step)
+        alpha = lr * keras.ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+        index = self._get_variable_index(variable)
+        _adam_kernel(
+            gradient,
+            _handle(variable),
+            _handle(self._momentums[index]),
+            _handle(self._velocities[index]),
+            alpha,
+            tf.constant(1 - self.beta_1, dtype),
+            tf.constant(1 - self.beta_2, dtype),
+            tf.constant(self.epsilon, dtype),
+        )
+        return None
+
 
 # --------------------------------------------------------------------------- recipe pieces
-def make_optimizer(optimizer_params: dict[str, Any], learning_rate: float) -> keras.Optimizer:
-    """`{name: adam, ...}` -> a Keras optimizer; extra keys go to its constructor."""
-    config = dict(optimizer_params or {"name": "adam"})
-    name = config.pop("name", "adam")
-    config.pop("learning_rate", None)  # the schedule owns the learning rate
+def make_optimizer(
+    optimizer_params: dict[str, Any], learning_rate: float, fused: bool = False
+) -> keras.Optimizer:
+    """`{name: adam, ...}` -> a Keras optimizer; extra keys go to its constructor.
+
+    With `fused`, Adam becomes `FusedAdam` (the same numbers, faster) where XLA computes
+    them exactly (`exact_xla_available`).
+    """
+    settings = dict(optimizer_params)
+    name = settings.pop("name")
+    settings.pop("learning_rate", None)  # the schedule owns the learning rate
     try:
-        return keras.optimizers.get(
-            {"class_name": name, "config": {"learning_rate": learning_rate, **config}}
+        optimizer = keras.optimizers.get(
+            {"class_name": name, "config": {"learning_rate": learning_rate, **settings}}
         )
     except (ValueError, TypeError) as err:
         raise ValueError(f"params.yaml train.optimizer: cannot build {name!r}: {err}") from err
+    if fused and type(optimizer) is keras.optimizers.Adam and exact_xla_available():
+        return FusedAdam.from_config(optimizer.get_config())
+    return optimizer
 
 
 def monitor_mode(monitor: str) -> str:
@@ -273,17 +413,20 @@ def compile_model(
     train_params: dict[str, Any],
     num_classes: int,
     steps_per_execution: int = 1,
+    fused_adam: bool = False,
 ) -> None:
     """Adam (or `train.optimizer`), `losses.make_loss(train.loss)`, sparse accuracy and
     the loss without regularization (`data_loss`, class-weighted like the loss).
 
     `steps_per_execution` runs that many batches per call into TensorFlow; it must
     divide the steps of an epoch so that epoch-level callbacks still fire on time.
+    `fused_adam`: see `make_optimizer`.
     """
     first_lr = float(train_params["lr_schedule"]["values"][0])
     loss = losses.make_loss(train_params["loss"], num_classes)
+    optimizer = make_optimizer(train_params["optimizer"], first_lr, fused=fused_adam)
     model.compile(
-        optimizer=make_optimizer(train_params["optimizer"], first_lr),
+        optimizer=optimizer,
         loss=loss,
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         weighted_metrics=[losses.DataLoss(loss)],
@@ -399,6 +542,7 @@ def fit_cached(
         seed=seed,
     )
     val_x = val_features[:, 0, :] if val_features.ndim == 3 else val_features
+    val_x = np.asarray(val_x, dtype=np.float32)  # what Keras made of the arrays
     val_y = np.asarray(val_labels, dtype=np.int32)
     head = pmodel.build_head(
         train_features.shape[-1],
@@ -408,13 +552,23 @@ def fit_cached(
         train_features=train_features,
     )
     # one call into TensorFlow per epoch: the head is small, so per-batch overhead dominates
-    compile_model(head, train_params, num_classes, steps_per_execution=sampler.steps_per_epoch)
+    compile_model(
+        head,
+        train_params,
+        num_classes,
+        steps_per_execution=sampler.steps_per_epoch,
+        fused_adam=True,
+    )
     weights = losses.class_weights(train_labels, train_params["class_weight"], num_classes)
     validation = ValidationAUC(val_x, val_y, num_classes)
     cbs, stopping = build_callbacks(train_params, validation, callbacks)
+    # tf.data for both: Keras' adapter for arrays builds a ~30 ms iterator every epoch
+    val_data = _unthreaded(
+        tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(VALIDATION_BATCH)
+    )
     history = head.fit(
-        sampler,
-        validation_data=(val_x, val_y),
+        sampler.dataset(),
+        validation_data=val_data,
         epochs=int(train_params["epochs"]),
         steps_per_epoch=sampler.steps_per_epoch,
         shuffle=False,
