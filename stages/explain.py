@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config
+from petscan import config, errors, logs
 from petscan.handoff import banner
 
 SECTIONS = (
@@ -36,11 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return config.stage_parser(__doc__).parse_args(argv)
 
 
+@errors.reports_user_errors("explain")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    params = config.load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
+    logs.import_tensorflow()
     from petscan.localization import run_explain  # here: TensorFlow takes ~5 s to load
 
-    params = config.load_sections(SECTIONS, args.params)
     result = run_explain(params, root=config.workspace_root())
     summary = result["localization"]
     if summary is None:
