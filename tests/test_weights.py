@@ -213,6 +213,16 @@ def fetch(tmp_path: Path, wp: dict, **kwargs) -> dict:
     )
 
 
+def install_fake_kaggle(monkeypatch: pytest.MonkeyPatch, api_class: type) -> None:
+    """Make `import kaggle.api.kaggle_api_extended` give a module whose KaggleApi is
+    `api_class` (the kaggle package is not installed in tests)."""
+    extended = types.ModuleType("kaggle.api.kaggle_api_extended")
+    extended.KaggleApi = api_class
+    monkeypatch.setitem(sys.modules, "kaggle", types.ModuleType("kaggle"))
+    monkeypatch.setitem(sys.modules, "kaggle.api", types.ModuleType("kaggle.api"))
+    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", extended)
+
+
 def assert_nothing_installed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert not (out / "weights.h5").exists()
@@ -483,11 +493,7 @@ def test_kaggle_and_hub_clients_are_used_when_present(tmp_path, h5_files, monkey
             with zipfile.ZipFile(Path(path) / f"{file_name}.zip", "w") as zf:  # old clients zip
                 zf.writestr(file_name, data)
 
-    extended = types.ModuleType("kaggle.api.kaggle_api_extended")
-    extended.KaggleApi = KaggleApi
-    monkeypatch.setitem(sys.modules, "kaggle", types.ModuleType("kaggle"))
-    monkeypatch.setitem(sys.modules, "kaggle.api", types.ModuleType("kaggle.api"))
-    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", extended)
+    install_fake_kaggle(monkeypatch, KaggleApi)
     meta = fetch(
         tmp_path, params({"type": "kaggle", "dataset": "o/s", "file": "w.h5"}, sha256=sha(data))
     )
@@ -512,11 +518,7 @@ def test_kaggle_without_credentials(tmp_path, monkeypatch):
         def authenticate(self):
             raise OSError("Could not find kaggle.json")
 
-    extended = types.ModuleType("kaggle.api.kaggle_api_extended")
-    extended.KaggleApi = KaggleApi
-    monkeypatch.setitem(sys.modules, "kaggle", types.ModuleType("kaggle"))
-    monkeypatch.setitem(sys.modules, "kaggle.api", types.ModuleType("kaggle.api"))
-    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", extended)
+    install_fake_kaggle(monkeypatch, KaggleApi)
     with pytest.raises(weights.WeightsError, match="KAGGLE_USERNAME and KAGGLE_KEY"):
         fetch(
             tmp_path, params({"type": "kaggle", "dataset": "o/s", "file": "w.h5"}, sha256="a" * 64)
@@ -1001,11 +1003,7 @@ def kaggle_client(monkeypatch, members: list[tuple[zipfile.ZipInfo | str, bytes]
                 for info, data in members:
                     zf.writestr(info, data)
 
-    extended = types.ModuleType("kaggle.api.kaggle_api_extended")
-    extended.KaggleApi = KaggleApi
-    monkeypatch.setitem(sys.modules, "kaggle", types.ModuleType("kaggle"))
-    monkeypatch.setitem(sys.modules, "kaggle.api", types.ModuleType("kaggle.api"))
-    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", extended)
+    install_fake_kaggle(monkeypatch, KaggleApi)
 
 
 def symlink_member(name: str, target: str) -> zipfile.ZipInfo:
