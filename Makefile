@@ -18,7 +18,7 @@ export PYTHONHASHSEED := 0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-gpu data run test lint format deps ui serve app tune dashboard bench contact-sheet clean
+.PHONY: help setup setup-gpu data run test pretrain-demo lint format deps ui serve app tune dashboard bench contact-sheet clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -93,6 +93,10 @@ bench: run ## Print the speed, memory and learning figures quoted in the README 
 	$(BIN)/python bench/featurize_throughput.py --data-dir data/raw --images 256 --repeats 2 --scales 1 2
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/tune_speed.py --trials 5
+
+pretrain-demo: setup ## Rebuild the demo backbone (pet_demo) from the generator (about 30 minutes; not part of make run)
+	$(BIN)/petscan pretrain-demo
+	@echo "Pin the new file: weights.demo.sha256 in params.yaml = $$(sha256sum src/petscan/demo_weights/pet_demo_backbone.h5 | cut -d' ' -f1)"
 
 contact-sheet: data ## Write reports/contact_sheet.png with a few demo images per class
 	$(BIN)/petscan contact-sheet --out reports/contact_sheet.png

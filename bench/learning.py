@@ -36,6 +36,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from petscan import config, training
+from petscan.metrics import bootstrap_ci
 from petscan.images import load_rgb
 from petscan.tuning.data import cv_folds, load_tune_data
 
@@ -94,15 +95,36 @@ def head(
     return score
 
 
-def evaluate(scorer: Scorer, y: np.ndarray, folds: list) -> dict[str, np.ndarray]:
+def evaluate(scorer: Scorer, y: np.ndarray, groups: np.ndarray, folds: list) -> dict:
+    """Per-fold accuracy, macro AUC and majority share; and the same two metrics on the
+    pooled out-of-fold predictions with patient-bootstrap 95% intervals."""
     accuracy, auc, majority = [], [], []
+    pooled = np.zeros((len(y), len(np.unique(y))))
     for train, test in folds:
         proba = scorer(train, test)
+        pooled[test] = proba
         predicted = proba.argmax(axis=1)
         accuracy.append(float((predicted == y[test]).mean()))
         auc.append(float(roc_auc_score(y[test], proba, multi_class="ovr", average="macro")))
         majority.append(float(np.bincount(predicted).max() / len(predicted)))
-    return {"accuracy": np.array(accuracy), "auc": np.array(auc), "majority": np.array(majority)}
+    pooled_scores = {}
+    for name, fn in (("auc", macro_auc), ("accuracy", top1)):
+        low, high = bootstrap_ci(fn, y, pooled, groups, n_resamples=1000, seed=0)
+        pooled_scores[name] = (fn(y, pooled), low, high)
+    return {
+        "accuracy": np.array(accuracy),
+        "auc": np.array(auc),
+        "majority": np.array(majority),
+        "pooled": pooled_scores,
+    }
+
+
+def macro_auc(y: np.ndarray, proba: np.ndarray) -> float:
+    return float(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
+
+
+def top1(y: np.ndarray, proba: np.ndarray) -> float:
+    return float((proba.argmax(axis=1) == y).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-head", action="store_true", help="add the seed's head as a row")
     args = parser.parse_args(argv)
     root = config.workspace_root()
-    params = config.load_params(args.params)
+    params = config.load_validated(args.params)
     seed = int(params["tune"]["seed"])
     start = time.perf_counter()
     data = load_tune_data(root, params)
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed_head:
         seed_params = merged(params, SEED_RECIPE)
         rows["the seed's head and recipe"] = head(x, y, groups, seed_params, data.class_names, seed)
-    results = {name: evaluate(scorer, y, folds) for name, scorer in rows.items()}
+    results = {name: evaluate(scorer, y, groups, folds) for name, scorer in rows.items()}
     print(f"\n{'row':<42} {'accuracy':>15} {'macro ROC AUC':>15}  majority share per fold")
     for name, r in results.items():
         shares = " ".join(f"{v:.2f}" for v in r["majority"])
@@ -142,6 +164,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  {r['auc'].mean():.3f} +- {r['auc'].std():.3f}  {shares}"
         )
     head_auc, probe_auc = (results[k]["auc"].mean() for k in list(rows)[:2])
+    print("\npooled out-of-fold predictions, patient-bootstrap 95% intervals:")
+    for name, r in results.items():
+        (auc, a_low, a_high), (acc, c_low, c_high) = r["pooled"]["auc"], r["pooled"]["accuracy"]
+        print(
+            f"{name:<42} macro AUC {auc:.3f} [{a_low:.3f}, {a_high:.3f}]"
+            f"  accuracy {acc:.3f} [{c_low:.3f}, {c_high:.3f}]"
+        )
     print(f"\nhead / probe macro AUC: {head_auc / probe_auc:.3f} (target >= 0.98)")
     collapsed = int((results["head (params.yaml)"]["majority"] >= 0.95).sum())
     print(f"folds where the head predicts one class for >= 95% of images: {collapsed}")

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5, help="patient-grouped folds")
     args = parser.parse_args(argv)
     root = config.workspace_root()
-    params = config.load_params(args.params)
+    params = config.load_validated(args.params)
     split_dir = root / params["split"]["out_dir"]
     weights_dir = root / params["weights"]["dir"]
     print(f"CPU/GPU with native bfloat16: {native_bfloat16()}")

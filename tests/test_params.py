@@ -23,10 +23,15 @@ def problems(raw: dict, path: str = "p.yaml") -> list[str]:
 
 def test_the_shipped_params_file_is_valid_and_read_back_unchanged():
     raw = config.load_params(REPO / "params.yaml")
-    checked = config.load_validated(REPO / "params.yaml")
+    checked = validate(raw)
     flat_raw, flat_checked = config.flatten(raw), config.flatten(checked)
     changed = {k: (v, flat_checked.get(k)) for k, v in flat_raw.items() if flat_checked.get(k) != v}
     assert changed == {}, "validation must not change a value the file sets"
+    # loading resolves `auto` and the backbone's own size and pre-processing, nothing else
+    loaded = config.flatten(config.load_validated(REPO / "params.yaml"))
+    resolved = {k for k, v in flat_checked.items() if loaded.get(k) != v}
+    assert resolved == {"model.backbone", "model.input_size", "model.preprocessing"}
+    assert (raw["model"]["backbone"], raw["model"]["input_size"]) == ("auto", None)
     # keys the file leaves out come from the schema's defaults
     assert checked["model"]["standardize"] is True
     assert checked["train"]["collapse"] == {"max_class_share": 0.95, "prior_margin": 0.02}

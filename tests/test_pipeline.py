@@ -154,6 +154,7 @@ EXP_SHOW = (
 )
 COMPACT = {
     "random_init",
+    "weights_label",
     *(
         f"{split}.{name}{bound}"
         for split in ("val", "test")
@@ -164,6 +165,44 @@ COMPACT = {
     "test.single_class_predictions",
     "collapse.collapsed",
 }
+
+
+@pytest.mark.slow
+def test_the_demo_backbone_label_travels_to_every_output(tmp_path):
+    """`model.backbone: auto` without the RadImageNet file: the shipped pet_demo backbone,
+    and its label in weights.json, train.json, both metrics files, the MLflow run, the
+    registered version and the console."""
+    import mlflow
+
+    from petscan.handoff import DEMO_LABEL
+
+    def demo(params: dict) -> None:
+        params["model"].update(backbone="auto", input_size=None, preprocessing=None)
+        params["weights"]["sources"] = [{"type": "file", "path": "absent/RadImageNet.h5"}]
+
+    root, env = tiny_repo(tmp_path / "repo", demo)
+    out = dvc(root, env, "repro")
+    assert f"WARNING: features computed with a {DEMO_LABEL}" in out
+    weights = json.loads((root / "models" / "backbone" / "weights.json").read_text())
+    assert weights["backbone"] == "pet_demo" and weights["input_size"] == [256, 160]
+    records = [
+        weights,
+        json.loads((root / "models" / "train.json").read_text()),
+        json.loads((root / "reports" / "metrics.json").read_text()),
+        json.loads((root / "reports" / "metrics_full.json").read_text()),
+        json.loads((root / "reports" / "explain" / "metrics.json").read_text()),
+    ]
+    for record in records:
+        assert record["weights_label"] == DEMO_LABEL and record["random_init"] is False
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{root / 'mlruns' / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["weights_label"] == DEMO_LABEL
+    assert run.data.tags["backbone"] == "pet_demo"
+    version = client.get_model_version_by_alias("pet-classifier", "candidate")
+    assert version.description.startswith(f"**WARNING: {DEMO_LABEL.upper()}.**")
+    assert version.tags["weights_label"] == DEMO_LABEL
 
 
 @pytest.mark.slow

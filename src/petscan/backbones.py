@@ -1,8 +1,10 @@
 """The frozen image backbones the pipeline knows, by name.
 
 RadImageNet publishes no-top weights for InceptionResNetV2, ResNet50, DenseNet121
-and InceptionV3, all as legacy Keras `.h5` files loaded by layer order. `tiny` is a
-three-layer convolutional stand-in that makes the tests fast.
+and InceptionV3, all as legacy Keras `.h5` files loaded by layer order. `pet_demo` is
+the compact backbone pretrained on synthetic PET that the demo uses when RadImageNet is not
+there (`demo_backbone`). `tiny` is a three-layer convolutional stand-in that makes the
+tests fast.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+
+from petscan import demo_backbone
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,9 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec("resnet50", keras.applications.ResNet50, 2048, "caffe"),
     "densenet121": BackboneSpec("densenet121", keras.applications.DenseNet121, 1024, "torch"),
     "inception_v3": BackboneSpec("inception_v3", keras.applications.InceptionV3, 2048, "tf"),
+    "pet_demo": BackboneSpec(
+        "pet_demo", demo_backbone.build_pet_demo, demo_backbone.FEATURE_DIM, "tf"
+    ),
     "tiny": BackboneSpec("tiny", _tiny, 32, "tf"),
 }
 

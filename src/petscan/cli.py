@@ -12,6 +12,7 @@ from petscan import errors, logs
 # `petscan --help` and `petscan generate` do not need.
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("petscan.synthetic", "generate the synthetic PET demo data set"),
+    "pretrain-demo": ("petscan.pretrain", "pretrain the demo backbone on a synthetic corpus"),
     "contact-sheet": ("petscan.contact_sheet", "write a PNG with a few images per class"),
     "predict": ("petscan.predict", "class probabilities for an image file or folder"),
     "explain": ("petscan.explain", "Grad-CAM heatmaps of the predictions, as overlay PNGs"),

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from petscan.errors import MissingInputError, ParamsError
-from petscan.params import validate
+from petscan.params import resolve_model, validate
 
 PARAMS_FILE = "params.yaml"
 
@@ -65,8 +65,15 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
 
 
 def load_validated(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """The whole params file, checked against the schema, every default filled in."""
-    return validate(load_params(path), path)
+    """The whole params file, checked against the schema, every default filled in, and
+    `model.backbone: auto` resolved (`params.resolve_model`)."""
+    return resolve_model(validate(load_params(path), path), source_file_exists)
+
+
+def source_file_exists(path: str) -> bool:
+    """Whether a `file` weights source is in place (`~` expanded, relative to the repo root)."""
+    file = Path(path).expanduser()
+    return (file if file.is_absolute() else repo_root() / file).is_file()
 
 
 def load_section(name: str, path: str | Path = PARAMS_FILE) -> dict[str, Any]:

@@ -40,6 +40,7 @@ METRICS_FULL_FILE = "metrics_full.json"
 
 RANDOM_LABEL = "RANDOM-INIT backbone (not RadImageNet)"
 IMAGENET_LABEL = "ImageNet (not RadImageNet)"
+DEMO_LABEL = "DEMO backbone pretrained on synthetic PET (not RadImageNet)"
 DEFAULT_LABEL = "RadImageNet"
 
 WEIGHTS_HINT = "run `dvc repro fetch_weights` (or `python stages/fetch_weights.py --force`)"
@@ -94,14 +95,19 @@ WEIGHTS_FIELDS = tuple(f.name for f in dataclasses.fields(WeightsInfo))
 
 
 def banner(record: Mapping[str, Any]) -> str | None:
-    """The warning line for results of a random-init backbone, or None for real weights.
+    """The line that labels results of any backbone but RadImageNet's, or None for RadImageNet.
 
-    `record` is anything carrying the `WeightsInfo` fields (weights.json, train.json,
-    metrics.json, MLflow tags, where `random_init` is the string "true").
+    A random-init backbone, the demo's synthetic-PET backbone and ImageNet weights all get
+    their label shown wherever a result is (figures, console, web page). `record` is
+    anything carrying the `WeightsInfo` fields (weights.json, train.json, metrics.json,
+    MLflow tags, where `random_init` is the string "true").
     """
     flag = record.get("random_init")
+    label = record.get("weights_label")
     if flag is True or flag == "true":
-        return str(record.get("weights_label") or RANDOM_LABEL)
+        return str(label or RANDOM_LABEL)
+    if label and label != DEFAULT_LABEL:
+        return str(label)
     return None
 
 
@@ -382,13 +388,15 @@ COMPACT_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro",
 
 
 def compact_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    """`random_init`, then per split each of `COMPACT_METRICS` with `_low` / `_high` bounds
+    """`random_init` and `weights_label`, then per split each of `COMPACT_METRICS` with `_low` / `_high` bounds
     and `single_class_predictions` (the collapse alarm of that split).
 
     `{"random_init": true, "test": {"accuracy": 0.35, "accuracy_low": 0.19, ...}}`; the
     interval is the bootstrap one of `metrics.evaluate_predictions` (`<m>_ci_low/high`).
     """
     compact: dict[str, Any] = {"random_init": bool(results.get("random_init", False))}
+    if results.get("weights_label"):  # which backbone every number below came from
+        compact["weights_label"] = str(results["weights_label"])
     if isinstance(results.get("collapse"), dict) and "collapsed" in results["collapse"]:
         compact["collapse"] = {"collapsed": bool(results["collapse"]["collapsed"])}  # train's alarm
     for split, values in results.items():

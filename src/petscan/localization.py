@@ -225,6 +225,7 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     summary = result["localization"] or {}
     return {
         "random_init": result["random_init"],
+        "weights_label": result["weights_label"],
         "skipped": result["skipped"],
         "localization": {k: summary[k] for k in HEADLINE if k in summary},
     }

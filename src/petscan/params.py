@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -41,6 +41,7 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 Monitor = Literal["val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro"]
 
+DEMO_PATIENT_PREFIX = "pet"  # the demo generator's patient ids: pet-00001, ...
 SEED_CLASSES = {
     "No cancer": "No cancer",
     "breast cancer": "Breast cancer",
@@ -143,8 +144,16 @@ WeightsSource = Annotated[
 ]
 
 
+class DemoWeights(Section):
+    """The shipped `pet_demo` backbone (`make pretrain-demo` rebuilds it)."""
+
+    path: str = "src/petscan/demo_weights/pet_demo_backbone.h5"
+    sha256: Sha256 | None = None
+
+
 class WeightsParams(Section):
     dir: str = "models/backbone"
+    demo: DemoWeights = Field(default_factory=DemoWeights)
     sha256: Sha256 | None = None
     sources: list[WeightsSource] = Field(
         default_factory=lambda: [
@@ -179,15 +188,27 @@ class WeightsParams(Section):
         return [source.model_dump(exclude_unset=True) for source in sources]
 
 
+# Each backbone's own input size (height, width) and pre-processing: what `null` means for
+# `model.input_size` / `model.preprocessing`. `auto` is resolved by `resolve_model`.
+BACKBONE_DEFAULTS: dict[str, tuple[tuple[int, int], str]] = {
+    "inception_resnet_v2": ((224, 224), "radimagenet"),
+    "resnet50": ((224, 224), "radimagenet"),
+    "densenet121": ((224, 224), "radimagenet"),
+    "inception_v3": ((224, 224), "radimagenet"),
+    "pet_demo": ((256, 160), "rescale"),
+    "tiny": ((32, 32), "rescale"),
+}
+Backbone = Literal[
+    "inception_resnet_v2", "resnet50", "densenet121", "inception_v3", "pet_demo", "tiny"
+]
+
+
 class ModelParams(Section):
-    backbone: Literal["inception_resnet_v2", "resnet50", "densenet121", "inception_v3", "tiny"] = (
-        "inception_resnet_v2"
-    )
-    input_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=2)] = [
-        224,
-        224,
-    ]
-    preprocessing: Literal["radimagenet", "rescale", "keras"] = "radimagenet"
+    backbone: Backbone | Literal["auto"] = "auto"
+    input_size: (
+        Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=2)] | None
+    ) = None
+    preprocessing: Literal["radimagenet", "rescale", "keras"] | None = None
     resize: Literal["stretch", "pad"] = "stretch"
     head_units: PositiveInt = 1024
     l2: NonNegFloat = 0.001
@@ -359,6 +380,49 @@ class TuneParams(Section):
         return value
 
 
+class CorpusParams(Section):
+    """A generated corpus for pretraining: the demo's generator, another seed and prefix."""
+
+    seed: int
+    prefix: Annotated[str, Field(pattern=r"^[a-z]+$")]
+    counts: dict[str, NonNegInt]
+
+
+class PretrainParams(Section):
+    out: str = "src/petscan/demo_weights/pet_demo_backbone.h5"
+    work_dir: str = "data/pretrain"
+    corpus: CorpusParams = Field(
+        default_factory=lambda: CorpusParams(
+            seed=7001,
+            prefix="syn",
+            counts={"No cancer": 2000, "breast cancer": 2000, "prostate cancer": 2000},
+        )
+    )
+    selection: CorpusParams = Field(
+        default_factory=lambda: CorpusParams(
+            seed=7002,
+            prefix="sel",
+            counts={"No cancer": 200, "breast cancer": 200, "prostate cancer": 200},
+        )
+    )
+    tasks: Annotated[
+        list[Literal["lesions", "sex", "label"]], Field(min_length=1, max_length=3)
+    ] = ["lesions", "sex", "label"]
+    val_share: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = 32
+    learning_rate: PositiveFloat = 0.002
+    lesion_weight: PositiveFloat = 20.0
+    lesion_sigma_cells: PositiveFloat = 0.7
+    seed: int = 101
+
+    @model_validator(mode="after")
+    def _apart_from_each_other(self) -> PretrainParams:
+        if self.corpus.seed == self.selection.seed or self.corpus.prefix == self.selection.prefix:
+            raise ValueError("pretrain.corpus and pretrain.selection need their own seed and prefix")
+        return self
+
+
 class Params(Section):
     """The whole `params.yaml`; a missing section or key takes the default below."""
 
@@ -376,9 +440,44 @@ class Params(Section):
     explain: ExplainParams = Field(default_factory=ExplainParams)
     plot: PlotParams = Field(default_factory=PlotParams)
     tune: TuneParams = Field(default_factory=TuneParams)
+    pretrain: PretrainParams = Field(default_factory=PretrainParams)
+
+    @model_validator(mode="after")
+    def _pretraining_apart_from_the_demo(self) -> Params:
+        for name in ("corpus", "selection"):
+            spec = getattr(self.pretrain, name)
+            if spec.seed == self.synthetic.seed or spec.prefix == DEMO_PATIENT_PREFIX:
+                raise ValueError(
+                    f"pretrain.{name} must not share the demo's seed ({self.synthetic.seed}) "
+                    f"or its patient-id prefix {DEMO_PATIENT_PREFIX!r}: the pretraining corpus "
+                    "never holds a demo patient"
+                )
+        return self
 
 
 # --------------------------------------------------------------------------- validating
+
+
+def resolve_model(params: dict[str, Any], file_exists: Callable[[str], bool]) -> dict[str, Any]:
+    """`params` with `model.backbone: auto` and null `input_size` / `preprocessing` resolved.
+
+    `auto` is the seed's `inception_resnet_v2` when a `file` source of `weights.sources`
+    exists (the RadImageNet file is in place), else the shipped `pet_demo` backbone;
+    `file_exists(path)` answers for a source's path as written.
+    """
+    model = dict(params["model"])
+    if model["backbone"] == "auto":
+        files = [
+            s["path"] for s in params["weights"]["sources"] if s["type"] == "file" and s["path"]
+        ]
+        found = any(file_exists(path) for path in files)
+        model["backbone"] = "inception_resnet_v2" if found else "pet_demo"
+    size, preprocessing = BACKBONE_DEFAULTS[model["backbone"]]
+    if model["input_size"] is None:
+        model["input_size"] = list(size)
+    if model["preprocessing"] is None:
+        model["preprocessing"] = preprocessing
+    return {**params, "model": model}
 
 
 def defaults() -> dict[str, Any]:

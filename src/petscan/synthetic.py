@@ -43,6 +43,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from petscan import config
+from petscan.params import DEMO_PATIENT_PREFIX
 
 MM_PER_UNIT = 1100.0  # vertex to mid-thigh of an average adult, in millimetres
 NORMAL, BREAST, PROSTATE = "normal", "breast", "prostate"
@@ -155,12 +156,16 @@ def class_kind(folder: str) -> str:
 
 
 def plan_patients(
-    counts: dict[str, int], seed: int, images_per_patient: Sequence[int] = (1, 3)
+    counts: dict[str, int],
+    seed: int,
+    images_per_patient: Sequence[int] = (1, 3),
+    prefix: str = DEMO_PATIENT_PREFIX,
 ) -> list[PatientPlan]:
     """Patients with 1..3 views each so that every folder gets exactly its count of images.
 
-    Patient ids are a seeded permutation over the whole data set, so an id says nothing
-    about the class.
+    Patient ids (`<prefix>-00042`) are a seeded permutation over the whole data set, so an
+    id says nothing about the class. Another prefix keeps another corpus's ids apart from
+    the demo's (the pretraining corpus uses `syn`).
     """
     low, high = int(images_per_patient[0]), int(images_per_patient[-1])
     if not 1 <= low <= high:
@@ -181,7 +186,7 @@ def plan_patients(
     numbers = rng.permutation(len(draft)) + 1
     width = max(5, len(str(len(draft))))
     return [
-        PatientPlan(i, f"pet-{numbers[i]:0{width}d}", folder, class_kind(folder), views)
+        PatientPlan(i, f"{prefix}-{numbers[i]:0{width}d}", folder, class_kind(folder), views)
         for i, (folder, views) in enumerate(draft)
     ]
 
@@ -1009,6 +1014,7 @@ def generate(
     force: bool = False,
     progress: bool = True,
     visible_contrast: float = DEFAULT_VISIBLE_CONTRAST,
+    prefix: str = DEMO_PATIENT_PREFIX,
 ) -> pd.DataFrame:
     """Write the synthetic data set to `out_dir/<folder>/<patient>_v<k>.<ext>`.
 
@@ -1021,7 +1027,7 @@ def generate(
     `out_dir/.lesions.csv`; `visible_contrast` changes that file only, never an image.
     """
     out_dir = Path(out_dir)
-    plans = plan_patients(counts, seed, images_per_patient)
+    plans = plan_patients(counts, seed, images_per_patient, prefix)
     tmp = _prepare_out(out_dir, force)
     try:
         for folder in counts:

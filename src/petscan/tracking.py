@@ -45,15 +45,19 @@ MAX_KEY_LENGTH = 250
 TRUNCATED = "...[truncated]"
 
 
-def random_init_note(tags: dict[str, str]) -> str | None:
-    """The Markdown warning on a run or model version of a random-init backbone, or None."""
+def backbone_note(tags: dict[str, str]) -> str | None:
+    """The Markdown warning on a run or model version whose backbone is not RadImageNet's
+    (random-init, the demo's synthetic-PET backbone, ImageNet), or None."""
     text = banner(tags)
     if text is None:
         return None
+    if tags.get("random_init") in (True, "true"):
+        what = "has random weights; its numbers demonstrate the pipeline only"
+    else:
+        what = f"is the {text}"
     return (
-        f"**WARNING: {text.upper()}.** The frozen backbone of this run has random weights, not the "
-        "RadImageNet weights; its numbers demonstrate the pipeline only and are NOT a "
-        "RadImageNet result."
+        f"**WARNING: {text.upper()}.** The frozen backbone of this run {what}: "
+        "NOT a RadImageNet result."
     )
 
 
@@ -244,7 +248,7 @@ def flat_params(params: dict[str, Any]) -> dict[str, str]:
 
 
 def run_description(tags: dict[str, str]) -> str:
-    lines = [note] if (note := random_init_note(tags)) else []
+    lines = [note] if (note := backbone_note(tags)) else []
     label = tags.get("weights_label")
     if label:
         lines.append(f"Backbone weights: {label} (source: {tags.get('weights_source', '?')}).")
@@ -487,7 +491,7 @@ def _with_interval(values: dict[str, Any], name: str) -> str:
 def version_description(tags: dict[str, str], results: dict[str, Any] | None = None) -> str:
     """A registered version's description (Markdown): the random-init warning, backbone and
     weights, data hash, code, and the test metrics with their 95% intervals once evaluated."""
-    lines = [note, ""] if (note := random_init_note(tags)) else []
+    lines = [note, ""] if (note := backbone_note(tags)) else []
     dirty = " (with uncommitted changes)" if tags.get("git_dirty") == "true" else ""
     lines += [
         f"- Backbone: {tags.get('backbone', '?')}, weights: {tags.get('weights_label', '?')} "

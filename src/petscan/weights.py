@@ -60,6 +60,7 @@ from petscan import backbones, config, logs
 from petscan.errors import UserError
 from petscan.handoff import (
     DEFAULT_LABEL,
+    DEMO_LABEL,
     IMAGENET_LABEL,
     RANDOM_LABEL,
     WEIGHTS_META_FILE,
@@ -74,6 +75,7 @@ from petscan.redact import redact_text, redact_url, redact_values
 log = logging.getLogger(__name__)
 
 FALLBACKS = ("none", "random", "imagenet")
+DEMO_BACKBONE = "pet_demo"  # installed from weights.demo, never from weights.sources
 SOURCE_FIELDS: dict[str, tuple[str, ...]] = {
     "file": ("path",),
     "url": ("url",),
@@ -753,7 +755,8 @@ def fetch_source(
 
 
 def resolve_file(path: str | Path, root: Path) -> Path:
-    """A `file` source path: `~` expanded, relative paths against the repository root."""
+    """A `file` source path: `~` expanded, relative paths against the repository root
+    (the rule `config.source_file_exists` applies to `model.backbone: auto`)."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else root / path
 
@@ -982,6 +985,7 @@ def settings_of(weights_params: Mapping[str, Any], model_params: Mapping[str, An
         "sources": [redact_values(dict(s)) for s in weights_params.get("sources") or []],
         "fallback": str(weights_params["fallback"]),
         "seed": weights_params.get("seed"),
+        "demo": dict(weights_params["demo"]) if model_params["backbone"] == DEMO_BACKBONE else None,
     }
 
 
@@ -1018,6 +1022,8 @@ def run_fetch_weights(
     candidate = out_dir / _CANDIDATE
     failures: list[str] = []
     try:
+        if settings["backbone"] == DEMO_BACKBONE:
+            return _install_demo(candidate, out_dir, settings, root)
         for source in weights_params.get("sources") or []:
             result = _try_source(source, candidate, root, weights_params, settings, progress)
             if isinstance(result, dict):
@@ -1054,6 +1060,32 @@ def _try_source(source, candidate: Path, root: Path, weights_params, settings, p
         "weights_label": str(source.get("label") or DEFAULT_LABEL),
         **summary,
     }
+
+
+def _install_demo(candidate: Path, out_dir: Path, settings, root: Path) -> dict[str, Any]:
+    """Install the shipped `pet_demo` backbone, checked against its pinned sha256."""
+    demo = settings["demo"]
+    path = resolve_file(demo["path"], root)
+    restore = f"restore it (`git checkout -- {demo['path']}`) or rebuild it (`make pretrain-demo`)"
+    if not path.is_file():
+        raise WeightsError(f"the demo backbone {path} is missing: {restore}")
+    digest = sha256_file(path)
+    if demo["sha256"] and digest != demo["sha256"]:
+        raise WeightsError(
+            f"the demo backbone {path} has sha256 {digest}, but weights.demo.sha256 pins "
+            f"{demo['sha256']}: {restore}, then pin the new file's sha256"
+        )
+    _copy(path, candidate, progress=False)
+    summary = check_weights(candidate, DEMO_BACKBONE, (*settings["input_size"], 3))
+    meta = {
+        "weights_source": f"demo:{demo['path']}",
+        "weights_sha256": digest,
+        "random_init": False,
+        "weights_label": DEMO_LABEL,
+        **summary,
+    }
+    log.info("the %s (%s)", DEMO_LABEL, path)
+    return _install(candidate, out_dir, {**meta, **_common(settings)})
 
 
 def _fallback(candidate: Path, out_dir: Path, settings, failures: list[str], root: Path):

@@ -37,15 +37,28 @@ async function loadInfo() {
   info.append(el("div", null, `MLflow run ${model.run_id || "unknown"}`));
   info.append(el("div", null, `Backbone: ${model.weights_label || "unknown"}`));
   $("random-init").hidden = model.random_init !== true;
+  const other = otherBackbone(model);
+  $("other-backbone").hidden = !other;
+  $("other-backbone").textContent = other ? `${other}: the numbers and heatmaps on this page ` +
+    "come from this backbone, not from RadImageNet's." : "";
   const mp = state.info.max_pixels / 1e6;
   const pixels = mp ? `, at most ${mp >= 1 ? mp.toFixed(0) : mp.toPrecision(2)} megapixels` : "";
   $("limits").textContent =
     `PNG, JPEG, 16-bit grey, RGBA, TIFF, \u2026 up to ${state.info.max_upload_mb} MB each${pixels}`;
 }
 
+// The label of a backbone that is neither random-init nor RadImageNet (the demo's, ImageNet).
+function otherBackbone(model) {
+  const label = model.weights_label;
+  return model.random_init === false && label && label !== "RadImageNet" ? label : null;
+}
+
 function flags(model) {
   const box = el("div", "flags");
-  if (model.random_init === true) {
+  const other = otherBackbone(model);
+  if (other) {
+    box.append(el("div", "flag warning", other));
+  } else if (model.random_init === true) {
     box.append(el("div", "flag warning", "RANDOM-INIT backbone (not RadImageNet): demonstration only"));
   } else if (model.random_init !== false) {
     box.append(el("div", "flag warning", "Backbone weights unknown: treat as a demonstration"));

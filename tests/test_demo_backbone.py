@@ -1,0 +1,208 @@
+"""The demo backbone `pet_demo`: the shipped file, its corpus, what it learned, and `auto`.
+
+- the committed weights file matches the sha256 pinned in params.yaml and loads, layer by
+  layer, into the `pet_demo` architecture (and `fetch_weights` installs it, labelled);
+- the pretraining corpus and selection set share no patient id and no image with the demo;
+- frozen, its pooled features let a linear probe tell the three classes apart on a small
+  freshly generated set, far better than a random-init backbone of the same shape;
+- `model.backbone: auto` is the seed's InceptionResNetV2 exactly when the RadImageNet file
+  is in place, else `pet_demo`, with each backbone's own input size and pre-processing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from petscan import config, handoff, params, synthetic
+from petscan.handoff import DEMO_LABEL
+
+# the shipped params as a machine without the RadImageNet file resolves them
+PARAMS = params.resolve_model(
+    params.validate(config.load_params(REPO / "params.yaml")), lambda path: False
+)
+DEMO = PARAMS["weights"]["demo"]
+DEMO_FILE = REPO / DEMO["path"]
+
+
+def test_the_shipped_file_matches_its_pin_and_its_record():
+    digest = hashlib.sha256(DEMO_FILE.read_bytes()).hexdigest()
+    assert DEMO["sha256"] == digest
+    assert DEMO_FILE.stat().st_size <= 10 * 2**20
+    record = json.loads(DEMO_FILE.with_suffix(".json").read_text())
+    assert record["sha256"] == digest and record["backbone"] == "pet_demo"
+    assert record["corpus"]["seed"] == PARAMS["pretrain"]["corpus"]["seed"]
+
+
+def test_the_shipped_file_loads_into_the_backbone_and_changes_its_weights():
+    import keras
+
+    from petscan.backbones import build_backbone
+
+    keras.utils.set_random_seed(0)
+    fresh = build_backbone("pet_demo", (256, 160, 3))
+    loaded = build_backbone("pet_demo", (256, 160, 3), DEMO_FILE)
+    assert len(loaded.weights) == len(fresh.weights) > 20
+    for a, b in zip(loaded.weights, fresh.weights, strict=True):
+        assert a.shape == b.shape
+    changed = [
+        not np.allclose(a.numpy(), b.numpy())
+        for a, b in zip(loaded.weights, fresh.weights, strict=True)
+    ]
+    assert all(changed[i] for i, w in enumerate(loaded.weights) if "kernel" in w.path)
+
+
+def test_fetch_weights_installs_the_demo_file_with_its_label(tmp_path):
+    from petscan.weights import run_fetch_weights
+
+    weights_params = {**PARAMS["weights"], "dir": "backbone", "sources": []}
+    meta = run_fetch_weights(weights_params, PARAMS["model"], workspace=tmp_path, root=REPO)
+    assert meta["backbone"] == "pet_demo" and meta["random_init"] is False
+    assert meta["weights_label"] == DEMO_LABEL == handoff.banner(meta)
+    assert (tmp_path / "backbone" / "weights.h5").read_bytes() == DEMO_FILE.read_bytes()
+
+
+def test_a_changed_demo_file_is_refused_in_one_line(tmp_path):
+    from petscan.weights import WeightsError, run_fetch_weights
+
+    copy = tmp_path / "demo.h5"
+    copy.write_bytes(DEMO_FILE.read_bytes()[:-10] + b"0123456789")
+    weights_params = {
+        **PARAMS["weights"],
+        "dir": "backbone",
+        "demo": {**DEMO, "path": str(copy)},
+    }
+    with pytest.raises(WeightsError, match="weights.demo.sha256 pins") as err:
+        run_fetch_weights(weights_params, PARAMS["model"], workspace=tmp_path, root=REPO)
+    assert "\n" not in str(err.value) and "make pretrain-demo" in str(err.value)
+    assert not (tmp_path / "backbone" / "weights.h5").exists()
+
+
+# --------------------------------------------------------------------------- the corpus
+
+
+def demo_and_pretraining_plans():
+    demo = synthetic.plan_patients(
+        PARAMS["synthetic"]["counts"],
+        PARAMS["synthetic"]["seed"],
+        PARAMS["synthetic"]["images_per_patient"],
+    )
+    others = {}
+    for name in ("corpus", "selection"):
+        spec = PARAMS["pretrain"][name]
+        others[name] = synthetic.plan_patients(spec["counts"], spec["seed"], prefix=spec["prefix"])
+    return demo, others
+
+
+def test_no_patient_id_of_the_demo_is_in_the_pretraining_corpora():
+    demo, others = demo_and_pretraining_plans()
+    demo_ids = {plan.patient for plan in demo}
+    assert all(pid.startswith("pet-") for pid in demo_ids)
+    for plans in others.values():
+        assert demo_ids.isdisjoint(plan.patient for plan in plans)
+    assert {p.patient for p in others["corpus"]}.isdisjoint(p.patient for p in others["selection"])
+
+
+def test_no_image_of_the_demo_is_in_the_pretraining_corpus(tmp_path):
+    """The first patients of each set, rendered: no file of one is byte-identical to one of
+    the other (the demo and the corpus differ in their generator seed, not only their ids)."""
+    counts = {"No cancer": 6, "breast cancer": 6, "prostate cancer": 6}
+    hashes = {}
+    for name, seed, prefix in (
+        ("demo", PARAMS["synthetic"]["seed"], "pet"),
+        ("corpus", PARAMS["pretrain"]["corpus"]["seed"], PARAMS["pretrain"]["corpus"]["prefix"]),
+    ):
+        frame = synthetic.generate(
+            tmp_path / name, counts, seed, base_height=96, workers=1, progress=False, prefix=prefix
+        )
+        hashes[name] = {
+            hashlib.sha256(
+                (tmp_path / name / folder / path.rsplit("/", 1)[-1]).read_bytes()
+            ).hexdigest()
+            for folder, path in zip(frame["folder"], frame["path"], strict=True)
+        }
+    assert len(hashes["demo"]) == len(hashes["corpus"]) == 18
+    assert hashes["demo"].isdisjoint(hashes["corpus"])
+
+
+def test_the_schema_refuses_a_pretraining_corpus_that_could_be_the_demo():
+    raw = {"pretrain": {"corpus": {**PARAMS["pretrain"]["corpus"], "seed": 2024}}}
+    with pytest.raises(params.ParamsError, match="pretrain.corpus must not share"):
+        params.validate(raw)
+    raw = {"pretrain": {"selection": {**PARAMS["pretrain"]["selection"], "prefix": "pet"}}}
+    with pytest.raises(params.ParamsError, match="pretrain.selection must not share"):
+        params.validate(raw)
+
+
+# --------------------------------------------------------------------------- it learned
+
+
+def probe_auc(features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> float:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    folds = StratifiedGroupKFold(n_splits=4, shuffle=True, random_state=0)
+    proba = cross_val_predict(
+        probe, features, labels, groups=groups, cv=folds, method="predict_proba"
+    )
+    return float(roc_auc_score(labels, proba, multi_class="ovr"))
+
+
+def test_frozen_pretrained_features_separate_the_classes_far_above_random_init(tmp_path):
+    """90 images of a set neither the demo nor the pretraining saw (its own seed)."""
+    import keras
+
+    from petscan.model import build_feature_extractor
+    from petscan.pretrain import load_corpus
+
+    counts = {"No cancer": 30, "breast cancer": 30, "prostate cancer": 30}
+    synthetic.generate(tmp_path / "set", counts, 9090, workers=2, progress=False, prefix="tst")
+    corpus = load_corpus(tmp_path / "set", (256, 160), 0.7)
+    model_params = {**PARAMS["model"], "backbone": "pet_demo"}
+    aucs = {}
+    for name, weights in (("pretrained", DEMO_FILE), ("random", None)):
+        keras.utils.set_random_seed(0)
+        extractor = build_feature_extractor(model_params, weights)
+        features = extractor.predict(corpus.images.astype("float32"), verbose=0)
+        aucs[name] = probe_auc(features, corpus.label, corpus.patients)
+    assert aucs["pretrained"] >= 0.85, aucs
+    assert aucs["pretrained"] >= aucs["random"] + 0.15, aucs
+
+
+# --------------------------------------------------------------------------- auto
+
+
+@pytest.mark.parametrize("present", [True, False])
+def test_auto_is_the_seed_backbone_exactly_when_the_radimagenet_file_is_there(present):
+    raw = params.validate({})
+    resolved = params.resolve_model(raw, lambda path: present and path.endswith("IRV2_notop.h5"))
+    model = resolved["model"]
+    if present:
+        assert model["backbone"] == "inception_resnet_v2"
+        assert model["input_size"] == [224, 224] and model["preprocessing"] == "radimagenet"
+    else:
+        assert model["backbone"] == "pet_demo"
+        assert model["input_size"] == [256, 160] and model["preprocessing"] == "rescale"
+
+
+def test_a_named_backbone_and_explicit_sizes_are_kept():
+    raw = params.validate(
+        {"model": {"backbone": "inception_resnet_v2", "input_size": [299, 299]}}
+    )
+    model = params.resolve_model(raw, lambda path: False)["model"]
+    assert model["backbone"] == "inception_resnet_v2"  # no file: a labelled random init later
+    assert model["input_size"] == [299, 299] and model["preprocessing"] == "radimagenet"
+
+
+def test_every_backbone_but_radimagenet_is_labelled():
+    assert handoff.banner({"random_init": False, "weights_label": DEMO_LABEL}) == DEMO_LABEL
+    assert handoff.banner({"random_init": "false", "weights_label": DEMO_LABEL}) == DEMO_LABEL
+    assert handoff.banner({"random_init": False, "weights_label": "RadImageNet"}) is None
