@@ -24,7 +24,9 @@ SECTIONS = (
     "mlflow",
     "weights.dir",
     "split.out_dir",
-    "split.max_pixels",  # the logged MLflow model refuses larger images
+    "split.max_pixels",  # the logged MLflow model refuses the images split refuses
+    "split.min_side",
+    "split.max_aspect",
     "featurize.out_dir",
     "featurize.augmentation",
 )

@@ -3,6 +3,7 @@
 Helpers (import them: `from conftest import CLASS_NAMES, write_png`):
 - the class names, a tiny `model` section and random-init weights metadata;
 - `write_png`, `manifest_row`, `write_manifest`: tiny image files and split manifests;
+- `refused_images`: images every entry point must refuse, with the reason;
 - `tiny_image_classifier`: a small Keras image -> probabilities model;
 - `load_script`: a stage or bench script imported by its path;
 - `serve_mlflow`: a real `mlflow server` on 127.0.0.1 for the duration of a `with` block.
@@ -100,6 +101,30 @@ def unique_png(path: Path, number: int, size: int = 8) -> Path:
     pixels = np.full((size, size), 200, dtype=np.uint8)
     pixels.flat[:4] = np.frombuffer(int(number).to_bytes(4, "big"), dtype=np.uint8)
     return write_png(path, pixels)
+
+
+def refused_images(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Images every entry point must refuse under the default rules (`split.min_side` 32,
+    `split.max_aspect` 8): {name: (file, reason)}. All decode; none is a whole-body image."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_png(folder / "dot.png", np.full((1, 1), 90, np.uint8))
+    write_png(
+        folder / "line.png", np.arange(5000, dtype=np.uint16).reshape(1, 5000).astype(np.uint8)
+    )
+    Image.fromarray(np.full((64, 64), np.nan, np.float32)).save(folder / "nan.tif")
+    write_png(folder / "blank.png", np.full((64, 64), 128, np.uint8))
+    return {
+        "dot": (folder / "dot.png", "too small: 1 x 1 pixels (split.min_side = 32)"),
+        "line": (folder / "line.png", "too small: 5000 x 1 pixels (split.min_side = 32)"),
+        "nan": (
+            folder / "nan.tif",
+            "no finite pixel value (every pixel is NaN or infinite): nothing to read",
+        ),
+        "blank": (
+            folder / "blank.png",
+            "blank: every pixel is the same colour (128, 128, 128); nothing to classify",
+        ),
+    }
 
 
 def manifest_row(path: str, label: int, patient: str, sha256: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import CLASS_NAMES as CLASSES
-from conftest import REPO, free_port, tiny_model_params, write_png
+from conftest import REPO, free_port, refused_images, tiny_model_params, write_png
 from PIL import Image
 
 from petscan import tracking
@@ -171,12 +171,18 @@ def test_a_good_image_gets_probabilities_and_an_overlay(app_url, repo, name):
         ("text", 415, "not an image (unknown format)"),
         ("empty", 400, "empty file (0 bytes)"),
         ("huge", 413, "larger than the upload limit of 0.25 MB"),
-        ("wide", 413, f"too large: 9001 x 10 pixels (limit {MAX_PIXELS})"),
+        ("wide", 413, f"too large: 9001 x 10 pixels (limit split.max_pixels = {MAX_PIXELS})"),
     ],
 )
 def test_a_bad_upload_gets_a_4xx_and_one_clear_line(app_url, repo, name, status, message):
     got_status, result = upload(app_url, repo["files"][name])
     assert (got_status, result) == (status, {"file": repo["files"][name].name, "error": message})
+
+
+@pytest.mark.parametrize("name", ["dot", "line", "nan", "blank"])
+def test_an_image_split_refuses_is_refused_with_split_s_reason(app_url, tmp_path, name):
+    path, reason = refused_images(tmp_path)[name]  # 1 x 1, 5000 x 1, all NaN, one grey
+    assert upload(app_url, path) == (400, {"file": path.name, "error": reason})
 
 
 def test_concurrent_uploads_are_batched_without_mixing_and_nothing_is_written(app_url, repo):

@@ -46,10 +46,15 @@ def odd_folder(raw):
     data = (folder / "trunc_v1.png").read_bytes()
     (folder / "trunc_v1.png").write_bytes(data[: len(data) // 2])
     huge_png_header(folder / "huge_v1.png")
-    Image.new("RGBA", (6, 4), (10, 20, 30, 128)).save(folder / "rgba_v1.png")
-    Image.fromarray(np.full((5, 5), 40000, np.uint16)).save(folder / "grey16_v1.png")
-    Image.new("CMYK", (8, 8), (0, 255, 0, 0)).save(folder / "cmyk_v1.jpg")
-    Image.new("P", (3, 3), 1).save(folder / "palette_v1.png")
+    # odd modes, each with some content (a blank image is refused)
+    Image.fromarray(rng.integers(0, 255, (4, 6, 4), np.uint8), "RGBA").save(folder / "rgba_v1.png")
+    Image.fromarray(np.arange(25, dtype=np.uint16).reshape(5, 5) * 1000).save(
+        folder / "grey16_v1.png"
+    )
+    Image.fromarray(rng.integers(0, 255, (8, 8, 4), np.uint8), "CMYK").save(folder / "cmyk_v1.jpg")
+    Image.fromarray(np.arange(9, dtype=np.uint8).reshape(3, 3)).convert("P").save(
+        folder / "palette_v1.png"
+    )
     (folder / "notes.txt").write_text("a note")
     return folder
 

@@ -130,7 +130,9 @@ def test_bad_files_raise_image_error_with_reason(tmp_path, content, reason):
 def test_max_pixels_is_checked_from_the_header(tmp_path):
     path = tmp_path / "wide.png"
     path.write_bytes(png_header(5000, 5000))  # no pixel data: decoding would fail differently
-    with pytest.raises(ImageError, match=r"too large: 5000 x 5000 pixels \(limit 1000000\)"):
+    with pytest.raises(
+        ImageError, match=r"too large: 5000 x 5000 pixels \(limit split.max_pixels = 1000000\)"
+    ):
         load_rgb(path, max_pixels=1_000_000)
 
 

@@ -19,7 +19,14 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import CLASS_NAMES as CLASSES
-from conftest import free_port, running_server, tiny_image_classifier, tiny_model_params, write_png
+from conftest import (
+    free_port,
+    refused_images,
+    running_server,
+    tiny_image_classifier,
+    tiny_model_params,
+    write_png,
+)
 from PIL import Image
 
 import petscan
@@ -154,9 +161,31 @@ def test_rows_answer_one_by_one(in_repo):
     assert errors[4].endswith("is a folder, not an image file")
     assert errors[5] == "row 5 image: empty file (0 bytes)"
     assert errors[6].startswith("row 6 image: not valid base64")
-    assert errors[7] == f"{images['big']}: too large: 130 x 130 pixels (limit {MAX_PIXELS})"
+    assert errors[7] == (
+        f"{images['big']}: too large: 130 x 130 pixels (limit split.max_pixels = {MAX_PIXELS})"
+    )
     bad = [2, 3, 4, 5, 6, 7]
     assert out.loc[bad, CLASSES].isna().all().all() and out.loc[bad, "predicted_class"].isna().all()
+
+
+def test_the_served_model_refuses_what_split_refuses(in_repo, tmp_path):
+    """1 x 1, 5000 x 1, all-NaN and blank images: an error row each, as file or bytes, with
+    split's reason (the model was logged with split's default rules), and no probability."""
+    refused = refused_images(tmp_path)
+    names = sorted(refused)
+    files = [refused[n][0] for n in names]
+    frame = pd.DataFrame(
+        {
+            "path": [str(f) for f in files] + [None] * len(files),
+            "image": [None] * len(files) + [b64(f.read_bytes()) for f in files],
+        }
+    )
+    out = petscan.load_model(f"models:/{MODEL_NAME}/1").predict(frame)
+    reasons = [refused[n][1] for n in names]
+    assert out["error"].tolist() == [f"{f}: {r}" for f, r in zip(files, reasons, strict=True)] + [
+        f"row {k + len(files)} image: {r}" for k, r in enumerate(reasons)
+    ]
+    assert out[CLASSES].isna().all().all() and out["predicted_class"].isna().all()
 
 
 def test_load_model_from_the_repository_root_leaves_no_files(in_repo):
@@ -263,7 +292,9 @@ def test_server_answers_good_bad_and_mixed_batches(server, repo):
         np.testing.assert_allclose([row[c] for c in CLASSES], proba, rtol=1e-5, atol=1e-7)
         assert row.get("error") is None
     assert rows[1]["error"].startswith("/no/such/scan.png: no such file")
-    assert rows[3]["error"].endswith(f"too large: 130 x 130 pixels (limit {MAX_PIXELS})")
+    assert rows[3]["error"].endswith(
+        f"too large: 130 x 130 pixels (limit split.max_pixels = {MAX_PIXELS})"
+    )
     assert "Traceback" not in text
 
 

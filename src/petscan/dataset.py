@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from petscan.config import class_names as ordered_class_names
 from petscan.errors import UserError
-from petscan.images import IMAGE_SUFFIXES, FolderScan, ImageError, check_shape, inspect_image
+from petscan.folders import IMAGE_SUFFIXES, FolderScan, printable
+from petscan.images import ImageError, ImageRules, read_image
 from petscan.io import sha256_file
 
 INDEX_COLUMNS = [
@@ -101,12 +102,12 @@ def relative_posix(path: Path, root: Path) -> str:
     """`path` relative to `root` in posix form (absolute when it lies outside `root`).
 
     Symlinks are not resolved: a DVC cache linked into `data/raw` keeps its
-    workspace path.
+    workspace path. Bytes of a name that are not UTF-8 are shown as backslash escapes.
     """
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
     if rel == ".." or rel.startswith(".." + os.sep):
-        return Path(os.path.abspath(path)).as_posix()
-    return Path(rel).as_posix()
+        return printable(Path(os.path.abspath(path)).as_posix())
+    return printable(Path(rel).as_posix())
 
 
 def index_images(
@@ -143,28 +144,17 @@ def index_images(
         raw_dir=raw,
         location=relative_posix(raw, root),
     )
-    scan = FolderScan(raw)
-    candidates = list(_class_files(raw, classes, root, index, scan))
-    for found, target in ((scan.problems, index.link_problems), (scan.notes, index.link_notes)):
-        for entry in found:
-            target.append(
-                {
-                    **entry,
-                    "path": relative_posix(Path(entry["path"]), root),
-                    **(
-                        {"target": relative_posix(Path(entry["target"]), root)}
-                        if "target" in entry
-                        else {}
-                    ),
-                }
-            )
+    scans = class_scans(raw, classes)
+    candidates = list(_class_files(raw, classes, root, index, scans))
+    for name, scan in scans.items():
+        _record_scan(scan, name, root, index)
     max_bytes = None if max_file_mb is None else int(float(max_file_mb) * MB)
+    rules = ImageRules(max_pixels, min_side, max_aspect)
     rows = []
     for folder, path in tqdm(
         candidates, desc=f"Indexing {raw_dir}", unit="file", disable=not progress
     ):
-        limits = (max_bytes, max_pixels, min_side, max_aspect)
-        row = _index_file(path, folder, classes[folder], raw, root, pattern, limits)
+        row = _index_file(path, folder, classes[folder], raw, root, pattern, (max_bytes, rules))
         if "reason" in row:
             index.bad_files.append(row)
         else:
@@ -183,12 +173,55 @@ def index_images(
     return index
 
 
+def class_scans(raw: Path, classes: Mapping[str, str]) -> dict[str, FolderScan]:
+    """One `FolderScan` per class: a file is counted once per class that reaches it.
+
+    A file reached from two classes (a link in one class's folder to a file or a folder of
+    another class, or outside the data folder) is then indexed under both, and left out as
+    a cross-class duplicate (same bytes), whatever the order of the folders.
+    """
+    folders = {
+        name: [raw / f for f, c in classes.items() if c == name] for name in classes.values()
+    }
+    return {
+        name: FolderScan(
+            raw, others=tuple(p for other, paths in folders.items() if other != name for p in paths)
+        )
+        for name in folders
+    }
+
+
+def _record_scan(scan: FolderScan, class_name: str, root: Path, index: DataIndex) -> None:
+    """Copy a class's link problems, notes and bad names into `index` (paths from `root`)."""
+    for found, target in ((scan.problems, index.link_problems), (scan.notes, index.link_notes)):
+        for entry in found:
+            target.append(
+                {
+                    **entry,
+                    "path": relative_posix(Path(entry["path"]), root),
+                    **(
+                        {"target": relative_posix(Path(entry["target"]), root)}
+                        if "target" in entry
+                        else {}
+                    ),
+                }
+            )
+    for entry in scan.bad_names:
+        path = relative_posix(Path(entry["path"]), root)
+        index.bad_files.append({"path": path, "class": class_name, "reason": entry["reason"]})
+
+
 def _class_files(
-    raw: Path, classes: Mapping[str, str], root: Path, index: DataIndex, scan: FolderScan
+    raw: Path,
+    classes: Mapping[str, str],
+    root: Path,
+    index: DataIndex,
+    scans: Mapping[str, FolderScan],
 ) -> Iterator[tuple[str, Path]]:
     """(class folder, file) for every candidate image; records what is skipped.
 
-    Each real file is yielded once; symbolic links follow the rules of `FolderScan`.
+    Each real file is yielded once per class (`class_scans`); symbolic links follow the
+    rules of `FolderScan`.
     """
     for entry in sorted(raw.iterdir()):
         if entry.name.startswith("."):
@@ -206,6 +239,7 @@ def _class_files(
                 }
             )
         else:
+            scan = scans[classes[entry.name]]
             files = scan.follow(entry) if entry.is_symlink() else scan.walk(entry)
             for path in files:
                 if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -233,13 +267,13 @@ def _index_file(
     raw: Path,
     root: Path,
     pattern: re.Pattern[str] | None,
-    limits: tuple[int | None, int | None, int | None, float | None],
+    limits: tuple[int | None, ImageRules],
 ) -> dict[str, Any]:
     """One index row, or a bad-file entry {"path", "class", "reason"}.
 
-    `limits`: (max bytes, max pixels, min side, max aspect ratio), None for no limit.
+    `limits`: (max bytes or None, the rules every image must pass: `images.read_image`).
     """
-    max_bytes, max_pixels, min_side, max_aspect = limits
+    max_bytes, rules = limits
     rel = relative_posix(path, root)
     try:
         size = path.stat().st_size
@@ -249,8 +283,7 @@ def _index_file(
                 f"file too large: {size / MB:.1f} MB (limit split.max_file_mb = "
                 f"{max_bytes / MB:g})",
             )
-        info = inspect_image(path, max_pixels=max_pixels)
-        check_shape(path, info.width, info.height, min_side, max_aspect)
+        info = read_image(path, rules)[1]
         digest = sha256_file(path)
     except ImageError as err:
         return {"path": rel, "class": class_name, "reason": err.reason}

@@ -8,19 +8,27 @@ naming the file and what is wrong with it.
 from __future__ import annotations
 
 import io
-import os
+import re
 import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from petscan.errors import UserError
+from petscan.folders import (  # noqa: F401 (the listing, re-exported: its historic home)
+    BAD_NAME,
+    IMAGE_SUFFIXES,
+    FolderScan,
+    is_utf8,
+    list_images,
+    printable,
+    scan_images,
+)
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 RESIZE_MODES = ("stretch", "pad")
 # PIL modes `to_rgb` converts; anything else is reported as unusable.
 GREY_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
@@ -46,6 +54,56 @@ class ImageInfo(NamedTuple):
     width: int
     height: int
     mode: str
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """Which images are usable: params `split.max_pixels`, `split.min_side`, `split.max_aspect`
+    (None: no limit). `read_image` applies them for split, predict, the scoring server and
+    the web app alike."""
+
+    max_pixels: int | None = None
+    min_side: int | None = None
+    max_aspect: float | None = None
+
+    @classmethod
+    def from_params(cls, split: Mapping[str, Any]) -> ImageRules:
+        """The rules of a `split` section; a missing key takes the schema's default."""
+        from petscan.params import defaults  # pydantic: only when rules are built
+
+        values = {**defaults()["split"], **split}
+        return cls(values["max_pixels"], values["min_side"], values["max_aspect"])
+
+
+def read_image(
+    source: str | Path | bytes, rules: ImageRules, name: str | Path | None = None
+) -> tuple[np.ndarray, ImageInfo]:
+    """(8-bit RGB (H, W, 3), header facts) of a usable image, else `ImageError` with the reason.
+
+    The one acceptance rule: the file decodes (one frame, at most `rules.max_pixels`,
+    checked from the header), its sides fit `rules.min_side` / `rules.max_aspect`, it has
+    finite pixel values and is not blank (one value everywhere: nothing to classify).
+    `source` is a file, or the bytes of an upload named `name` in messages.
+    """
+    if isinstance(source, bytes):
+        name = "upload" if name is None else name
+        image = open_bytes(source, str(name), max_pixels=rules.max_pixels)
+    else:
+        name = source if name is None else name
+        image = open_image(source, max_pixels=rules.max_pixels)
+    try:
+        info = ImageInfo(image.width, image.height, image.mode)
+        check_shape(name, info.width, info.height, rules.min_side, rules.max_aspect)
+        rgb = to_rgb(image, name)
+    finally:
+        image.close()
+    low, high = rgb.min(axis=(0, 1)), rgb.max(axis=(0, 1))  # per channel, no big temporaries
+    if (low == high).all():
+        colour = tuple(int(v) for v in low)
+        raise ImageError(
+            name, f"blank: every pixel is the same colour {colour}; nothing to classify"
+        )
+    return rgb, info
 
 
 def open_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
@@ -75,11 +133,13 @@ def _decode(source: Path | BinaryIO, name: str | Path, max_pixels: int | None) -
     image = None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # with a limit of our own, Pillow's lower warning threshold is not ours to apply
+            action = "error" if max_pixels is None else "ignore"
+            warnings.simplefilter(action, Image.DecompressionBombWarning)
             image = Image.open(source)
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
-                raise ImageError(name, f"too large: {width} x {height} pixels (limit {max_pixels})")
+                raise ImageError(name, f"too large: {width} x {height} pixels{_limit(max_pixels)}")
             frames = getattr(image, "n_frames", 1)
             if frames > 1:
                 raise ImageError(
@@ -91,17 +151,33 @@ def _decode(source: Path | BinaryIO, name: str | Path, max_pixels: int | None) -
     except Exception as err:
         if image is not None:
             image.close()
-        raise _as_image_error(Path(name), err) from err
+        raise _as_image_error(Path(name), err, max_pixels) from err
     return image
 
 
-def _as_image_error(path: Path, err: Exception) -> ImageError:
+def _limit(max_pixels: int | None) -> str:
+    if max_pixels is None:
+        return " (split.max_pixels is null: Pillow's decompression-bomb guard refuses it)"
+    return f" (limit split.max_pixels = {max_pixels})"
+
+
+def _as_image_error(path: Path, err: Exception, max_pixels: int | None = None) -> ImageError:
     if isinstance(err, ImageError):
         return err
     if isinstance(err, UnidentifiedImageError):
         return ImageError(path, "not an image (unknown format)")
     if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
-        return ImageError(path, f"too large: {err}")
+        # Pillow refused it from the header: "Image size (<n> pixels) exceeds limit of ..."
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        pixels = f"{int(found[1])} pixels" if found else "more pixels than Pillow decodes"
+        ceiling = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        if max_pixels is not None and found and int(found[1]) <= max_pixels:
+            return ImageError(
+                path,
+                f"too large: {pixels}, above Pillow's decompression-bomb limit of {ceiling} "
+                f"(split.max_pixels = {max_pixels} is higher: lower it to at most {ceiling})",
+            )
+        return ImageError(path, f"too large: {pixels}{_limit(max_pixels)}")
     if isinstance(err, PermissionError):
         return ImageError(path, f"cannot read file ({err.strerror})")
     if isinstance(err, OSError | SyntaxError | ValueError | EOFError):
@@ -148,27 +224,38 @@ def to_rgb(image: Image.Image, path: str | Path = "<image>") -> np.ndarray:
     mode = image.mode
     try:
         if mode in GREY_HIGH_DEPTH_MODES:
-            return _grey_to_rgb(np.asarray(image, dtype=np.float64), mode)
+            values = np.asarray(image, dtype=np.float64)
+            if mode == "F" and values.size and not np.isfinite(values).any():
+                raise ImageError(
+                    path, "no finite pixel value (every pixel is NaN or infinite): nothing to read"
+                )
+            return _grey_to_rgb(values, mode)
         if mode in ALPHA_MODES or (mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA") if mode != "La" else image.convert("LA").convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
         if mode in PLAIN_MODES:
             return np.asarray(image.convert("RGB"))
+    except ImageError:
+        raise
     except (OSError, ValueError) as err:
         raise ImageError(path, f"cannot convert mode {mode!r} to RGB ({err})") from err
     raise ImageError(path, f"unsupported image mode {mode!r}")
 
 
 def _grey_to_rgb(arr: np.ndarray, mode: str) -> np.ndarray:
-    top = float(np.nanmax(arr)) if arr.size else 0.0
+    if mode == "F":  # NaN reads as 0, +/-inf as the extreme finite values: no NumPy warnings
+        finite = arr[np.isfinite(arr)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        arr = np.nan_to_num(arr, nan=0.0, posinf=high, neginf=low)
+    top = float(arr.max()) if arr.size else 0.0
     if mode.startswith("I;16") or 255.0 < top <= 65535.0:
         peak = 65535.0
     elif top <= 255.0:
         peak = 255.0
     else:
         peak = top
-    grey = np.clip(np.nan_to_num(arr) / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    grey = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
 
 
@@ -228,109 +315,3 @@ def content_box(
 def load_resized(path: str | Path, size: tuple[int, int], mode: str = "stretch") -> np.ndarray:
     """Decode and resize one file: float32 (H, W, 3) in [0, 255], as the models take it."""
     return resize(load_rgb(path), size, mode).astype(np.float32)
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files under `folder` (recursively), sorted, hidden files skipped.
-
-    Each real file once; links are handled as `FolderScan` does (see `scan_images` for
-    the list of links that were not followed).
-    """
-    return scan_images(folder)[0]
-
-
-def scan_images(folder: str | Path) -> tuple[list[Path], list[dict[str, str]]]:
-    """(image files, link problems) under `folder`: `FolderScan` with `folder` as boundary."""
-    scan = FolderScan(Path(folder))
-    files = [p for p in scan.walk(Path(folder)) if p.suffix.lower() in IMAGE_SUFFIXES]
-    return sorted(files), scan.problems
-
-
-@dataclass
-class FolderScan:
-    """Walk folders following symbolic links safely; each real file is yielded once.
-
-    - a link that cannot be resolved (broken, or a loop of links) is a problem;
-    - a folder link that points to the scanned folder, one of its ancestors, or a folder
-      inside it is not followed (a loop, or files that are counted where they are);
-    - a folder link leaving `boundary` is followed, and noted (`notes`), as is a folder
-      reached twice through links from outside;
-    - a file reached a second time (through a link) is not yielded again, and noted.
-    File links leaving the folder are followed silently (a DVC cache linked in).
-    Hidden files and folders are skipped. `problems` and `notes` hold
-    {"path", "target", "reason"} with paths as found.
-    """
-
-    boundary: Path
-    problems: list[dict[str, str]] = field(default_factory=list)
-    notes: list[dict[str, str]] = field(default_factory=list)
-    _files: dict[Path, Path] = field(default_factory=dict)
-    _dirs: set[Path] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.boundary = Path(os.path.realpath(self.boundary))
-
-    def walk(self, folder: Path) -> Iterator[Path]:
-        """Files under `folder` (recursively, sorted by name within each folder)."""
-        links: list[Path] = []
-        for current, dirs, files in os.walk(folder, followlinks=False):
-            here = Path(current)
-            self._dirs.add(Path(os.path.realpath(here)))
-            kept = []
-            for name in sorted(d for d in dirs if not d.startswith(".")):
-                (links if (here / name).is_symlink() else kept).append(here / name)
-            dirs[:] = [p.name for p in kept]
-            for name in sorted(f for f in files if not f.startswith(".")):
-                path = here / name
-                if path.is_symlink():
-                    links.append(path)
-                else:
-                    yield from self._file(path, Path(os.path.realpath(path)))
-        for link in sorted(links):
-            yield from self.follow(link)
-
-    def _file(self, path: Path, real: Path) -> Iterator[Path]:
-        first = self._files.setdefault(real, path)
-        if first is path:
-            yield path
-        else:
-            self._note(self.notes, path, real, f"the same file as {first.as_posix()}: counted once")
-
-    def follow(self, link: Path) -> Iterator[Path]:
-        """The files reached through one symbolic link (file or folder), by the rules above."""
-        try:
-            real = link.resolve(strict=True)
-        except (OSError, RuntimeError):
-            self._note(self.problems, link, None, "broken symbolic link, or a loop of links")
-            return
-        if not real.is_dir():
-            yield from self._file(link, real)
-            return
-        inside = real == self.boundary or real.is_relative_to(self.boundary)
-        if inside or self.boundary.is_relative_to(real):
-            reason = (
-                "symbolic link loop: points to a folder that holds it; not followed"
-                if _holds(real, link)
-                else "points to a folder inside the scanned one: not followed (its files "
-                "are counted where they are)"
-            )
-            self._note(self.problems, link, real, reason)
-            return
-        if real in self._dirs:
-            self._note(self.problems, link, real, "symbolic link loop: folder already scanned")
-            return
-        self._note(self.notes, link, real, "symbolic link leaving the data folder: followed")
-        yield from self.walk(link)
-
-    @staticmethod
-    def _note(where: list, path: Path, real: Path | None, reason: str) -> None:
-        entry = {"path": path.as_posix(), "reason": reason}
-        if real is not None:
-            entry["target"] = real.as_posix()
-        where.append(entry)
-
-
-def _holds(folder: Path, link: Path) -> bool:
-    """True when `link` lies inside `folder` (by real path of its parent)."""
-    parent = Path(os.path.realpath(link.parent))
-    return parent == folder or parent.is_relative_to(folder)

@@ -12,11 +12,13 @@ Where the class names, input size and resize mode come from:
 - `--model` (a `.keras` file): the input size from the model's input shape; class
   names from `data.classes` and the resize mode from `model.resize` in `--params`.
 
-Unreadable files, images smaller than `split.min_side` or more elongated than
-`split.max_aspect`, and links that loop are reported on stderr with the reason and
-skipped. The model, the class names and the `--csv` path are checked before any image is
-predicted. Exit code: 0 when at least one image was predicted, 1 when none was or the
-model, params or `--csv` path cannot be used (one line), 2 on a usage error.
+Files that `split` would refuse (unreadable, larger than `split.max_pixels`, smaller than
+`split.min_side`, more elongated than `split.max_aspect`, blank or all NaN: the one rule
+of `images.read_image`), names that are not valid UTF-8 and links that loop are reported
+on stderr with the reason and skipped. The model, the class names and the `--csv` path
+are checked before any image is predicted. Exit code: 0 when at least one image was
+predicted, 1 when none was or the model, params or `--csv` path cannot be used (one line),
+2 on a usage error.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from tqdm import tqdm
 from petscan import config, logs
 from petscan import errors as errors_  # `errors` names the skipped files below
 from petscan.errors import BadInputError, MissingInputError, UserError
-from petscan.images import ImageError, check_shape, load_rgb, resize, scan_images
+from petscan.folders import is_utf8, printable, scan_images
+from petscan.images import ImageError, ImageRules, read_image, resize
 from petscan.io import write_csv
 from petscan.params import defaults
 
@@ -70,6 +73,8 @@ def expand_paths(inputs: Sequence[str | Path]) -> tuple[list[Path], list[tuple[s
             if not found:
                 errors.append((str(item), "folder holds no image files"))
             files.extend(found)
+        elif not is_utf8(item):
+            errors.append((str(item), "the path is not valid UTF-8 (shown with \\x escapes)"))
         elif item.is_symlink() and not item.exists():
             errors.append((str(item), "broken symbolic link, or a loop of links"))
         elif item.exists():
@@ -88,16 +93,15 @@ def predict_paths(
     batch_size: int = DEFAULT_BATCH,
     errors: list[tuple[str, str]] | None = None,
     progress: bool = False,
-    min_side: int | None = None,
-    max_aspect: float | None = None,
+    rules: ImageRules | None = None,
 ) -> pd.DataFrame:
     """Probabilities per class and `predicted_class` for each readable image.
 
-    `model` is a Keras model taking float32 (N, H, W, 3) in [0, 255]. Unreadable files,
-    and images outside `min_side` / `max_aspect` (see `images.check_shape`), raise
-    `ImageError`, unless `errors` is a list: then (path, reason) is appended to it and the
-    file is skipped.
+    `model` is a Keras model taking float32 (N, H, W, 3) in [0, 255]. Files that `rules`
+    refuse (`images.read_image`; default: no size limits) raise `ImageError`, unless
+    `errors` is a list: then (path, reason) is appended to it and the file is skipped.
     """
+    rules = ImageRules() if rules is None else rules
     from petscan.pyfunc_model import probabilities_frame
 
     size = (int(input_size[0]), int(input_size[1]))
@@ -108,8 +112,7 @@ def predict_paths(
         images, kept = [], []
         for path in paths[start : start + batch_size]:
             try:
-                rgb = load_rgb(path)
-                check_shape(path, rgb.shape[1], rgb.shape[0], min_side, max_aspect)
+                rgb = read_image(path, rules)[0]
                 images.append(_resize(rgb, size, resize).astype(np.float32))
             except ImageError as err:
                 if errors is None:
@@ -306,14 +309,14 @@ def check_classes(loaded: LoadedModel) -> None:
         )
 
 
-def shape_limits(params_path: str | Path) -> tuple[int, float]:
-    """`split.min_side` and `split.max_aspect` from the params file (defaults without one)."""
+def image_rules(params_path: str | Path) -> ImageRules:
+    """The `split` section's image rules from the params file (defaults without one)."""
     split = (
         config.load_section("split", params_path)
         if Path(params_path).is_file()
         else defaults()["split"]
     )
-    return split["min_side"], split["max_aspect"]
+    return ImageRules.from_params(split)
 
 
 @errors_.reports_user_errors("petscan predict")
@@ -321,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.csv:
         check_csv_path(args.csv)
-    min_side, max_aspect = shape_limits(args.params)
+    rules = image_rules(args.params)
     files, errors = expand_paths(args.paths)
     logs.import_tensorflow()
     if args.model:
@@ -343,11 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         errors=errors,
         progress=len(files) > args.batch_size,
-        min_side=min_side,
-        max_aspect=max_aspect,
+        rules=rules,
     )
     for path, reason in errors:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
     if args.csv:
         write_csv(args.csv, frame)
         print(f"wrote {len(frame)} predictions to {args.csv}", file=sys.stderr)

@@ -4,13 +4,15 @@
 is `pyfunc_code.py` (one `set_model(PetscanKerasModel())` line, nothing pickled), the
 network is the artifact `keras_model` (`artifacts/model.keras` inside the logged model,
 loaded with `safe_mode=True`) and the model config holds `class_names`, `input_size`,
-`resize` and `max_pixels`.
+`resize` and the image rules of `split` (`max_pixels`, `min_side`, `max_aspect`; a model
+logged without a rule takes the schema's default).
 
 Input, a DataFrame (JSON `dataframe_split` when served) with one or both columns:
 
 - `path`: an image file readable by the process that runs the model;
 - `image`: the bytes of an image file, base64-encoded (a `data:...;base64,` prefix and
-  line breaks are allowed): PNG, JPEG, 16-bit grey, RGBA, ... as the `split` stage accepts.
+  line breaks are allowed): PNG, JPEG, 16-bit grey, RGBA, ... as the `split` stage accepts
+  (the same rule, `images.read_image`: a file split refuses is a bad row).
 
 A row uses `image` when it has one, else `path`. Output: one row per input row, in order:
 one probability column per class, `predicted_class`, and `error`, which is empty for a
@@ -36,7 +38,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-from petscan.images import ImageError, load_rgb, load_rgb_bytes, resize
+from petscan.images import ImageError, ImageRules, read_image, resize
 from petscan.model import load_model
 
 INPUT_COLUMNS = ("path", "image")
@@ -74,7 +76,7 @@ def _present(value: Any) -> bool:
 
 
 def read_row(
-    path: Any, image: Any, row: int, max_pixels: int | None
+    path: Any, image: Any, row: int, rules: ImageRules
 ) -> tuple[np.ndarray | None, str | None]:
     """(RGB uint8 array, None) for a usable row, (None, one-line reason) for a bad one."""
     try:
@@ -83,14 +85,14 @@ def read_row(
                 data = image if isinstance(image, bytes) else decode_base64(str(image))
             except ValueError as err:
                 return None, f"row {row} image: {err}"
-            return load_rgb_bytes(data, f"row {row} image", max_pixels=max_pixels), None
+            return read_image(data, rules, f"row {row} image")[0], None
         if _present(path) and str(path):
             file = Path(str(path))
             if file.is_dir():
                 return None, f"{file}: is a folder, not an image file"
             if not file.exists():
                 return None, f"{file}: no such file (paths are read by the model's process)"
-            return load_rgb(file, max_pixels=max_pixels), None
+            return read_image(file, rules)[0], None
         return None, f"row {row}: neither 'path' nor 'image' given"
     except (ImageError, ValueError) as err:
         return None, str(err)
@@ -112,6 +114,13 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
         self.input_size = tuple(int(v) for v in self.config["input_size"])
         self.resize = self.config.get("resize", "stretch")
         self.max_pixels = self.config.get("max_pixels")
+        self.rules = ImageRules.from_params(
+            {
+                k: self.config[k]
+                for k in ("max_pixels", "min_side", "max_aspect")
+                if k in self.config
+            }
+        )
         self.keras_model = load_model(context.artifacts[KERAS_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -128,7 +137,7 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
         images = model_input["image"] if "image" in model_input else [None] * n
         arrays, kept, errors = [], [], [None] * n
         for row, (path, image) in enumerate(zip(paths, images, strict=True)):
-            rgb, errors[row] = read_row(path, image, row, self.max_pixels)
+            rgb, errors[row] = read_row(path, image, row, self.rules)
             if rgb is not None:
                 arrays.append(resize(rgb, self.input_size, self.resize).astype(np.float32))
                 kept.append(row)
@@ -171,8 +180,8 @@ def model_signature(class_names: Sequence[str]) -> ModelSignature:
 def example_frame(input_example: Any) -> pd.DataFrame | None:
     """An input example: the given image paths, plus one row of `image` bytes.
 
-    The bytes are a small blank PNG made here, so no patient image is copied into the
-    logged model.
+    The bytes are a small grey ramp PNG made here (64 x 64, which the default image rules
+    accept), so no patient image is copied into the logged model.
     """
     if input_example is None or isinstance(input_example, pd.DataFrame):
         return input_example
@@ -180,6 +189,8 @@ def example_frame(input_example: Any) -> pd.DataFrame | None:
         input_example = [input_example]
     paths = [str(p) for p in input_example]
     buffer = io.BytesIO()
-    Image.new("L", (16, 16), 255).save(buffer, format="PNG")
+    Image.fromarray(np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))).save(
+        buffer, format="PNG"
+    )
     blank = base64.b64encode(buffer.getvalue()).decode("ascii")
     return pd.DataFrame({"path": [*paths, None], "image": [*[None] * len(paths), blank]})

@@ -349,14 +349,15 @@ def _left_out(index: DataIndex, crossed: list[dict[str, Any]]) -> dict[str, Any]
         "ignored_folders": index.ignored_folders,
         "link_problems": index.link_problems,
         "link_notes": index.link_notes,
-        "cross_class_duplicates": [
-            {**group, "error": "same bytes under several classes: every copy left out"}
-            for group in crossed
-        ],
+        "cross_class_duplicates": [{**group, "error": CROSS_CLASS} for group in crossed],
         "unmatched_patient_names": index.unmatched_patients,
     }
 
 
+CROSS_CLASS = (
+    "the same image under several classes (a copy, a hard link or a symbolic link): its label "
+    "is ambiguous, every path is left out"
+)
 OUTPUTS = ("train.csv", "val.csv", "test.csv", "index.csv", "summary.json", "report.json")
 
 
@@ -434,6 +435,11 @@ def describe(result: SplitResult) -> list[str]:
         lines.append(f"  bad: {entry['path']}: {entry['reason']}")
     if len(report["bad_files"]) > 10:
         lines.append(f"  ... {len(report['bad_files']) - 10} more in report.json")
+    for group in report["cross_class_duplicates"][:10]:
+        classes = ", ".join(group["classes"])
+        lines.append(f"  cross-class duplicate ({classes}): {', '.join(group['paths'])}")
+    if len(report["cross_class_duplicates"]) > 10:
+        lines.append(f"  ... {len(report['cross_class_duplicates']) - 10} more in report.json")
     for entry in report["link_problems"][:10]:
         lines.append(f"  link: {entry['path']}: {entry['reason']}")
     for entry in report["ignored_folders"]:

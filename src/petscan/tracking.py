@@ -35,6 +35,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from petscan import config, pyfunc_model
 from petscan.handoff import EPOCH_METRICS, WEIGHTS_FIELDS, WeightsInfo, banner, manifest_paths
+from petscan.images import ImageRules
 from petscan.redact import redact_text, redact_values
 
 STORE_DIR = "mlruns"
@@ -424,14 +425,17 @@ def log_keras_model(
     input_example: Any = None,
     name: str = "model",
     max_pixels: int | None = None,
+    min_side: int | None = None,
+    max_aspect: float | None = None,
 ):
     """Log a `.keras` classifier as a pyfunc into the active run and register it.
 
     Logged as MLflow "models from code" (`petscan/pyfunc_code.py`, see `petscan.pyfunc_model`)
     with the Keras file as the artifact `keras_model` (`artifacts/model.keras`).
     `input_example`: image paths (or a DataFrame with `path`/`image` columns) that exist
-    now; MLflow predicts on them to check the model. `max_pixels` (`split.max_pixels`):
-    larger images are answered with an error. Registered under
+    now; MLflow predicts on them to check the model. `max_pixels`, `min_side`,
+    `max_aspect` (`split`'s image rules; None: `max_pixels` no limit, the others their
+    default): an image that split would refuse is answered with an error. Registered under
     `mlflow_params["registered_model"]` unless that is empty. Returns the ModelInfo.
     """
     model_path = Path(model_path)
@@ -446,6 +450,7 @@ def log_keras_model(
         "backbone": model_params["backbone"],
         "preprocessing": model_params["preprocessing"],
         "max_pixels": None if max_pixels is None else int(max_pixels),
+        **_shape_rules(min_side, max_aspect),
     }
     return mlflow.pyfunc.log_model(
         name=name,
@@ -458,6 +463,14 @@ def log_keras_model(
         metadata={"petscan": "requires the petscan package (pip install -e <repo>)"},
         registered_model_name=mlflow_params["registered_model"] or None,
     )
+
+
+def _shape_rules(min_side: int | None, max_aspect: float | None) -> dict[str, Any]:
+    """`min_side` and `max_aspect` for the model config (the schema's default for None)."""
+    rules = ImageRules.from_params(
+        {k: v for k, v in (("min_side", min_side), ("max_aspect", max_aspect)) if v is not None}
+    )
+    return {"min_side": int(rules.min_side), "max_aspect": float(rules.max_aspect)}
 
 
 # --------------------------------------------------------------------------- the registry

@@ -817,6 +817,8 @@ def run_train(
             model_params,
             input_example=example,
             max_pixels=params["split"]["max_pixels"],
+            min_side=params["split"]["min_side"],
+            max_aspect=params["split"]["max_aspect"],
         )
         version_tags = {**tags, "model_sha256": summary["model_sha256"]}
         summary["registered_version"] = tracking.register_version(

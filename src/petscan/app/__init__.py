@@ -9,7 +9,8 @@ API (what the page uses):
 - `GET /api/info`: the model (URI, name, version, run, random-init), classes, limits.
 - `POST /api/predict?name=<file name>`: the body is the bytes of one image file.
   200: probabilities, predicted class, overlay (a JPEG data URL), model, notices.
-  A bad upload gets a JSON `{"error": ...}`: 400 empty or corrupt, 413 over
+  A bad upload gets a JSON `{"error": ...}`: 400 empty, corrupt or refused by split's
+  image rules (`images.read_image`: too small, too elongated, blank, all NaN), 413 over
   `app.max_upload_mb` or `split.max_pixels`, 415 not an image. Uploads are decoded in
   memory; nothing is written to disk.
 
@@ -26,12 +27,19 @@ from typing import Any
 
 from petscan import config
 from petscan.handoff import banner
-from petscan.images import ImageError, load_rgb_bytes
+from petscan.images import ImageError, ImageRules, read_image
 
 # FastAPI, TensorFlow (through app.model) and MLflow are imported in the functions that use
 # them, not here: `petscan app --help` then answers in about 1 s instead of 16 s (2 cores).
 
-SECTIONS = ("app", "serve.model", "split.max_pixels", "mlflow")
+SECTIONS = (
+    "app",
+    "serve.model",
+    "split.max_pixels",
+    "split.min_side",
+    "split.max_aspect",
+    "mlflow",
+)
 STATIC = Path(__file__).with_name("static")
 log = logging.getLogger("petscan.app")
 
@@ -69,10 +77,11 @@ async def read_body(request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def decode_upload(data: bytes, name: str, max_pixels: int | None):
-    """RGB uint8 of an upload, or `UploadError` with the reason (no path, no traceback)."""
+def decode_upload(data: bytes, name: str, rules: ImageRules):
+    """RGB uint8 of an upload that split's image rules accept, or `UploadError` with the
+    reason (no path, no traceback)."""
     try:
-        return load_rgb_bytes(data, name, max_pixels=max_pixels)
+        return read_image(data, rules, name)[0]
     except ImageError as err:
         raise UploadError(status_for(err.reason), err.reason) from err
 
@@ -123,7 +132,7 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
         async with in_flight:  # bounds the decoded images held in memory at once
             try:
                 data = await read_body(request, limit)
-                rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
+                rgb = await run_in_threadpool(decode_upload, data, name, served.rules)
             except UploadError as err:
                 return JSONResponse({"file": name, "error": err.message}, status_code=err.status)
             explanation = await asyncio.wrap_future(batcher.submit(rgb))
@@ -173,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tracking.use_store(params["mlflow"])
         uri = resolve_model_uri(args.model or params["serve"]["model"], params["mlflow"])
-        served = load_served_model(uri, params["split"]["max_pixels"])
+        served = load_served_model(uri, rules=ImageRules.from_params(params["split"]))
     except Exception as err:  # a CLI boundary: report why the model cannot be served
         print(f"petscan app: cannot load the model: {err}", file=sys.stderr)
         return 2

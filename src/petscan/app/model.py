@@ -15,7 +15,7 @@ import queue
 import re
 import threading
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import mlflow
@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from petscan.explain import explain_images, overlay
-from petscan.images import resize
+from petscan.images import ImageRules, resize
 from petscan.pyfunc_model import PetscanKerasModel
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")
@@ -44,6 +44,7 @@ class ServedModel:
     random_init: bool | None = None  # None: the run does not say
     weights_label: str | None = None
     max_pixels: int | None = None
+    rules: ImageRules = field(default_factory=ImageRules)  # which uploads are accepted
 
     def info(self) -> dict[str, Any]:
         """What the page shows about the model (and writes into every CSV row)."""
@@ -58,19 +59,29 @@ class ServedModel:
         }
 
 
-def load_served_model(uri: str, max_pixels: int | None = None) -> ServedModel:
-    """The pyfunc model at `uri` (MLflow store already selected) with its version and run."""
+def load_served_model(
+    uri: str, max_pixels: int | None = None, rules: ImageRules | None = None
+) -> ServedModel:
+    """The pyfunc model at `uri` (MLflow store already selected) with its version and run.
+
+    Uploads are judged by `rules` (split's image rules from params), else by the rules
+    logged with the model; `max_pixels`, when given, replaces the pixel limit.
+    """
     pyfunc = mlflow.pyfunc.load_model(uri)
     inner = pyfunc.unwrap_python_model()
     if not isinstance(inner, PetscanKerasModel):
         raise TypeError(f"{uri} is not a petscan model (logged by tracking.log_keras_model)")
+    rules = inner.rules if rules is None else rules
+    if max_pixels is not None:
+        rules = replace(rules, max_pixels=max_pixels)
     served = ServedModel(
         keras_model=inner.keras_model,
         class_names=list(inner.class_names),
         model_params=dict(inner.config),
         uri=uri,
         run_id=pyfunc.metadata.run_id,
-        max_pixels=max_pixels if max_pixels is not None else inner.max_pixels,
+        max_pixels=rules.max_pixels,
+        rules=rules,
     )
     client = mlflow.MlflowClient()
     match = MODEL_URI.match(uri)
