@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import reprlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -470,8 +471,14 @@ def _dotted(loc: list[Any]) -> str:
     return text or "(top level)"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 8, 6
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A value as written, cut to 60 characters (and never expanded whole first)."""
+    text = _REPR.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
