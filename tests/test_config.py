@@ -23,7 +23,7 @@ PARAMS = {
         "patient_pattern": None,
     },
     "split": {"out_dir": "data/split", "seed": 101},
-    "train": {"loss": {"name": "focal", "gamma": 2.0}, "out_dir": "models"},
+    "train": {"loss": {"name": "focal", "gamma": 2.0, "alpha": [0.6, 0.4]}, "out_dir": "models"},
 }
 STAGES = ("split", "fetch_weights", "featurize", "train", "evaluate", "plot")
 

@@ -15,6 +15,7 @@ with a short comment and to the `params:` of the stages that read it in `dvc.yam
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import reprlib
 from collections.abc import Mapping
@@ -23,9 +24,12 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -34,12 +38,29 @@ from pydantic import (
 from petscan.errors import ParamsError
 from petscan.tuning.space import parse_space
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
+
+def _not_bool(value: Any) -> Any:
+    """`epochs: true` is not 1: YAML's true/false are refused where a number is wanted."""
+    if isinstance(value, bool):
+        raise ValueError(f"input should be a number, not {str(value).lower()}")
+    return value
+
+
+# numbers: never a bool; floats are finite (`allow_inf_nan=False` in every section's config)
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+NonNegInt = Annotated[Int, Field(ge=0)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+Fraction = Annotated[Float, Field(ge=0, le=1)]
+# at most 2048 pixels a side: one 2048 x 2048 image is 48 MB as float32 and a backbone's
+# activations are many times that per image, so a batch of larger ones runs out of memory;
+# at least 32, split.min_side's default (the Inception backbones need 75)
+ImageSide = Annotated[Int, Field(ge=32, le=2048)]
+BatchSize = Annotated[Int, Field(gt=0, le=1024)]  # images a batch; more is out of memory
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+MAX_PROBLEMS = 20  # lines of one ParamsError; the rest are counted
 Monitor = Literal["val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro"]
 
 SEED_CLASSES = {
@@ -52,7 +73,7 @@ SEED_CLASSES = {
 class Section(BaseModel):
     """A mapping of params: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- sections
@@ -60,13 +81,20 @@ class Section(BaseModel):
 
 class SyntheticParams(Section):
     out_dir: str = "data/raw"
-    seed: int = 2024
+    seed: Int = 2024
     counts: dict[str, NonNegInt] = Field(
         default_factory=lambda: {"No cancer": 424, "breast cancer": 371, "prostate cancer": 398}
     )
     images_per_patient: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = [1, 3]
-    base_height: PositiveInt = 512
+    base_height: Annotated[Int, Field(gt=0, le=4096)] = 512  # larger: memory and disk only
     visible_contrast: Fraction = 0.1
+
+    @field_validator("images_per_patient")
+    @classmethod
+    def _min_then_max(cls, value: list[int]) -> list[int]:
+        if value[0] > value[1]:
+            raise ValueError("needs [min, max] with min <= max")
+        return value
 
 
 class DataParams(Section):
@@ -93,12 +121,12 @@ class DataParams(Section):
 class SplitParams(Section):
     mode: Literal["group", "image"] = "group"
     ratios: Annotated[list[NonNegFloat], Field(min_length=3, max_length=3)] = [0.9, 0.05, 0.05]
-    seed: int = 101
+    seed: Int = 101
     restarts: PositiveInt = 32
     max_file_mb: PositiveFloat | None = 64
     max_pixels: PositiveInt | None = 50_000_000
     min_side: PositiveInt = 32
-    max_aspect: Annotated[float, Field(ge=1)] = 8.0
+    max_aspect: Annotated[Float, Field(ge=1)] = 8.0
     out_dir: str = "data/split"
 
     @field_validator("ratios")
@@ -106,6 +134,11 @@ class SplitParams(Section):
     def _sum_to_one(cls, value: list[float]) -> list[float]:
         if abs(sum(value) - 1.0) > 1e-6:
             raise ValueError(f"train, val, test ratios must sum to 1 (they sum to {sum(value):g})")
+        if min(value) <= 0:
+            raise ValueError(
+                "train, val and test each need a ratio above 0 (train fits the model, val picks"
+                " its epoch for early stopping, test gives the final scores)"
+            )
         return value
 
 
@@ -171,7 +204,7 @@ class WeightsParams(Section):
     ca_bundle: str | None = None
     retries: NonNegInt = 3
     retry_wait_s: NonNegFloat = 2
-    seed: int = 101
+    seed: Int = 101
 
     @field_serializer("sources")
     def _sources_as_written(self, sources: list[_Source]) -> list[dict[str, Any]]:
@@ -184,7 +217,7 @@ class ModelParams(Section):
     backbone: Literal["inception_resnet_v2", "resnet50", "densenet121", "inception_v3", "tiny"] = (
         "inception_resnet_v2"
     )
-    input_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=2)] = [
+    input_size: Annotated[list[ImageSide], Field(min_length=2, max_length=2)] = [
         224,
         224,
     ]
@@ -196,27 +229,54 @@ class ModelParams(Section):
     standardize: bool = True
 
 
+ZoomBound = Annotated[Float, Field(gt=-1, le=1)]  # Keras' RandomZoom range
+
+
 class AugmentationParams(Section):
+    """Factors of Keras' random layers, in the ranges those layers accept."""
+
     rotation: NonNegFloat = 0.2
-    zoom: NonNegFloat | Annotated[list[float], Field(min_length=2, max_length=2)] = 0.2
-    contrast: NonNegFloat = 0.2
-    translation: NonNegFloat | Annotated[list[NonNegFloat], Field(min_length=2, max_length=2)] = 0.1
+    zoom: Fraction | Annotated[list[ZoomBound], Field(min_length=2, max_length=2)] = 0.2
+    contrast: Fraction = 0.2
+    translation: Fraction | Annotated[list[Fraction], Field(min_length=2, max_length=2)] = 0.1
     fill_mode: Literal["reflect", "wrap", "constant", "nearest"] = "reflect"
 
 
 class FeaturizeParams(Section):
     out_dir: str = "data/features"
-    batch_size: PositiveInt = 32
-    augment_views: NonNegInt = 3
+    batch_size: BatchSize = 32
+    augment_views: Annotated[Int, Field(ge=0, le=64)] = 3  # the features grow with each view
     augmentation: AugmentationParams = Field(default_factory=AugmentationParams)
-    seed: int = 101
+    seed: Int = 101
     precision: Literal["float32", "bfloat16", "auto"] = "auto"
 
 
-class OptimizerParams(BaseModel):
+class _Open(BaseModel):
+    """`name` and keyword arguments checked by the library that takes them; numbers finite."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _finite_extras(self) -> _Open:
+        for key, value in (self.model_extra or {}).items():
+            if not _finite(value):
+                raise ValueError(f"{key} must be a finite number, got {_show(value)}")
+        return self
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_finite(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(_finite(item) for item in value.values())
+    return True
+
+
+class OptimizerParams(_Open):
     """`name` and any keyword of that Keras optimizer (checked when it is built)."""
 
-    model_config = ConfigDict(extra="allow")
     name: str = "adam"
 
 
@@ -237,17 +297,17 @@ class LrSchedule(Section):
 
 
 class EarlyStopping(Section):
-    enabled: bool = True
+    enabled: StrictBool = True
     monitor: Monitor = "val_roc_auc_macro"
     patience: NonNegInt = 10
-    restore_best_weights: bool = True
+    restore_best_weights: StrictBool = True
     min_delta: NonNegFloat = 0.0
 
 
 class ReduceLrOnPlateau(Section):
-    enabled: bool = False
+    enabled: StrictBool = False
     monitor: Monitor = "val_roc_auc_macro"
-    factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    factor: Annotated[Float, Field(gt=0, lt=1)] = 0.5
     patience: NonNegInt = 3
     min_lr: NonNegFloat = 1.0e-6
 
@@ -260,13 +320,13 @@ class LossParams(Section):
 
 
 class CollapseParams(Section):
-    max_class_share: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_class_share: Annotated[Float, Field(gt=0, le=1)] = 0.95
     prior_margin: NonNegFloat = 0.02
 
 
 class TrainParams(Section):
     mode: Literal["cached", "end_to_end"] = "cached"
-    batch_size: PositiveInt = 16
+    batch_size: BatchSize = 16
     epochs: PositiveInt = 50
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
     lr_schedule: LrSchedule = Field(default_factory=LrSchedule)
@@ -276,7 +336,7 @@ class TrainParams(Section):
     loss: LossParams = Field(default_factory=LossParams)
     collapse: CollapseParams = Field(default_factory=CollapseParams)
     unfreeze_top_layers: NonNegInt = 0
-    seed: int = 101
+    seed: Int = 101
     out_dir: str = "models"
 
 
@@ -287,7 +347,7 @@ class MlflowParams(Section):
     alias: str | None = "candidate"
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[Int, Field(ge=1, le=65535)]
 
 
 class ServeParams(Section):
@@ -307,11 +367,11 @@ class AppParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: PositiveInt = 32
+    batch_size: BatchSize = 32
     bootstrap_resamples: NonNegInt = 1000
-    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    confidence: Annotated[Float, Field(gt=0, lt=1)] = 0.95
     ece_bins: PositiveInt = 10
-    seed: int = 101
+    seed: Int = 101
     out_dir: str = "reports"
 
 
@@ -319,8 +379,8 @@ class ExplainParams(Section):
     method: Literal["gradcam", "gradcam++"] = "gradcam"
     splits: Annotated[list[Literal["train", "val", "test"]], Field(min_length=1)] = ["val", "test"]
     tolerance_mm: NonNegFloat = 15.0
-    batch_size: PositiveInt = 8
-    seed: int = 101
+    batch_size: BatchSize = 8
+    seed: Int = 101
     out_dir: str = "reports/explain"
 
 
@@ -329,10 +389,9 @@ class PlotParams(Section):
     out_dir: str = "reports/figures"
 
 
-class PrunerParams(BaseModel):
+class PrunerParams(_Open):
     """`name`, and keyword arguments of that Optuna pruner (checked when it is built)."""
 
-    model_config = ConfigDict(extra="allow")
     name: Literal["median", "hyperband", "none"] = "median"
 
 
@@ -340,7 +399,7 @@ class TuneParams(Section):
     study_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "petscan-head"
     n_trials: NonNegInt = 50
     timeout_s: PositiveFloat | None = None
-    seed: int = 101
+    seed: Int = 101
     objective: str = "roc_auc_macro"
     cv_folds: NonNegInt = 0
     n_startup_trials: NonNegInt = 10
@@ -378,6 +437,32 @@ class Params(Section):
     plot: PlotParams = Field(default_factory=PlotParams)
     tune: TuneParams = Field(default_factory=TuneParams)
 
+    @model_validator(mode="after")
+    def _across_sections(self, info: ValidationInfo) -> Params:
+        """What one section's values must agree with in another (one line each); not for
+        `section()`, which checks one section with the others at their defaults."""
+        if info.context and info.context.get("one_section"):
+            return self
+        names = list(dict.fromkeys(self.data.classes.values()))
+        classes = f"{len(names)}: {', '.join(names)}"
+        problems = []
+        if len(names) < 2:
+            problems.append(f"data.classes names one class ({classes}): a classifier needs 2+")
+        train, loss = self.train, self.train.loss
+        per_class = [
+            ("train.loss.alpha", loss.alpha, "alpha" in loss.model_fields_set),
+            ("train.class_weight", train.class_weight, "class_weight" in train.model_fields_set),
+        ]
+        for key, value, given in per_class:
+            if isinstance(value, list) and len(value) != len(names):
+                problems.append(
+                    f"{key} = {_show(value)}{'' if given else ' (the default)'}: needs one value"
+                    f" a class, in the order of data.classes ({classes}), got {len(value)}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
 
 # --------------------------------------------------------------------------- validating
 
@@ -392,13 +477,17 @@ def section(name: str, values: Mapping[str, Any] | None = None) -> dict[str, Any
     missing key filled with its default. For code that builds a section by hand (tests,
     benchmarks); the stages get theirs from `config.load_sections`.
     """
-    return validate({name: dict(values or {})}, f"params section {name!r}")[name]
+    raw = {name: dict(values or {})}
+    return validate(raw, f"params section {name!r}", across_sections=False)[name]
 
 
-def validate(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
+def validate(
+    raw: Any, path: str | Path = "params.yaml", across_sections: bool = True
+) -> dict[str, Any]:
     """The whole params file, checked and with defaults filled, as plain dicts.
 
-    Raises `ParamsError` listing every problem, one line each.
+    Raises `ParamsError` listing every problem, one line each. `across_sections=False` leaves
+    out the checks between sections (class count against `train.loss.alpha`, ...).
     """
     if raw is None:
         raw = {}
@@ -408,10 +497,14 @@ def validate(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
             f"got {type(raw).__name__}"
         )
     try:
-        params = Params.model_validate(dict(raw)).model_dump()
+        context = {"one_section": not across_sections}
+        params = Params.model_validate(dict(raw), context=context).model_dump()
     except ValidationError as err:
-        problems = [_problem_line(error, path) for error in err.errors()]
-        raise ParamsError("\n".join(dict.fromkeys(problems))) from None
+        problems = list(dict.fromkeys(_problem_line(error, path) for error in err.errors()))
+        if len(problems) > MAX_PROBLEMS:
+            more = len(problems) - MAX_PROBLEMS
+            problems = [*problems[:MAX_PROBLEMS], f"{path}: ... and {more} more problems"]
+        raise ParamsError("\n".join(problems)) from None
     space_problem = _check_space(params, path)
     if space_problem:
         raise ParamsError(space_problem)
@@ -451,6 +544,8 @@ def _problem_line(error: Mapping[str, Any], path: str | Path) -> str:
     message = error["msg"]
     message = message.removeprefix("Value error, ")
     message = message[0].lower() + message[1:] if message else message
+    if not loc:  # a check across sections (Params): each line names its keys
+        return "\n".join(f"{path}: {line}" for line in message.splitlines())
     return f"{path}: {key} = {_show(value)}: {message}"
 
 
