@@ -207,7 +207,7 @@ def test_alias_bombs_and_huge_params_files_are_refused_fast_in_one_line(tmp_path
 
 def test_error_lines_never_expand_a_value_whole():
     """The formatter shows a value cut short without building its full repr first."""
-    from petscan.params import _show
+    from petscan.params_errors import show as _show
 
     class Leaf:
         calls = 0

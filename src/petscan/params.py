@@ -2,10 +2,10 @@
 
 `validate(raw, path)` checks a whole params file (as loaded from YAML) and returns it as
 plain dicts with every default filled in, or raises `ParamsError` with one line per problem
-naming the file, the dotted key, the value and what is allowed; an unknown key gets a
-"did you mean" suggestion. `config.load_sections` validates the whole file before it picks
-a stage's sections, so every stage (and `dvc exp run -S`, which writes params.yaml) goes
-through the same check before it does any work.
+naming the file, the dotted key, the value and what is allowed (`petscan.params_errors`);
+an unknown key gets a "did you mean" suggestion. `config.load_sections` validates the whole
+file before it picks a stage's sections, so every stage (and `dvc exp run -S`, which writes
+params.yaml) goes through the same check before it does any work.
 
 To add a key: add a field to the section's model below, with its type, constraints and
 default (the default is the value `params.yaml` ships with), then add it to `params.yaml`
@@ -14,13 +14,11 @@ with a short comment and to the `params:` of the stages that read it in `dvc.yam
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
-import reprlib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -36,6 +34,7 @@ from pydantic import (
 )
 
 from petscan.errors import ParamsError
+from petscan.params_errors import problem_lines, show
 from petscan.tuning.space import parse_space
 
 
@@ -60,7 +59,6 @@ Fraction = Annotated[Float, Field(ge=0, le=1)]
 ImageSide = Annotated[Int, Field(ge=32, le=2048)]
 BatchSize = Annotated[Int, Field(gt=0, le=1024)]  # images a batch; more is out of memory
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
-MAX_PROBLEMS = 20  # lines of one ParamsError; the rest are counted
 Monitor = Literal["val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro"]
 
 SEED_CLASSES = {
@@ -260,7 +258,7 @@ class _Open(BaseModel):
     def _finite_extras(self) -> _Open:
         for key, value in (self.model_extra or {}).items():
             if not _finite(value):
-                raise ValueError(f"{key} must be a finite number, got {_show(value)}")
+                raise ValueError(f"{key} must be a finite number, got {show(value)}")
         return self
 
 
@@ -456,7 +454,7 @@ class Params(Section):
         for key, value, given in per_class:
             if isinstance(value, list) and len(value) != len(names):
                 problems.append(
-                    f"{key} = {_show(value)}{'' if given else ' (the default)'}: needs one value"
+                    f"{key} = {show(value)}{'' if given else ' (the default)'}: needs one value"
                     f" a class, in the order of data.classes ({classes}), got {len(value)}"
                 )
         if problems:
@@ -500,11 +498,7 @@ def validate(
         context = {"one_section": not across_sections}
         params = Params.model_validate(dict(raw), context=context).model_dump()
     except ValidationError as err:
-        problems = list(dict.fromkeys(_problem_line(error, path) for error in err.errors()))
-        if len(problems) > MAX_PROBLEMS:
-            more = len(problems) - MAX_PROBLEMS
-            problems = [*problems[:MAX_PROBLEMS], f"{path}: ... and {more} more problems"]
-        raise ParamsError("\n".join(problems)) from None
+        raise ParamsError("\n".join(problem_lines(err, path, Params))) from None
     space_problem = _check_space(params, path)
     if space_problem:
         raise ParamsError(space_problem)
@@ -519,96 +513,4 @@ def _check_space(params: dict[str, Any], path: str | Path) -> str | None:
         parse_space(params["tune"]["space"], len(classes), sections)
     except ValueError as err:
         return f"{path}: {str(err).removeprefix('params.yaml ')}"
-    return None
-
-
-def _problem_line(error: Mapping[str, Any], path: str | Path) -> str:
-    loc = [part for part in error["loc"] if not _is_union_tag(part)]
-    key = _dotted(loc)
-    kind = error["type"]
-    value = error.get("input")
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(error["loc"][:-1])
-        name = str(loc[-1])
-        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"{path}: {key}: unknown key ({hint}allowed: {', '.join(allowed) or 'none'})"
-    if kind == "missing":
-        return f"{path}: {key}: required key is missing"
-    if kind == "union_tag_invalid":
-        return f"{path}: {key}: unknown type {value.get('type')!r}" + (
-            f" ({error['msg'].split('expected tags: ')[-1].rstrip(')')})"
-            if "expected tags" in error["msg"]
-            else ""
-        )
-    message = error["msg"]
-    message = message.removeprefix("Value error, ")
-    message = message[0].lower() + message[1:] if message else message
-    if not loc:  # a check across sections (Params): each line names its keys
-        return "\n".join(f"{path}: {line}" for line in message.splitlines())
-    return f"{path}: {key} = {_show(value)}: {message}"
-
-
-def _is_union_tag(part: Any) -> bool:
-    """Discriminator tags and union member names pydantic puts into error locations."""
-    return isinstance(part, str) and (
-        part in ("file", "url", "kaggle", "huggingface")
-        or "[" in part
-        or part in ("int", "float", "str", "list", "none", "literal['balanced','none']")
-        or part.startswith(("constrained-", "function-", "literal["))
-    )
-
-
-def _dotted(loc: list[Any]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-_REPR = reprlib.Repr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxdict = 3, 8, 6
-_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
-
-
-def _show(value: Any) -> str:
-    """A value as written, cut to 60 characters (and never expanded whole first)."""
-    text = _REPR.repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the model at `loc` (for a "did you mean")."""
-    node: Any = Params
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(part, int):
-            args = get_args(node)
-            node = args[0] if args else None
-        elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
-            node = node.model_fields[part].annotation
-        else:
-            member = _union_member(node, part)
-            if member is None:
-                return []
-            node = member
-    node = _unwrap(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return annotation
-
-
-def _union_member(annotation: Any, tag: Any) -> type[BaseModel] | None:
-    for member in get_args(annotation):
-        member = _unwrap(member)
-        if isinstance(member, type) and issubclass(member, BaseModel):
-            kind = member.model_fields.get("type")
-            if kind is not None and tag in get_args(kind.annotation):
-                return member
     return None
