@@ -352,3 +352,25 @@ def test_a_long_list_of_problems_is_cut_short():
     lines = problems({"train": {"lr_schedule": {"boundaries": ["x"] * 5000}}})
     assert len(lines) == 21 and lines[-1] == "p.yaml: ... and 4980 more problems"
     assert lines[0].startswith("p.yaml: train.lr_schedule.boundaries[0] = 'x': input should be")
+
+
+def test_every_value_the_search_space_can_give_a_trial_is_checked():
+    """`make tune` must not start trials the schema would refuse (they fail one by one)."""
+    cases = [
+        ("model.dropout", {"low": 0.3, "high": 1.5}, "1.5, which model.dropout refuses: input "
+         "should be less than 1"),
+        ("train.epochs", {"choices": [10, True]}, "True, which train.epochs refuses: input "
+         "should be a number, not true"),
+        ("model.input_size", [20000, 20000], "[20000, 20000], which model.input_size refuses"),
+        ("train.batch_size", {"low": 8, "high": 4096, "log": True}, "4096, which "
+         "train.batch_size refuses: input should be less than or equal to 1024"),
+        ("train.loss.alpha", [0.2, {"low": 0.1, "high": 0.5}, 2.0], "2.0, which "
+         "train.loss.alpha.2 refuses: input should be less than or equal to 1"),
+    ]  # fmt: skip
+    for key, spec, expected in cases:
+        lines = problems({"tune": {"space": {key: spec}}})
+        name = f"{key}.2" if key == "train.loss.alpha" else key
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"p.yaml: tune.space.{name}: a trial could get {expected}")
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["space"]
+    assert len(shipped) > 10 and validate({"tune": {"space": shipped}})

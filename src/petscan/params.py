@@ -14,6 +14,7 @@ with a short comment and to the `params:` of the stages that read it in `dvc.yam
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from pydantic import (
 
 from petscan.errors import ParamsError
 from petscan.params_errors import problem_lines, show
-from petscan.tuning.space import parse_space
+from petscan.tuning.space import ALPHA_KEY, Dimension, parse_space
 
 
 def _not_bool(value: Any) -> Any:
@@ -506,11 +507,39 @@ def validate(
 
 
 def _check_space(params: dict[str, Any], path: str | Path) -> str | None:
-    """tune.space: each entry's shape, and that it names a real train.*/model.* key."""
+    """tune.space: each entry's shape, that it names a real train.*/model.* key, and that
+    every value it can give a trial (a fixed value, each choice, both ends of a range) is
+    one the schema accepts for that key."""
     classes = list(dict.fromkeys(params["data"]["classes"].values()))
     sections = {"train": params["train"], "model": params["model"]}
     try:
-        parse_space(params["tune"]["space"], len(classes), sections)
+        dims = parse_space(params["tune"]["space"], len(classes), sections)
     except ValueError as err:
         return f"{path}: {str(err).removeprefix('params.yaml ')}"
+    for dim in dims:
+        problem = _refused_trial_value(dim, sections, len(classes))
+        if problem:
+            return f"{path}: tune.space.{dim.name}: {problem}"
+    return None
+
+
+def _refused_trial_value(dim: Dimension, sections: dict[str, Any], classes: int) -> str | None:
+    if dim.name.startswith("schedule."):
+        return None  # phases: parse_space checks them
+    model = {"train": TrainParams, "model": ModelParams}[dim.name.split(".")[0]]
+    alpha = dim.name.startswith(f"{ALPHA_KEY}.")
+    section, *keys = (ALPHA_KEY if alpha else dim.name).split(".")
+    values = {"fixed": (dim.value,), "categorical": dim.choices}.get(dim.kind, (dim.low, dim.high))
+    for value in values:
+        trial = copy.deepcopy(sections[section])
+        node = trial
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = [value] * classes if alpha else value
+        try:
+            model.model_validate(trial)
+        except ValidationError as err:
+            message = err.errors()[0]["msg"].removeprefix("Value error, ")
+            message = message[:1].lower() + message[1:]
+            return f"a trial could get {show(value)}, which {dim.name} refuses: {message}"
     return None
