@@ -270,3 +270,16 @@ def test_params_file_must_be_utf8_text(tmp_path):
         )
     path.write_bytes(text.encode("utf-8-sig"))  # a UTF-8 byte-order mark is fine
     assert config.load_validated(path)["train"]["out_dir"] == "modèles"
+
+
+def test_an_unreadable_params_file_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "params.yaml"
+    path.write_text("train: {epochs: 2}\n")
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(path), "open", refuse)
+    with pytest.raises(ParamsError) as caught:
+        config.load_params(path)
+    assert str(caught.value) == f"{path}: cannot be read (Permission denied)"

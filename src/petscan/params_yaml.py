@@ -121,8 +121,11 @@ def _refuse_duplicate_keys(node: MappingNode) -> None:
 
 def read_params_yaml(path: Path) -> Any:
     """The YAML document in `path` (plain Python values), or `ParamsError` with one line."""
-    with path.open("rb") as fh:
-        data = fh.read(MAX_PARAMS_BYTES + 1)
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_PARAMS_BYTES + 1)
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot be read ({err.strerror or err})") from None
     if len(data) > MAX_PARAMS_BYTES:
         raise ParamsError(
             f"{path}: larger than {MAX_PARAMS_BYTES // 1_000_000} MB, the most a params file may"
