@@ -230,13 +230,13 @@ def test_duplicate_keys_are_refused_at_any_depth_naming_key_and_line(tmp_path):
     path = tmp_path / "params.yaml"
     cases = {
         "train:\n  epochs: 3\nsplit:\n  seed: 1\ntrain:\n  batch_size: 4\n": (
-            "line 5: key 'train' is written twice in one mapping (first at line 1)"
+            "line 5: key 'train' is written twice (first at line 1)"
         ),
         "train:\n  loss:\n    gamma: 1.0\n    name: focal\n    gamma: 2.0\n": (
-            "line 5: key 'gamma' is written twice in one mapping (first at line 3)"
+            "line 5: key 'gamma' of train.loss is written twice (first at line 3)"
         ),
         "tune:\n  space:\n    - {model.dropout: 0.1, model.dropout: 0.2}\n": (
-            "line 3: key 'model.dropout' is written twice"
+            "line 3: key 'model.dropout' of tune.space[0] is written twice (first at line 3)"
         ),
     }
     for text, expected in cases.items():

@@ -65,6 +65,7 @@ class _BoundedLoader(Composer, *_PARSER, SafeConstructor, Resolver):  # type: ig
         self._values = 0
         self._depth = 0
         self._weights: dict[int, int] = {}  # id(anchored node) -> its values, aliases expanded
+        self._keys: list[str] = []  # where the node being composed is: ["train", "loss"]
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         event = self.peek_event()
@@ -81,7 +82,9 @@ class _BoundedLoader(Composer, *_PARSER, SafeConstructor, Resolver):  # type: ig
         if self._depth > MAX_PARAMS_DEPTH:
             raise _Refused(line, f"nested deeper than {MAX_PARAMS_DEPTH} levels")
         before = self._values
+        self._keys.append(_key_part(index))
         node = super().compose_node(parent, index)
+        self._keys.pop()
         self._depth -= 1
         self._count(1, line)
         if event.anchor is not None:
@@ -99,11 +102,19 @@ class _BoundedLoader(Composer, *_PARSER, SafeConstructor, Resolver):  # type: ig
 
     def compose_mapping_node(self, anchor: str | None) -> MappingNode:
         node = super().compose_mapping_node(anchor)
-        _refuse_duplicate_keys(node)  # as written: before merge keys (<<) are flattened
+        where = "".join(self._keys).lstrip(".")
+        _refuse_duplicate_keys(node, where)  # as written: before merge keys (<<) are flattened
         return node
 
 
-def _refuse_duplicate_keys(node: MappingNode) -> None:
+def _key_part(index: Any) -> str:
+    """`.name` for a mapping's value, `[i]` for a list item, "" for a key or the document."""
+    if isinstance(index, ScalarNode):
+        return f".{index.value}"
+    return f"[{index}]" if isinstance(index, int) else ""
+
+
+def _refuse_duplicate_keys(node: MappingNode, where: str) -> None:
     seen: dict[str, int] = {}
     for key, _ in node.value:
         if not isinstance(key, ScalarNode) or key.tag == MERGE_TAG:
@@ -113,8 +124,8 @@ def _refuse_duplicate_keys(node: MappingNode) -> None:
         if name in seen:
             raise _Refused(
                 line,
-                f"key {key.value!r} is written twice in one mapping (first at line"
-                f" {seen[name]}); YAML would keep only the last, DVC refuses it: merge them",
+                f"key {key.value!r}{f' of {where}' if where else ''} is written twice (first at"
+                f" line {seen[name]}); YAML would keep only the last, DVC refuses it: merge them",
             )
         seen[name] = line
 
