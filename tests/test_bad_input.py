@@ -339,7 +339,8 @@ def test_predict_checks_csv_path_and_classes_before_predicting(
         f"petscan predict: error: --csv {folder} is a folder: give a file name, "
         f"e.g. {folder}/predictions.csv\n"
     )
-    params.write_text(yaml.safe_dump({"data": {"classes": {"a": "A", "b": "B"}}}))
+    two = {"data": {"classes": {"a": "A", "b": "B"}}, "train": {"loss": {"alpha": [0.5, 0.5]}}}
+    params.write_text(yaml.safe_dump(two))
     assert predict.main(argv) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"petscan predict: error: the model {keras_file} outputs 3 classes but 2")

@@ -275,6 +275,7 @@ def write_params(path, resize: str = "stretch"):
     params = {
         "data": {"classes": {"none": SQUARE_CLASSES[0], "square": SQUARE_CLASSES[1]}},
         "model": {"input_size": [224, 224], "resize": resize},  # the model's 32 x 32 wins
+        "train": {"loss": {"alpha": [0.5, 0.5]}},  # one a class
     }
     path.write_text(yaml.safe_dump(params))
     return path

@@ -363,7 +363,7 @@ def test_stage_writes_features_from_params(repo, monkeypatch, capsys):
 
 def test_stage_reports_missing_weights_clearly(repo, tmp_path, monkeypatch, capsys):
     params = {
-        "data": {"classes": {"a": CLASSES[0]}},
+        "data": {"classes": {f"class {i}": c for i, c in enumerate(CLASSES)}},
         "weights": {"dir": "nowhere"},
         "model": MODEL,
         "featurize": {**FEATURIZE, "out_dir": "f"},

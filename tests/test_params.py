@@ -12,7 +12,7 @@ from conftest import REPO
 
 from petscan import config, errors
 from petscan.errors import ParamsError
-from petscan.params import defaults, validate
+from petscan.params import defaults, section, validate
 
 
 def problems(raw: dict, path: str = "p.yaml") -> list[str]:
@@ -214,3 +214,164 @@ def test_the_shipped_params_yaml_is_the_schema_defaults():
     flat = {k: v for k, v in config.flatten(shipped).items() if not k.startswith(drop)}
     expected = {k: v for k, v in config.flatten(defaults()).items() if not k.startswith(drop)}
     assert flat == expected
+
+
+# --------------------------------------------------------------------------- issue 19, class 4
+
+
+def test_train_val_and_test_each_need_a_ratio_above_zero():
+    for ratios in ([1.0, 0.0, 0.0], [0.5, 0.0, 0.5], [0.5, 0.5, 0.0], [0.0, 0.5, 0.5]):
+        assert problems({"split": {"ratios": ratios}}) == [
+            f"p.yaml: split.ratios = {ratios}: train, val and test each need a ratio above 0 "
+            "(train fits the model, val picks its epoch for early stopping, test gives the "
+            "final scores)"
+        ]
+    assert validate({"split": {"ratios": [0.98, 0.01, 0.01]}})["split"]["ratios"][1] == 0.01
+
+
+def test_per_class_values_must_match_data_classes():
+    two = {"a": "A", "b": "B", "b2": "B"}  # two classes: A, B (two folders map to B)
+    assert problems({"data": {"classes": two}, "train": {"class_weight": [1.0, 2.0, 3.0]}}) == [
+        "p.yaml: train.loss.alpha = [0.5, 0.3, 0.2] (the default): needs one value a class, "
+        "in the order of data.classes (2: A, B), got 3",
+        "p.yaml: train.class_weight = [1.0, 2.0, 3.0]: needs one value a class, in the order "
+        "of data.classes (2: A, B), got 3",
+    ]
+    assert problems({"train": {"loss": {"alpha": [0.5, 0.5]}}}) == [
+        "p.yaml: train.loss.alpha = [0.5, 0.5]: needs one value a class, in the order of "
+        "data.classes (3: No cancer, Breast cancer, Prostate cancer), got 2"
+    ]
+    assert problems({"data": {"classes": {"a": "A", "b": "A"}}, "train": {"loss": {"alpha": 0.5}}})
+    assert problems({"data": {"classes": {"a": "A"}}, "train": {"loss": {"alpha": None}}}) == [
+        "p.yaml: data.classes names one class (1: A): a classifier needs 2+"
+    ]
+    for alpha in (None, 0.25, [0.7, 0.3]):
+        checked = validate({"data": {"classes": two}, "train": {"loss": {"alpha": alpha}}})
+        assert checked["train"]["loss"]["alpha"] == alpha
+    # section() checks one section alone, the others at their defaults
+    assert section("train", {"loss": {"alpha": [0.6, 0.4]}})["loss"]["alpha"] == [0.6, 0.4]
+
+
+def test_model_input_size_is_bounded():
+    assert problems({"model": {"input_size": [20000, 20000]}}) == [
+        "p.yaml: model.input_size[0] = 20000: input should be less than or equal to 2048",
+        "p.yaml: model.input_size[1] = 20000: input should be less than or equal to 2048",
+    ]
+    assert problems({"model": {"input_size": [16, 224]}}) == [
+        "p.yaml: model.input_size[0] = 16: input should be greater than or equal to 32"
+    ]
+    assert validate({"model": {"input_size": [2048, 32]}})["model"]["input_size"] == [2048, 32]
+
+
+def test_values_that_only_fail_later_are_refused_by_the_schema():
+    """Same class beyond the examples: sizes that run out of memory, Keras' factor ranges."""
+    assert problems(
+        {
+            "synthetic": {"images_per_patient": [3, 1], "base_height": 100_000},
+            "featurize": {"batch_size": 100_000, "augment_views": 1000},
+            "train": {"batch_size": 5000},
+            "evaluate": {"batch_size": 5000},
+            "explain": {"batch_size": 5000},
+        }
+    ) == [
+        "p.yaml: synthetic.images_per_patient = [3, 1]: needs [min, max] with min <= max",
+        "p.yaml: synthetic.base_height = 100000: input should be less than or equal to 4096",
+        "p.yaml: featurize.batch_size = 100000: input should be less than or equal to 1024",
+        "p.yaml: featurize.augment_views = 1000: input should be less than or equal to 64",
+        "p.yaml: train.batch_size = 5000: input should be less than or equal to 1024",
+        "p.yaml: evaluate.batch_size = 5000: input should be less than or equal to 1024",
+        "p.yaml: explain.batch_size = 5000: input should be less than or equal to 1024",
+    ]
+    augmentation = {"zoom": [-1.0, 0.5], "contrast": 1.5, "translation": [0.1, 2]}
+    lines = problems({"featurize": {"augmentation": augmentation}})
+    assert "p.yaml: featurize.augmentation.zoom[0] = -1.0: input should be greater than -1" in lines
+    assert (
+        "p.yaml: featurize.augmentation.contrast = 1.5: input should be less than or equal to 1"
+    ) in lines
+    assert (
+        "p.yaml: featurize.augmentation.translation[1] = 2: input should be less than or equal to 1"
+    ) in lines
+
+
+def _nested(key: str, value: object) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value  # type: ignore[return-value]
+
+
+OPEN = ("train.optimizer.", "tune.pruner.")  # keyword arguments passed on to Keras / Optuna
+
+
+def _number_keys() -> list[tuple[str, object]]:
+    """Every number (or list of numbers) the schema reads, with its default."""
+    keys = []
+    for key, value in config.flatten(defaults()).items():
+        items = value if isinstance(value, list) else [value]
+        if items and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+            keys.append((key, value))
+    return [*keys, ("tune.timeout_s", 1.0), ("split.max_file_mb", 1.0)]
+
+
+def test_every_number_is_finite_and_never_true_or_false():
+    keys = _number_keys()
+    assert len(keys) > 60 and ("split.max_file_mb", 64.0) in keys
+    for key, default in keys:
+        for bad in (float("inf"), float("-inf"), float("nan"), True, False):
+            if isinstance(bad, bool) and key.startswith(OPEN):
+                continue  # a bool may be a valid keyword there (Keras' amsgrad)
+            value = [bad, *default[1:]] if isinstance(default, list) else bad
+            lines = problems(_nested(key, value))
+            name = key.rsplit(".", 1)[0] if key.startswith(OPEN) else key
+            assert any(line.startswith(f"p.yaml: {name}") for line in lines), (key, bad, lines)
+    assert problems({"split": {"max_file_mb": float("inf")}}) == [
+        "p.yaml: split.max_file_mb = inf: input should be a finite number"
+    ]
+    assert problems({"train": {"epochs": True}}) == [
+        "p.yaml: train.epochs = True: input should be a number, not true"
+    ]
+    assert problems({"train": {"optimizer": {"name": "adam", "learning_rate": float("nan")}}}) == [
+        "p.yaml: train.optimizer = {'learning_rate': nan, 'name': 'adam'}: learning_rate must "
+        "be a finite number, got nan"
+    ]
+    space = {"train.loss.gamma": {"low": 0.0, "high": float("inf")}}
+    assert problems({"tune": {"space": space}}) == [
+        "p.yaml: tune.space.train.loss.gamma: low, high and step must be finite numbers (not "
+        "true/false, .inf or .nan), got low=0.0 high=inf step=None"
+    ]
+
+
+def test_flags_are_true_or_false_only():
+    flags = [k for k, v in config.flatten(defaults()).items() if isinstance(v, bool)]
+    assert len(flags) >= 4
+    for key in flags:
+        for bad in (1, 0, "yes", "true"):
+            lines = problems(_nested(key, bad))
+            assert lines == [f"p.yaml: {key} = {bad!r}: input should be a valid boolean"], lines
+
+
+def test_a_long_list_of_problems_is_cut_short():
+    lines = problems({"train": {"lr_schedule": {"boundaries": ["x"] * 5000}}})
+    assert len(lines) == 21 and lines[-1] == "p.yaml: ... and 4980 more problems"
+    assert lines[0].startswith("p.yaml: train.lr_schedule.boundaries[0] = 'x': input should be")
+
+
+def test_every_value_the_search_space_can_give_a_trial_is_checked():
+    """`make tune` must not start trials the schema would refuse (they fail one by one)."""
+    cases = [
+        ("model.dropout", {"low": 0.3, "high": 1.5}, "1.5, which model.dropout refuses: input "
+         "should be less than 1"),
+        ("train.epochs", {"choices": [10, True]}, "True, which train.epochs refuses: input "
+         "should be a number, not true"),
+        ("model.input_size", [20000, 20000], "[20000, 20000], which model.input_size refuses"),
+        ("train.batch_size", {"low": 8, "high": 4096, "log": True}, "4096, which "
+         "train.batch_size refuses: input should be less than or equal to 1024"),
+        ("train.loss.alpha", [0.2, {"low": 0.1, "high": 0.5}, 2.0], "2.0, which "
+         "train.loss.alpha.2 refuses: input should be less than or equal to 1"),
+    ]  # fmt: skip
+    for key, spec, expected in cases:
+        lines = problems({"tune": {"space": {key: spec}}})
+        name = f"{key}.2" if key == "train.loss.alpha" else key
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"p.yaml: tune.space.{name}: a trial could get {expected}")
+    shipped = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["space"]
+    assert len(shipped) > 10 and validate({"tune": {"space": shipped}})

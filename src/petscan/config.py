@@ -15,10 +15,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from petscan.errors import MissingInputError, ParamsError
 from petscan.params import resolve_model, validate
+from petscan.params_yaml import read_params_yaml
 
 PARAMS_FILE = "params.yaml"
 
@@ -51,14 +50,7 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path} not found: run from the repository root or pass --params")
-    try:
-        with path.open() as fh:
-            params = yaml.safe_load(fh) or {}
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ParamsError(f"{path}: not valid YAML{line}: {problem}") from None
+    params = read_params_yaml(path) or {}  # bounded: size, encoding, aliases, duplicates
     if not isinstance(params, dict):
         raise ParamsError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
     return params

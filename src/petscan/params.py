@@ -2,10 +2,10 @@
 
 `validate(raw, path)` checks a whole params file (as loaded from YAML) and returns it as
 plain dicts with every default filled in, or raises `ParamsError` with one line per problem
-naming the file, the dotted key, the value and what is allowed; an unknown key gets a
-"did you mean" suggestion. `config.load_sections` validates the whole file before it picks
-a stage's sections, so every stage (and `dvc exp run -S`, which writes params.yaml) goes
-through the same check before it does any work.
+naming the file, the dotted key, the value and what is allowed (`petscan.params_errors`);
+an unknown key gets a "did you mean" suggestion. `config.load_sections` validates the whole
+file before it picks a stage's sections, so every stage (and `dvc exp run -S`, which writes
+params.yaml) goes through the same check before it does any work.
 
 To add a key: add a field to the section's model below, with its type, constraints and
 default (the default is the value `params.yaml` ships with), then add it to `params.yaml`
@@ -14,30 +14,51 @@ with a short comment and to the `params:` of the stages that read it in `dvc.yam
 
 from __future__ import annotations
 
-import difflib
+import copy
+import math
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
 )
 
 from petscan.errors import ParamsError
-from petscan.tuning.space import parse_space
+from petscan.params_errors import problem_lines, show
+from petscan.tuning.space import ALPHA_KEY, Dimension, parse_space
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegFloat = Annotated[float, Field(ge=0)]
-Fraction = Annotated[float, Field(ge=0, le=1)]
+
+def _not_bool(value: Any) -> Any:
+    """`epochs: true` is not 1: YAML's true/false are refused where a number is wanted."""
+    if isinstance(value, bool):
+        raise ValueError(f"input should be a number, not {str(value).lower()}")
+    return value
+
+
+# numbers: never a bool; floats are finite (`allow_inf_nan=False` in every section's config)
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+PositiveInt = Annotated[Int, Field(gt=0)]
+NonNegInt = Annotated[Int, Field(ge=0)]
+PositiveFloat = Annotated[Float, Field(gt=0)]
+NonNegFloat = Annotated[Float, Field(ge=0)]
+Fraction = Annotated[Float, Field(ge=0, le=1)]
+# at most 2048 pixels a side: one 2048 x 2048 image is 48 MB as float32 and a backbone's
+# activations are many times that per image, so a batch of larger ones runs out of memory;
+# at least 32, split.min_side's default (the Inception backbones need 75)
+ImageSide = Annotated[Int, Field(ge=32, le=2048)]
+BatchSize = Annotated[Int, Field(gt=0, le=1024)]  # images a batch; more is out of memory
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 Monitor = Literal["val_data_loss", "val_loss", "val_accuracy", "val_roc_auc_macro"]
 
@@ -52,7 +73,7 @@ SEED_CLASSES = {
 class Section(BaseModel):
     """A mapping of params: unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 # --------------------------------------------------------------------------- sections
@@ -60,13 +81,20 @@ class Section(BaseModel):
 
 class SyntheticParams(Section):
     out_dir: str = "data/raw"
-    seed: int = 2024
+    seed: Int = 2024
     counts: dict[str, NonNegInt] = Field(
         default_factory=lambda: {"No cancer": 424, "breast cancer": 371, "prostate cancer": 398}
     )
     images_per_patient: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = [1, 3]
-    base_height: PositiveInt = 512
+    base_height: Annotated[Int, Field(gt=0, le=4096)] = 512  # larger: memory and disk only
     visible_contrast: Fraction = 0.1
+
+    @field_validator("images_per_patient")
+    @classmethod
+    def _min_then_max(cls, value: list[int]) -> list[int]:
+        if value[0] > value[1]:
+            raise ValueError("needs [min, max] with min <= max")
+        return value
 
 
 class DataParams(Section):
@@ -93,12 +121,12 @@ class DataParams(Section):
 class SplitParams(Section):
     mode: Literal["group", "image"] = "group"
     ratios: Annotated[list[NonNegFloat], Field(min_length=3, max_length=3)] = [0.9, 0.05, 0.05]
-    seed: int = 101
+    seed: Int = 101
     restarts: PositiveInt = 32
     max_file_mb: PositiveFloat | None = 64
     max_pixels: PositiveInt | None = 50_000_000
     min_side: PositiveInt = 32
-    max_aspect: Annotated[float, Field(ge=1)] = 8.0
+    max_aspect: Annotated[Float, Field(ge=1)] = 8.0
     out_dir: str = "data/split"
 
     @field_validator("ratios")
@@ -106,6 +134,11 @@ class SplitParams(Section):
     def _sum_to_one(cls, value: list[float]) -> list[float]:
         if abs(sum(value) - 1.0) > 1e-6:
             raise ValueError(f"train, val, test ratios must sum to 1 (they sum to {sum(value):g})")
+        if min(value) <= 0:
+            raise ValueError(
+                "train, val and test each need a ratio above 0 (train fits the model, val picks"
+                " its epoch for early stopping, test gives the final scores)"
+            )
         return value
 
 
@@ -179,7 +212,7 @@ class WeightsParams(Section):
     ca_bundle: str | None = None
     retries: NonNegInt = 3
     retry_wait_s: NonNegFloat = 2
-    seed: int = 101
+    seed: Int = 101
 
     @field_serializer("sources")
     def _sources_as_written(self, sources: list[_Source]) -> list[dict[str, Any]]:
@@ -205,38 +238,63 @@ Backbone = Literal[
 
 class ModelParams(Section):
     backbone: Backbone | Literal["auto"] = "auto"
-    input_size: (
-        Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=2)] | None
-    ) = None
+    input_size: Annotated[list[ImageSide], Field(min_length=2, max_length=2)] | None = None
     preprocessing: Literal["radimagenet", "rescale", "keras"] | None = None
     resize: Literal["stretch", "pad"] = "stretch"
     head_units: PositiveInt = 1024
     l2: NonNegFloat = 0.001
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.7
-    standardize: bool = True
+    dropout: Annotated[Float, Field(ge=0, lt=1)] = 0.7
+    standardize: StrictBool = True
+
+
+ZoomBound = Annotated[Float, Field(gt=-1, le=1)]  # Keras' RandomZoom range
 
 
 class AugmentationParams(Section):
+    """Factors of Keras' random layers, in the ranges those layers accept."""
+
     rotation: NonNegFloat = 0.2
-    zoom: NonNegFloat | Annotated[list[float], Field(min_length=2, max_length=2)] = 0.2
-    contrast: NonNegFloat = 0.2
-    translation: NonNegFloat | Annotated[list[NonNegFloat], Field(min_length=2, max_length=2)] = 0.1
+    zoom: Fraction | Annotated[list[ZoomBound], Field(min_length=2, max_length=2)] = 0.2
+    contrast: Fraction = 0.2
+    translation: Fraction | Annotated[list[Fraction], Field(min_length=2, max_length=2)] = 0.1
     fill_mode: Literal["reflect", "wrap", "constant", "nearest"] = "reflect"
 
 
 class FeaturizeParams(Section):
     out_dir: str = "data/features"
-    batch_size: PositiveInt = 32
-    augment_views: NonNegInt = 3
+    batch_size: BatchSize = 32
+    augment_views: Annotated[Int, Field(ge=0, le=64)] = 3  # the features grow with each view
     augmentation: AugmentationParams = Field(default_factory=AugmentationParams)
-    seed: int = 101
+    seed: Int = 101
     precision: Literal["float32", "bfloat16", "auto"] = "auto"
 
 
-class OptimizerParams(BaseModel):
+class _Open(BaseModel):
+    """`name` and keyword arguments checked by the library that takes them; numbers finite."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _finite_extras(self) -> _Open:
+        for key, value in (self.model_extra or {}).items():
+            if not _finite(value):
+                raise ValueError(f"{key} must be a finite number, got {show(value)}")
+        return self
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_finite(item) for item in value)
+    if isinstance(value, Mapping):
+        return all(_finite(item) for item in value.values())
+    return True
+
+
+class OptimizerParams(_Open):
     """`name` and any keyword of that Keras optimizer (checked when it is built)."""
 
-    model_config = ConfigDict(extra="allow")
     name: str = "adam"
 
 
@@ -257,17 +315,17 @@ class LrSchedule(Section):
 
 
 class EarlyStopping(Section):
-    enabled: bool = True
+    enabled: StrictBool = True
     monitor: Monitor = "val_roc_auc_macro"
     patience: NonNegInt = 10
-    restore_best_weights: bool = True
+    restore_best_weights: StrictBool = True
     min_delta: NonNegFloat = 0.0
 
 
 class ReduceLrOnPlateau(Section):
-    enabled: bool = False
+    enabled: StrictBool = False
     monitor: Monitor = "val_roc_auc_macro"
-    factor: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    factor: Annotated[Float, Field(gt=0, lt=1)] = 0.5
     patience: NonNegInt = 3
     min_lr: NonNegFloat = 1.0e-6
 
@@ -280,13 +338,13 @@ class LossParams(Section):
 
 
 class CollapseParams(Section):
-    max_class_share: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_class_share: Annotated[Float, Field(gt=0, le=1)] = 0.95
     prior_margin: NonNegFloat = 0.02
 
 
 class TrainParams(Section):
     mode: Literal["cached", "end_to_end"] = "cached"
-    batch_size: PositiveInt = 16
+    batch_size: BatchSize = 16
     epochs: PositiveInt = 50
     optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
     lr_schedule: LrSchedule = Field(default_factory=LrSchedule)
@@ -296,7 +354,7 @@ class TrainParams(Section):
     loss: LossParams = Field(default_factory=LossParams)
     collapse: CollapseParams = Field(default_factory=CollapseParams)
     unfreeze_top_layers: NonNegInt = 0
-    seed: int = 101
+    seed: Int = 101
     out_dir: str = "models"
 
 
@@ -307,7 +365,7 @@ class MlflowParams(Section):
     alias: str | None = "candidate"
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[Int, Field(ge=1, le=65535)]
 
 
 class ServeParams(Section):
@@ -327,11 +385,11 @@ class AppParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: PositiveInt = 32
+    batch_size: BatchSize = 32
     bootstrap_resamples: NonNegInt = 1000
-    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    confidence: Annotated[Float, Field(gt=0, lt=1)] = 0.95
     ece_bins: PositiveInt = 10
-    seed: int = 101
+    seed: Int = 101
     out_dir: str = "reports"
 
 
@@ -339,8 +397,8 @@ class ExplainParams(Section):
     method: Literal["gradcam", "gradcam++"] = "gradcam"
     splits: Annotated[list[Literal["train", "val", "test"]], Field(min_length=1)] = ["val", "test"]
     tolerance_mm: NonNegFloat = 15.0
-    batch_size: PositiveInt = 8
-    seed: int = 101
+    batch_size: BatchSize = 8
+    seed: Int = 101
     out_dir: str = "reports/explain"
 
 
@@ -349,10 +407,9 @@ class PlotParams(Section):
     out_dir: str = "reports/figures"
 
 
-class PrunerParams(BaseModel):
+class PrunerParams(_Open):
     """`name`, and keyword arguments of that Optuna pruner (checked when it is built)."""
 
-    model_config = ConfigDict(extra="allow")
     name: Literal["median", "hyperband", "none"] = "median"
 
 
@@ -360,7 +417,7 @@ class TuneParams(Section):
     study_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "petscan-head"
     n_trials: NonNegInt = 50
     timeout_s: PositiveFloat | None = None
-    seed: int = 101
+    seed: Int = 101
     objective: str = "roc_auc_macro"
     cv_folds: NonNegInt = 0
     n_startup_trials: NonNegInt = 10
@@ -383,7 +440,7 @@ class TuneParams(Section):
 class CorpusParams(Section):
     """A generated corpus for pretraining: the demo's generator, another seed and prefix."""
 
-    seed: int
+    seed: Int
     prefix: Annotated[str, Field(pattern=r"^[a-z]+$")]
     counts: dict[str, NonNegInt]
 
@@ -408,13 +465,13 @@ class PretrainParams(Section):
     tasks: Annotated[
         list[Literal["lesions", "sex", "label"]], Field(min_length=1, max_length=3)
     ] = ["lesions", "sex", "label"]
-    val_share: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    val_share: Annotated[Float, Field(gt=0, lt=1)] = 0.1
     epochs: PositiveInt = 12
-    batch_size: PositiveInt = 32
+    batch_size: BatchSize = 32
     learning_rate: PositiveFloat = 0.002
     lesion_weight: PositiveFloat = 20.0
     lesion_sigma_cells: PositiveFloat = 0.7
-    seed: int = 101
+    seed: Int = 101
 
     @model_validator(mode="after")
     def _apart_from_each_other(self) -> PretrainParams:
@@ -454,6 +511,32 @@ class Params(Section):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _across_sections(self, info: ValidationInfo) -> Params:
+        """What one section's values must agree with in another (one line each); not for
+        `section()`, which checks one section with the others at their defaults."""
+        if info.context and info.context.get("one_section"):
+            return self
+        names = list(dict.fromkeys(self.data.classes.values()))
+        classes = f"{len(names)}: {', '.join(names)}"
+        problems = []
+        if len(names) < 2:
+            problems.append(f"data.classes names one class ({classes}): a classifier needs 2+")
+        train, loss = self.train, self.train.loss
+        per_class = [
+            ("train.loss.alpha", loss.alpha, "alpha" in loss.model_fields_set),
+            ("train.class_weight", train.class_weight, "class_weight" in train.model_fields_set),
+        ]
+        for key, value, given in per_class:
+            if isinstance(value, list) and len(value) != len(names):
+                problems.append(
+                    f"{key} = {show(value)}{'' if given else ' (the default)'}: needs one value"
+                    f" a class, in the order of data.classes ({classes}), got {len(value)}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
 
 # --------------------------------------------------------------------------- validating
 
@@ -490,13 +573,17 @@ def section(name: str, values: Mapping[str, Any] | None = None) -> dict[str, Any
     missing key filled with its default. For code that builds a section by hand (tests,
     benchmarks); the stages get theirs from `config.load_sections`.
     """
-    return validate({name: dict(values or {})}, f"params section {name!r}")[name]
+    raw = {name: dict(values or {})}
+    return validate(raw, f"params section {name!r}", across_sections=False)[name]
 
 
-def validate(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
+def validate(
+    raw: Any, path: str | Path = "params.yaml", across_sections: bool = True
+) -> dict[str, Any]:
     """The whole params file, checked and with defaults filled, as plain dicts.
 
-    Raises `ParamsError` listing every problem, one line each.
+    Raises `ParamsError` listing every problem, one line each. `across_sections=False` leaves
+    out the checks between sections (class count against `train.loss.alpha`, ...).
     """
     if raw is None:
         raw = {}
@@ -506,10 +593,10 @@ def validate(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
             f"got {type(raw).__name__}"
         )
     try:
-        params = Params.model_validate(dict(raw)).model_dump()
+        context = {"one_section": not across_sections}
+        params = Params.model_validate(dict(raw), context=context).model_dump()
     except ValidationError as err:
-        problems = [_problem_line(error, path) for error in err.errors()]
-        raise ParamsError("\n".join(dict.fromkeys(problems))) from None
+        raise ParamsError("\n".join(problem_lines(err, path, Params))) from None
     space_problem = _check_space(params, path)
     if space_problem:
         raise ParamsError(space_problem)
@@ -517,95 +604,39 @@ def validate(raw: Any, path: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def _check_space(params: dict[str, Any], path: str | Path) -> str | None:
-    """tune.space: each entry's shape, and that it names a real train.*/model.* key."""
+    """tune.space: each entry's shape, that it names a real train.*/model.* key, and that
+    every value it can give a trial (a fixed value, each choice, both ends of a range) is
+    one the schema accepts for that key."""
     classes = list(dict.fromkeys(params["data"]["classes"].values()))
     sections = {"train": params["train"], "model": params["model"]}
     try:
-        parse_space(params["tune"]["space"], len(classes), sections)
+        dims = parse_space(params["tune"]["space"], len(classes), sections)
     except ValueError as err:
         return f"{path}: {str(err).removeprefix('params.yaml ')}"
+    for dim in dims:
+        problem = _refused_trial_value(dim, sections, len(classes))
+        if problem:
+            return f"{path}: tune.space.{dim.name}: {problem}"
     return None
 
 
-def _problem_line(error: Mapping[str, Any], path: str | Path) -> str:
-    loc = [part for part in error["loc"] if not _is_union_tag(part)]
-    key = _dotted(loc)
-    kind = error["type"]
-    value = error.get("input")
-    if kind == "extra_forbidden":
-        allowed = _allowed_keys(error["loc"][:-1])
-        name = str(loc[-1])
-        close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"{path}: {key}: unknown key ({hint}allowed: {', '.join(allowed) or 'none'})"
-    if kind == "missing":
-        return f"{path}: {key}: required key is missing"
-    if kind == "union_tag_invalid":
-        return f"{path}: {key}: unknown type {value.get('type')!r}" + (
-            f" ({error['msg'].split('expected tags: ')[-1].rstrip(')')})"
-            if "expected tags" in error["msg"]
-            else ""
-        )
-    message = error["msg"]
-    message = message.removeprefix("Value error, ")
-    message = message[0].lower() + message[1:] if message else message
-    return f"{path}: {key} = {_show(value)}: {message}"
-
-
-def _is_union_tag(part: Any) -> bool:
-    """Discriminator tags and union member names pydantic puts into error locations."""
-    return isinstance(part, str) and (
-        part in ("file", "url", "kaggle", "huggingface")
-        or "[" in part
-        or part in ("int", "float", "str", "list", "none", "literal['balanced','none']")
-        or part.startswith(("constrained-", "function-", "literal["))
-    )
-
-
-def _dotted(loc: list[Any]) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    """The field names of the model at `loc` (for a "did you mean")."""
-    node: Any = Params
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(part, int):
-            args = get_args(node)
-            node = args[0] if args else None
-        elif isinstance(node, type) and issubclass(node, BaseModel) and part in node.model_fields:
-            node = node.model_fields[part].annotation
-        else:
-            member = _union_member(node, part)
-            if member is None:
-                return []
-            node = member
-    node = _unwrap(node)
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return []
-
-
-def _unwrap(annotation: Any) -> Any:
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return annotation
-
-
-def _union_member(annotation: Any, tag: Any) -> type[BaseModel] | None:
-    for member in get_args(annotation):
-        member = _unwrap(member)
-        if isinstance(member, type) and issubclass(member, BaseModel):
-            kind = member.model_fields.get("type")
-            if kind is not None and tag in get_args(kind.annotation):
-                return member
+def _refused_trial_value(dim: Dimension, sections: dict[str, Any], classes: int) -> str | None:
+    if dim.name.startswith("schedule."):
+        return None  # phases: parse_space checks them
+    model = {"train": TrainParams, "model": ModelParams}[dim.name.split(".")[0]]
+    alpha = dim.name.startswith(f"{ALPHA_KEY}.")
+    section, *keys = (ALPHA_KEY if alpha else dim.name).split(".")
+    values = {"fixed": (dim.value,), "categorical": dim.choices}.get(dim.kind, (dim.low, dim.high))
+    for value in values:
+        trial = copy.deepcopy(sections[section])
+        node = trial
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = [value] * classes if alpha else value
+        try:
+            model.model_validate(trial)
+        except ValidationError as err:
+            message = err.errors()[0]["msg"].removeprefix("Value error, ")
+            message = message[:1].lower() + message[1:]
+            return f"a trial could get {show(value)}, which {dim.name} refuses: {message}"
     return None

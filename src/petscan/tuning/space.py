@@ -84,6 +84,11 @@ class Dimension:
         return self.low
 
 
+def _is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, .inf or .nan)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _is_whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -119,6 +124,11 @@ def _parse_range(where: str, name: str, spec: Mapping[str, Any]) -> Dimension:
         raise ValueError(f"{where}: type must be int or float, got {kind!r}")
     if not all(isinstance(v, int | float) for v in (low, high)) or low > high:
         raise ValueError(f"{where}: needs numbers low <= high, got low={low!r} high={high!r}")
+    if not all(_is_number(v) for v in (low, high, 1 if step is None else step)):
+        raise ValueError(
+            f"{where}: low, high and step must be finite numbers (not true/false, .inf or .nan),"
+            f" got low={low!r} high={high!r} step={step!r}"
+        )
     if log_scale and low <= 0:
         raise ValueError(f"{where}: a log range needs low > 0, got {low}")
     if log_scale and step is not None:
