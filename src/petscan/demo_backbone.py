@@ -32,6 +32,7 @@ FEATURE_DIM = 128
 STEM = 32  # channels of the 4 x 4 stride-4 stem and the convolution after it
 STAGE = 64  # channels of the stride-2 stage
 CONTEXT = ((64, 2), (64, 4))  # (channels, dilation) at stride 8
+BN_MOMENTUM = 0.9  # pretraining only; frozen, the moving statistics must have converged
 
 
 def _conv(x, filters: int, name: str, strides: int = 1, dilation: int = 1, kernel: int = 3):
@@ -44,7 +45,7 @@ def _conv(x, filters: int, name: str, strides: int = 1, dilation: int = 1, kerne
         use_bias=False,
         name=f"{name}_conv",
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

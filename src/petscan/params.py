@@ -466,7 +466,7 @@ class PretrainParams(Section):
         list[Literal["lesions", "sex", "label"]], Field(min_length=1, max_length=3)
     ] = ["lesions", "sex", "label"]
     val_share: Annotated[Float, Field(gt=0, lt=1)] = 0.1
-    epochs: PositiveInt = 12
+    epochs: PositiveInt = 10
     batch_size: BatchSize = 32
     learning_rate: PositiveFloat = 0.002
     lesion_weight: PositiveFloat = 20.0
