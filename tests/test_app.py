@@ -332,3 +332,39 @@ def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, mo
     err = capsys.readouterr().err
     assert "petscan app: cannot load the model: no version of the model 'pet-classifier'" in err
     assert "train one first (`make run` or `dvc repro`)" in err
+
+
+def test_the_app_command_announces_its_url_only_once_the_port_answers(repo, tmp_path):
+    """`petscan app` as a user runs it: the moment the URL line appears, the page answers."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["mlflow"].update(registered_model=MODEL_NAME, experiment="app")
+    params["app"].update(max_batch=2, batch_wait_ms=5)  # a short warm-up is still seconds
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PETSCAN_ROOT=str(repo["root"]), PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "petscan.cli", "app", "--params", str(tmp_path / "params.yaml")]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if f"http://127.0.0.1:{port}/" in line:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=5) as r:
+                    assert r.status == 200 and json.loads(r.read())["model"]["version"] == "1"
+                break
+        else:
+            pytest.fail(f"petscan app ended without announcing its URL:\n{''.join(lines)}")
+        assert lines[-1].startswith(f"petscan app: models:/{MODEL_NAME}/1 (version 1, run ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from petscan import config
+from petscan import config, listen
 from petscan.handoff import banner
 from petscan.images import ImageError, load_rgb_bytes
 
@@ -170,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
 
     params = config.load_sections(SECTIONS, args.params)
     settings = params["app"]
+    host, port = args.host or settings["host"], args.port or settings["port"]
+    setting = "--host" if args.host else "app.host"
+    listen.warn_if_exposed("petscan app", host, setting, "the web page (and the model)")
     try:
         tracking.use_store(params["mlflow"])
         uri = resolve_model_uri(args.model or params["serve"]["model"], params["mlflow"])
@@ -177,16 +180,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a CLI boundary: report why the model cannot be served
         print(f"petscan app: cannot load the model: {err}", file=sys.stderr)
         return 2
-    host, port = args.host or settings["host"], args.port or settings["port"]
     text = banner({"random_init": served.random_init, "weights_label": served.weights_label})
     warning = f" {text}." if text else ""
-    print(
-        f"petscan app: {uri} (version {served.version}, run {served.run_id}) on "
-        f"http://{host}:{port}/ (research use only: not a medical device).{warning}",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(create_app(served, settings), host=host, port=port, log_level="warning")
+
+    def announce(bound: int) -> None:  # once the port answers, not before (see `listen`)
+        print(
+            f"petscan app: {uri} (version {served.version}, run {served.run_id}) on "
+            f"http://{host}:{bound}/ (research use only: not a medical device).{warning}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    app = create_app(served, settings)  # the warm-up: most of the start-up time
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    listen.announce_when_listening(server, host, port, announce)
+    server.run()
     return 0
 
 
