@@ -10,8 +10,9 @@ API (what the page uses):
 - `POST /api/predict?name=<file name>`: the body is the bytes of one image file.
   200: probabilities, predicted class, overlay (a JPEG data URL), model, notices.
   A bad upload gets a JSON `{"error": ...}`: 400 empty or corrupt, 413 over
-  `app.max_upload_mb` or `split.max_pixels`, 415 not an image. Uploads are decoded in
-  memory; nothing is written to disk.
+  `app.max_upload_mb`, `split.max_pixels` or `app.max_pixels_in_flight`, 415 not an image,
+  503 busy (the decoded pixels of all requests at once are capped: `app/budget.py`). Uploads
+  are decoded in memory; nothing is written to disk.
 
 The model is `--model`, else `serve.model`, else the latest version of
 `mlflow.registered_model`, read from the project's MLflow store.
@@ -89,6 +90,13 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
 
+    from petscan.app.budget import (
+        LARGE_PIXELS,
+        BudgetRefused,
+        PixelBudget,
+        header_size,
+        release_memory,
+    )
     from petscan.app.model import NOTICE, Batcher, overlay_jpeg
 
     limit = int(float(settings["max_upload_mb"]) * 2**20)
@@ -98,9 +106,13 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
         batcher.warm_up()
     model_info = served.info()
     in_flight = asyncio.Semaphore(2 * batcher.max_batch)
+    budget = PixelBudget(
+        settings.get("max_pixels_in_flight", 50_000_000), settings.get("busy_wait_s", 30)
+    )
 
     app = FastAPI(title="petscan", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
+    app.state.budget = budget
     app.router.add_event_handler("shutdown", batcher.close)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -120,14 +132,29 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     @app.post("/api/predict")
     async def predict(request: Request, name: str = "upload"):
         name = Path(name).name[:200] or "upload"  # a label only; never used as a path
-        async with in_flight:  # bounds the decoded images held in memory at once
+        async with in_flight:  # bounds the upload bodies held in memory at once
             try:
                 data = await read_body(request, limit)
-                rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
-            except UploadError as err:
-                return JSONResponse({"file": name, "error": err.message}, status_code=err.status)
-            explanation = await asyncio.wrap_future(batcher.submit(rgb))
-            picture = await run_in_threadpool(overlay_jpeg, rgb, explanation.heatmap, max_side)
+                size = header_size(data)
+                pixels = size[0] * size[1] if size else 0
+                if served.max_pixels is not None and pixels > served.max_pixels:
+                    pixels = 0  # refused by the decoder's own check, before any decoding
+                quoted = f"{size[0]} x {size[1]} pixels" if size else ""
+                async with budget.reserve(pixels, quoted):
+                    result = await analyse(data, name)
+            except (UploadError, BudgetRefused) as err:
+                headers = {"Retry-After": "60"} if err.status == 503 else None
+                content = {"file": name, "error": err.message}
+                return JSONResponse(content, status_code=err.status, headers=headers)
+        if pixels >= LARGE_PIXELS:  # its arrays are gone: give the pages back to the system
+            await run_in_threadpool(release_memory)
+        return result
+
+    async def analyse(data: bytes, name: str) -> dict[str, Any]:
+        """Decode, explain and draw one upload (inside its share of the pixel budget)."""
+        rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
+        explanation = await asyncio.wrap_future(batcher.submit(rgb))
+        picture = await run_in_threadpool(overlay_jpeg, rgb, explanation.heatmap, max_side)
         proba = [float(p) for p in explanation.probabilities]
         predicted = served.class_names[proba.index(max(proba))]
         return {

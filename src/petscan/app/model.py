@@ -131,23 +131,29 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            jobs = [first]
-            stop = False
-            while len(jobs) < self.max_batch:
-                try:
-                    job = self._jobs.get(timeout=self.wait_s)
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                jobs.append(job)
-            self._explain(jobs)
+            jobs, stop = self._next_batch()
+            if jobs:
+                self._explain(jobs)
+            # nothing of this batch (its images, its heatmaps) is held while the next is awaited
+            del jobs
             if stop:
                 return
+
+    def _next_batch(self) -> tuple[list[_Job], bool]:
+        """The jobs that arrive within `wait_s` of each other, and whether to stop after."""
+        first = self._jobs.get()
+        if first is None:
+            return [], True
+        jobs = [first]
+        while len(jobs) < self.max_batch:
+            try:
+                job = self._jobs.get(timeout=self.wait_s)
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
 
     def _explain(self, jobs: list[_Job]) -> None:
         try:
