@@ -212,6 +212,35 @@ def test_the_load_bench_against_the_app(app_url):
     assert result["requests"] > 0 and result["ok"] == result["requests"]
     assert result["5xx"] == 0 and result["no_answer"] == 0
     assert result["p50_s"] <= result["p95_s"]
+    stages = result["server_ms"]  # per stage, from each answer's timings_ms
+    assert set(STAGES) | {"batch_size"} <= set(stages)
+    assert 1 <= stages["batch_size"]["p50"] <= SETTINGS["max_batch"]
+    assert all(0 <= stages[n]["p50"] <= stages[n]["p95"] for n in STAGES)
+
+
+STAGES = (  # in the order a request goes through them
+    "slot_wait",
+    "upload",
+    "budget_wait",
+    "decode",
+    "queue_wait",
+    "resize",
+    "model",
+    "heatmap",
+    "overlay",
+    "jpeg",
+)
+
+
+def test_each_answer_says_where_the_server_spent_its_time(app_url, repo):
+    status, result = upload(app_url, repo["files"]["rgb"])
+    assert status == 200, result
+    timings = result["timings_ms"]
+    assert set(timings) == {f"{n}_ms" for n in STAGES} | {"batch_size", "total_ms"}
+    assert all(timings[f"{n}_ms"] >= 0 for n in STAGES)
+    assert timings["model_ms"] > 0 and timings["jpeg_ms"] > 0 and timings["batch_size"] >= 1
+    # the stages follow each other: together they fit in the request's total
+    assert sum(timings[f"{n}_ms"] for n in STAGES) <= timings["total_ms"] + 1.0
 
 
 def test_the_page_and_its_assets_are_served_locally(app_url):

@@ -8,7 +8,10 @@ works with no internet. Served with FastAPI and uvicorn on `app.host` (127.0.0.1
 API (what the page uses):
 - `GET /api/info`: the model (URI, name, version, run, random-init), classes, limits.
 - `POST /api/predict?name=<file name>`: the body is the bytes of one image file.
-  200: probabilities, predicted class, overlay (a JPEG data URL), model, notices.
+  200: probabilities, predicted class, overlay (a JPEG data URL), model, notices, and
+  `timings_ms`: where the server spent the request's time (slot_wait, upload, budget_wait,
+  decode, queue_wait, then its batch's batch_size, resize, model, heatmap; overlay, jpeg,
+  total).
   A bad upload gets a JSON `{"error": ...}`: 400 empty or corrupt, 413 over
   `app.max_upload_mb`, `split.max_pixels` or `app.max_pixels_in_flight`, 415 not an image,
   503 busy (the decoded pixels of all requests at once are capped: `app/budget.py`). Uploads
@@ -22,6 +25,7 @@ Research use only: not a medical device.
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +136,9 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     @app.post("/api/predict")
     async def predict(request: Request, name: str = "upload"):
         name = Path(name).name[:200] or "upload"  # a label only; never used as a path
+        started = time.perf_counter()
         async with in_flight:  # bounds the upload bodies held in memory at once
+            admitted = time.perf_counter()
             try:
                 data = await read_body(request, limit)
                 size = header_size(data)
@@ -140,21 +146,34 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
                 if served.max_pixels is not None and pixels > served.max_pixels:
                     pixels = 0  # refused by the decoder's own check, before any decoding
                 quoted = f"{size[0]} x {size[1]} pixels" if size else ""
+                read = time.perf_counter()
+                timings = {
+                    "slot_wait_ms": 1000 * (admitted - started),
+                    "upload_ms": 1000 * (read - admitted),
+                }
                 async with budget.reserve(pixels, quoted):
-                    result = await analyse(data, name)
+                    timings["budget_wait_ms"] = 1000 * (time.perf_counter() - read)
+                    result = await analyse(data, name, timings)
             except (UploadError, BudgetRefused) as err:
                 headers = {"Retry-After": "60"} if err.status == 503 else None
                 content = {"file": name, "error": err.message}
                 return JSONResponse(content, status_code=err.status, headers=headers)
         if pixels >= LARGE_PIXELS:  # its arrays are gone: give the pages back to the system
             await run_in_threadpool(release_memory)
+        timings["total_ms"] = 1000 * (time.perf_counter() - started)
+        result["timings_ms"] = {k: round(v, 1) for k, v in timings.items()}
         return result
 
-    async def analyse(data: bytes, name: str) -> dict[str, Any]:
-        """Decode, explain and draw one upload (inside its share of the pixel budget)."""
+    async def analyse(data: bytes, name: str, timings: dict[str, float]) -> dict[str, Any]:
+        """Decode, explain and draw one upload (inside its share of the pixel budget);
+        `timings` gets the milliseconds of each step (see `Batcher.submit`)."""
+        decode_start = time.perf_counter()
         rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
-        explanation = await asyncio.wrap_future(batcher.submit(rgb))
-        picture = await run_in_threadpool(overlay_jpeg, rgb, explanation.heatmap, max_side)
+        timings["decode_ms"] = 1000 * (time.perf_counter() - decode_start)
+        explanation = await asyncio.wrap_future(batcher.submit(rgb, timings))
+        picture = await run_in_threadpool(
+            overlay_jpeg, rgb, explanation.heatmap, max_side, timings=timings
+        )
         proba = [float(p) for p in explanation.probabilities]
         predicted = served.class_names[proba.index(max(proba))]
         return {
