@@ -8,10 +8,13 @@ import asyncio
 import io
 import threading
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from PIL import Image
 from test_app import MODEL_NAME, SETTINGS, free_port, post, repo  # noqa: F401 (repo: a fixture)
@@ -143,7 +146,12 @@ def budget_app(repo):  # noqa: F811 (the fixture imported from test_app)
         while not server.started:
             assert thread.is_alive() and time.monotonic() < deadline, "the app did not start"
             time.sleep(0.1)
-        yield {"url": f"http://127.0.0.1:{port}", "meter": meter, "budget": app.state.budget}
+        yield {
+            "url": f"http://127.0.0.1:{port}",
+            "meter": meter,
+            "budget": app.state.budget,
+            "served": served,
+        }
         server.should_exit = True
         thread.join(timeout=30)
 
@@ -201,3 +209,31 @@ def test_an_upload_that_finds_no_room_in_time_gets_503_busy(budget_app):
     )
     assert [s for s, _ in held] == [200, 200]
     assert meter.most <= BUDGET and budget.in_use == 0
+
+
+def test_a_model_answering_nan_gets_a_clear_422_never_nan_in_the_json(budget_app):
+    import json
+
+    import keras
+
+    from petscan.pyfunc_model import NOT_FINITE
+
+    served = budget_app["served"]
+    model = served.keras_model
+    broken = keras.models.clone_model(model)
+    broken.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
+    served.keras_model = broken  # the batcher reads it for every batch
+    try:
+        url = f"{budget_app['url']}/api/predict?name=scan.png"
+        request = urllib.request.Request(url, data=png(64, 64))
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=120)
+        text = answer.value.read().decode()
+    finally:
+        served.keras_model = model
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert answer.value.code == 422
+    assert json.loads(text, parse_constant=refuse) == {"file": "scan.png", "error": NOT_FINITE}

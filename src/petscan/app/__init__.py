@@ -14,6 +14,7 @@ API (what the page uses):
   total).
   A bad upload gets a JSON `{"error": ...}`: 400 empty or corrupt, 413 over
   `app.max_upload_mb`, `split.max_pixels` or `app.max_pixels_in_flight`, 415 not an image,
+  422 the model gave a probability that is not a finite number (never NaN in the JSON),
   503 busy (the decoded pixels of all requests at once are capped: `app/budget.py`). Uploads
   are decoded in memory; nothing is written to disk.
 
@@ -24,6 +25,7 @@ Research use only: not a medical device.
 
 import asyncio
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -102,6 +104,7 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
         release_memory,
     )
     from petscan.app.model import NOTICE, Batcher, overlay_jpeg
+    from petscan.pyfunc_model import NOT_FINITE
 
     limit = int(float(settings["max_upload_mb"]) * 2**20)
     max_side = int(settings["overlay_max_side"])
@@ -171,10 +174,12 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
         rgb = await run_in_threadpool(decode_upload, data, name, served.max_pixels)
         timings["decode_ms"] = 1000 * (time.perf_counter() - decode_start)
         explanation = await asyncio.wrap_future(batcher.submit(rgb, timings))
+        proba = [float(p) for p in explanation.probabilities]
+        if not all(math.isfinite(p) for p in proba):  # JSON has no NaN: a clear 422 instead
+            raise UploadError(422, NOT_FINITE)
         picture = await run_in_threadpool(
             overlay_jpeg, rgb, explanation.heatmap, max_side, timings=timings
         )
-        proba = [float(p) for p in explanation.probabilities]
         predicted = served.class_names[proba.index(max(proba))]
         return {
             "file": name,
