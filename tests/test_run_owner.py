@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import mlflow
 import pytest
@@ -36,8 +37,18 @@ def status(run_id: str) -> str:
     return mlflow.MlflowClient().get_run(run_id).info.status
 
 
+@pytest.fixture
+def zombie():
+    """A child that has ended and is not yet collected (its pid still exists)."""
+    proc = subprocess.Popen(["true"])
+    while run_owner._stat(proc.pid)[:1] != ["Z"]:
+        time.sleep(0.01)
+    yield proc
+    proc.wait()
+
+
 def test_the_next_run_marks_runs_of_dead_processes_killed_and_leaves_the_rest(
-    mlflow_store, sleeper, capsys
+    mlflow_store, sleeper, zombie, capsys
 ):
     experiment_id = tracking.configure(EXPERIMENT)
     client = mlflow.MlflowClient()
@@ -47,6 +58,7 @@ def test_the_next_run_marks_runs_of_dead_processes_killed_and_leaves_the_rest(
         "dead": {run_owner.PID_TAG: str(dead_pid()), run_owner.HOST_TAG: host},
         "live": live,
         "pid_reused": {**live, run_owner.START_TAG: "1"},  # same pid, another process
+        "zombie": run_owner.owner_tags(zombie.pid),
         "other_host": {run_owner.PID_TAG: str(dead_pid()), run_owner.HOST_TAG: "elsewhere"},
         "no_owner": {},
     }
@@ -62,14 +74,16 @@ def test_the_next_run_marks_runs_of_dead_processes_killed_and_leaves_the_rest(
         "dead": "KILLED",
         "live": "RUNNING",
         "pid_reused": "KILLED",
+        "zombie": "KILLED",
         "other_host": "RUNNING",
         "no_owner": "RUNNING",
     }
     assert status(run.info.run_id) == "FINISHED"
     [line] = capsys.readouterr().err.splitlines()
-    prefix = "train: marked 2 interrupted MLflow runs KILLED (process gone): "
+    prefix = "train: marked 3 interrupted MLflow runs KILLED (process gone): "
     assert line.startswith(prefix)
-    assert set(line.removeprefix(prefix).split(", ")) == {runs["dead"], runs["pid_reused"]}
+    killed = {runs["dead"], runs["pid_reused"], runs["zombie"]}
+    assert set(line.removeprefix(prefix).split(", ")) == killed
 
 
 KILLED_MID_RUN = """

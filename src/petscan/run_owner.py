@@ -20,13 +20,18 @@ HOST_TAG = "petscan.host"
 START_TAG = "petscan.pid_start"  # the process' start time in clock ticks after boot (Linux)
 
 
-def process_start(pid: int) -> str | None:
-    """The start time of process `pid` (field 22 of /proc/<pid>/stat), or None if unknown."""
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/<pid>/stat after the command name (state first), or []."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # the command name may hold spaces or ')'
+        return []
+    return stat.rsplit(")", 1)[-1].split()  # the command name may hold spaces or ')'
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process `pid` (field 22 of /proc/<pid>/stat), or None if unknown."""
+    fields = _stat(pid)
     return fields[19] if len(fields) > 19 else None
 
 
@@ -50,10 +55,12 @@ def process_alive(pid: int, start: str | None = None) -> bool:
         return False
     except PermissionError:
         pass  # it exists, under another user
-    if start is None:
+    fields = _stat(pid)
+    if fields and fields[0] in ("Z", "X"):
+        return False  # a zombie: it has ended, its parent has not collected it yet
+    if start is None or len(fields) <= 19:
         return True
-    current = process_start(pid)
-    return current is None or current == start
+    return fields[19] == start
 
 
 def is_orphaned(tags: dict[str, str], host: str | None = None) -> bool:
