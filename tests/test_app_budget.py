@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
 import urllib.error
@@ -173,6 +174,8 @@ def test_parallel_large_uploads_never_hold_more_decoded_pixels_than_the_budget(b
 
 def test_an_image_that_could_never_fit_is_refused_before_it_is_decoded(budget_app):
     url, meter = budget_app["url"], budget_app["meter"]
+    with urllib.request.urlopen(f"{url}/api/info") as reply:  # the limit the page shows
+        assert json.loads(reply.read())["max_pixels"] == BUDGET < MAX_PIXELS
     calls = meter.calls
     status, result = upload(url, png(1000, 1000), "big.png")  # under split.max_pixels
     assert (status, result) == (
@@ -212,8 +215,6 @@ def test_an_upload_that_finds_no_room_in_time_gets_503_busy(budget_app):
 
 
 def test_a_model_answering_nan_gets_a_clear_422_never_nan_in_the_json(budget_app):
-    import json
-
     import keras
 
     from petscan.pyfunc_model import NOT_FINITE

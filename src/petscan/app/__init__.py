@@ -133,7 +133,7 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
             "model": model_info,
             "notice": NOTICE,
             "max_upload_mb": float(settings["max_upload_mb"]),
-            "max_pixels": served.max_pixels,
+            "max_pixels": min(served.max_pixels or budget.total, budget.total),  # per image
         }
 
     @app.post("/api/predict")
