@@ -12,7 +12,8 @@ PORT ?= 5000
 WORKERS ?= 1
 TRIALS ?=
 APPLY ?= 0
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# 3: TensorFlow's C++ ERROR lines hidden too (see petscan/logs.py); --verbose shows all
+export TF_CPP_MIN_LOG_LEVEL ?= 3
 export PYTHONHASHSEED := 0
 # Stage commands in dvc.yaml call `python`: make it the project's interpreter.
 export PATH := $(CURDIR)/$(BIN):$(PATH)

@@ -11,9 +11,13 @@ model says), registers it in a temporary MLflow store, starts `petscan app` on a
    upload, decode, prediction, Grad-CAM heatmap, overlay, answer);
 3. load: `--clients` concurrent clients for `--seconds` seconds, then it stops.
 
-It prints requests/s, p50/p95 latency, the count of 5xx answers and the server's RSS after
-the warm-up and after the load. `--model-uri` uses a registered model of the project's
-store instead. Everything temporary is removed at the end. Example:
+It prints requests/s, p50/p95 latency, the count of 5xx answers, the server's RSS after
+the warm-up and after the load, and (`server_ms`) p50/p95 of each stage the server timed:
+waiting for a slot, the upload, the pixel budget, decoding, the queue before a batch, the
+batch size, the model (backbone forward pass and Grad-CAM gradients, one graph per batch),
+the heatmaps on the image grid, the overlay, the JPEG encoding and the server's total.
+`--model-uri` uses a registered model of the project's store instead. Everything temporary
+is removed at the end. Example:
 
     python bench/app_load.py --clients 8 --seconds 60
 """
@@ -134,22 +138,25 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def one_request(url: str, body: bytes) -> tuple[int, float]:
+def one_request(url: str, body: bytes) -> tuple[int, float, dict | None]:
+    """(HTTP status, seconds, the server's `timings_ms` of a 200 answer or None)."""
     request = urllib.request.Request(
         f"{url}/api/predict?name=bench.png",
         data=body,
         headers={"Content-Type": "application/octet-stream"},
     )
     start = time.perf_counter()
+    timings = None
     try:
         with urllib.request.urlopen(request, timeout=120) as reply:
-            reply.read()
+            answer = reply.read()
             status = reply.status
+        timings = json.loads(answer).get("timings_ms")
     except urllib.error.HTTPError as err:
         status = err.code
-    except OSError:
-        status = 0  # no answer at all
-    return status, time.perf_counter() - start
+    except (OSError, ValueError):
+        status = 0  # no (readable) answer at all
+    return status, time.perf_counter() - start, timings
 
 
 def rss_mib(pid: int) -> float:
@@ -160,7 +167,7 @@ def rss_mib(pid: int) -> float:
 
 def load(url: str, body: bytes, clients: int, seconds: float, cap: int) -> dict:
     """`clients` threads posting back to back until `seconds` have passed (or `cap` sent)."""
-    results: list[tuple[int, float]] = []
+    results: list[tuple[int, float, dict | None]] = []
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
@@ -183,9 +190,9 @@ def load(url: str, body: bytes, clients: int, seconds: float, cap: int) -> dict:
     return summarise(results, elapsed)
 
 
-def summarise(results: list[tuple[int, float]], elapsed: float) -> dict:
-    latencies = np.array([t for _, t in results])
-    statuses = [s for s, _ in results]
+def summarise(results: list[tuple[int, float, dict | None]], elapsed: float) -> dict:
+    latencies = np.array([r[1] for r in results])
+    statuses = [r[0] for r in results]
     return {
         "requests": len(results),
         "seconds": round(elapsed, 2),
@@ -195,7 +202,23 @@ def summarise(results: list[tuple[int, float]], elapsed: float) -> dict:
         "ok": statuses.count(200),
         "5xx": sum(1 for s in statuses if s >= 500),
         "no_answer": statuses.count(0),
+        "server_ms": stage_percentiles([r[2] for r in results if r[2]]),
     }
+
+
+def stage_percentiles(timings: list[dict]) -> dict:
+    """Per stage of the server's `timings_ms` (queue wait, backbone, Grad-CAM, JPEG, ...):
+    p50 and p95 over the answers, in ms. `model` is the backbone's forward pass and the
+    Grad-CAM gradients of the whole batch (one graph); `heatmap`, `resize` also per batch."""
+    stages = sorted({name for t in timings for name in t})
+    out = {}
+    for name in stages:
+        values = np.array([t[name] for t in timings if name in t], dtype=float)
+        out[name.removesuffix("_ms")] = {
+            "p50": round(float(np.percentile(values, 50)), 1),
+            "p95": round(float(np.percentile(values, 95)), 1),
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

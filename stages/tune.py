@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from petscan import config, errors, logs
+from petscan import config, errors, listen, logs
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import make_storage, resolve_storage, storage_label
 
@@ -70,6 +70,7 @@ def dashboard(params: dict, args: argparse.Namespace) -> int:
     import optuna_dashboard  # here: importing it takes 3.8 s, and only --dashboard needs it
 
     url = storage_url(params, args)
+    listen.warn_if_exposed("tune", args.host, "--host", "optuna-dashboard (every trial)")
     print(f"optuna-dashboard on {storage_label(url)}: http://{args.host}:{args.port}/")
     optuna_dashboard.run_server(make_storage(url), host=args.host, port=args.port)
     return 0

@@ -218,6 +218,35 @@ def test_the_load_bench_against_the_app(app_url):
     assert result["requests"] > 0 and result["ok"] == result["requests"]
     assert result["5xx"] == 0 and result["no_answer"] == 0
     assert result["p50_s"] <= result["p95_s"]
+    stages = result["server_ms"]  # per stage, from each answer's timings_ms
+    assert set(STAGES) | {"batch_size"} <= set(stages)
+    assert 1 <= stages["batch_size"]["p50"] <= SETTINGS["max_batch"]
+    assert all(0 <= stages[n]["p50"] <= stages[n]["p95"] for n in STAGES)
+
+
+STAGES = (  # in the order a request goes through them
+    "slot_wait",
+    "upload",
+    "budget_wait",
+    "decode",
+    "queue_wait",
+    "resize",
+    "model",
+    "heatmap",
+    "overlay",
+    "jpeg",
+)
+
+
+def test_each_answer_says_where_the_server_spent_its_time(app_url, repo):
+    status, result = upload(app_url, repo["files"]["rgb"])
+    assert status == 200, result
+    timings = result["timings_ms"]
+    assert set(timings) == {f"{n}_ms" for n in STAGES} | {"batch_size", "total_ms"}
+    assert all(timings[f"{n}_ms"] >= 0 for n in STAGES)
+    assert timings["model_ms"] > 0 and timings["jpeg_ms"] > 0 and timings["batch_size"] >= 1
+    # the stages follow each other: together they fit in the request's total
+    assert sum(timings[f"{n}_ms"] for n in STAGES) <= timings["total_ms"] + 1.0
 
 
 def test_the_page_and_its_assets_are_served_locally(app_url):
@@ -338,3 +367,39 @@ def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, mo
     err = capsys.readouterr().err
     assert "petscan app: cannot load the model: no version of the model 'pet-classifier'" in err
     assert "train one first (`make run` or `dvc repro`)" in err
+
+
+def test_the_app_command_announces_its_url_only_once_the_port_answers(repo, tmp_path):
+    """`petscan app` as a user runs it: the moment the URL line appears, the page answers."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["mlflow"].update(registered_model=MODEL_NAME, experiment="app")
+    params["app"].update(max_batch=2, batch_wait_ms=5)  # a short warm-up is still seconds
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env.update(PETSCAN_ROOT=str(repo["root"]), PYTHONPATH=str(REPO / "src"))
+    cmd = [sys.executable, "-m", "petscan.cli", "app", "--params", str(tmp_path / "params.yaml")]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port)], stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+    )
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if f"http://127.0.0.1:{port}/" in line:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=5) as r:
+                    assert r.status == 200 and json.loads(r.read())["model"]["version"] == "1"
+                break
+        else:
+            pytest.fail(f"petscan app ended without announcing its URL:\n{''.join(lines)}")
+        assert lines[-1].startswith(f"petscan app: models:/{MODEL_NAME}/1 (version 1, run ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stderr.close()

@@ -152,7 +152,8 @@ def test_rows_answer_one_by_one(in_repo):
     assert list(out.columns) == [*CLASSES, "predicted_class", "error"]
     good = [0, 1, 8]
     expected = reference(in_repo, "rgb", "rgba", "grey16")
-    np.testing.assert_allclose(out.loc[good, CLASSES].to_numpy(), expected, rtol=1e-5, atol=1e-7)
+    got = out.loc[good, CLASSES].to_numpy(dtype=float)  # object columns: a bad row holds None
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert list(out.loc[good, "predicted_class"]) == [CLASSES[i] for i in expected.argmax(1)]
     assert out.loc[good, "error"].isna().all()
     errors = out["error"].tolist()
@@ -165,7 +166,7 @@ def test_rows_answer_one_by_one(in_repo):
         f"{images['big']}: too large: 130 x 130 pixels (limit split.max_pixels = {MAX_PIXELS})"
     )
     bad = [2, 3, 4, 5, 6, 7]
-    assert out.loc[bad, CLASSES].isna().all().all() and out.loc[bad, "predicted_class"].isna().all()
+    assert out.loc[bad, [*CLASSES, "predicted_class"]].map(lambda v: v is None).all().all()
 
 
 def test_the_served_model_refuses_what_split_refuses(in_repo, tmp_path):
@@ -218,6 +219,32 @@ def test_resolve_model_uri(in_repo):
         serve.resolve_model_uri(None, {"registered_model": "nope"})
     with pytest.raises(LookupError, match="pass --model"):
         serve.resolve_model_uri(None, {"registered_model": None})
+
+
+def strict_json(text: str):
+    """`json.loads` as strict parsers do it: NaN, Infinity and -Infinity are errors."""
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_bad_rows_and_non_finite_probabilities_answer_null_never_nan():
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    from petscan.pyfunc_model import NOT_FINITE, result_frame
+
+    proba = np.array([[0.2, 0.3, 0.5], [0.0, 0.0, 0.0], [np.nan, 0.5, 0.5], [0.1, np.inf, 0.2]])
+    frame = result_frame(proba, CLASSES, [None, "row 1: bad", None, None])
+    output = io.StringIO()
+    predictions_to_json(frame, output)
+    rows = strict_json(output.getvalue())["predictions"]
+    assert [r[CLASSES[2]] for r in rows] == [0.5, None, None, None]
+    assert [r["predicted_class"] for r in rows] == [CLASSES[2], None, None, None]
+    assert [r["error"] for r in rows] == [None, "row 1: bad", NOT_FINITE, NOT_FINITE]
+    good = result_frame(proba[:1], CLASSES, [None])
+    assert good[CLASSES].dtypes.tolist() == [np.float64] * 3  # all good: plain float columns
 
 
 # --------------------------------------------------------------------------- a real server
@@ -286,7 +313,8 @@ def test_server_answers_good_bad_and_mixed_batches(server, repo):
     ]
     status, text = post(f"{url}/invocations", split_body(["path", "image"], mixed))
     assert status == 200, text
-    rows = json.loads(text)["predictions"]
+    rows = strict_json(text)["predictions"]
+    assert [rows[i][c] for i in (1, 3) for c in CLASSES] == [None] * 2 * len(CLASSES)
     expected = reference(repo, "grey16", "rgba")
     for row, proba in zip([rows[0], rows[2]], expected, strict=True):
         np.testing.assert_allclose([row[c] for c in CLASSES], proba, rtol=1e-5, atol=1e-7)

@@ -735,3 +735,30 @@ def test_stage_dashboard_gets_the_storage_from_the_environment(tmp_path, monkeyp
         8123,
     )
     assert "shared.journal: http://127.0.0.1:8123/" in capsys.readouterr().out
+
+
+def test_stage_dashboard_warns_in_one_line_off_loopback(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    import optuna_dashboard
+
+    spec = importlib.util.spec_from_file_location(
+        "tune_stage", REPO_PARAMS.parent / "stages" / "tune.py"
+    )
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: None)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(make_params("tune-dashboard")))
+    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
+    for host, expected in (("0.0.0.0", 1), ("127.0.0.1", 0)):
+        assert stage.main(["--params", str(path), "--dashboard", "--host", host]) == 0
+        warnings = [line for line in capsys.readouterr().err.splitlines() if "WARNING" in line]
+        assert (
+            warnings
+            == [
+                f"tune: WARNING: --host = {host!r} is not a loopback address: optuna-dashboard "
+                "(every trial) will be reachable from other machines, without a password. Use "
+                "127.0.0.1 unless you mean it."
+            ][:expected]
+        )

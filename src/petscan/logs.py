@@ -2,7 +2,8 @@
 
 TensorFlow prints its C++ and absl start-up notices ("All log messages before
 absl::InitializeLog()", oneDNN, CPU features) when it is imported, whatever
-`TF_CPP_MIN_LOG_LEVEL` says about later messages. Every command calls `setup()` before
+`TF_CPP_MIN_LOG_LEVEL` says about later messages, and ERROR lines that are no error later
+(`setup` sets the level that hides those). Every command calls `setup()` before
 anything imports TensorFlow, and `import_tensorflow()` where it needs it: the start-up
 notices are dropped, anything else TensorFlow prints while importing is passed on.
 `--verbose` (or the environment variable `PETSCAN_VERBOSE=1`, for `dvc repro`) brings
@@ -37,15 +38,20 @@ def is_verbose() -> bool:
 def setup(verbose: bool = False) -> bool:
     """Set TensorFlow's log level before it is imported; returns the verbosity in effect.
 
-    Quiet (the default): C++ messages below ERROR are hidden (`TF_CPP_MIN_LOG_LEVEL=2`,
-    unless the environment sets it). Verbose: everything is shown.
+    Quiet (the default): TensorFlow's C++ log lines up to ERROR are hidden
+    (`TF_CPP_MIN_LOG_LEVEL=3`; FATAL still shows). Level 2, which the Makefile and many
+    shells set, is not enough: TensorFlow logs things a user cannot act on as ERROR, long
+    after the import (`E0000 ... node_def_util.cc] NodeDef mentions attribute ... Unknown
+    attributes will be ignored`, while building a graph). An environment that asks for more
+    (0 or 1) keeps it. Verbose: everything is shown. Failures still reach the user as Python
+    exceptions; these lines were never the message.
     """
     verbose = bool(verbose) or os.environ.get(VERBOSE_ENV, "").lower() in ("1", "true", "yes")
     _state["verbose"] = verbose
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    else:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    elif os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() not in ("0", "1"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     return verbose
 
 

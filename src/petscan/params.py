@@ -382,6 +382,8 @@ class AppParams(Section):
     max_batch: PositiveInt = 8
     batch_wait_ms: NonNegInt = 20
     overlay_max_side: PositiveInt = 768
+    max_pixels_in_flight: PositiveInt = 50_000_000
+    busy_wait_s: NonNegFloat = 30
 
 
 class EvaluateParams(Section):

@@ -16,9 +16,9 @@ Input, a DataFrame (JSON `dataframe_split` when served) with one or both columns
 
 A row uses `image` when it has one, else `path`. Output: one row per input row, in order:
 one probability column per class, `predicted_class`, and `error`, which is empty for a
-good row (None; JSON null) and a one-line reason for a bad one, whose probabilities are NaN
-and class None. A bad row
-never fails the batch; no stack trace is ever part of an answer.
+good row (None; JSON null) and a one-line reason for a bad one, whose probabilities and
+class are None (JSON null: strict JSON parsers reject NaN, so no answer ever holds one). A bad
+row never fails the batch; no stack trace is ever part of an answer.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
             if rgb is not None:
                 arrays.append(resize(rgb, self.input_size, self.resize).astype(np.float32))
                 kept.append(row)
-        proba = np.full((n, len(self.class_names)), np.nan)
+        proba = np.zeros((n, len(self.class_names)))  # bad rows: None in `result_frame`
         if arrays:
             proba[kept] = self.keras_model.predict(
                 np.stack(arrays), batch_size=self.batch_size, verbose=0
@@ -155,13 +155,28 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
         return result_frame(proba, self.class_names, [None] * len(x))
 
 
+NOT_FINITE = "the model returned a probability that is not a finite number"
+
+
 def result_frame(
     proba: np.ndarray, class_names: Sequence[str], errors: Sequence[str | None]
 ) -> pd.DataFrame:
-    """Probabilities per class, `predicted_class` and `error` (rows with an error: empty)."""
-    frame = probabilities_frame(proba, class_names)
+    """Probabilities per class, `predicted_class` and `error` (rows with an error: None).
+
+    A row whose probabilities are not all finite is a bad row too. When there is a bad row,
+    the probability columns hold Python floats and None (object dtype), so the answer's JSON
+    has `null` where a float column would give `NaN`, which strict JSON parsers reject.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    finite = np.isfinite(proba).all(axis=1) if proba.ndim == 2 else np.ones(len(errors), bool)
+    errors = [e or (None if ok else NOT_FINITE) for e, ok in zip(errors, finite, strict=True)]
+    frame = probabilities_frame(np.where(np.isfinite(proba), proba, 0.0), class_names)
     predicted = [None if e else c for c, e in zip(frame["predicted_class"], errors, strict=True)]
-    # object columns keep None (JSON null); a string dtype would turn it into NaN
+    # object columns keep None (JSON null); a float or string dtype would turn it into NaN
+    if any(errors):
+        for name in class_names:
+            values = [None if e else float(v) for v, e in zip(frame[name], errors, strict=True)]
+            frame[name] = pd.Series(values, dtype=object)
     frame["predicted_class"] = pd.Series(predicted, dtype=object)
     frame[ERROR_COLUMN] = pd.Series(list(errors), dtype=object)
     return frame

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import petscan
-from petscan import config
+from petscan import config, listen
 
 # MLflow (and TensorFlow, through tracking) are imported in the functions that use them, not
 # here: `petscan serve --help` then answers in about 1 s instead of 13 s (2 cores).
@@ -132,9 +132,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"petscan serve: {err}", file=sys.stderr)
         return 2
     host, port = args.host or serve["host"], args.port or serve["port"]
+    what = "the scoring server (which reads any image path it is sent on this machine)"
+    listen.warn_if_exposed("petscan serve", host, "--host" if args.host else "serve.host", what)
     command = scoring_command(uri, host, port, serve.get("workers", 1))
-    print(
-        f"petscan serve: {uri} from {tracking_uri} on http://{host}:{port}/invocations "
+    print(  # MLflow's server listens only once it has loaded the model: say so, not "on"
+        f"petscan serve: starting MLflow's scoring server for {uri} from {tracking_uri}; it "
+        f"answers at http://{host}:{port}/invocations once the model is loaded "
         "(research use only: not a medical device)",
         file=sys.stderr,
         flush=True,

@@ -33,7 +33,7 @@ import pandas as pd
 from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-from petscan import config, pyfunc_model
+from petscan import config, pyfunc_model, run_owner
 from petscan.handoff import EPOCH_METRICS, WEIGHTS_FIELDS, WeightsInfo, banner, manifest_paths
 from petscan.images import ImageRules
 from petscan.redact import redact_text, redact_values
@@ -267,13 +267,16 @@ def start_training_run(
 
     The run description (`mlflow.note.content`) warns loudly when the backbone is
     random-init. The full parameter set is also stored as the `params.json` artifact;
-    URLs in either are redacted (`redact.redact_values`).
+    URLs in either are redacted (`redact.redact_values`). The run records the process that
+    owns it (`run_owner`); runs of this experiment left RUNNING by a process that is gone
+    (killed) are first marked KILLED, in one line.
     """
     experiment_id = configure(mlflow_params)
+    run_owner.close_interrupted(experiment_id, "train")
     with mlflow.start_run(
         experiment_id=experiment_id,
         run_name=run_name,
-        tags=dict(tags),
+        tags={**tags, **run_owner.owner_tags()},
         description=run_description(tags) or None,
     ) as run:
         mlflow.log_params(flat_params(params))
@@ -294,6 +297,7 @@ def resumed_run(
         yield mlflow.active_run()
         return
     with mlflow.start_run(run_id=run_id) as run:
+        mlflow.set_tags(run_owner.owner_tags())  # RUNNING again: this process owns it now
         yield run
 
 

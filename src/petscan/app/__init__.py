@@ -8,11 +8,16 @@ works with no internet. Served with FastAPI and uvicorn on `app.host` (127.0.0.1
 API (what the page uses):
 - `GET /api/info`: the model (URI, name, version, run, random-init), classes, limits.
 - `POST /api/predict?name=<file name>`: the body is the bytes of one image file.
-  200: probabilities, predicted class, overlay (a JPEG data URL), model, notices.
-  A bad upload gets a JSON `{"error": ...}`: 400 empty, corrupt or refused by split's
-  image rules (`images.read_image`: too small, too elongated, blank, all NaN), 413 over
-  `app.max_upload_mb` or `split.max_pixels`, 415 not an image. Uploads are decoded in
-  memory; nothing is written to disk.
+  200: probabilities, predicted class, overlay (a JPEG data URL), model, notices, and
+  `timings_ms`: where the server spent the request's time (slot_wait, upload, budget_wait,
+  decode, queue_wait, then its batch's batch_size, resize, model, heatmap; overlay, jpeg,
+  total).
+  A bad upload gets a JSON `{"error": ...}`: 400 empty, corrupt or refused by split's image
+  rules (`images.read_image`: too small, too elongated, blank, all NaN), 413 over
+  `app.max_upload_mb`, `split.max_pixels` or `app.max_pixels_in_flight`, 415 not an image,
+  422 the model gave a probability that is not a finite number (never NaN in the JSON),
+  503 busy (the decoded pixels of all requests at once are capped: `app/budget.py`). Uploads
+  are decoded in memory; nothing is written to disk.
 
 The model is `--model`, else `serve.model`, else the latest version of
 `mlflow.registered_model`, read from the project's MLflow store.
@@ -21,11 +26,13 @@ Research use only: not a medical device.
 
 import asyncio
 import logging
+import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from petscan import config
+from petscan import config, listen
 from petscan.handoff import banner
 from petscan.images import ImageError, ImageRules, read_image
 
@@ -98,7 +105,15 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
     from fastapi.staticfiles import StaticFiles
     from starlette.concurrency import run_in_threadpool
 
+    from petscan.app.budget import (
+        LARGE_PIXELS,
+        BudgetRefused,
+        PixelBudget,
+        header_size,
+        release_memory,
+    )
     from petscan.app.model import NOTICE, Batcher, overlay_jpeg
+    from petscan.pyfunc_model import NOT_FINITE
 
     limit = int(float(settings["max_upload_mb"]) * 2**20)
     max_side = int(settings["overlay_max_side"])
@@ -107,9 +122,13 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
         batcher.warm_up()
     model_info = served.info()
     in_flight = asyncio.Semaphore(2 * batcher.max_batch)
+    budget = PixelBudget(
+        settings.get("max_pixels_in_flight", 50_000_000), settings.get("busy_wait_s", 30)
+    )
 
     app = FastAPI(title="petscan", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
+    app.state.budget = budget
     app.router.add_event_handler("shutdown", batcher.close)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
@@ -123,21 +142,53 @@ def create_app(served, settings: dict[str, Any], warm_up: bool = True):
             "model": model_info,
             "notice": NOTICE,
             "max_upload_mb": float(settings["max_upload_mb"]),
-            "max_pixels": served.max_pixels,
+            "max_pixels": min(served.max_pixels or budget.total, budget.total),  # per image
         }
 
     @app.post("/api/predict")
     async def predict(request: Request, name: str = "upload"):
         name = Path(name).name[:200] or "upload"  # a label only; never used as a path
-        async with in_flight:  # bounds the decoded images held in memory at once
+        started = time.perf_counter()
+        async with in_flight:  # bounds the upload bodies held in memory at once
+            admitted = time.perf_counter()
             try:
                 data = await read_body(request, limit)
-                rgb = await run_in_threadpool(decode_upload, data, name, served.rules)
-            except UploadError as err:
-                return JSONResponse({"file": name, "error": err.message}, status_code=err.status)
-            explanation = await asyncio.wrap_future(batcher.submit(rgb))
-            picture = await run_in_threadpool(overlay_jpeg, rgb, explanation.heatmap, max_side)
+                size = header_size(data)
+                pixels = size[0] * size[1] if size else 0
+                if served.max_pixels is not None and pixels > served.max_pixels:
+                    pixels = 0  # refused by the decoder's own check, before any decoding
+                quoted = f"{size[0]} x {size[1]} pixels" if size else ""
+                read = time.perf_counter()
+                timings = {
+                    "slot_wait_ms": 1000 * (admitted - started),
+                    "upload_ms": 1000 * (read - admitted),
+                }
+                async with budget.reserve(pixels, quoted):
+                    timings["budget_wait_ms"] = 1000 * (time.perf_counter() - read)
+                    result = await analyse(data, name, timings)
+            except (UploadError, BudgetRefused) as err:
+                headers = {"Retry-After": "60"} if err.status == 503 else None
+                content = {"file": name, "error": err.message}
+                return JSONResponse(content, status_code=err.status, headers=headers)
+        if pixels >= LARGE_PIXELS:  # its arrays are gone: give the pages back to the system
+            await run_in_threadpool(release_memory)
+        timings["total_ms"] = 1000 * (time.perf_counter() - started)
+        result["timings_ms"] = {k: round(v, 1) for k, v in timings.items()}
+        return result
+
+    async def analyse(data: bytes, name: str, timings: dict[str, float]) -> dict[str, Any]:
+        """Decode, explain and draw one upload (inside its share of the pixel budget);
+        `timings` gets the milliseconds of each step (see `Batcher.submit`)."""
+        decode_start = time.perf_counter()
+        rgb = await run_in_threadpool(decode_upload, data, name, served.rules)
+        timings["decode_ms"] = 1000 * (time.perf_counter() - decode_start)
+        explanation = await asyncio.wrap_future(batcher.submit(rgb, timings))
         proba = [float(p) for p in explanation.probabilities]
+        if not all(math.isfinite(p) for p in proba):  # JSON has no NaN: a clear 422 instead
+            raise UploadError(422, NOT_FINITE)
+        picture = await run_in_threadpool(
+            overlay_jpeg, rgb, explanation.heatmap, max_side, timings=timings
+        )
         predicted = served.class_names[proba.index(max(proba))]
         return {
             "file": name,
@@ -179,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
 
     params = config.load_sections(SECTIONS, args.params)
     settings = params["app"]
+    host, port = args.host or settings["host"], args.port or settings["port"]
+    setting = "--host" if args.host else "app.host"
+    listen.warn_if_exposed("petscan app", host, setting, "the web page (and the model)")
     try:
         tracking.use_store(params["mlflow"])
         uri = resolve_model_uri(args.model or params["serve"]["model"], params["mlflow"])
@@ -186,16 +240,21 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a CLI boundary: report why the model cannot be served
         print(f"petscan app: cannot load the model: {err}", file=sys.stderr)
         return 2
-    host, port = args.host or settings["host"], args.port or settings["port"]
     text = banner({"random_init": served.random_init, "weights_label": served.weights_label})
     warning = f" {text}." if text else ""
-    print(
-        f"petscan app: {uri} (version {served.version}, run {served.run_id}) on "
-        f"http://{host}:{port}/ (research use only: not a medical device).{warning}",
-        file=sys.stderr,
-        flush=True,
-    )
-    uvicorn.run(create_app(served, settings), host=host, port=port, log_level="warning")
+
+    def announce(bound: int) -> None:  # once the port answers, not before (see `listen`)
+        print(
+            f"petscan app: {uri} (version {served.version}, run {served.run_id}) on "
+            f"http://{host}:{bound}/ (research use only: not a medical device).{warning}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    app = create_app(served, settings)  # the warm-up: most of the start-up time
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    listen.announce_when_listening(server, host, port, announce)
+    server.run()
     return 0
 
 

@@ -14,6 +14,7 @@ import io
 import queue
 import re
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -108,6 +109,8 @@ def load_served_model(
 class _Job:
     image: np.ndarray
     future: Future = field(default_factory=Future)
+    timings: dict[str, float] | None = None  # filled in milliseconds, if given
+    submitted: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
@@ -122,8 +125,11 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="petscan-model", daemon=True)
         self._thread.start()
 
-    def submit(self, image: np.ndarray) -> Future:
-        job = _Job(image)
+    def submit(self, image: np.ndarray, timings: dict[str, float] | None = None) -> Future:
+        """A Future of the image's `Explanation`. `timings`, if given, gets (milliseconds)
+        `queue_wait_ms` (from here to its batch's start), then its batch's `batch_size`,
+        `resize_ms`, `model_ms` (backbone and Grad-CAM gradients) and `heatmap_ms`."""
+        job = _Job(image, timings=timings)
         self._jobs.put(job)
         return job.future
 
@@ -142,45 +148,66 @@ class Batcher:
 
     def _run(self) -> None:
         while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            jobs = [first]
-            stop = False
-            while len(jobs) < self.max_batch:
-                try:
-                    job = self._jobs.get(timeout=self.wait_s)
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                jobs.append(job)
-            self._explain(jobs)
+            jobs, stop = self._next_batch()
+            if jobs:
+                self._explain(jobs)
+            # nothing of this batch (its images, its heatmaps) is held while the next is awaited
+            del jobs
             if stop:
                 return
 
+    def _next_batch(self) -> tuple[list[_Job], bool]:
+        """The jobs that arrive within `wait_s` of each other, and whether to stop after."""
+        first = self._jobs.get()
+        if first is None:
+            return [], True
+        jobs = [first]
+        while len(jobs) < self.max_batch:
+            try:
+                job = self._jobs.get(timeout=self.wait_s)
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+        return jobs, False
+
     def _explain(self, jobs: list[_Job]) -> None:
+        started, spent = time.perf_counter(), {}
         try:
             explanations = explain_images(
                 self.served.keras_model,
                 [job.image for job in jobs],
                 self.served.model_params,
                 batch_size=self.max_batch,
+                timings=spent,
             )
         except Exception as err:  # handed to each waiting request, which reports it
             for job in jobs:
                 job.future.set_exception(err)
             return
+        batch = {f"{name.removesuffix('_s')}_ms": 1000 * value for name, value in spent.items()}
         for job, explanation in zip(jobs, explanations, strict=True):
+            if job.timings is not None:
+                job.timings["queue_wait_ms"] = 1000 * (started - job.submitted)
+                job.timings.update(batch_size=len(jobs), **batch)
             job.future.set_result(explanation)
 
 
 # --------------------------------------------------------------------------- the picture
 
 
-def overlay_jpeg(rgb: np.ndarray, heatmap: np.ndarray, max_side: int, quality: int = 88) -> str:
-    """The Grad-CAM overlay as a `data:image/jpeg;base64,...` URL, at most `max_side` a side."""
+def overlay_jpeg(
+    rgb: np.ndarray,
+    heatmap: np.ndarray,
+    max_side: int,
+    quality: int = 88,
+    timings: dict[str, float] | None = None,
+) -> str:
+    """The Grad-CAM overlay as a `data:image/jpeg;base64,...` URL, at most `max_side` a side.
+
+    `timings`, if given, gets `overlay_ms` (resizing and blending) and `jpeg_ms` (encoding)."""
+    started = time.perf_counter()
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
     if scale < 1.0:
@@ -188,6 +215,12 @@ def overlay_jpeg(rgb: np.ndarray, heatmap: np.ndarray, max_side: int, quality: i
         rgb = resize(rgb, size)
         heat = Image.fromarray(heatmap.astype(np.float32))  # mode F
         heatmap = np.asarray(heat.resize(size[::-1], Image.Resampling.BILINEAR))
+    picture = Image.fromarray(overlay(rgb, heatmap))
+    drawn = time.perf_counter()
     buffer = io.BytesIO()
-    Image.fromarray(overlay(rgb, heatmap)).save(buffer, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    picture.save(buffer, format="JPEG", quality=quality)
+    url = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    if timings is not None:
+        timings["overlay_ms"] = 1000 * (drawn - started)
+        timings["jpeg_ms"] = 1000 * (time.perf_counter() - drawn)
+    return url

@@ -185,8 +185,12 @@ function updateToolbar() {
   $("clear").disabled = done === 0 || waiting > 0;
 }
 
+// A cell a spreadsheet could read as a formula (it starts with = + - @, a tab or a line break:
+// a file name such as "=HYPERLINK(...).png") gets a leading ' so it stays text (OWASP "CSV
+// injection"). Every cell of the CSV goes through here, header and model fields included.
 function csvCell(value) {
-  const text = value === null || value === undefined ? "" : String(value);
+  let text = value === null || value === undefined ? "" : String(value);
+  if (/^[=+\-@\t\r\n]/.test(text)) text = `'${text}`;
   return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
 }
 
