@@ -1193,3 +1193,19 @@ def test_a_full_disk_stops_the_chain_with_one_line(tmp_path, h5_files, monkeypat
     )
     assert not (tmp_path / "models/backbone/weights.h5").exists()
     assert not candidate.exists()
+
+
+def test_a_token_in_a_path_parameter_is_not_recorded(tmp_path, h5_files, server, tls):
+    data = h5_files["tiny"].read_bytes()
+    server.routes["/dl;jsessionid=S3CRET/w.h5"] = (data, "application/octet-stream", "ok")
+    url = f"{server.url}/dl;jsessionid=S3CRET/w.h5"
+    meta = fetch(
+        tmp_path, params({"type": "url", "url": url}, sha256=sha(data), ca_bundle=str(tls.cert))
+    )
+    assert meta["weights_source"] == f"url:{server.url}/dl;***/w.h5"
+    assert meta["settings"]["sources"][0]["url"] == f"{server.url}/dl;***/w.h5"
+    assert "S3CRET" not in (tmp_path / "out" / "weights.json").read_text()
+    server.routes.clear()  # the failure report names the source without the token too
+    with pytest.raises(weights.WeightsError) as err:
+        fetch(tmp_path / "b", params({"type": "url", "url": url}, sha256=sha(data)))
+    assert "dl;***/w.h5" in str(err.value) and "S3CRET" not in str(err.value)
