@@ -21,8 +21,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 success, 1 a problem with the data, params or files (one line on
-    stderr), 2 a usage error; any other failure is a bug and keeps its traceback."""
+    """Exit codes, the same for every command and DVC stage (`petscan.errors`): 0 success,
+    1 a problem with the data, params, files or disk (one line on stderr), 2 a usage error
+    (argparse), 70 a bug (its traceback, then one line saying it is a bug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = bool(argv) and argv[0] in ("-v", "--verbose")
     argv = argv[1:] if verbose else argv
