@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from petscan import config
+from petscan.errors import reports_user_errors
 from petscan.handoff import banner
 from petscan.images import ImageError, load_rgb_bytes
 
@@ -160,23 +161,24 @@ def build_parser():
     return parser
 
 
+@reports_user_errors("petscan app")
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: see `petscan.errors` (a missing store or model: one line, exit 1)."""
     args = build_parser().parse_args(argv)
     import uvicorn
 
-    from petscan import tracking
     from petscan.app.model import load_served_model
-    from petscan.serve import resolve_model_uri
+    from petscan.errors import UserError
+    from petscan.serve import find_model, open_store
 
     params = config.load_sections(SECTIONS, args.params)
     settings = params["app"]
+    open_store(params["mlflow"])
+    uri = find_model(args.model or params["serve"]["model"], params["mlflow"])
     try:
-        tracking.use_store(params["mlflow"])
-        uri = resolve_model_uri(args.model or params["serve"]["model"], params["mlflow"])
         served = load_served_model(uri, params["split"]["max_pixels"])
-    except Exception as err:  # a CLI boundary: report why the model cannot be served
-        print(f"petscan app: cannot load the model: {err}", file=sys.stderr)
-        return 2
+    except TypeError as err:  # load_served_model: a model that petscan did not log
+        raise UserError(f"cannot serve {uri}: {err}") from None
     host, port = args.host or settings["host"], args.port or settings["port"]
     text = banner({"random_init": served.random_init, "weights_label": served.weights_label})
     warning = f" {text}." if text else ""
