@@ -21,7 +21,7 @@ import sys
 
 from petscan import config, errors, logs
 from petscan.tuning.settings import TuneSettings
-from petscan.tuning.storage import make_storage, resolve_storage, storage_label
+from petscan.tuning.storage import check_driver, make_storage, resolve_storage, storage_label
 
 # the sections this stage reads, plus the two folders of the feature cache
 SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return show_storage(params, args)
     if args.dashboard:
         return dashboard(params, args)
+    check_driver(storage_url(params, args))  # one line now, not after TensorFlow and the data
     logs.import_tensorflow()
     from petscan.tuning.run import run_tune  # here: TensorFlow takes ~5 s to load
 
