@@ -252,3 +252,19 @@ def test_split_on_a_full_disk_says_which_file_in_one_line(
         f"device; {FREE_SPACE}\n"
     )
     assert sorted(p.name for p in (tmp_path / "data/split").iterdir()) == []  # nothing half-written
+
+
+def test_a_full_disk_in_h5py_is_one_line_too(tmp_path, capsys):
+    import h5py
+    import numpy as np
+
+    @errors.reports_user_errors("stage")
+    def main(argv=None) -> int:
+        with h5py.File("/dev/full", "w") as fh:  # h5py's OSError spans two lines
+            fh["x"] = np.zeros(100_000)
+        return 0
+
+    assert main([]) == 1
+    assert capsys.readouterr().err == (
+        f"stage: error: cannot write the outputs: No space left on device; {FREE_SPACE}\n"
+    )

@@ -61,7 +61,7 @@ def disk_full_message(err: OSError, path: str | Path | None = None) -> str:
     """One line naming the file that could not be written and how to make room."""
     where = path or err.filename
     what = f"cannot write {where}" if where else "cannot write the outputs"
-    reason = err.strerror or os.strerror(err.errno or 0)
+    reason = os.strerror(err.errno or 0)  # h5py's own strerror spans lines
     if err.errno == errno.EROFS:
         return f"{what}: {reason}; choose a writable folder (or remount it read-write) and rerun"
     return f"{what}: {reason}; free space on that disk (or raise your quota) and rerun"

@@ -473,7 +473,7 @@ def _stream_to_part(resp, part: Path, have: int, url: str, progress: bool, budge
     total = have + expected if expected is not None else None
     if total is not None:
         budget.check_size(total, part, "the server announces")
-    name = Path(urllib.parse.urlsplit(url).path).name or "weights"
+    name = Path(urllib.parse.urlsplit(url).path).name.split(";")[0] or "weights"  # no token
     with (
         part.open(mode) as fh,
         _byte_bar(f"download {name}", total, progress, initial=have) as bar,
