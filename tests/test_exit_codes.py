@@ -8,6 +8,7 @@ driver, a non-empty output folder); most stop before TensorFlow is imported."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -73,6 +74,13 @@ def test_every_command_reports_a_user_error_in_one_line_and_exits_1(name, tmp_pa
         assert_user_error(done, prog, "absent.keras not found")
     else:
         assert_user_error(done, prog, "absent.yaml not found")
+
+
+def test_split_without_data_is_one_line_and_writes_its_report(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    done = run([str(REPO / "stages" / "split.py"), "--no-progress"], tmp_path)
+    assert_user_error(done, "split", "data folder data/raw does not exist", "make data")
+    assert "error" in json.loads((tmp_path / "data/split/report.json").read_text())
 
 
 def test_generate_into_a_non_empty_folder_is_a_user_error(tmp_path):
