@@ -8,6 +8,7 @@ driver, a non-empty output folder); most stop before TensorFlow is imported."""
 from __future__ import annotations
 
 import errno
+import importlib.util
 import json
 import os
 import shutil
@@ -171,6 +172,8 @@ def test_tune_with_a_database_driver_missing_names_the_package(tmp_path):
         "pip install 'psycopg[binary]'",
     )
     assert "S3CRET" not in done.stderr
+    if importlib.util.find_spec("psycopg2"):  # the `dev` extra's driver works when named
+        assert "or write postgresql+psycopg2:// to use the installed psycopg2" in done.stderr
     done = run([*args, "--storage", "nosuchdb://h/optuna"], tmp_path)
     assert_user_error(done, "tune", "is no database URL that SQLAlchemy knows")
 

@@ -8,6 +8,7 @@ concurrent writers). Any Optuna storage URL may replace it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -83,9 +84,14 @@ def check_driver(url: str) -> None:
     except ImportError as err:
         module = err.name or "the database driver"
         package = DRIVER_PACKAGES.get(module.split(".")[0], module)
+        other = (  # SQLAlchemy 2.1 wants psycopg (3) for postgresql://; `dev` has psycopg2
+            ", or write postgresql+psycopg2:// to use the installed psycopg2"
+            if module == "psycopg" and importlib.util.find_spec("psycopg2")
+            else ""
+        )
         raise StorageError(
             f"the study's storage {storage_label(url)} needs the Python module '{module}', "
-            f"which is not installed: pip install {package} (or use another --storage)"
+            f"which is not installed: pip install {package}{other} (or use another --storage)"
         ) from None
     except (ArgumentError, ValueError) as err:
         raise StorageError(
