@@ -279,3 +279,13 @@ def test_a_full_disk_in_h5py_is_one_line_too(tmp_path, capsys):
     assert capsys.readouterr().err == (
         f"stage: error: cannot write the outputs: No space left on device; {FREE_SPACE}\n"
     )
+
+
+def test_a_command_whose_module_fails_to_import_exits_70(tmp_path):
+    code = (
+        "import sys\nsys.modules['petscan.contact_sheet'] = None  # import fails\n"
+        "from petscan import cli\nsys.exit(cli.main(['contact-sheet']))"
+    )
+    done = run(["-c", code], tmp_path)
+    assert done.returncode == 70, done.stderr
+    assert done.stderr.splitlines()[-1].startswith("petscan contact-sheet: internal error:")

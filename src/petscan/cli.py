@@ -37,10 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"petscan: unknown command {name!r}; see `petscan --help`", file=sys.stderr)
         return 2
     logs.setup(verbose)  # before any command imports TensorFlow
+    return int(errors.reports_user_errors(f"petscan {name}")(_run)(name, rest) or 0)
+
+
+def _run(name: str, argv: list[str]) -> int:
+    """Import the command's module (an import error is a bug too: exit 70) and run it."""
     with logs.quiet_startup():
         module = importlib.import_module(COMMANDS[name][0])
-    run = errors.reports_user_errors(f"petscan {name}")(module.main)
-    return int(run(rest) or 0)
+    return module.main(argv)
 
 
 if __name__ == "__main__":
