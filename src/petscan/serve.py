@@ -110,12 +110,17 @@ def find_model(uri: str | None, mlflow_params: dict[str, Any]) -> str:
         uri = resolve_model_uri(uri, mlflow_params)
         mlflow.models.get_model_info(uri)  # reads only its MLmodel file
     except LookupError as err:
-        raise ModelNotFoundError(str(err)) from None
-    except (MlflowException, OSError) as err:
-        reason = " ".join(redact_text(str(err)).split())[:300]
+        raise ModelNotFoundError(redact_text(str(err))) from None
+    except (MlflowException, OSError, ValueError, ImportError) as err:  # a wrong or absent URI
+        if isinstance(err, ImportError):  # e.g. s3:// without boto3
+            err = f"it needs the Python module {err.name!r}, which is not installed"
+        reason = " ".join(str(err).split())[:300]
+        store = mlflow.get_tracking_uri()
         raise ModelNotFoundError(
-            f"cannot load the model {uri} from {redact_text(mlflow.get_tracking_uri())}: "
-            f"{reason}; train one (`make run`) or pass --model with a registered version"
+            redact_text(
+                f"cannot load the model {uri} from {store}: {reason}; train one (`make run`) "
+                "or pass --model with a registered version"
+            )
         ) from None
     return uri
 
@@ -170,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.host or serve["host"], args.port or serve["port"]
     command = scoring_command(uri, host, port, serve.get("workers", 1))
     print(
-        f"petscan serve: {uri} from {tracking_uri} on http://{host}:{port}/invocations "
-        "(research use only: not a medical device)",
+        redact_text(f"petscan serve: {uri} from {tracking_uri} on ")
+        + f"http://{host}:{port}/invocations (research use only: not a medical device)",
         file=sys.stderr,
         flush=True,
     )
