@@ -573,6 +573,15 @@ def _error_text(exc: BaseException) -> str:
     return " ".join(redact_text(text).split())
 
 
+def _failure_text(exc: Exception) -> str:
+    """One line, without credentials: the message of a `WeightsError`, else the
+    exception's type and message (an unexpected error of a client or of a file)."""
+    text = redact_text(str(exc))
+    if not isinstance(exc, WeightsError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return " ".join(text.split())
+
+
 # --------------------------------------------------------------------------- checking files
 
 
@@ -1074,8 +1083,8 @@ def _try_source(source, candidate: Path, root: Path, weights_params, settings, p
 
     Any failure of a source, of any exception type (a corrupt archive, a client's own
     error, a bug in a client), is that source's failure: the next source is tried. Only a
-    full disk stops the chain (`DiskFullError`: every source writes to the same folder),
-    and Ctrl-C."""
+    full disk stops the chain (`DiskFullError`: every source writes to the same folder);
+    Ctrl-C and SystemExit propagate."""
     name = source_name(source)
     try:
         label = fetch_source(
@@ -1104,15 +1113,6 @@ def _try_source(source, candidate: Path, root: Path, weights_params, settings, p
         "weights_label": str(source.get("label") or DEFAULT_LABEL),
         **summary,
     }
-
-
-def _failure_text(exc: Exception) -> str:
-    """One line, without credentials: the message of a `WeightsError`, else the
-    exception's type and message (an unexpected error of a client or of a file)."""
-    text = redact_text(str(exc))
-    if not isinstance(exc, WeightsError):
-        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-    return " ".join(text.split())
 
 
 def _fallback(candidate: Path, out_dir: Path, settings, failures: list[str], root: Path):
