@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.import_tensorflow()
     from petscan.tuning.run import run_tune  # here: TensorFlow takes ~5 s to load
 
-    try:
+    try:  # a problem with params, data or the stored study is a UserError: one line, exit 1
         summary = run_tune(
             params,
             config.repo_root(),
@@ -101,9 +101,6 @@ def main(argv: list[str] | None = None) -> int:
             params_path=args.params,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, ValueError) as err:  # the study's own checks of params and data
-        print(f"tune: error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(
             "tune: stopped; every finished trial is kept in the storage and tune/ holds the "

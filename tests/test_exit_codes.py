@@ -289,3 +289,24 @@ def test_a_command_whose_module_fails_to_import_exits_70(tmp_path):
     done = run(["-c", code], tmp_path)
     assert done.returncode == 70, done.stderr
     assert done.stderr.splitlines()[-1].startswith("petscan contact-sheet: internal error:")
+
+
+def test_tune_reports_its_checks_in_one_line_but_a_bug_as_a_bug(tmp_path, monkeypatch, capsys):
+    import petscan.tuning.run
+    from petscan.errors import ParamsError
+
+    stage = load_script("stages/tune.py")
+    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
+    args = ["--params", str(REPO / "params.yaml"), "--no-progress"]
+    for error, code in ((ParamsError("params.yaml tune.space.x: bad"), 1), (ValueError("bug"), 70)):
+
+        def run_tune(*a, error=error, **k):
+            raise error
+
+        monkeypatch.setattr(petscan.tuning.run, "run_tune", run_tune)
+        assert stage.main(args) == code
+        err = capsys.readouterr().err
+        if code == 1:
+            assert err == "tune: error: params.yaml tune.space.x: bad\n"
+        else:
+            assert "Traceback" in err and err.splitlines()[-2] == "ValueError: bug"

@@ -20,7 +20,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from petscan.errors import UserError
+from petscan.errors import ParamsError, UserError
 from petscan.redact import redact_text, redact_url
 from petscan.tuning.settings import PRUNER_NAMES, TuneSettings
 
@@ -155,8 +155,8 @@ def make_pruner(
         if name == "none":
             return optuna.pruners.NopPruner()
     except TypeError as err:
-        raise ValueError(f"params.yaml tune.pruner: {err}") from err
-    raise ValueError(f"params.yaml tune.pruner.name must be one of {PRUNER_NAMES}, got {name!r}")
+        raise ParamsError(f"params.yaml tune.pruner: {err}") from err
+    raise ParamsError(f"params.yaml tune.pruner.name must be one of {PRUNER_NAMES}, got {name!r}")
 
 
 def count_done(study: optuna.Study) -> int:
