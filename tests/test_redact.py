@@ -47,3 +47,19 @@ def test_redact_values_and_text():
         redact_text(text)
         == "cannot open 'postgresql://u:***@db/o' (timeout); see https://docs/x?***"
     )
+
+
+def test_credentials_over_plain_http_to_another_machine_are_refused(monkeypatch):
+    from petscan import tracking
+    from petscan.errors import UserError
+    from petscan.redact import refuse_cleartext_credentials
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError) as err:
+        tracking.use_store({"tracking_uri": "http://me:S3CRET@mlflow.example:5000/"})
+    assert str(err.value) == (
+        "the MLflow tracking URI http://me:***@mlflow.example:5000/ would send its credentials "
+        "unencrypted over http: use https://"
+    )
+    for fine in ("https://me:pw@mlflow.example/", "http://me:pw@127.0.0.1:5000", "http://h:5000"):
+        refuse_cleartext_credentials(fine, "x")  # https, this machine, or no credentials

@@ -15,10 +15,14 @@ Every URL that ends up in a log line, an error message, MLflow params or tags,
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from petscan.errors import UserError
+
 MASK = "***"
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>//.*)$", re.DOTALL)
 _EMBEDDED = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
 _PATH_PARAMS = re.compile(r";[^/]*")  # `;jsessionid=...` in a path segment (RFC 3986 3.3)
@@ -41,6 +45,19 @@ def redact_url(url: str) -> str:
     path, query = _split_query(sep + tail)
     path = _PATH_PARAMS.sub(f";{MASK}", path)
     return f"{scheme}://{authority}{path}{'?' + MASK if query else ''}"
+
+
+def refuse_cleartext_credentials(url: str, what: str) -> None:
+    """`UserError` (one line) when `url` carries credentials (`user:password@`) over plain
+    http to another machine, where they would cross the network unencrypted."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "http" or "@" not in parts.netloc:
+        return
+    if (parts.hostname or "") in _LOOPBACK:
+        return
+    raise UserError(
+        f"{what} {redact_url(url)} would send its credentials unencrypted over http: use https://"
+    )
 
 
 def redact_text(text: str) -> str:
