@@ -36,8 +36,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from petscan import config, training
-from petscan.metrics import bootstrap_ci
 from petscan.images import load_rgb
+from petscan.metrics import bootstrap_ci
 from petscan.tuning.data import cv_folds, load_tune_data
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train idx, test idx) -> proba

@@ -65,10 +65,11 @@ def downstream(weights: Path, params: dict, data, folds) -> dict[str, float]:
 
 def row(name: str, record: dict, scores: dict[str, float]) -> str:
     corpus, val = record["corpus"], record["val_scores"]
+    lesion, label = (val.get(k, float("nan")) for k in ("lesion_cell_auc", "label_auc_macro"))
     minutes = record["seconds"]["train"] / 60
     return (
         f"{name:>8} {corpus['patients']:>8} {record['train_images']:>7} {minutes:>6.1f}"
-        f"  {val.get('lesion_cell_auc', float('nan')):>6.3f} {val.get('label_auc_macro', float('nan')):>6.3f}"
+        f"  {lesion:>6.3f} {label:>6.3f}"
         f"  {record['selection_probe_auc_macro']:>6.3f}"
         f"  {scores['auc']:.3f} +- {scores['auc_sd']:.3f}"
         f"  {scores['accuracy']:.3f} +- {scores['accuracy_sd']:.3f}"

@@ -21,7 +21,7 @@ import sys
 
 from petscan import config, errors, listen, logs
 from petscan.tuning.settings import TuneSettings
-from petscan.tuning.storage import make_storage, resolve_storage, storage_label
+from petscan.tuning.storage import check_driver, make_storage, resolve_storage, storage_label
 
 # the sections this stage reads, plus the two folders of the feature cache
 SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")
@@ -85,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         return show_storage(params, args)
     if args.dashboard:
         return dashboard(params, args)
+    check_driver(storage_url(params, args))  # one line now, not after TensorFlow and the data
     logs.import_tensorflow()
     from petscan.tuning.run import run_tune  # here: TensorFlow takes ~5 s to load
 
-    try:
+    try:  # a problem with params, data or the stored study is a UserError: one line, exit 1
         summary = run_tune(
             params,
             config.repo_root(),
@@ -101,9 +102,6 @@ def main(argv: list[str] | None = None) -> int:
             params_path=args.params,
             progress=not args.no_progress,
         )
-    except (FileNotFoundError, ValueError) as err:  # the study's own checks of params and data
-        print(f"tune: error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(
             "tune: stopped; every finished trial is kept in the storage and tune/ holds the "

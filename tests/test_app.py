@@ -355,6 +355,7 @@ def test_an_alias_resolves_to_its_version_and_run(repo, monkeypatch):
 
 
 def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, monkeypatch, capsys):
+    import mlflow
     import yaml
 
     from petscan import app
@@ -363,10 +364,21 @@ def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, mo
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert app.main(["--params", str(tmp_path / "params.yaml")]) == 2
+    assert app.main(["--params", str(tmp_path / "params.yaml")]) == 1  # no store
     err = capsys.readouterr().err
-    assert "petscan app: cannot load the model: no version of the model 'pet-classifier'" in err
-    assert "train one first (`make run` or `dvc repro`)" in err
+    assert err == (
+        f"petscan app: error: no MLflow store at sqlite:///{tmp_path}/mlruns/mlflow.db: run from "
+        "the repository (or set MLFLOW_TRACKING_URI) and train a model first (`make run`)\n"
+    )
+    tracking.use_store({})
+    mlflow.MlflowClient().search_registered_models()  # an empty store
+    capsys.readouterr()  # MLflow's lines about creating it
+    assert app.main(["--params", str(tmp_path / "params.yaml")]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "petscan app: error: no version of the model 'pet-classifier' is registered in "
+        f"sqlite:///{tmp_path}/mlruns/mlflow.db: train one first (`make run` or `dvc repro`)\n"
+    )
 
 
 def test_the_app_command_announces_its_url_only_once_the_port_answers(repo, tmp_path):

@@ -16,8 +16,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from petscan import config, handoff, params, synthetic
 from petscan.handoff import DEMO_LABEL
 
@@ -194,9 +194,7 @@ def test_auto_is_the_seed_backbone_exactly_when_the_radimagenet_file_is_there(pr
 
 
 def test_a_named_backbone_and_explicit_sizes_are_kept():
-    raw = params.validate(
-        {"model": {"backbone": "inception_resnet_v2", "input_size": [299, 299]}}
-    )
+    raw = params.validate({"model": {"backbone": "inception_resnet_v2", "input_size": [299, 299]}})
     model = params.resolve_model(raw, lambda path: False)["model"]
     assert model["backbone"] == "inception_resnet_v2"  # no file: a labelled random init later
     assert model["input_size"] == [299, 299] and model["preprocessing"] == "radimagenet"

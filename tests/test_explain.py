@@ -345,13 +345,13 @@ def test_cli_all_classes_and_a_named_class(square_file, scans, tmp_path):
 def test_cli_usage_errors_and_nothing_explained(square_file, scans, tmp_path, capsys):
     params = write_params(tmp_path / "params.yaml")
     base = ["--model", str(square_file), "--params", str(params), "--out", str(tmp_path / "o")]
-    assert explain.main([str(scans), *base, "--class", "Cat"]) == 2
+    assert explain.main([str(scans), *base, "--class", "Cat"]) == 1
     assert "unknown class 'Cat'" in capsys.readouterr().err
     assert explain.main([str(scans / "broken.png"), *base]) == 1
     err = capsys.readouterr().err
     assert "broken.png" in err and "no image could be explained" in err
     missing = ["--model", str(tmp_path / "absent.keras"), "--out", str(tmp_path / "o")]
-    assert explain.main([str(scans), *missing, "--params", str(params)]) == 2
+    assert explain.main([str(scans), *missing, "--params", str(params)]) == 1
     assert "absent.keras" in capsys.readouterr().err
 
 

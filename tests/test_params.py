@@ -180,7 +180,7 @@ def test_dvc_exp_run_set_override_is_checked_before_train_opens_a_run(tmp_path):
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_exit_codes_user_error_one_line_bug_keeps_its_traceback(capsys):
+def test_exit_codes_user_error_one_line_bug_keeps_its_traceback_and_exits_70(capsys):
     @errors.reports_user_errors("stage")
     def user_problem(argv=None) -> int:
         raise errors.MissingInputError("data/split/train.csv not found: run `dvc repro split`")
@@ -193,8 +193,14 @@ def test_exit_codes_user_error_one_line_bug_keeps_its_traceback(capsys):
     assert capsys.readouterr().err == (
         "stage: error: data/split/train.csv not found: run `dvc repro split`\n"
     )
-    with pytest.raises(ZeroDivisionError):
-        bug([])
+    assert bug([]) == errors.EXIT_BUG == 70
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "Traceback (most recent call last):"
+    assert err[-2:] == [
+        "ZeroDivisionError: a bug",
+        "stage: internal error: this is a bug in petscan (exit code 70); please report it with "
+        "the traceback above",
+    ]
     result = subprocess.run(
         [sys.executable, "-m", "petscan.cli", "predict", "x.png", "--model", "absent.keras"],
         cwd=REPO,

@@ -18,6 +18,9 @@ from petscan.tuning.storage import storage_label
         ("https://ghp_TOKEN@github.com/o/r", "https://***@github.com/o/r"),
         ("mysql://db/optuna?password=pw&x=1", "mysql://db/optuna?***"),
         ("https://host:8443/p?", "https://host:8443/p?***"),
+        ("https://h/dl;jsessionid=S3CRET/w.h5", "https://h/dl;***/w.h5"),
+        ("https://h/a;t=S3CRET;x=1/b/w.h5;v=2?q#f", "https://h/a;***/b/w.h5;***?***"),
+        ("https://u:pw@h/d;sid=S3CRET#frag", "https://u:***@h/d;***?***"),
         ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
         ("sqlite:////repo/tune/optuna.db", "sqlite:////repo/tune/optuna.db"),
         ("/repo/tune/optuna.journal", "/repo/tune/optuna.journal"),
@@ -44,3 +47,19 @@ def test_redact_values_and_text():
         redact_text(text)
         == "cannot open 'postgresql://u:***@db/o' (timeout); see https://docs/x?***"
     )
+
+
+def test_credentials_over_plain_http_to_another_machine_are_refused(monkeypatch):
+    from petscan import tracking
+    from petscan.errors import UserError
+    from petscan.redact import refuse_cleartext_credentials
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with pytest.raises(UserError) as err:
+        tracking.use_store({"tracking_uri": "http://me:S3CRET@mlflow.example:5000/"})
+    assert str(err.value) == (
+        "the MLflow tracking URI http://me:***@mlflow.example:5000/ would send its credentials "
+        "unencrypted over http: use https://"
+    )
+    for fine in ("https://me:pw@mlflow.example/", "http://me:pw@127.0.0.1:5000", "http://h:5000"):
+        refuse_cleartext_credentials(fine, "x")  # https, this machine, or no credentials

@@ -309,7 +309,7 @@ def test_main_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):
     assert synthetic.main(args) == 0
     assert len(list_images(out)) == 6
     assert "wrote 6 images" in capsys.readouterr().out
-    assert synthetic.main(args) == 2
+    assert synthetic.main(args) == 1
     assert "--force" in capsys.readouterr().err
     before = {p: p.stat().st_mtime_ns for p in list_images(out)}
     assert synthetic.main([*args, "--if-missing"]) == 0  # what `make data` runs

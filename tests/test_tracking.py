@@ -260,16 +260,26 @@ def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests
 def test_urls_with_credentials_are_recorded_redacted(mlflow_store, manifests, tmp_path):
     params = {
         "mlflow": {"tracking_uri": "https://user:S3CRET@mlflow.example/", "experiment": "e"},
-        "weights": {"sources": [{"type": "url", "url": "https://h/w.h5?sig=S3CRET"}]},
+        "weights": {
+            "sources": [
+                {"type": "url", "url": "https://h/w.h5?sig=S3CRET"},
+                {"type": "url", "url": "https://h/x;jsessionid=S3CRET/w.h5"},
+            ]
+        },
     }
     weights = dataclasses.replace(WEIGHTS, weights_source="url:https://tok-S3CRET@h/w.h5")
     tags = tracking.run_tags(manifests, weights)
     assert tags["weights_source"] == "url:https://***@h/w.h5"
+    weights = dataclasses.replace(WEIGHTS, weights_source="url:https://h/d;jsessionid=S3CRET/w.h5")
+    assert tracking.run_tags(manifests, weights)["weights_source"] == "url:https://h/d;***/w.h5"
     with tracking.start_training_run({"experiment": "e"}, params, tags) as run:
         pass
     logged = mlflow.MlflowClient().get_run(run.info.run_id)
     assert logged.data.params["mlflow.tracking_uri"] == "https://user:***@mlflow.example/"
-    assert logged.data.params["weights.sources"] == '[{"type": "url", "url": "https://h/w.h5?***"}]'
+    assert logged.data.params["weights.sources"] == (
+        '[{"type": "url", "url": "https://h/w.h5?***"}, '
+        '{"type": "url", "url": "https://h/x;***/w.h5"}]'
+    )
     recorded = mlflow.artifacts.load_text(f"{logged.info.artifact_uri}/params.json")
     everything = [recorded, str(logged.data.params), str(logged.data.tags)]
     assert "mlflow.example" in recorded and not any("S3CRET" in t for t in everything)

@@ -3,6 +3,7 @@ HTTP server on 127.0.0.1 serves weights files the tests write with the `tiny` ba
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime
 import hashlib
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import types
+import urllib.request
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -1045,3 +1047,165 @@ def test_zip_member_above_the_cap_is_refused(tmp_path, monkeypatch):
     source = {"type": "kaggle", "dataset": "o/s", "file": "w.h5"}
     with pytest.raises(weights.WeightsError, match="300000 bytes in the archive, more than"):
         fetch(tmp_path, params(source, sha256="0" * 64, max_download_mb=0.1))
+
+
+# --------------------------------------------------------------------------- one failing source
+
+
+def corrupt_kaggle_client(monkeypatch) -> None:
+    """A Kaggle client whose download is a corrupt zip (zipfile raises BadZipFile)."""
+
+    class KaggleApi:
+        def authenticate(self):
+            pass
+
+        def dataset_download_file(self, dataset, file_name, path, force, quiet):
+            (Path(path) / f"{file_name}.zip").write_bytes(b"PK\x03\x04 not really a zip" * 10)
+
+    install_fake_kaggle(monkeypatch, KaggleApi)
+
+
+def exploding_kaggle_client(monkeypatch, error: Exception) -> None:
+    """A Kaggle client that authenticates, then its `_kaggle_result` step raises `error`."""
+    kaggle_client(monkeypatch, [("w.h5", b"x")])
+
+    def explode(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(weights, "_kaggle_result", explode)
+
+
+@pytest.mark.parametrize(
+    ("make_failure", "reason"),
+    [
+        (corrupt_kaggle_client, "BadZipFile: File is not a zip file"),
+        (
+            lambda mp: exploding_kaggle_client(mp, OSError(5, "Input/output error")),
+            "OSError: [Errno 5] Input/output error",
+        ),
+        (
+            lambda mp: exploding_kaggle_client(mp, KeyError("members\nsecond line")),
+            "KeyError: 'members\\nsecond line'",
+        ),
+    ],
+    ids=["corrupt-zip", "oserror", "generic"],
+)
+def test_any_failing_source_is_recorded_and_the_next_one_is_tried(
+    tmp_path, h5_files, monkeypatch, make_failure, reason
+):
+    data = h5_files["tiny"].read_bytes()
+    (tmp_path / "w.h5").write_bytes(data)
+    make_failure(monkeypatch)
+    kaggle = {"type": "kaggle", "dataset": "o/s", "file": "w.h5"}
+    meta = fetch(tmp_path, params(kaggle, {"type": "file", "path": "w.h5"}, sha256=sha(data)))
+    assert meta["weights_source"] == f"file:{tmp_path / 'w.h5'}"
+    assert meta["weights_sha256"] == sha(data)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["weights.h5", "weights.json"]
+    # without the file source, the failure is one line of the report, then the fallback
+    (tmp_path / "w.h5").unlink()
+    with pytest.raises(weights.WeightsError) as err:
+        fetch(tmp_path / "b", params(kaggle, sha256=sha(data)))
+    lines = str(err.value).splitlines()
+    assert lines[1] == f"  1. kaggle o/s/w.h5: {reason}"
+    assert lines[2].startswith("To place the file by hand")
+    assert_nothing_installed(tmp_path / "b")
+    meta = fetch(tmp_path / "c", params(kaggle, sha256=sha(data), fallback="random"))
+    assert meta["weights_source"] == "random"
+
+
+def test_ctrl_c_in_a_source_is_not_a_source_failure(tmp_path, h5_files, monkeypatch):
+    exploding_kaggle_client(monkeypatch, KeyboardInterrupt())
+    (tmp_path / "w.h5").write_bytes(h5_files["tiny"].read_bytes())
+    kaggle = {"type": "kaggle", "dataset": "o/s", "file": "w.h5"}
+    with pytest.raises(KeyboardInterrupt):
+        fetch(tmp_path, params(kaggle, {"type": "file", "path": "w.h5"}, sha256="a" * 64))
+    assert_nothing_installed(tmp_path)
+
+
+# --------------------------------------------------------------------------- credentials, loops
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_to_that_host_only(
+    tmp_path, h5_files, server, tls
+):
+    data = h5_files["tiny"].read_bytes()
+    server.routes["/w.h5"] = (data, "application/octet-stream", "ok")
+    server.handlers["/moved"] = redirect_to("/w.h5")
+    url = f"https://me:p%40ss%3Aw0rd@127.0.0.1:{server.port}/moved"
+    wp = params({"type": "url", "url": url}, sha256=sha(data), ca_bundle=str(tls.cert))
+    meta = fetch(tmp_path, wp)
+    assert meta["weights_sha256"] == sha(data)
+    expected = "Basic " + base64.b64encode(b"me:p@ss:w0rd").decode()
+    assert [h.get("Authorization") for h in server.headers] == [expected, expected]
+    assert [h["Host"] for h in server.headers] == [f"127.0.0.1:{server.port}"] * 2
+    assert meta["weights_source"] == f"url:https://me:***@127.0.0.1:{server.port}/moved"
+    assert "p%40ss" not in (tmp_path / "out" / "weights.json").read_text()
+    # a redirect to another host (between Google Drive's hosts) does not take them along
+    request = urllib.request.Request(
+        "https://drive.google.com/uc?id=x", headers={"Authorization": expected}
+    )
+    moved = weights._CheckedRedirects().redirect_request(
+        request, None, 302, "Found", {}, "https://drive.usercontent.google.com/download?id=x"
+    )
+    assert moved.get_header("Authorization") is None
+    assert weights.split_credentials("https://h/x") == ("https://h/x", None)
+
+
+def test_a_redirect_loop_is_one_line(tmp_path, server, tls):
+    server.handlers["/loop"] = redirect_to("/loop")
+    with pytest.raises(weights.SourceError) as err:
+        get(server, tls, "/loop?token=S3CRET", tmp_path / "w.h5", sha256="0" * 64)
+    assert str(err.value) == (
+        f"HTTP 302: a redirect loop (too many redirects) at {server.url}/loop"
+    )
+
+
+def full_disk_pump(monkeypatch) -> None:
+    """Every copy of a weights file writes to /dev/full (ENOSPC on the first write)."""
+    real = weights._pump
+
+    def pump(source, sink, bar, **kwargs):
+        with open("/dev/full", "wb", buffering=0) as full:
+            return real(source, full, bar, **kwargs)
+
+    monkeypatch.setattr(weights, "_pump", pump)
+
+
+def test_a_full_disk_stops_the_chain_with_one_line(tmp_path, h5_files, monkeypatch, capsys):
+    stage = load_script("stages/fetch_weights.py")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
+    (tmp_path / "w.h5").write_bytes(h5_files["tiny"].read_bytes())
+    text = (
+        "weights: {dir: models/backbone, sha256: null, fallback: random, timeout_s: 5,"
+        " retries: 0, seed: 1, sources: [{type: file, path: w.h5}, {type: file, path: w.h5}]}\n"
+        "model: {backbone: tiny, input_size: [32, 32], head_units: 8}\n"
+    )
+    (tmp_path / "params.yaml").write_text(text)
+    full_disk_pump(monkeypatch)
+    assert stage.main(["--no-progress"]) == 1
+    err = capsys.readouterr().err
+    candidate = tmp_path / "models/backbone/.weights.candidate.h5"
+    assert err == (
+        f"fetch_weights: error: cannot write {candidate}: No space left on device; free space "
+        "on that disk (or raise your quota) and rerun\n"
+    )
+    assert not (tmp_path / "models/backbone/weights.h5").exists()
+    assert not candidate.exists()
+
+
+def test_a_token_in_a_path_parameter_is_not_recorded(tmp_path, h5_files, server, tls):
+    data = h5_files["tiny"].read_bytes()
+    server.routes["/dl;jsessionid=S3CRET/w.h5"] = (data, "application/octet-stream", "ok")
+    url = f"{server.url}/dl;jsessionid=S3CRET/w.h5"
+    meta = fetch(
+        tmp_path, params({"type": "url", "url": url}, sha256=sha(data), ca_bundle=str(tls.cert))
+    )
+    assert meta["weights_source"] == f"url:{server.url}/dl;***/w.h5"
+    assert meta["settings"]["sources"][0]["url"] == f"{server.url}/dl;***/w.h5"
+    assert "S3CRET" not in (tmp_path / "out" / "weights.json").read_text()
+    server.routes.clear()  # the failure report names the source without the token too
+    with pytest.raises(weights.WeightsError) as err:
+        fetch(tmp_path / "b", params({"type": "url", "url": url}, sha256=sha(data)))
+    assert "dl;***/w.h5" in str(err.value) and "S3CRET" not in str(err.value)

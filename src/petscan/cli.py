@@ -22,8 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit codes: 0 success, 1 a problem with the data, params or files (one line on
-    stderr), 2 a usage error; any other failure is a bug and keeps its traceback."""
+    """Exit codes, the same for every command and DVC stage (`petscan.errors`): 0 success,
+    1 a problem with the data, params, files or disk (one line on stderr), 2 a usage error
+    (argparse), 70 a bug (its traceback, then one line saying it is a bug)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = bool(argv) and argv[0] in ("-v", "--verbose")
     argv = argv[1:] if verbose else argv
@@ -37,10 +38,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"petscan: unknown command {name!r}; see `petscan --help`", file=sys.stderr)
         return 2
     logs.setup(verbose)  # before any command imports TensorFlow
+    return int(errors.reports_user_errors(f"petscan {name}")(_run)(name, rest) or 0)
+
+
+def _run(name: str, argv: list[str]) -> int:
+    """Import the command's module (an import error is a bug too: exit 70) and run it."""
     with logs.quiet_startup():
         module = importlib.import_module(COMMANDS[name][0])
-    run = errors.reports_user_errors(f"petscan {name}")(module.main)
-    return int(run(rest) or 0)
+    return module.main(argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from petscan import config
+from petscan.errors import MissingInputError, reports_user_errors
 from petscan.images import ImageError, list_images, load_rgb
 from petscan.io import atomic_path
 
@@ -88,6 +89,7 @@ def contact_sheet(
     return out
 
 
+@reports_user_errors("petscan contact-sheet")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="petscan contact-sheet",
@@ -113,9 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         out = contact_sheet(
             raw_dir, data["classes"], args.out, per_class=args.per_class, seed=args.seed
         )
-    except FileNotFoundError as err:
-        print(f"petscan contact-sheet: {err}", file=sys.stderr)
-        return 2
+    except FileNotFoundError as err:  # no data yet: a user error (exit 1), see petscan.errors
+        raise MissingInputError(str(err)) from None
     print(f"wrote {out} ({len(data['classes'])} classes x {args.per_class} images from {raw_dir})")
     return 0
 

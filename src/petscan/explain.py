@@ -45,6 +45,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from petscan import config, predict
+from petscan.errors import UserError, reports_user_errors
 from petscan.images import ImageError, content_box, load_rgb, resize
 from petscan.io import atomic_path, write_csv
 
@@ -533,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_user_errors("petscan explain")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     files, errors = _inputs(args.paths)
@@ -543,9 +545,10 @@ def main(argv: list[str] | None = None) -> int:
             loaded = predict.load_from_uri(args.model_uri, args.params)
         target = resolve_target(args.target, loaded.class_names)
         explainer_for(loaded.keras_model)  # fails here, clearly, on a model it cannot explain
-    except Exception as err:  # a CLI boundary: any failure to load is reported, not traced
-        print(f"petscan explain: {err}", file=sys.stderr)
-        return 2
+    except UserError:
+        raise
+    except Exception as err:  # a CLI boundary: MLflow's and Keras' many ways to fail to load
+        raise UserError(" ".join(str(err).split())) from None
     rows = explain_files(
         loaded,
         files,

@@ -388,8 +388,8 @@ COMPACT_METRICS = ("accuracy", "balanced_accuracy", "f1_macro", "roc_auc_macro",
 
 
 def compact_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
-    """`random_init` and `weights_label`, then per split each of `COMPACT_METRICS` with `_low` / `_high` bounds
-    and `single_class_predictions` (the collapse alarm of that split).
+    """`random_init` and `weights_label`, then per split each of `COMPACT_METRICS` with
+    `_low` / `_high` bounds and `single_class_predictions` (the collapse alarm of that split).
 
     `{"random_init": true, "test": {"accuracy": 0.35, "accuracy_low": 0.19, ...}}`; the
     interval is the bootstrap one of `metrics.evaluate_predictions` (`<m>_ci_low/high`).

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from petscan.errors import DiskFullError, disk_full_message, is_disk_full
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -34,22 +36,41 @@ def atomic_path(
     `suffix` keeps an extension that a writer insists on (Keras wants `.keras`).
     `mode` (e.g. 0o600 for a file holding a password) is the file's permission bits from
     its creation on; by default the umask decides, as for any new file.
+    A full disk or quota, or a read-only folder, raises `DiskFullError` naming `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=suffix if suffix is not None else ".tmp", dir=path.parent
-    )
-    os.close(fd)
+    with disk_full_names(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.",
+            suffix=suffix if suffix is not None else ".tmp",
+            dir=path.parent,
+        )
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        if mode is not None:
-            os.chmod(tmp_path, mode)  # before anything is written into it
-        yield tmp_path
-        os.chmod(tmp_path, mode if mode is not None else 0o666 & ~_UMASK)  # mkstemp: 0600
-        os.replace(tmp_path, path)
+        with disk_full_names(path):
+            if mode is not None:
+                os.chmod(tmp_path, mode)  # before anything is written into it
+            yield tmp_path
+            os.chmod(tmp_path, mode if mode is not None else 0o666 & ~_UMASK)  # mkstemp: 0600
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def disk_full_names(path: str | Path) -> Iterator[None]:
+    """An OSError of a full disk (or quota, or read-only folder) inside the block becomes a
+    `DiskFullError` naming `path` (a write() that fails says no file name)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        raise DiskFullError(disk_full_message(err, path)) from err
 
 
 def write_text(path: str | Path, text: str, mode: int | None = None) -> None:

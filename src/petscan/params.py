@@ -478,7 +478,9 @@ class PretrainParams(Section):
     @model_validator(mode="after")
     def _apart_from_each_other(self) -> PretrainParams:
         if self.corpus.seed == self.selection.seed or self.corpus.prefix == self.selection.prefix:
-            raise ValueError("pretrain.corpus and pretrain.selection need their own seed and prefix")
+            raise ValueError(
+                "pretrain.corpus and pretrain.selection need their own seed and prefix"
+            )
         return self
 
 

@@ -218,7 +218,9 @@ def run_pretrain(
         "selection": _describe(selection, params["selection"], None),
         "history": {k: [round(v, 5) for v in values] for k, values in history.items()},
         "val_scores": scores(network, val, tasks),
-        "selection_probe_auc_macro": probe_auc(pooled_features(backbone, selection.images), selection),
+        "selection_probe_auc_macro": probe_auc(
+            pooled_features(backbone, selection.images), selection
+        ),
     }
     record["seconds"] = {
         "generate": round(generated - started, 1),

@@ -1,4 +1,4 @@
-"""URLs as they may be recorded: no password, token or query string.
+"""URLs as they may be recorded: no password, token, path parameter or query string.
 
 Every URL that ends up in a log line, an error message, MLflow params or tags,
 `weights.json`, `train.json` or a tuning summary goes through `redact_url` first
@@ -8,24 +8,31 @@ Every URL that ends up in a log line, an error message, MLflow params or tags,
     postgresql://:pw@db:5432/optuna     -> postgresql://:***@db:5432/optuna
     https://TOKEN@host/x                -> https://***@host/x
     mysql://db/optuna?password=pw       -> mysql://db/optuna?***
+    https://host/dl;jsessionid=S/w.h5   -> https://host/dl;***/w.h5
     sqlite:////repo/tune/optuna.db      -> unchanged (a path, no secret)
 """
 
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from petscan.errors import UserError
+
 MASK = "***"
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):(?P<rest>//.*)$", re.DOTALL)
 _EMBEDDED = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_PATH_PARAMS = re.compile(r";[^/]*")  # `;jsessionid=...` in a path segment (RFC 3986 3.3)
 
 
 def redact_url(url: str) -> str:
-    """`url` with its password (or lone user name, often a token) masked and its query
-    string and fragment replaced by `?***`; a string that is no `scheme://` URL is
-    returned unchanged."""
+    """`url` with every part that can carry a token masked: the password (or a lone user
+    name, often a token) of its userinfo, the parameters of its path segments
+    (`;jsessionid=...` becomes `;***`), its query string and fragment (replaced by
+    `?***`). A string that is no `scheme://` URL is returned unchanged."""
     match = _URL.match(url)
     if not match:
         return url
@@ -36,7 +43,21 @@ def redact_url(url: str) -> str:
         user, has_password, _ = userinfo.partition(":")
         authority = f"{user}:{MASK}@{host}" if has_password else f"{MASK}@{host}"
     path, query = _split_query(sep + tail)
+    path = _PATH_PARAMS.sub(f";{MASK}", path)
     return f"{scheme}://{authority}{path}{'?' + MASK if query else ''}"
+
+
+def refuse_cleartext_credentials(url: str, what: str) -> None:
+    """`UserError` (one line) when `url` carries credentials (`user:password@`) over plain
+    http to another machine, where they would cross the network unencrypted."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme.lower() != "http" or "@" not in parts.netloc:
+        return
+    if (parts.hostname or "") in _LOOPBACK:
+        return
+    raise UserError(
+        f"{what} {redact_url(url)} would send its credentials unencrypted over http: use https://"
+    )
 
 
 def redact_text(text: str) -> str:

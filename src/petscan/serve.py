@@ -22,6 +22,8 @@ from typing import Any
 
 import petscan
 from petscan import config, listen
+from petscan.errors import MissingInputError, UserError, reports_user_errors
+from petscan.redact import redact_text
 
 # MLflow (and TensorFlow, through tracking) are imported in the functions that use them, not
 # here: `petscan serve --help` then answers in about 1 s instead of 13 s (2 cores).
@@ -80,6 +82,49 @@ def load_pyfunc(uri: str | None = None, params_path: str | Path | None = None):
     return mlflow.pyfunc.load_model(resolve_model_uri(uri, mlflow_params))
 
 
+class ModelNotFoundError(UserError):
+    """The model to serve is not in the store (or cannot be read from it)."""
+
+
+def open_store(mlflow_params: dict[str, Any]) -> str:
+    """Select the project's MLflow store (`tracking.use_store`); return its URI. A local
+    SQLite store that does not exist is a `MissingInputError`, not created empty."""
+    from petscan import tracking
+
+    store = tracking.resolve_tracking_uri(mlflow_params)
+    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+        raise MissingInputError(
+            f"no MLflow store at {store}: run from the repository (or set MLFLOW_TRACKING_URI) "
+            "and train a model first (`make run`)"
+        )
+    return tracking.use_store(mlflow_params)
+
+
+def find_model(uri: str | None, mlflow_params: dict[str, Any]) -> str:
+    """The URI of the model to serve (`resolve_model_uri`), checked to be in the store
+    (store already selected): `ModelNotFoundError`, one line, when it is not."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        uri = resolve_model_uri(uri, mlflow_params)
+        mlflow.models.get_model_info(uri)  # reads only its MLmodel file
+    except LookupError as err:
+        raise ModelNotFoundError(redact_text(str(err))) from None
+    except (MlflowException, OSError, ValueError, ImportError) as err:  # a wrong or absent URI
+        if isinstance(err, ImportError):  # e.g. s3:// without boto3
+            err = f"it needs the Python module {err.name!r}, which is not installed"
+        reason = " ".join(str(err).split())[:300]
+        store = mlflow.get_tracking_uri()
+        raise ModelNotFoundError(
+            redact_text(
+                f"cannot load the model {uri} from {store}: {reason}; train one (`make run`) "
+                "or pass --model with a registered version"
+            )
+        ) from None
+    return uri
+
+
 def server_environment(tracking_uri: str) -> dict[str, str]:
     """This process' environment, with the store, this Python's `bin/` and `petscan` on paths."""
     env = dict(os.environ)
@@ -119,25 +164,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@reports_user_errors("petscan serve")
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: see `petscan.errors` (a missing store or model: one line, exit 1)."""
     args = build_parser().parse_args(argv)
-    from petscan import tracking
-
     params = config.load_sections(SECTIONS, args.params)
     serve, mlflow_params = params["serve"], params["mlflow"]
-    tracking_uri = tracking.use_store(mlflow_params)
-    try:
-        uri = resolve_model_uri(args.model or serve["model"], mlflow_params)
-    except Exception as err:  # a CLI boundary: the store or registry may be unreachable
-        print(f"petscan serve: {err}", file=sys.stderr)
-        return 2
+    tracking_uri = open_store(mlflow_params)
+    uri = find_model(args.model or serve["model"], mlflow_params)  # before MLflow's server
     host, port = args.host or serve["host"], args.port or serve["port"]
     what = "the scoring server (which reads any image path it is sent on this machine)"
     listen.warn_if_exposed("petscan serve", host, "--host" if args.host else "serve.host", what)
     command = scoring_command(uri, host, port, serve.get("workers", 1))
     print(  # MLflow's server listens only once it has loaded the model: say so, not "on"
-        f"petscan serve: starting MLflow's scoring server for {uri} from {tracking_uri}; it "
-        f"answers at http://{host}:{port}/invocations once the model is loaded "
+        redact_text(
+            f"petscan serve: starting MLflow's scoring server for {uri} from {tracking_uri}"
+        )
+        + f"; it answers at http://{host}:{port}/invocations once the model is loaded "
         "(research use only: not a medical device)",
         file=sys.stderr,
         flush=True,

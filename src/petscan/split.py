@@ -402,7 +402,7 @@ def run_split(
         remove_outputs(out_dir)
         report = {"error": str(err), **getattr(err, "report", {})}
         io.write_json(out_dir / "report.json", report)
-        log.info("split failed; wrote %s/report.json", out_name)
+        log.debug("split failed; wrote %s/report.json", out_name)  # the error is THE line
         raise
     write_split(result, out_dir)
     for line in describe(result):

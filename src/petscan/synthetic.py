@@ -43,6 +43,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from petscan import config
+from petscan.errors import UserError, reports_user_errors
 from petscan.params import DEMO_PATIENT_PREFIX
 
 MM_PER_UNIT = 1100.0  # vertex to mid-thigh of an average adult, in millimetres
@@ -1095,6 +1096,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@reports_user_errors("petscan generate")
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_section("synthetic", args.params)
@@ -1117,9 +1119,8 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             visible_contrast=float(params["visible_contrast"]),
         )
-    except (FileExistsError, ValueError) as err:
-        print(f"petscan generate: {err}", file=sys.stderr)
-        return 2
+    except (FileExistsError, ValueError) as err:  # a user error (exit 1), see petscan.errors
+        raise UserError(str(err)) from None
     seconds = time.perf_counter() - start
     per_folder = frame.groupby("folder")["path"].count().to_dict()
     patients = frame["patient"].nunique()

@@ -36,7 +36,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from petscan import config, pyfunc_model, run_owner
 from petscan.handoff import EPOCH_METRICS, WEIGHTS_FIELDS, WeightsInfo, banner, manifest_paths
 from petscan.images import ImageRules
-from petscan.redact import redact_text, redact_values
+from petscan.redact import redact_text, redact_values, refuse_cleartext_credentials
 
 STORE_DIR = "mlruns"
 DB_NAME = "mlflow.db"
@@ -86,6 +86,7 @@ def resolve_tracking_uri(mlflow_params: dict[str, Any] | None = None) -> str:
 def use_store(mlflow_params: dict[str, Any] | None = None) -> str:
     """Point MLflow (tracking and registry) at the project's store; return the URI."""
     uri = resolve_tracking_uri(mlflow_params)
+    refuse_cleartext_credentials(uri, "the MLflow tracking URI")
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)

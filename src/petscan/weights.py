@@ -28,6 +28,7 @@ size, never by its content, and show URLs without credentials or query (`redact`
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import html
@@ -57,7 +58,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from petscan import backbones, config, logs
-from petscan.errors import UserError
+from petscan.errors import DiskFullError, UserError, disk_full_message, is_disk_full
 from petscan.handoff import (
     DEFAULT_LABEL,
     DEMO_LABEL,
@@ -227,11 +228,36 @@ def check_remote_url(url: str, previous: str | None = None) -> None:
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follows a redirect only when `check_remote_url` accepts it (https, same host)."""
+    """Follows a redirect only when `check_remote_url` accepts it (https, same host); the
+    credentials of the URL go only to its own host (not from one Drive host to another)."""
 
     def redirect_request(self, req, fp, code, msg, headers, newurl):
         check_remote_url(newurl, req.full_url)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not _same_host(newurl, req.full_url):
+            new.remove_header("Authorization")
+        return new
+
+
+def _same_host(url: str, other: str) -> bool:
+    a, b = urllib.parse.urlsplit(url), urllib.parse.urlsplit(other)
+    return (a.hostname, a.port) == (b.hostname, b.port)
+
+
+def split_credentials(url: str) -> tuple[str, str | None]:
+    """(`url` without its `user:password@`, the HTTP basic `Authorization` value or None).
+
+    urllib would take `user:password@host` for the host name (and send the password to the
+    name resolver); the credentials are sent as HTTP basic auth instead, over https only
+    (`check_remote_url`), percent-escapes decoded (`p%40ss` is `p@ss`)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, None
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    pair = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+    token = base64.b64encode(pair.encode("utf-8")).decode("ascii")
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), f"Basic {token}"
 
 
 def make_ssl_context(ca_bundle: str | Path | None = None) -> ssl.SSLContext:
@@ -322,12 +348,15 @@ def download(
     stops after `deadline_s` seconds. A body shorter than its Content-Length is
     incomplete; a body without Content-Length is complete only when it matches `sha256`.
     The part file is renamed to `dest` only when complete and, if `sha256` is given,
-    matching it. Raises `SourceError` with the reason.
+    matching it. Credentials in the URL (`https://user:password@host/...`) are sent as
+    HTTP basic auth to that host only. Raises `SourceError` with the reason, and
+    `DiskFullError` when the disk is full.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     url = normalize_url(url)
     check_remote_url(url)
+    url, auth = split_credentials(url)
     key = hashlib.sha1(url.encode()).hexdigest()[:10]
     part = dest.with_name(f"{dest.name}.{key}.part")
     opener = https_opener(ssl_context)
@@ -340,12 +369,14 @@ def download(
             time.sleep(min(retry_wait_s * 2 ** (attempt - 1), 30.0, budget.left()))
             log.info("retrying %s (attempt %d of %d)", shown, attempt + 1, retries + 1)
         try:
-            _download_once(opener, resolved, part, timeout_s, progress, budget, sha256)
+            _download_once(opener, resolved, part, timeout_s, progress, budget, (sha256, auth))
             break
         except (_RetryableError, OSError, http.client.HTTPException) as exc:
+            if is_disk_full(exc):  # another attempt cannot help; the part is kept to resume
+                raise DiskFullError(disk_full_message(exc, part)) from None
             errors.append(_error_text(exc))
             if isinstance(exc, urllib.error.HTTPError) and not _retryable_status(exc.code):
-                raise SourceError(f"HTTP {exc.code} {exc.reason}") from None
+                raise SourceError(_error_text(exc)) from None
             if isinstance(getattr(exc, "reason", None), socket.gaierror):
                 raise SourceError(
                     f"cannot resolve the host of {shown} ({exc.reason}): is this machine offline?"
@@ -369,15 +400,20 @@ def download(
 
 
 def _download_once(
-    opener, resolved: list[str], part: Path, timeout_s: float, progress: bool, budget, sha256
+    opener, resolved: list[str], part: Path, timeout_s: float, progress: bool, budget, pins
 ) -> None:
     """One attempt: append to `part` from where it stops (Range + If-Range) or start again.
 
-    `resolved[0]` is the URL to ask; a followed Drive confirmation page replaces it."""
+    `resolved[0]` is the URL to ask; a followed Drive confirmation page replaces it.
+    `pins`: (the expected sha256, the `Authorization` value for the first URL's host)."""
+    sha256, auth = pins
+    first = resolved[0]
     for _hop in range(3):  # Google Drive may put an interstitial page before the file
         url = resolved[0]
         have, validator = _resumable_part(part, budget)
         headers = {"User-Agent": USER_AGENT}
+        if auth and _same_host(url, first):
+            headers["Authorization"] = auth
         if have:
             headers["Range"] = f"bytes={have}-"
             headers["If-Range"] = validator
@@ -439,7 +475,7 @@ def _stream_to_part(resp, part: Path, have: int, url: str, progress: bool, budge
     total = have + expected if expected is not None else None
     if total is not None:
         budget.check_size(total, part, "the server announces")
-    name = Path(urllib.parse.urlsplit(url).path).name or "weights"
+    name = Path(urllib.parse.urlsplit(url).path).name.split(";")[0] or "weights"  # no token
     with (
         part.open(mode) as fh,
         _byte_bar(f"download {name}", total, progress, initial=have) as bar,
@@ -527,11 +563,25 @@ def _retryable_status(code: int) -> bool:
 
 
 def _error_text(exc: BaseException) -> str:
+    """One line, without credentials."""
+    if isinstance(exc, urllib.error.HTTPError) and "infinite loop" in str(exc.reason):
+        return f"HTTP {exc.code}: a redirect loop (too many redirects) at {redact_url(exc.url)}"
     if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return f"cannot reach the server ({exc.reason})"
-    return redact_text(str(exc)) or type(exc).__name__
+        text = f"HTTP {exc.code} {exc.reason}"
+    elif isinstance(exc, urllib.error.URLError):
+        text = f"cannot reach the server ({exc.reason})"
+    else:
+        text = redact_text(str(exc)) or type(exc).__name__
+    return " ".join(redact_text(text).split())
+
+
+def _failure_text(exc: Exception) -> str:
+    """One line, without credentials: the message of a `WeightsError`, else the
+    exception's type and message (an unexpected error of a client or of a file)."""
+    text = redact_text(str(exc))
+    if not isinstance(exc, WeightsError):
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return " ".join(text.split())
 
 
 # --------------------------------------------------------------------------- checking files
@@ -1035,7 +1085,12 @@ def run_fetch_weights(
 
 
 def _try_source(source, candidate: Path, root: Path, weights_params, settings, progress):
-    """The metadata of a working source, or the line saying why it failed."""
+    """The metadata of a working source, or the line saying why it failed.
+
+    Any failure of a source, of any exception type (a corrupt archive, a client's own
+    error, a bug in a client), is that source's failure: the next source is tried. Only a
+    full disk stops the chain (`DiskFullError`: every source writes to the same folder);
+    Ctrl-C and SystemExit propagate."""
     name = source_name(source)
     try:
         label = fetch_source(
@@ -1047,9 +1102,13 @@ def _try_source(source, candidate: Path, root: Path, weights_params, settings, p
             raise SourceError(f"sha256 mismatch: got {digest}, expected {expected}")
         shape = (*settings["input_size"], 3)
         summary = check_weights(candidate, settings["backbone"], shape)
-    except WeightsError as exc:
+    except Exception as exc:  # noqa: BLE001 (the rule: a failing source never stops the chain)
         candidate.unlink(missing_ok=True)
-        text = redact_text(str(exc))
+        if is_disk_full(exc):
+            raise DiskFullError(disk_full_message(exc, candidate)) from None
+        if isinstance(exc, DiskFullError):
+            raise
+        text = _failure_text(exc)
         log.info("source %s failed: %s", name, text)
         return f"{name}: {text}"
     log.info("weights from %s (sha256 %s)", label, digest)

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from petscan import config, listen
+from petscan.errors import reports_user_errors
 from petscan.handoff import banner
 from petscan.images import ImageError, ImageRules, read_image
 
@@ -220,26 +221,27 @@ def build_parser():
     return parser
 
 
+@reports_user_errors("petscan app")
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: see `petscan.errors` (a missing store or model: one line, exit 1)."""
     args = build_parser().parse_args(argv)
     import uvicorn
 
-    from petscan import tracking
     from petscan.app.model import load_served_model
-    from petscan.serve import resolve_model_uri
+    from petscan.errors import UserError
+    from petscan.serve import find_model, open_store
 
     params = config.load_sections(SECTIONS, args.params)
     settings = params["app"]
+    open_store(params["mlflow"])
+    uri = find_model(args.model or params["serve"]["model"], params["mlflow"])
+    try:
+        served = load_served_model(uri, rules=ImageRules.from_params(params["split"]))
+    except TypeError as err:  # load_served_model: a model that petscan did not log
+        raise UserError(f"cannot serve {uri}: {err}") from None
     host, port = args.host or settings["host"], args.port or settings["port"]
     setting = "--host" if args.host else "app.host"
     listen.warn_if_exposed("petscan app", host, setting, "the web page (and the model)")
-    try:
-        tracking.use_store(params["mlflow"])
-        uri = resolve_model_uri(args.model or params["serve"]["model"], params["mlflow"])
-        served = load_served_model(uri, rules=ImageRules.from_params(params["split"]))
-    except Exception as err:  # a CLI boundary: report why the model cannot be served
-        print(f"petscan app: cannot load the model: {err}", file=sys.stderr)
-        return 2
     text = banner({"random_init": served.random_init, "weights_label": served.weights_label})
     warning = f" {text}." if text else ""
 

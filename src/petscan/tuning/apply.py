@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ruamel.yaml import YAML
 
 from petscan import config, io
+from petscan.errors import BadInputError
 from petscan.tuning.space import Dimension, overrides_from
 
 if TYPE_CHECKING:
@@ -40,13 +41,13 @@ def trusted_overrides(
             values[dim.name] = dim.value
             continue
         if dim.name not in trial.params:
-            raise ValueError(
+            raise BadInputError(
                 f"trial {trial.number} has no value for tune.space {dim.name} (the space "
                 "changed since it ran?): nothing applied; start a new study with --study NAME"
             )
         value = trial.params[dim.name]
         if not dim.contains(value):
-            raise ValueError(
+            raise BadInputError(
                 f"trial {trial.number} has {dim.name} = {value!r}, which tune.space cannot "
                 "produce (a changed space, or a tampered study storage): nothing applied"
             )
@@ -110,7 +111,9 @@ def apply_best(
     params_path = Path(params_path)
     flat = config.flatten(dict(best))
     if allowed is not None and (refused := sorted(set(flat) - set(allowed))):
-        raise ValueError(f"refusing to write {refused} into {params_path}: not keys of tune.space")
+        raise BadInputError(
+            f"refusing to write {refused} into {params_path}: not keys of tune.space"
+        )
     rt = _round_trip_yaml()
     with params_path.open() as fh:
         data = rt.load(fh)

@@ -12,7 +12,7 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
 from petscan import config
-from petscan.errors import BadInputError, MissingInputError
+from petscan.errors import BadInputError, MissingInputError, ParamsError
 from petscan.features import load_features
 from petscan.handoff import FeatureMeta, WeightsInfo, feature_files
 
@@ -105,13 +105,15 @@ def cv_folds(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """StratifiedGroupKFold (shuffled, seeded) folds; patients never straddle a fold."""
     if k < 2:
-        raise ValueError(f"params.yaml tune.cv_folds must be 0 (hold-out val) or >= 2, got {k}")
+        raise ParamsError(f"params.yaml tune.cv_folds must be 0 (hold-out val) or >= 2, got {k}")
     if len(np.unique(groups)) < k:
-        raise ValueError(f"tune.cv_folds={k} but only {len(np.unique(groups))} patients")
+        raise ParamsError(f"tune.cv_folds={k} but only {len(np.unique(groups))} patients")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     folds = list(splitter.split(np.zeros(len(labels)), labels, groups))
     classes = np.unique(labels)
     for i, (train_idx, _) in enumerate(folds):
         if len(np.unique(labels[train_idx])) != len(classes):
-            raise ValueError(f"cv fold {i} lacks a class in its training part: lower tune.cv_folds")
+            raise ParamsError(
+                f"cv fold {i} lacks a class in its training part: lower tune.cv_folds"
+            )
     return folds

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from petscan import config
+from petscan.errors import BadInputError
 from petscan.tuning.apply import apply_best, trusted_overrides
 from petscan.tuning.data import TuneData, load_tune_data
 from petscan.tuning.objective import Objective
@@ -129,9 +130,9 @@ def run_tune(
     _raise_if_tripped(guard, study, settings)
     if apply:
         if refused:
-            raise ValueError(refused)
+            raise BadInputError(refused)
         if "best_params" not in result:
-            raise RuntimeError("no complete trial yet: nothing to apply")
+            raise BadInputError("no complete trial yet: nothing to apply; run more trials first")
         changed = apply_best(result["best_params"], params_path or config.PARAMS_FILE, set(best))
         result["applied"] = {k: list(v) for k, v in changed.items()}
     return result

@@ -76,7 +76,7 @@ class TuneSettings:
         known = {f.name for f in fields(cls)}
         unknown = set(tune) - known
         if unknown:
-            raise ValueError(
+            raise ParamsError(
                 f"params.yaml tune: unknown key(s) {sorted(unknown)}; known: {sorted(known)}"
             )
         objective = str(tune.get("objective", cls.objective))
@@ -88,17 +88,21 @@ class TuneSettings:
 
     def validate(self) -> None:
         if not STUDY_NAME_RE.match(self.study_name or ""):
-            raise ValueError(
+            raise ParamsError(
                 f"tune.study_name {self.study_name!r}: use letters, digits, '.', '_' or '-'"
             )
         if int(self.n_trials) < 0:
-            raise ValueError(f"tune.n_trials must be >= 0, got {self.n_trials}")
+            raise ParamsError(f"tune.n_trials must be >= 0, got {self.n_trials}")
         if self.direction not in ("minimize", "maximize"):
-            raise ValueError(f"tune.direction must be minimize or maximize, got {self.direction!r}")
+            raise ParamsError(
+                f"tune.direction must be minimize or maximize, got {self.direction!r}"
+            )
         if int(self.cv_folds) == 1 or int(self.cv_folds) < 0:
-            raise ValueError(f"tune.cv_folds must be 0 (hold-out val) or >= 2, got {self.cv_folds}")
+            raise ParamsError(
+                f"tune.cv_folds must be 0 (hold-out val) or >= 2, got {self.cv_folds}"
+            )
         if (self.pruner or {}).get("name", "median") not in PRUNER_NAMES:
-            raise ValueError(f"tune.pruner.name must be one of {PRUNER_NAMES}, got {self.pruner}")
+            raise ParamsError(f"tune.pruner.name must be one of {PRUNER_NAMES}, got {self.pruner}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)  # deep copies the dicts

@@ -25,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from petscan.errors import ParamsError
+
 if TYPE_CHECKING:
     import optuna
 
@@ -101,7 +103,7 @@ def parse_dimension(name: str, spec: Any) -> Dimension:
     if "choices" in spec:
         choices = spec["choices"]
         if not isinstance(choices, Sequence) or isinstance(choices, str) or not choices:
-            raise ValueError(f"{where}: choices must be a non-empty list, got {choices!r}")
+            raise ParamsError(f"{where}: choices must be a non-empty list, got {choices!r}")
         return Dimension(name, "categorical", choices=tuple(choices))
     if "value" in spec:
         return Dimension(name, "fixed", value=spec["value"])
@@ -110,29 +112,29 @@ def parse_dimension(name: str, spec: Any) -> Dimension:
 
 def _parse_range(where: str, name: str, spec: Mapping[str, Any]) -> Dimension:
     if not {"low", "high"} <= set(spec):
-        raise ValueError(
+        raise ParamsError(
             f"{where}: give a plain value, {{low, high[, log, step]}} or {{choices: [...]}}, "
             f"got {dict(spec)!r}"
         )
     unknown = set(spec) - RANGE_KEYS
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
+        raise ParamsError(f"{where}: unknown key(s) {sorted(unknown)}")
     low, high, step, log_scale = spec["low"], spec["high"], spec.get("step"), bool(spec.get("log"))
     whole = _is_whole(low) and _is_whole(high) and (step is None or _is_whole(step))
     kind = spec.get("type") or ("int" if whole else "float")
     if kind not in ("int", "float"):
-        raise ValueError(f"{where}: type must be int or float, got {kind!r}")
+        raise ParamsError(f"{where}: type must be int or float, got {kind!r}")
     if not all(isinstance(v, int | float) for v in (low, high)) or low > high:
-        raise ValueError(f"{where}: needs numbers low <= high, got low={low!r} high={high!r}")
+        raise ParamsError(f"{where}: needs numbers low <= high, got low={low!r} high={high!r}")
     if not all(_is_number(v) for v in (low, high, 1 if step is None else step)):
-        raise ValueError(
+        raise ParamsError(
             f"{where}: low, high and step must be finite numbers (not true/false, .inf or .nan),"
             f" got low={low!r} high={high!r} step={step!r}"
         )
     if log_scale and low <= 0:
-        raise ValueError(f"{where}: a log range needs low > 0, got {low}")
+        raise ParamsError(f"{where}: a log range needs low > 0, got {low}")
     if log_scale and step is not None:
-        raise ValueError(f"{where}: log and step cannot be combined")
+        raise ParamsError(f"{where}: log and step cannot be combined")
     return Dimension(name, kind, low=low, high=high, log=log_scale, step=step)
 
 
@@ -155,7 +157,7 @@ def parse_space(
         elif name.startswith(("train.", "model.")):
             _check_target(name, sections)
         else:
-            raise ValueError(
+            raise ParamsError(
                 f"params.yaml tune.space.{name}: keys must start with train., model. or "
                 "schedule. (the sections a trial overrides)"
             )
@@ -167,7 +169,7 @@ def parse_space(
 def _alpha_dims(spec: Any, num_classes: int) -> list[Dimension]:
     if isinstance(spec, Sequence) and not isinstance(spec, str):
         if len(spec) != num_classes:
-            raise ValueError(
+            raise ParamsError(
                 f"params.yaml tune.space.{ALPHA_KEY} lists {len(spec)} specs for {num_classes} "
                 "classes: give one per class (data.classes order) or a single spec for all"
             )
@@ -179,7 +181,7 @@ def _alpha_dims(spec: Any, num_classes: int) -> list[Dimension]:
 
 def _check_schedule_name(name: str) -> None:
     if name.removeprefix("schedule.") not in SCHEDULE_KEYS:
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml tune.space.{name}: unknown schedule dimension; use "
             f"{', '.join('schedule.' + k for k in SCHEDULE_KEYS)}"
         )
@@ -191,7 +193,7 @@ def _check_target(name: str, sections: Mapping[str, Any] | None) -> None:
     node: Any = sections
     for part in name.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            raise ValueError(
+            raise ParamsError(
                 f"params.yaml tune.space.{name}: {name} is not a key of params.yaml; "
                 "fix the name (dotted path into the train or model section)"
             )
@@ -205,12 +207,12 @@ def _check_schedule(dims: Sequence[Dimension]) -> None:
         return
     missing = [k for k in SCHEDULE_KEYS if k not in phases]
     if missing:
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml tune.space: the schedule.* dimensions need all of "
             f"{list(SCHEDULE_KEYS)}; missing {missing} (a plain value fixes one)"
         )
     if any(d.name.startswith("train.lr_schedule") for d in dims):
-        raise ValueError(
+        raise ParamsError(
             "params.yaml tune.space: give the learning-rate schedule either as schedule.* "
             "phases or as train.lr_schedule.*, not both"
         )
@@ -218,7 +220,7 @@ def _check_schedule(dims: Sequence[Dimension]) -> None:
         least = 0 if key == "warmup_epochs" else 1
         lowest = phases[key].lowest()
         if lowest is None or lowest < least:
-            raise ValueError(
+            raise ParamsError(
                 f"params.yaml tune.space.schedule.{key}: durations must be >= {least} epochs"
             )
 

@@ -8,6 +8,7 @@ concurrent writers). Any Optuna storage URL may replace it.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,12 +20,32 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from petscan.redact import redact_url
+from petscan.errors import ParamsError, UserError
+from petscan.redact import redact_text, redact_url
 from petscan.tuning.settings import PRUNER_NAMES, TuneSettings
 
 SQLITE_FILE = "optuna.db"
 JOURNAL_FILE = "optuna.journal"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# the Python module of a database driver -> the pip package that provides it
+DRIVER_PACKAGES = {
+    "psycopg": "'psycopg[binary]'",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "mariadb": "mariadb",
+    "oracledb": "oracledb",
+    "cx_Oracle": "cx_Oracle",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+
+
+class StorageError(UserError):
+    """The study's storage URL cannot work here (unknown database, driver not installed)."""
 
 
 def default_storage(root: Path, out_dir: str, workers: int) -> str:
@@ -50,8 +71,40 @@ def is_local_file_storage(url: str) -> bool:
     return is_journal(url) or url.startswith("sqlite:")
 
 
+def check_driver(url: str) -> None:
+    """`StorageError` (one line, password masked) when `url` is a database URL whose
+    SQLAlchemy dialect is unknown or whose driver is not installed; nothing is connected."""
+    if is_journal(url):
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ImportError as err:
+        module = err.name or "the database driver"
+        package = DRIVER_PACKAGES.get(module.split(".")[0], module)
+        other = (  # SQLAlchemy 2.1 wants psycopg (3) for postgresql://; `dev` has psycopg2
+            ", or write postgresql+psycopg2:// to use the installed psycopg2"
+            if module == "psycopg" and importlib.util.find_spec("psycopg2")
+            else ""
+        )
+        raise StorageError(
+            f"the study's storage {storage_label(url)} needs the Python module '{module}', "
+            f"which is not installed: pip install {package}{other} (or use another --storage)"
+        ) from None
+    except (ArgumentError, ValueError) as err:
+        raise StorageError(
+            f"the study's storage {storage_label(url)} is no database URL that SQLAlchemy "
+            f"knows ({' '.join(redact_text(str(err)).split())}): use e.g. "
+            "postgresql://user@host/db, or a journal file path"
+        ) from None
+
+
 def make_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for a URL (RDB, heartbeat on servers) or a journal-file path."""
+    """An Optuna storage for a URL (RDB, heartbeat on servers) or a journal-file path;
+    `StorageError` when its database driver is missing (`check_driver`)."""
+    check_driver(url)
     if is_journal(url):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,8 +155,8 @@ def make_pruner(
         if name == "none":
             return optuna.pruners.NopPruner()
     except TypeError as err:
-        raise ValueError(f"params.yaml tune.pruner: {err}") from err
-    raise ValueError(f"params.yaml tune.pruner.name must be one of {PRUNER_NAMES}, got {name!r}")
+        raise ParamsError(f"params.yaml tune.pruner: {err}") from err
+    raise ParamsError(f"params.yaml tune.pruner.name must be one of {PRUNER_NAMES}, got {name!r}")
 
 
 def count_done(study: optuna.Study) -> int:

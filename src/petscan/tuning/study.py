@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
+from petscan.errors import BadInputError
 from petscan.handoff import WeightsInfo
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import (
@@ -74,7 +75,7 @@ def check_fingerprint(
         return
     diff = [k for k in expected if stored[k] != expected[k]]
     if diff:
-        raise ValueError(
+        raise BadInputError(
             f"study {settings.study_name!r} in {storage_label(storage_url)} was run with "
             f"{ {k: stored[k] for k in diff} }, now { {k: expected[k] for k in diff} }: its values "
             "are not comparable; pass --study NEW_NAME (or delete the storage) to start afresh"
