@@ -204,3 +204,42 @@ def test_every_backbone_but_radimagenet_is_labelled():
     assert handoff.banner({"random_init": False, "weights_label": DEMO_LABEL}) == DEMO_LABEL
     assert handoff.banner({"random_init": "false", "weights_label": DEMO_LABEL}) == DEMO_LABEL
     assert handoff.banner({"random_init": False, "weights_label": "RadImageNet"}) is None
+
+
+# --------------------------------------------------------------------------- reproducible
+
+
+def test_pretraining_twice_gives_the_same_weights_and_metrics(tmp_path):
+    """`make pretrain-demo` in small: the same params give the same record, bit for bit."""
+    from petscan.pretrain import run_pretrain
+
+    counts = {"No cancer": 10, "breast cancer": 10, "prostate cancer": 10}
+    small = {
+        **PARAMS["pretrain"],
+        "corpus": {**PARAMS["pretrain"]["corpus"], "counts": counts},
+        "selection": {**PARAMS["pretrain"]["selection"], "counts": counts},
+        "epochs": 2,
+        "batch_size": 8,
+        "val_share": 0.2,
+    }
+    records = [
+        run_pretrain(small, 96, tmp_path / f"run{i}" / "b.h5", tmp_path / "corpora")
+        for i in (1, 2)
+    ]
+    for key in ("history", "val_scores", "selection_probe_auc_macro", "corpus", "train_images"):
+        assert records[0][key] == records[1][key], key
+    assert records[0]["corpus"]["images"] == 30 and records[0]["history"]["loss"][0] > 0
+
+    import h5py
+
+    def tensors(path):
+        with h5py.File(path) as fh:
+            found = {}
+            fh["model_weights"].visititems(
+                lambda name, obj: found.__setitem__(name, obj[()]) if hasattr(obj, "shape") else None
+            )
+            return found
+
+    first, second = (tensors(tmp_path / f"run{i}" / "b.h5") for i in (1, 2))
+    assert first.keys() == second.keys() and len(first) > 20
+    assert all(np.array_equal(first[k], second[k]) for k in first)
