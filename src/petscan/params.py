@@ -473,6 +473,7 @@ class PretrainParams(Section):
     learning_rate: PositiveFloat = 0.002
     lesion_weight: PositiveFloat = 20.0
     lesion_sigma_cells: PositiveFloat = 0.7
+    contrast: Annotated[Float, Field(ge=0, lt=1)] = 0.2
     seed: Int = 101
 
     @model_validator(mode="after")

@@ -26,14 +26,21 @@ from petscan.demo_backbone import build_pet_demo
 from petscan.pretrain import CLASS_KINDS, MAP_CHANNELS, Corpus
 
 
-def targets(corpus: Corpus, tasks: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The network's targets for every image of `corpus`, by task."""
-    every = {"lesions": corpus.maps, "sex": corpus.sex[:, None], "label": corpus.label}
-    return {task: every[task] for task in tasks}
+def targets(
+    corpus: Corpus, tasks: tuple[str, ...], order: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """The network's targets for the images of `corpus` (in `order`, default all), by task."""
+    index = np.arange(len(corpus.label)) if order is None else order
+    every = {
+        "lesions": lambda: corpus.maps[index],
+        "sex": lambda: corpus.sex[index, None],
+        "label": lambda: corpus.label[index],
+    }
+    return {task: every[task]() for task in tasks}
 
 
 def augmented_epoch(
-    corpus: Corpus, tasks: tuple[str, ...], seed: int, epoch: int, contrast: float = 0.2
+    corpus: Corpus, tasks: tuple[str, ...], seed: int, epoch: int, contrast: float
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One epoch of training data: a seeded order, left-right flips of images and maps, and a
     contrast change about the white background (the display is inverted), all seeded by
@@ -43,16 +50,15 @@ def augmented_epoch(
     flip = rng.random(len(order)) < 0.5
     gain = rng.uniform(1 - contrast, 1 + contrast, len(order)).astype(np.float32)
     images = corpus.images[order]
-    maps = corpus.maps[order]
+    y = targets(corpus, tasks, order)
     images[flip] = images[flip, :, ::-1]
-    maps[flip] = maps[flip, :, ::-1]
+    if "lesions" in y:
+        y["lesions"][flip] = y["lesions"][flip, :, ::-1]
     for start in range(0, len(order), 256):  # in chunks: float32 copies stay small
         part = images[start : start + 256].astype(np.float32)
         part = 255.0 - (255.0 - part) * gain[start : start + 256, None, None, None]
         images[start : start + 256] = np.clip(np.rint(part), 0, 255).astype(np.uint8)
-    shuffled = corpus.take(order)
-    shuffled.maps = maps
-    return images, targets(shuffled, tasks)
+    return images, y
 
 
 def fit(
@@ -67,7 +73,7 @@ def fit(
     history: dict[str, list[float]] = {}
     val_data = (val.images, targets(val, tasks))
     for epoch in range(params["epochs"]):
-        images, y = augmented_epoch(train, tasks, params["seed"], epoch)
+        images, y = augmented_epoch(train, tasks, params["seed"], epoch, params["contrast"])
         result = network.fit(
             images,
             y,
