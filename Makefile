@@ -87,9 +87,10 @@ dashboard: setup ## Open optuna-dashboard on the study's storage (STORAGE=url to
 	$(BIN)/python stages/tune.py --dashboard --workers $(WORKERS) --host '$(UI_HOST)' \
 		--port $(or $(DASHBOARD_PORT),8080)
 
-bench: run ## Print the speed, memory and learning figures quoted in the README (slow: about 40 minutes)
+bench: run ## Print the speed, memory and learning figures quoted in the README (slow: about 50 minutes)
 	$(BIN)/python bench/baseline_logreg.py
 	$(BIN)/python bench/learning.py --seed-head
+	$(BIN)/python bench/pretrain_curve.py --patients 300 1000 --shipped
 	$(BIN)/python bench/precision.py
 	$(BIN)/python bench/featurize_throughput.py --data-dir data/raw --images 256 --repeats 2 --scales 1 2
 	$(BIN)/python bench/train_speed.py

@@ -42,6 +42,7 @@ METASTASIS_KINDS = ("bone_met", "liver_met", "lung_met")
 MAP_CHANNELS = ("breast_primary", "prostate_primary", "node", "metastasis")
 TASKS = ("lesions", "sex", "label")
 STRIDE = 8  # the backbone's output stride
+CORPUS_SPEC = ".corpus.json"  # in a generated corpus: the spec it was made from
 
 
 @dataclass
@@ -70,8 +71,11 @@ class Corpus:
 
 
 def make_corpus(folder: Path, spec: dict[str, Any], base_height: int) -> Path:
-    """Generate a corpus with the demo's generator (other seed, other prefix) unless present."""
-    if (folder / synthetic.LESIONS_FILE).is_file():
+    """Generate a corpus with the demo's generator (other seed, other prefix), or reuse the
+    one in `folder` if it was made from the same spec (`CORPUS_SPEC` records it)."""
+    wanted = {**spec, "base_height": base_height}
+    marker = folder / CORPUS_SPEC
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return folder
     synthetic.generate(
         folder,
@@ -79,8 +83,10 @@ def make_corpus(folder: Path, spec: dict[str, Any], base_height: int) -> Path:
         spec["seed"],
         base_height=base_height,
         prefix=spec["prefix"],
+        force=True,
         progress=sys.stderr.isatty(),
     )
+    write_json(marker, wanted)
     return folder
 
 
