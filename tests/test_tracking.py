@@ -186,7 +186,8 @@ def test_version_description_before_and_after_evaluation():
     assert "not evaluated yet" in before
     test = {"n": 63, "n_groups": 31, "ece": 0.0734, "ece_ci_low": 0.05, "ece_ci_high": 0.2}
     test.update({"accuracy": 0.349206, "accuracy_ci_low": 0.185, "accuracy_ci_high": 0.5217})
-    after = tracking.version_description({**tags, "random_init": "false"}, {"test": test})
+    real = {**tags, "random_init": "false", "weights_label": "RadImageNet"}
+    after = tracking.version_description(real, {"test": test})
     assert "WARNING" not in after
     assert "Test (63 images of 31 patients; 95% bootstrap intervals)" in after
     assert "accuracy 0.349 [0.185, 0.522]" in after and "ECE 0.073 [0.050, 0.200]" in after

@@ -181,7 +181,7 @@ class DemoWeights(Section):
     """The shipped `pet_demo` backbone (`make pretrain-demo` rebuilds it)."""
 
     path: str = "src/petscan/demo_weights/pet_demo_backbone.h5"
-    sha256: Sha256 | None = None
+    sha256: Sha256 | None = "9e727a7a6cffa8345f122f9db81a40fbfe64d6284e321618fd7c7ba15d7a312a"
 
 
 class WeightsParams(Section):

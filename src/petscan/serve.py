@@ -170,11 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     params = config.load_sections(SECTIONS, args.params)
     serve, mlflow_params = params["serve"], params["mlflow"]
-    tracking_uri = open_store(mlflow_params)
-    uri = find_model(args.model or serve["model"], mlflow_params)  # before MLflow's server
     host, port = args.host or serve["host"], args.port or serve["port"]
     what = "the scoring server (which reads any image path it is sent on this machine)"
     listen.warn_if_exposed("petscan serve", host, "--host" if args.host else "serve.host", what)
+    tracking_uri = open_store(mlflow_params)
+    uri = find_model(args.model or serve["model"], mlflow_params)  # before MLflow's server
     command = scoring_command(uri, host, port, serve.get("workers", 1))
     print(  # MLflow's server listens only once it has loaded the model: say so, not "on"
         redact_text(

@@ -233,15 +233,15 @@ def main(argv: list[str] | None = None) -> int:
 
     params = config.load_sections(SECTIONS, args.params)
     settings = params["app"]
+    host, port = args.host or settings["host"], args.port or settings["port"]
+    setting = "--host" if args.host else "app.host"
+    listen.warn_if_exposed("petscan app", host, setting, "the web page (and the model)")
     open_store(params["mlflow"])
     uri = find_model(args.model or params["serve"]["model"], params["mlflow"])
     try:
         served = load_served_model(uri, rules=ImageRules.from_params(params["split"]))
     except TypeError as err:  # load_served_model: a model that petscan did not log
         raise UserError(f"cannot serve {uri}: {err}") from None
-    host, port = args.host or settings["host"], args.port or settings["port"]
-    setting = "--host" if args.host else "app.host"
-    listen.warn_if_exposed("petscan app", host, setting, "the web page (and the model)")
     text = banner({"random_init": served.random_init, "weights_label": served.weights_label})
     warning = f" {text}." if text else ""
 
