@@ -1,4 +1,4 @@
-"""The pretraining network, its batches, its fit and its scores (`petscan.pretrain` drives it).
+"""The pretraining network, its epochs of data, its fit and its scores (for `petscan.pretrain`).
 
 The network is the `pet_demo` backbone, fed exactly as the pipeline feeds it (pixels in
 [0, 255] / 255), with one small head per task: a 1 x 1 convolution on the feature map for
