@@ -21,10 +21,12 @@ import importlib.util
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -94,6 +96,18 @@ def write_png(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
     image = Image.fromarray(pixels) if mode is None else Image.fromarray(pixels, mode)
     image.save(path)
     return path
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature, an IHDR chunk claiming `width` x `height` 8-bit grey, and IEND: no
+    pixel data, so Pillow reads the size and decoding fails."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def unique_png(path: Path, number: int, size: int = 8) -> Path:

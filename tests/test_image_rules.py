@@ -6,31 +6,18 @@ an all-NaN image is one clear line, without NumPy warnings."""
 from __future__ import annotations
 
 import base64
-import struct
 import warnings
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import refused_images, unique_png
+from conftest import png_header, refused_images, unique_png
 
 from petscan.images import ImageError, ImageRules, read_image
 from petscan.split import describe, make_split
 
 DEFAULT_RULES = ImageRules.from_params({})
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG signature, an IHDR chunk and IEND: Pillow reads the size; no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def test_the_rules_are_split_s_params_with_the_schema_s_defaults():

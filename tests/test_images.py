@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_header
 from PIL import Image
 
 from petscan.images import (
@@ -19,17 +18,6 @@ from petscan.images import (
     resize,
     to_rgb,
 )
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG signature + IHDR claiming `width` x `height` 8-bit grey, and no pixel data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
 
 
 def save(image: Image.Image, path: Path, **kwargs) -> Path:
