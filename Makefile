@@ -54,7 +54,7 @@ format: setup ## Reformat the code with ruff
 	$(BIN)/ruff check --fix src stages tests bench
 
 deps: setup ## Rewrite each stage's src/ deps in dvc.yaml from what its script imports
-	PYTHONPATH=src $(BIN)/python -m petscan.stage_deps --write
+	PYTHONPATH=src $(BIN)/python tools/stage_deps.py --write
 
 # A loud warning before a server listens on anything but this machine.
 define warn_exposed

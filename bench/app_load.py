@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from petscan import config
+from petscan.params import loading as config
 
 SECTIONS = ("model", "data.classes")
 
@@ -82,8 +82,8 @@ def test_image(size: int, seed: int = 0) -> bytes:
 
 def register_random_init_model(root: Path, params: dict) -> str:
     """Build the configured network with a random-init backbone and register it under root."""
-    from petscan import tracking
-    from petscan.model import build_full_model
+    from petscan.model.network import build_full_model
+    from petscan.tracking import runs as tracking
 
     os.environ["PETSCAN_ROOT"] = str(root)
     os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -23,8 +23,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from petscan import config
-from petscan.images import list_images, load_rgb
+from petscan.data.images import list_images, load_rgb
+from petscan.params import loading as config
 
 
 def load_pixels(raw_dir: Path, classes: dict[str, str], pattern: str | None, size: int):

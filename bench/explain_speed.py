@@ -28,8 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from petscan import config  # noqa: E402
-from petscan.images import list_images  # noqa: E402
+from petscan.data.images import list_images  # noqa: E402
+from petscan.params import loading as config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,9 +53,10 @@ def timed(fn) -> float:
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
-    from petscan import explain, predict
-    from petscan.images import load_rgb, resize
-    from petscan.model import build_full_model
+    from petscan.data.images import load_rgb, resize
+    from petscan.evaluation import gradcam as explain
+    from petscan.model.network import build_full_model
+    from petscan.serving import predict
 
     args = parse_args(argv)
     params = config.load_sections(["model", "data.classes"], args.params)

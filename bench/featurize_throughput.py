@@ -33,8 +33,8 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from petscan import config  # noqa: E402
-from petscan.images import list_images  # noqa: E402
+from petscan.data.images import list_images  # noqa: E402
+from petscan.params import loading as config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,7 +73,7 @@ def _peak_rss_mb() -> float:
 
 
 def _setup(args: argparse.Namespace) -> tuple[dict[str, Any], int, Any]:
-    from petscan.model import build_feature_extractor
+    from petscan.model.network import build_feature_extractor
 
     model = config.load_section("model", args.params)
     featurize = config.load_section("featurize", args.params)
@@ -104,8 +104,8 @@ def child_featurize(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
-    from petscan.features import featurize_split
-    from petscan.image_pipeline import build_augmenter, images_per_batch
+    from petscan.data.features import featurize_split
+    from petscan.data.tf_data import build_augmenter, images_per_batch
 
     model, batch, extractor = _setup(args)
     featurize = config.load_section("featurize", args.params)

@@ -35,9 +35,10 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from petscan import config, training
-from petscan.images import load_rgb
-from petscan.metrics import bootstrap_ci
+from petscan.data.images import load_rgb
+from petscan.evaluation.metrics import bootstrap_ci
+from petscan.params import loading as config
+from petscan.training import fit as training
 from petscan.tuning.data import cv_folds, load_tune_data
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train idx, test idx) -> proba

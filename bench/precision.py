@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from learning import evaluate, head
 
-from petscan import config
-from petscan.features import run_featurize
-from petscan.handoff import read_weights_info, weights_file
-from petscan.model import native_bfloat16
+from petscan.data.features import run_featurize
+from petscan.handoff.records import read_weights_info, weights_file
+from petscan.model.network import native_bfloat16
+from petscan.params import loading as config
 from petscan.tuning.data import cv_folds, load_tune_data
 
 

@@ -1,7 +1,7 @@
 """How much does the size of the pretraining corpus matter? A learning curve for `pet_demo`.
 
 For each size (patients drawn from the `pretrain.corpus` set; `all` = the whole corpus) the
-backbone is pretrained with params `pretrain` (`petscan.pretrain.run_pretrain`, written to
+backbone is pretrained with params `pretrain` (`petscan.demo.pretrain.run_pretrain`, written to
 bench/results/pretrain_curve/), then frozen: its pooled features of the demo's train + val
 images (view 0, decoded as featurize does) go into a standardized logistic regression on the
 same five patient-grouped folds as bench/learning.py (`tune.seed`). Prints one row per size:
@@ -26,12 +26,12 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from petscan import config
-from petscan.images import load_resized
-from petscan.io import read_json
-from petscan.model import build_feature_extractor
-from petscan.pretrain import run_pretrain
+from petscan.data.images import load_resized
+from petscan.demo.pretrain import run_pretrain
+from petscan.model.network import build_feature_extractor
+from petscan.params import loading as config
 from petscan.tuning.data import cv_folds
+from petscan.utils.io import read_json
 
 OUT = Path("bench/results/pretrain_curve")
 

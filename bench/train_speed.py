@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from petscan import config
+from petscan.params import loading as config
 
 SECTIONS = ("data", "model", "train", "featurize", "split.out_dir", "weights.dir")
 
@@ -33,9 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from petscan import training
-    from petscan.features import load_features
-    from petscan.handoff import weights_file
+    from petscan.data.features import load_features
+    from petscan.handoff.records import weights_file
+    from petscan.training import fit as training
 
     root = config.workspace_root()
     params = config.load_sections(SECTIONS, args.params)

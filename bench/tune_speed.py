@@ -34,7 +34,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from petscan import config
+from petscan.params import loading as config
 
 DEMO_ROWS = {"train": 1072, "val": 58}
 
@@ -89,9 +89,9 @@ def write_random_cache(root: Path, params: dict) -> None:
     import numpy as np
     import pandas as pd
 
-    from petscan.backbones import backbone_spec
-    from petscan.features import save_features
-    from petscan.handoff import WeightsInfo
+    from petscan.data.features import save_features
+    from petscan.handoff.records import WeightsInfo
+    from petscan.model.backbones import backbone_spec
 
     rng = np.random.default_rng(0)
     dim = backbone_spec(params["model"]["backbone"]).feature_dim
@@ -180,7 +180,7 @@ def epoch_timer():
 
 def load_cache(data_dir: Path, params: dict) -> dict:
     """Train and val features and labels of the cache under `data_dir`."""
-    from petscan.features import load_features
+    from petscan.data.features import load_features
 
     split, features = data_dir / "split", data_dir / "features"
     train = load_features(features, "train", split / "train.csv")
@@ -196,7 +196,7 @@ def bare_epoch_s(head, train_params: dict, batches, optimizer=None, repeats: int
     import numpy as np
     import tensorflow as tf
 
-    from petscan import losses
+    from petscan.model import losses
 
     loss_fn = losses.make_loss(train_params["loss"], head.output.shape[-1])
     weights = head.trainable_variables
@@ -233,7 +233,8 @@ def time_epoch_overhead(params: dict, data_dir: Path, epochs: int) -> dict:
     import keras
     import numpy as np
 
-    from petscan import losses, training
+    from petscan.model import losses
+    from petscan.training import fit as training
 
     cache = load_cache(data_dir, params)
     train_params = copy.deepcopy(params["train"])
@@ -285,8 +286,8 @@ def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | Non
     """Seconds of one end-to-end epoch over the full train split (scaled from a subset)."""
     import pandas as pd
 
-    from petscan import training
-    from petscan.handoff import weights_file
+    from petscan.handoff.records import weights_file
+    from petscan.training import fit as training
 
     root = config.workspace_root()
     frames = {
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"~{uncached / 3600:.1f} h, "
                 f"{result['ratio_uncached_over_cached']:.0f}x the cached one"
             )
-    from petscan import io
+    from petscan.utils import io
 
     io.write_json(args.out, result)
     return 0

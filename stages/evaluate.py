@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config, errors, logs
-from petscan.handoff import banner
+from petscan.handoff.records import banner
+from petscan.params import loading as config
+from petscan.utils import errors, logs
 
 SECTIONS = ("data", "model", "train", "evaluate", "mlflow", "split.out_dir")
 
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan.evaluation import run_evaluate  # here: TensorFlow takes ~5 s to load
+    from petscan.pipeline.evaluate import run_evaluate  # here: TensorFlow takes ~5 s to load
 
     results = run_evaluate(params, root=config.workspace_root())
     test = results["test"]

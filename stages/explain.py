@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config, errors, logs
-from petscan.handoff import banner
+from petscan.handoff.records import banner
+from petscan.params import loading as config
+from petscan.utils import errors, logs
 
 SECTIONS = (
     "explain",
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan.localization import run_explain  # here: TensorFlow takes ~5 s to load
+    from petscan.evaluation.localization import run_explain  # here: TensorFlow takes ~5 s to load
 
     result = run_explain(params, root=config.workspace_root())
     summary = result["localization"]

@@ -14,8 +14,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from petscan import config, errors, logs
-from petscan.handoff import SPLITS, read_weights_info, weights_file
+from petscan.handoff.records import SPLITS, read_weights_info, weights_file
+from petscan.params import loading as config
+from petscan.utils import errors, logs
 
 SECTIONS = ("data", "model", "featurize", "weights.dir", "split.out_dir")
 
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     sections = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan.features import run_featurize  # here: TensorFlow takes ~5 s to load
+    from petscan.data.features import run_featurize  # here: TensorFlow takes ~5 s to load
 
     data, model, params = sections["data"], sections["model"], sections["featurize"]
     weights_dir = Path(sections["weights"]["dir"])

@@ -13,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from petscan import config, errors, logs
+from petscan.params import loading as config
+from petscan.utils import errors, logs
 
 SECTIONS = ("weights", "model.backbone", "model.input_size")
 
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan import weights  # here: TensorFlow takes ~5 s to load
+    from petscan.weights import fetch as weights  # here: TensorFlow takes ~5 s to load
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     meta = weights.run_fetch_weights(

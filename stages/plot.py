@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config, errors, logs
+from petscan.params import loading as config
+from petscan.utils import errors, logs
 
 SECTIONS = ("data", "plot", "evaluate", "mlflow", "train.out_dir", "explain.out_dir")
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     params = config.load_sections(SECTIONS, args.params)
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan.figures import run_plot  # here: TensorFlow takes ~5 s to load
+    from petscan.pipeline.plot import run_plot  # here: TensorFlow takes ~5 s to load
 
     written = run_plot(params, root=config.workspace_root())
     print(f"plot: wrote {len(written)} figures into {params['plot']['out_dir']}")

@@ -10,7 +10,8 @@ import argparse
 import logging
 import sys
 
-from petscan import config, errors, logs
+from petscan.params import loading as config
+from petscan.utils import errors, logs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = config.load_sections(("data", "split"), args.params)
     logs.setup(args.verbose)
-    from petscan.split import run_split  # after parsing: loads pandas and SciPy
+    from petscan.data.split import run_split  # after parsing: loads pandas and SciPy
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_split(

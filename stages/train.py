@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from petscan import config, errors, logs
-from petscan.handoff import banner
+from petscan.handoff.records import banner
+from petscan.params import loading as config
+from petscan.utils import errors, logs
 
 SECTIONS = (
     "data",
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)  # validated before TensorFlow loads or a run opens
     logs.setup(args.verbose)
     logs.import_tensorflow()
-    from petscan.training import run_train  # here: TensorFlow takes ~5 s to load
+    from petscan.training.fit import run_train  # here: TensorFlow takes ~5 s to load
 
     summary = run_train(params, root=config.workspace_root(), verbose=0 if args.quiet else 2)
     print(

@@ -19,9 +19,11 @@ import argparse
 import os
 import sys
 
-from petscan import config, errors, listen, logs
+from petscan.params import loading as config
+from petscan.serving import listen
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import check_driver, make_storage, resolve_storage, storage_label
+from petscan.utils import errors, logs
 
 # the sections this stage reads, plus the two folders of the feature cache
 SECTIONS = ("tune", "train", "model", "data", "mlflow", "split.out_dir", "featurize.out_dir")

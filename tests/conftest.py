@@ -37,8 +37,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from petscan.handoff import WeightsInfo
-from petscan.params import section
+from petscan.handoff.records import WeightsInfo
+from petscan.params.schema import section
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,8 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import REPO, free_port, refused_images, tiny_model_params, write_png
 from PIL import Image
 
-from petscan import tracking
-from petscan.images import load_rgb, resize
+from petscan.data.images import load_rgb, resize
+from petscan.tracking import runs as tracking
 
 MODEL_NAME = "pet-app-test"
 MAX_PIXELS = 300 * 300
@@ -42,7 +42,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 def repo(tmp_path_factory, mlflow_globals_restored):
     """A store with a tiny model (the project's own architecture) registered as version 1,
     tagged random-init, and a folder of good and bad files."""
-    from petscan.model import build_full_model
+    from petscan.model.network import build_full_model
 
     root = tmp_path_factory.mktemp("repo")
     rng = np.random.default_rng(11)
@@ -81,8 +81,8 @@ def app_url(repo):
     """`create_app` for `models:/<name>@...` version 1 on a real uvicorn server (a thread)."""
     import uvicorn
 
-    from petscan.app import create_app
-    from petscan.app.model import load_served_model
+    from petscan.serving.app import create_app
+    from petscan.serving.app.model import load_served_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(repo["root"]))
@@ -343,7 +343,7 @@ def test_the_page_in_chromium_shows_a_result_and_an_error(browser, app_url, repo
 def test_an_alias_resolves_to_its_version_and_run(repo, monkeypatch):
     import mlflow
 
-    from petscan.app.model import load_served_model
+    from petscan.serving.app.model import load_served_model
 
     monkeypatch.setenv("PETSCAN_ROOT", str(repo["root"]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -358,7 +358,7 @@ def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, mo
     import mlflow
     import yaml
 
-    from petscan import app
+    from petscan.serving import app
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

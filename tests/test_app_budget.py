@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 from test_app import MODEL_NAME, SETTINGS, free_port, post, repo  # noqa: F401 (repo: a fixture)
 
-from petscan import tracking
-from petscan.app.budget import BudgetRefused, PixelBudget, header_size
+from petscan.serving.app.budget import BudgetRefused, PixelBudget, header_size
+from petscan.tracking import runs as tracking
 
 SIDE = 400  # the uploads: SIDE x SIDE pixels
 BUDGET = int(2.5 * SIDE * SIDE)  # room for two at once
@@ -128,9 +128,9 @@ def budget_app(repo):  # noqa: F811 (the fixture imported from test_app)
     """The app on a real uvicorn server with a budget of 2.5 uploads and a metered decoder."""
     import uvicorn
 
-    import petscan.app as app_module
-    from petscan.app import create_app
-    from petscan.app.model import load_served_model
+    import petscan.serving.app as app_module
+    from petscan.serving.app import create_app
+    from petscan.serving.app.model import load_served_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(repo["root"]))
@@ -221,7 +221,7 @@ def test_an_upload_that_finds_no_room_in_time_gets_503_busy(budget_app):
 def test_a_model_answering_nan_gets_a_clear_422_never_nan_in_the_json(budget_app):
     import keras
 
-    from petscan.pyfunc_model import NOT_FINITE
+    from petscan.serving.pyfunc import NOT_FINITE
 
     served = budget_app["served"]
     model = served.keras_model

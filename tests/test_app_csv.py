@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from petscan.app import STATIC
+from petscan.serving.app import STATIC
 
 NODE = shutil.which("node") or shutil.which("nodejs")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")

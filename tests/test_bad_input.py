@@ -13,10 +13,10 @@ import pytest
 from conftest import REPO, load_script, random_weights_meta, unique_png, write_png
 from PIL import Image
 
-from petscan import errors
-from petscan.images import ImageError, list_images, scan_images
-from petscan.io import sha256_file
-from petscan.split import make_split
+from petscan.data.images import ImageError, list_images, scan_images
+from petscan.data.split import make_split
+from petscan.utils import errors
+from petscan.utils.io import sha256_file
 
 SPLIT_STAGE = load_script("stages/split.py")
 
@@ -123,7 +123,7 @@ def test_failed_split_writes_its_report_and_removes_stale_outputs(
 
 
 def test_shape_check_names_the_param():
-    from petscan.images import check_shape
+    from petscan.data.images import check_shape
 
     check_shape("x.png", 32, 256, 32, 8.0)
     try:
@@ -141,7 +141,7 @@ def _featurize_repo(root, make_raw_dir, data_params, split_params):
     """A tiny repo: data/raw, its split (via the split stage) and a random tiny backbone."""
     import yaml
 
-    from petscan.backbones import build_backbone
+    from petscan.model.backbones import build_backbone
 
     make_raw_dir({"No cancer": 8, "breast cancer": 8, "prostate cancer": 8})
     params = {
@@ -224,7 +224,7 @@ def test_featurize_failing_in_the_last_split_keeps_the_earlier_outputs(
 
 
 def _tiny_weights(path):
-    from petscan.backbones import build_backbone
+    from petscan.model.backbones import build_backbone
 
     build_backbone("tiny", (32, 32, 3)).save(path)
     return path
@@ -235,9 +235,9 @@ def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
     next run is up to date (the refused file does not "appear" again)."""
     import logging
 
-    from petscan import weights
+    from petscan.weights import fetch as weights
 
-    caplog.set_level(logging.INFO, logger="petscan.weights")
+    caplog.set_level(logging.INFO, logger="petscan.weights.fetch")
     data = _tiny_weights(tmp_path / "full.h5").read_bytes()
     (tmp_path / "local.h5").write_bytes(data[: len(data) // 2])
     wp = {
@@ -301,7 +301,7 @@ def predict_setup(tmp_path):
     ids=["empty", "truncated", "random-bytes"],
 )
 def test_predict_names_a_broken_keras_file(keras_file, predict_setup, tmp_path, damage, reason):
-    from petscan import predict
+    from petscan.serving import predict
 
     scans, params = predict_setup
     broken = tmp_path / "broken.keras"
@@ -326,7 +326,7 @@ def test_predict_checks_csv_path_and_classes_before_predicting(
 ):
     import yaml
 
-    from petscan import predict
+    from petscan.serving import predict
 
     scans, params = predict_setup
     calls = []
@@ -348,7 +348,7 @@ def test_predict_checks_csv_path_and_classes_before_predicting(
 
 
 def test_predict_reports_links_that_loop(keras_file, predict_setup, capsys):
-    from petscan import predict
+    from petscan.serving import predict
 
     scans, params = predict_setup
     assert predict.main([str(scans), "--model", str(keras_file), "--params", str(params)]) == 0

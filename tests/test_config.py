@@ -12,9 +12,9 @@ import pytest
 import yaml
 from conftest import REPO
 
-from petscan import config
-from petscan.errors import ParamsError
-from petscan.params import defaults
+from petscan.params import loading as config
+from petscan.params.schema import defaults
+from petscan.utils.errors import ParamsError
 
 PARAMS = {
     "data": {
@@ -153,8 +153,8 @@ EXPECTED = {
 LOADER = """
 import json, sys, time, tracemalloc
 from pathlib import Path
-from petscan import config
-from petscan.errors import ParamsError
+from petscan.params import loading as config
+from petscan.utils.errors import ParamsError
 def load(path):
     try:
         config.load_validated(path)
@@ -207,7 +207,7 @@ def test_alias_bombs_and_huge_params_files_are_refused_fast_in_one_line(tmp_path
 
 def test_error_lines_never_expand_a_value_whole():
     """The formatter shows a value cut short without building its full repr first."""
-    from petscan.params_errors import show as _show
+    from petscan.params.messages import show as _show
 
     class Leaf:
         calls = 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from petscan import contact_sheet as cs
-from petscan import synthetic
+from petscan.data import contact_sheet as cs
+from petscan.demo import generate as synthetic
 
 CLASSES = {
     "No cancer": "No cancer",

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from conftest import unique_png
 
-from petscan.split import describe, make_split
+from petscan.data.split import describe, make_split
 
 FIRST, LAST = "No cancer", "prostate cancer"  # the first and last class folders by name
 PLACE = {

@@ -13,7 +13,7 @@ import pytest
 from conftest import CLASSES, PATIENT_PATTERN, unique_png
 from PIL import Image
 
-from petscan.dataset import (
+from petscan.data.index import (
     DataError,
     check_classes,
     compile_patient_pattern,

@@ -18,8 +18,11 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from petscan import config, handoff, params, synthetic
-from petscan.handoff import DEMO_LABEL
+from petscan.demo import generate as synthetic
+from petscan.handoff import records as handoff
+from petscan.handoff.records import DEMO_LABEL
+from petscan.params import loading as config
+from petscan.params import schema as params
 
 # the shipped params as a machine without the RadImageNet file resolves them
 PARAMS = params.resolve_model(
@@ -41,7 +44,7 @@ def test_the_shipped_file_matches_its_pin_and_its_record():
 def test_the_shipped_file_loads_into_the_backbone_and_changes_its_weights():
     import keras
 
-    from petscan.backbones import build_backbone
+    from petscan.model.backbones import build_backbone
 
     keras.utils.set_random_seed(0)
     fresh = build_backbone("pet_demo", (256, 160, 3))
@@ -57,7 +60,7 @@ def test_the_shipped_file_loads_into_the_backbone_and_changes_its_weights():
 
 
 def test_fetch_weights_installs_the_demo_file_with_its_label(tmp_path):
-    from petscan.weights import run_fetch_weights
+    from petscan.weights.fetch import run_fetch_weights
 
     weights_params = {**PARAMS["weights"], "dir": "backbone", "sources": []}
     meta = run_fetch_weights(weights_params, PARAMS["model"], workspace=tmp_path, root=REPO)
@@ -67,7 +70,7 @@ def test_fetch_weights_installs_the_demo_file_with_its_label(tmp_path):
 
 
 def test_a_changed_demo_file_is_refused_in_one_line(tmp_path):
-    from petscan.weights import WeightsError, run_fetch_weights
+    from petscan.weights.fetch import WeightsError, run_fetch_weights
 
     copy = tmp_path / "demo.h5"
     copy.write_bytes(DEMO_FILE.read_bytes()[:-10] + b"0123456789")
@@ -161,8 +164,8 @@ def test_frozen_pretrained_features_separate_the_classes_far_above_random_init(t
     0.741 against 0.641 for the same network with random weights (seeded, so repeatable)."""
     import keras
 
-    from petscan.model import build_feature_extractor
-    from petscan.pretrain import load_corpus
+    from petscan.demo.pretrain import load_corpus
+    from petscan.model.network import build_feature_extractor
 
     counts = {"No cancer": 30, "breast cancer": 30, "prostate cancer": 30}
     synthetic.generate(tmp_path / "set", counts, 9090, workers=2, progress=False, prefix="tst")
@@ -212,7 +215,7 @@ def test_every_backbone_but_radimagenet_is_labelled():
 
 def test_pretraining_twice_gives_the_same_weights_and_metrics(tmp_path):
     """`make pretrain-demo` in small: the same params give the same record, bit for bit."""
-    from petscan.pretrain import run_pretrain
+    from petscan.demo.pretrain import run_pretrain
 
     counts = {"No cancer": 10, "breast cancer": 10, "prostate cancer": 10}
     small = {
@@ -249,7 +252,7 @@ def test_pretraining_twice_gives_the_same_weights_and_metrics(tmp_path):
 
 
 def test_a_corpus_is_reused_only_for_the_same_spec(tmp_path):
-    from petscan.pretrain import make_corpus
+    from petscan.demo.pretrain import make_corpus
 
     spec = {"seed": 7001, "prefix": "syn", "counts": {"No cancer": 2, "breast cancer": 2}}
     folder = make_corpus(tmp_path / "corpus", spec, 96)

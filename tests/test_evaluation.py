@@ -11,9 +11,10 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, tiny_model_params, write_manifest, write_png
 from sklearn.metrics import accuracy_score, f1_score
 
-from petscan import evaluation, handoff
-from petscan.images import load_resized
-from petscan.model import build_full_model
+from petscan.data.images import load_resized
+from petscan.handoff import records as handoff
+from petscan.model.network import build_full_model
+from petscan.pipeline import evaluate as evaluation
 
 MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
 FOCAL = {"name": "focal", "variant": "categorical", "alpha": [0.5, 0.3, 0.2], "gamma": 2.0}

@@ -1,4 +1,4 @@
-"""The exit-code contract of every command (`petscan.errors`): 0 ok, 1 a user error in ONE
+"""The exit-code contract of every command (`petscan.utils.errors`): 0 ok, 1 a user error in ONE
 stderr line, 2 usage (argparse), 70 a bug (its traceback, then one line saying so).
 
 Every DVC stage and every `petscan <command>` runs as a subprocess with an input that is
@@ -21,7 +21,7 @@ import pytest
 import yaml
 from conftest import REPO, load_script
 
-from petscan import errors
+from petscan.utils import errors
 
 STAGES = ("evaluate", "explain", "featurize", "fetch_weights", "plot", "split", "train", "tune")
 COMMANDS = ("generate", "contact-sheet", "predict", "explain", "serve", "app")
@@ -189,7 +189,7 @@ BUG = "def boom(*args, **kwargs):\n    raise ZeroDivisionError('a bug')\n"
     [
         ("from petscan import config\nconfig.load_sections = boom", ["stages/split.py"]),
         (
-            "import petscan.contact_sheet as cs\ncs.contact_sheet = boom",
+            "import petscan.data.contact_sheet as cs\ncs.contact_sheet = boom",
             ["-m", "petscan.cli", "contact-sheet", "--params", "params.yaml"],
         ),
     ],
@@ -283,7 +283,7 @@ def test_a_full_disk_in_h5py_is_one_line_too(tmp_path, capsys):
 
 def test_a_command_whose_module_fails_to_import_exits_70(tmp_path):
     code = (
-        "import sys\nsys.modules['petscan.contact_sheet'] = None  # import fails\n"
+        "import sys\nsys.modules['petscan.data.contact_sheet'] = None  # import fails\n"
         "from petscan import cli\nsys.exit(cli.main(['contact-sheet']))"
     )
     done = run(["-c", code], tmp_path)
@@ -293,7 +293,7 @@ def test_a_command_whose_module_fails_to_import_exits_70(tmp_path):
 
 def test_tune_reports_its_checks_in_one_line_but_a_bug_as_a_bug(tmp_path, monkeypatch, capsys):
     import petscan.tuning.run
-    from petscan.errors import ParamsError
+    from petscan.utils.errors import ParamsError
 
     stage = load_script("stages/tune.py")
     monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))

@@ -12,8 +12,8 @@ from conftest import tiny_model_params
 
 keras = pytest.importorskip("keras")
 
-from petscan import explain  # noqa: E402
-from petscan import images as pimages  # noqa: E402
+from petscan.data import images as pimages  # noqa: E402
+from petscan.evaluation import gradcam as explain  # noqa: E402
 
 INPUT = (32, 32)  # the square model's input; its feature map is 8 x 8 (4-pixel cells)
 BACKGROUND = 60
@@ -182,7 +182,7 @@ def test_reloaded_model_in_safe_mode_explains_the_same(model, tmp_path):
 
 
 def test_project_model_with_tiny_backbone(tmp_path):
-    from petscan import model as pmodel
+    from petscan.model import network as pmodel
 
     params = tiny_model_params(resize="pad")
     full = pmodel.build_full_model(params, 3, None)
@@ -356,7 +356,7 @@ def test_cli_usage_errors_and_nothing_explained(square_file, scans, tmp_path, ca
 
 
 def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow_store):
-    from petscan import tracking
+    from petscan.tracking import runs as tracking
 
     mlflow_params = {"experiment": "explain-test", "registered_model": "square-explain"}
     with tracking.start_training_run(mlflow_params, {}, {}):
@@ -385,7 +385,7 @@ def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow
 def test_every_known_backbone_reloaded(backbone, size, tmp_path):
     """The target is found from the structure of a saved and reloaded model, whatever the
     backbone's own layer names (which differ from process to process)."""
-    from petscan import model as pmodel
+    from petscan.model import network as pmodel
 
     params = tiny_model_params(backbone=backbone, input_size=[size, size], resize="pad")
     pmodel.build_full_model(params, 3, None).save(tmp_path / "model.keras")

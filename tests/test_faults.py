@@ -95,7 +95,7 @@ def test_featurize_killed_mid_write_is_redone_by_the_next_repro(repo):
     out = dvc(root, env, "repro", "featurize")
     assert "Running stage 'featurize'" in out
     assert not staging.exists(), "the killed run's partial files are cleaned up"
-    from petscan.features import load_features
+    from petscan.data.features import load_features
 
     for split in SPLITS:
         meta = json.loads((features / f"{split}.json").read_text())

@@ -20,13 +20,13 @@ from conftest import (
     write_png,
 )
 
-from petscan import features as F
-from petscan.backbones import build_backbone
-from petscan.image_pipeline import build_augmenter, image_dataset, images_per_batch
-from petscan.images import ImageError, load_resized
-from petscan.io import sha256_file
-from petscan.model import build_feature_extractor, build_full_model, build_head
-from petscan.params import section
+from petscan.data import features as F
+from petscan.data.images import ImageError, load_resized
+from petscan.data.tf_data import build_augmenter, image_dataset, images_per_batch
+from petscan.model.backbones import build_backbone
+from petscan.model.network import build_feature_extractor, build_full_model, build_head
+from petscan.params.schema import section
+from petscan.utils.io import sha256_file
 
 MODEL = tiny_model_params()
 FEATURIZE = section(

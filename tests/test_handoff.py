@@ -12,9 +12,9 @@ import pytest
 from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, random_weights, write_manifest
 
-from petscan import handoff
-from petscan.errors import BadInputError, MissingInputError
-from petscan.handoff import COMPACT_METRICS, compact_metrics
+from petscan.handoff import records as handoff
+from petscan.handoff.records import COMPACT_METRICS, compact_metrics
+from petscan.utils.errors import BadInputError, MissingInputError
 
 
 def test_weights_info_round_trips_through_weights_json(tmp_path):

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import png_header, refused_images, unique_png
 
-from petscan.images import ImageError, ImageRules, read_image
-from petscan.split import describe, make_split
+from petscan.data.images import ImageError, ImageRules, read_image
+from petscan.data.split import describe, make_split
 
 DEFAULT_RULES = ImageRules.from_params({})
 
@@ -57,7 +57,7 @@ def test_split_refuses_them_with_one_line_each_and_no_numpy_warning(
 def test_some_nan_and_infinite_pixels_read_without_numpy_warnings():
     from PIL import Image
 
-    from petscan.images import to_rgb
+    from petscan.data.images import to_rgb
 
     values = np.array([[np.nan, np.inf, -np.inf], [0.0, 100.0, 200.0]], np.float32)
     with warnings.catch_warnings():
@@ -76,7 +76,7 @@ def keras_file(tmp_path_factory):
 
 
 def test_predict_refuses_what_split_refuses(keras_file, tmp_path, capsys):
-    from petscan import predict
+    from petscan.serving import predict
 
     refused = refused_images(tmp_path / "scans")
     unique_png(tmp_path / "scans" / "good.png", 1, size=40)
@@ -95,7 +95,7 @@ def test_predict_refuses_what_split_refuses(keras_file, tmp_path, capsys):
 def test_the_scoring_model_refuses_what_split_refuses(keras_file, tmp_path):
     """The pyfunc as `mlflow models serve` loads it: a model config without the shape rules
     (logged before they were) takes split's defaults."""
-    from petscan.pyfunc_model import KERAS_ARTIFACT, PetscanKerasModel
+    from petscan.serving.pyfunc import KERAS_ARTIFACT, PetscanKerasModel
 
     refused = refused_images(tmp_path)
     model = PetscanKerasModel()

@@ -9,7 +9,7 @@ import pytest
 from conftest import png_header
 from PIL import Image
 
-from petscan.images import (
+from petscan.data.images import (
     ImageError,
     inspect_image,
     list_images,

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from petscan import io
+from petscan.utils import io
 
 
 def mode_of(path) -> int:

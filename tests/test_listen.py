@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from petscan import listen
+from petscan.serving import listen
 
 EXPOSED = ["0.0.0.0", "::", "", "10.1.2.3", "192.168.0.5", "2001:db8::1", "no-such-host.invalid"]
 
@@ -46,7 +46,7 @@ class Exec(BaseException):  # not an Exception: the command's bug handler lets i
 def test_serve_warns_in_one_line_before_it_starts_the_server(
     host, warned, tmp_path, monkeypatch, capsys
 ):
-    from petscan import serve
+    from petscan.serving import serve
 
     def no_exec(*args):
         raise Exec
@@ -68,7 +68,7 @@ def test_serve_warns_in_one_line_before_it_starts_the_server(
 
 
 def test_app_warns_for_a_host_given_on_the_command_line(tmp_path, monkeypatch, capsys):
-    from petscan import app
+    from petscan.serving import app
 
     monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

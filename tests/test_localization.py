@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from petscan import handoff
-from petscan import localization as loc
+from petscan.evaluation import localization as loc
+from petscan.handoff import records as handoff
 
 
 def lesion(col, row, radius, px_per_mm=0.5, visible=True, path="x/a.png") -> dict:
@@ -117,8 +117,10 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
     """A generated data set, manifests, a saved tiny-backbone model and its train.json."""
     from conftest import CLASS_NAMES, CLASSES, random_weights, tiny_model_params
 
-    from petscan import handoff, io, synthetic
-    from petscan import model as pmodel
+    from petscan.demo import generate as synthetic
+    from petscan.handoff import records as handoff
+    from petscan.model import network as pmodel
+    from petscan.utils import io
 
     root = tmp_path_factory.mktemp("explain")
     counts = {"No cancer": 4, "breast cancer": 6, "prostate cancer": 6}
@@ -216,7 +218,7 @@ def test_stage_without_ground_truth_skips_with_the_reason(tiny_project, tmp_path
 def test_gallery_figure_has_the_banner_and_every_slot(tiny_project, tmp_path):
     from conftest import CLASS_NAMES
 
-    from petscan import plots
+    from petscan.evaluation import plots
 
     root, params = tiny_project
     loc.run_explain(params, root)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from petscan.losses import (
+from petscan.model.losses import (
     CategoricalFocalLoss,
     OneVsRestFocalLoss,
     class_weights,
     make_loss,
 )
-from petscan.params import defaults
+from petscan.params.schema import defaults
 
 LOSS = defaults()["train"]["loss"]  # a whole train.loss section, as the stages get it
 ALPHA = [0.5, 0.3, 0.2]

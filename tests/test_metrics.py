@@ -11,7 +11,7 @@ import pytest
 from sklearn import metrics as skm
 from sklearn.preprocessing import label_binarize
 
-from petscan.metrics import (
+from petscan.evaluation.metrics import (
     binary_auc,
     bootstrap_ci,
     brier_score,

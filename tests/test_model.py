@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from conftest import tiny_model_params
 
-from petscan.backbones import build_backbone
-from petscan.model import (
+from petscan.model.backbones import build_backbone
+from petscan.model.network import (
     Preprocess,
     Standardize,
     build_feature_extractor,
@@ -309,7 +309,7 @@ def test_bfloat16_backbone_gives_float32_features_close_to_float32(tmp_path):
 
 
 def test_precision_auto_follows_the_hardware_and_bad_values_are_refused():
-    from petscan.model import native_bfloat16, resolve_precision
+    from petscan.model.network import native_bfloat16, resolve_precision
 
     assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
     assert resolve_precision("float32") == "float32"

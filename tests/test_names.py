@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import load_script, unique_png
 
-from petscan.folders import printable, scan_images
+from petscan.data.folders import printable, scan_images
 
 SPLIT_STAGE = load_script("stages/split.py")
 REASON = "the file name is not valid UTF-8 (shown with \\x escapes): rename the file"
@@ -69,7 +69,7 @@ def keras_file(tmp_path_factory):
 
 
 def test_predict_skips_a_name_that_is_not_utf8_with_one_line(keras_file, tmp_path, capsys):
-    from petscan import predict
+    from petscan.serving import predict
 
     scans = tmp_path / "scans"
     unique_png(scans / "good.png", 1, size=40)

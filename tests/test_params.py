@@ -10,9 +10,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from petscan import config, errors
-from petscan.errors import ParamsError
-from petscan.params import defaults, section, validate
+from petscan.params import loading as config
+from petscan.params.schema import defaults, section, validate
+from petscan.utils import errors
+from petscan.utils.errors import ParamsError
 
 
 def problems(raw: dict, path: str = "p.yaml") -> list[str]:

@@ -87,7 +87,7 @@ def tiny_repo(root: Path, adjust: Callable[[dict], None] | None = None) -> tuple
         GIT_COMMITTER_NAME="test",
         GIT_COMMITTER_EMAIL="test@example.com",
     )
-    from petscan.synthetic import generate
+    from petscan.demo.generate import generate
 
     syn = params["synthetic"]
     generate(
@@ -174,7 +174,7 @@ def test_the_demo_backbone_label_travels_to_every_output(tmp_path):
     registered version and the console."""
     import mlflow
 
-    from petscan.handoff import DEMO_LABEL
+    from petscan.handoff.records import DEMO_LABEL
 
     def demo(params: dict) -> None:
         params["model"].update(backbone="auto", input_size=None, preprocessing=None)
@@ -284,7 +284,7 @@ def test_dvc_repro_then_queued_experiments_log_to_mlflow(workspace, tmp_path):
     # the explain stage: localization on the generator's lesions, logged into the same run
     explained = json.loads((root / "reports" / "explain" / "metrics_full.json").read_text())
     assert explained["skipped"] is None and explained["localization"]["images"] > 0
-    from petscan.localization import HEADLINE
+    from petscan.evaluation.localization import HEADLINE
 
     headline = json.loads((root / "reports" / "explain" / "metrics.json").read_text())
     assert set(headline["localization"]) == set(HEADLINE)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from petscan import plots
+from petscan.evaluation import plots
 
 CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
 BANNER = "RANDOM-INIT backbone (not RadImageNet) - not a RadImageNet result"

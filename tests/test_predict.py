@@ -13,9 +13,9 @@ import yaml
 from conftest import CLASS_NAMES as CLASSES
 from conftest import tiny_image_classifier, tiny_model_params, write_png
 
-from petscan import predict
-from petscan.images import ImageError, load_resized
-from petscan.model import load_model
+from petscan.data.images import ImageError, load_resized
+from petscan.model.network import load_model
+from petscan.serving import predict
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,7 @@ def test_cli_exit_code_when_nothing_was_predicted(model_file, folder, params_fil
 
 
 def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow_store, capsys):
-    from petscan import tracking
+    from petscan.tracking import runs as tracking
 
     mlflow_params = {"experiment": "predict-test", "registered_model": "pet-predict"}
     model_params = tiny_model_params()
@@ -172,7 +172,7 @@ class Trap(mlflow.pyfunc.PythonModel):
 def test_model_uri_never_unpickles_a_foreign_store(
     model_file, folder, tmp_path, mlflow_store, capsys
 ):
-    from petscan import tracking
+    from petscan.tracking import runs as tracking
 
     marker = tmp_path / "unpickled.txt"
     config = {"class_names": CLASSES, "input_size": [32, 32], "resize": "stretch"}
@@ -205,7 +205,7 @@ def test_model_uri_never_unpickles_a_foreign_store(
 def test_model_uri_without_a_petscan_keras_artifact_is_refused(
     model_file, tmp_path, mlflow_store, capsys
 ):
-    from petscan import tracking
+    from petscan.tracking import runs as tracking
 
     with tracking.start_training_run({"experiment": "foreign"}, {}, {}) as run:
         mlflow.pyfunc.log_model(

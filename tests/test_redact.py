@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from petscan.redact import redact_text, redact_url, redact_values
 from petscan.tuning.storage import storage_label
+from petscan.utils.redact import redact_text, redact_url, redact_values
 
 
 @pytest.mark.parametrize(
@@ -50,9 +50,9 @@ def test_redact_values_and_text():
 
 
 def test_credentials_over_plain_http_to_another_machine_are_refused(monkeypatch):
-    from petscan import tracking
-    from petscan.errors import UserError
-    from petscan.redact import refuse_cleartext_credentials
+    from petscan.tracking import runs as tracking
+    from petscan.utils.errors import UserError
+    from petscan.utils.redact import refuse_cleartext_credentials
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(UserError) as err:

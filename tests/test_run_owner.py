@@ -14,7 +14,8 @@ import mlflow
 import pytest
 from conftest import REPO
 
-from petscan import run_owner, tracking
+from petscan.tracking import run_owner
+from petscan.tracking import runs as tracking
 
 EXPERIMENT = {"experiment": "e"}
 
@@ -88,7 +89,7 @@ def test_the_next_run_marks_runs_of_dead_processes_killed_and_leaves_the_rest(
 
 KILLED_MID_RUN = """
 import sys, time
-from petscan import tracking
+from petscan.tracking import runs as tracking
 with tracking.start_training_run({"experiment": "e"}, {}, {}) as run:
     print(run.info.run_id, flush=True)
     time.sleep(600)

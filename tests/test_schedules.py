@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from petscan.schedules import lr_scheduler, piecewise_lr
+from petscan.model.schedules import lr_scheduler, piecewise_lr
 
 SEED = {"boundaries": [5, 15, 25], "values": [5.0e-5, 1.0e-4, 5.0e-5, 1.0e-5]}
 # The notebook's code, 0-based epochs: e < 5: 5e-5; e < 15: 1e-4; e < 25: 5e-5; else 1e-5.

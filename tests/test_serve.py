@@ -30,8 +30,9 @@ from conftest import (
 from PIL import Image
 
 import petscan
-from petscan import serve, tracking
-from petscan.images import load_rgb, resize
+from petscan.data.images import load_rgb, resize
+from petscan.serving import serve
+from petscan.tracking import runs as tracking
 
 MODEL_NAME = "pet-serve-test"
 MAX_PIXELS = 120 * 120
@@ -233,7 +234,7 @@ def strict_json(text: str):
 def test_bad_rows_and_non_finite_probabilities_answer_null_never_nan():
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
-    from petscan.pyfunc_model import NOT_FINITE, result_frame
+    from petscan.serving.pyfunc import NOT_FINITE, result_frame
 
     proba = np.array([[0.2, 0.3, 0.5], [0.0, 0.0, 0.0], [np.nan, 0.5, 0.5], [0.1, np.inf, 0.2]])
     frame = result_frame(proba, CLASSES, [None, "row 1: bad", None, None])

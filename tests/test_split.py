@@ -15,9 +15,9 @@ import pytest
 import yaml
 from conftest import REPO, load_script, unique_png
 
-from petscan import split as splitting
-from petscan.dataset import DataError
-from petscan.split import (
+from petscan.data import split as splitting
+from petscan.data.index import DataError
+from petscan.data.split import (
     MANIFEST_COLUMNS,
     SPLITS,
     check_ratios,

@@ -11,11 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import stage_deps
 import yaml
 from conftest import REPO
-
-from petscan import stage_deps
-from petscan.stage_deps import ImportGraph, Need
+from stage_deps import ImportGraph, Need
 
 # A fake `petscan` under tmp_path/src: one file per import form (file -> source).
 FAKE = {

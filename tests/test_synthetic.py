@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from petscan import config, synthetic
-from petscan.images import list_images, load_rgb
+from petscan.data.images import list_images, load_rgb
+from petscan.demo import generate as synthetic
+from petscan.params import loading as config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"No cancer": 5, "breast cancer": 4, "prostate cancer": 6}

@@ -22,7 +22,7 @@ from conftest import (
     write_png,
 )
 
-from petscan import tracking
+from petscan.tracking import runs as tracking
 
 MODEL_PARAMS = tiny_model_params()
 WEIGHTS = random_weights(sha256="ab" * 32)
@@ -336,7 +336,7 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
 
     loaded = mlflow.pyfunc.load_model(info.model_uri)
     out = loaded.predict(pd.DataFrame({"path": [str(p) for p in images]}))
-    from petscan.images import load_resized
+    from petscan.data.images import load_resized
 
     x = np.stack([load_resized(p, (32, 32), "stretch") for p in images])
     expected = model.predict(x, verbose=0)
@@ -367,7 +367,7 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
     )
     assert version.tags["test_accuracy"] == "0.500 [0.250, 0.750]"
     # `petscan predict` by alias
-    from petscan import predict
+    from petscan.serving import predict
 
     out_csv = tmp_path / "by_alias.csv"
     argv = [str(images[2]), "--model-uri", "models:/pet-test@candidate", "--csv", str(out_csv)]

@@ -17,11 +17,12 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, random_weights, tiny_model_params, write_manifest, write_png
 from sklearn.utils.class_weight import compute_class_weight
 
-from petscan import handoff, training
-from petscan.errors import MissingInputError
-from petscan.model import build_full_model, build_head, load_model
-from petscan.params import section, validate
-from petscan.schedules import piecewise_lr
+from petscan.handoff import records as handoff
+from petscan.model.network import build_full_model, build_head, load_model
+from petscan.model.schedules import piecewise_lr
+from petscan.params.schema import section, validate
+from petscan.training import fit as training
+from petscan.utils.errors import MissingInputError
 
 MODEL = tiny_model_params(preprocessing="rescale", dropout=0.2)
 WEIGHTS = random_weights()
@@ -444,7 +445,7 @@ def test_standardization_uses_every_training_view_and_never_val():
 
 
 def test_val_data_loss_is_the_loss_without_the_l2_penalty():
-    from petscan import losses
+    from petscan.model import losses
 
     x, y = blobs(30, views=1, seed=8)
     vx, vy = blobs(9, views=1, seed=9)

@@ -23,14 +23,11 @@ from conftest import random_weights
 from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
-from petscan import config, features, metrics, tracking, training
-from petscan.params import section
-from petscan.tuning.apply import apply_best
-from petscan.tuning.data import TuneData, cv_folds
-from petscan.tuning.objective import objective_value
-from petscan.tuning.run import run_tune
-from petscan.tuning.settings import TuneSettings, check_objective, objective_direction
-from petscan.tuning.space import (
+from petscan.data import features
+from petscan.evaluation import metrics
+from petscan.params import loading as config
+from petscan.params.schema import section
+from petscan.params.space import (
     apply_overrides,
     overrides_from,
     parse_dimension,
@@ -38,6 +35,13 @@ from petscan.tuning.space import (
     sample,
     schedule_from_phases,
 )
+from petscan.tracking import runs as tracking
+from petscan.training import fit as training
+from petscan.tuning.apply import apply_best
+from petscan.tuning.data import TuneData, cv_folds
+from petscan.tuning.objective import objective_value
+from petscan.tuning.run import run_tune
+from petscan.tuning.settings import TuneSettings, check_objective, objective_direction
 from petscan.tuning.storage import make_pruner, make_sampler, make_storage, storage_label
 
 CLASSES = {

@@ -28,7 +28,9 @@ import numpy as np
 import pytest
 from conftest import load_script
 
-from petscan import backbones, handoff, weights
+from petscan.handoff import records as handoff
+from petscan.model import backbones
+from petscan.weights import fetch as weights
 
 SHAPE = (32, 32, 3)
 REV = "0123456789abcdef0123456789abcdef01234567"  # a pinned hub revision
@@ -279,7 +281,7 @@ def test_current_install_is_skipped_and_redone_when_settings_or_file_change(
     wp = params({"type": "file", "path": "w.h5"})
     first = fetch(tmp_path, wp)
     stamp = (tmp_path / "out" / "weights.h5").stat().st_mtime_ns
-    caplog.set_level(logging.INFO, logger="petscan.weights")
+    caplog.set_level(logging.INFO, logger="petscan.weights.fetch")
     assert fetch(tmp_path, wp) == first
     assert (tmp_path / "out" / "weights.h5").stat().st_mtime_ns == stamp
     assert "up to date" in caplog.text
@@ -556,7 +558,7 @@ def test_all_sources_failing_with_fallback_none_lists_each(tmp_path):
 
 
 def test_random_fallback_is_labelled_loadable_and_deterministic(tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger="petscan.weights")
+    caplog.set_level(logging.WARNING, logger="petscan.weights.fetch")
     meta = fetch(tmp_path / "a", params(*ALL_FAIL, fallback="random", seed=5))
     assert meta["random_init"] is True
     assert meta["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)" == handoff.RANDOM_LABEL

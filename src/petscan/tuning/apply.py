@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 
-from petscan import config, io
-from petscan.errors import BadInputError
-from petscan.tuning.space import Dimension, overrides_from
+from petscan.params import loading as config
+from petscan.params.space import Dimension, overrides_from
+from petscan.utils import io
+from petscan.utils.errors import BadInputError
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial

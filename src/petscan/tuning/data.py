@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from petscan import config
-from petscan.errors import BadInputError, MissingInputError, ParamsError
-from petscan.features import load_features
-from petscan.handoff import FeatureMeta, WeightsInfo, feature_files
+from petscan.data.features import load_features
+from petscan.handoff.records import FeatureMeta, WeightsInfo, feature_files
+from petscan.params import loading as config
+from petscan.utils.errors import BadInputError, MissingInputError, ParamsError
 
 FEATURES_HINT = "run `dvc repro featurize` first (the study trains on the cached features)"
 STUDY_SPLITS = ("train", "val")  # a study never sees test

@@ -18,13 +18,14 @@ import keras
 import numpy as np
 import optuna
 
-from petscan import metrics, training
+from petscan.evaluation import metrics
+from petscan.params.space import apply_overrides, overrides_from, parse_space, sample
+from petscan.training import fit as training
 from petscan.tuning.data import TuneData, cv_folds
 from petscan.tuning.settings import TuneSettings, is_scalar_metric
-from petscan.tuning.space import apply_overrides, overrides_from, parse_space, sample
 
 if TYPE_CHECKING:
-    from petscan.tuning.tracking import Tracker
+    from petscan.tuning.study_runs import Tracker
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ import yaml
 from optuna.trial import TrialState
 from optuna.visualization import matplotlib as ovm
 
-from petscan import io
-from petscan.handoff import WeightsInfo
+from petscan.handoff.records import WeightsInfo
+from petscan.params.space import nest
 from petscan.tuning.settings import TuneSettings
-from petscan.tuning.space import nest
+from petscan.utils import io
 
 SIGNIFICANT_DIGITS = 4
 PLOT_DPI = 110

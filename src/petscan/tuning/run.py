@@ -16,8 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from petscan import config
-from petscan.errors import BadInputError
+from petscan.params import loading as config
 from petscan.tuning.apply import apply_best, trusted_overrides
 from petscan.tuning.data import TuneData, load_tune_data
 from petscan.tuning.objective import Objective
@@ -32,8 +31,9 @@ from petscan.tuning.study import (
     record_backbone,
     resume_study,
 )
-from petscan.tuning.tracking import Tracker, close_stale_children, parent_run, study_tags
+from petscan.tuning.study_runs import Tracker, close_stale_children, parent_run, study_tags
 from petscan.tuning.workers import spawn_workers, worker_spec
+from petscan.utils.errors import BadInputError
 
 
 def open_tracker(

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from petscan import metrics
-from petscan.errors import ParamsError
+from petscan.evaluation import metrics
+from petscan.utils.errors import ParamsError
 
 DEFAULT_STUDY = "petscan-head"
 DEFAULT_OUT_DIR = "tune"

@@ -20,9 +20,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from petscan.errors import ParamsError, UserError
-from petscan.redact import redact_text, redact_url
 from petscan.tuning.settings import PRUNER_NAMES, TuneSettings
+from petscan.utils.errors import ParamsError, UserError
+from petscan.utils.redact import redact_text, redact_url
 
 SQLITE_FILE = "optuna.db"
 JOURNAL_FILE = "optuna.journal"

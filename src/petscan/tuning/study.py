@@ -14,8 +14,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
-from petscan.errors import BadInputError
-from petscan.handoff import WeightsInfo
+from petscan.handoff.records import WeightsInfo
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import (
     COUNTED,
@@ -27,6 +26,7 @@ from petscan.tuning.storage import (
     make_storage,
     storage_label,
 )
+from petscan.utils.errors import BadInputError
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,14 @@ from typing import Any
 
 import optuna
 
-from petscan import io, tracking
+from petscan.tracking import runs as tracking
 from petscan.tuning.data import load_tune_data
 from petscan.tuning.objective import Objective
 from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import make_storage
 from petscan.tuning.study import max_steps, open_study, optimize
-from petscan.tuning.tracking import Tracker, study_tags
+from petscan.tuning.study_runs import Tracker, study_tags
+from petscan.utils import io
 
 EXIT_TRIPPED = 3  # a worker stopped by `tune.max_failures` failures in a row
 EXIT_INTERRUPTED = 130

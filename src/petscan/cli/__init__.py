@@ -1,0 +1,1 @@
+"""`petscan <command>`: the project's commands outside the DVC stages."""

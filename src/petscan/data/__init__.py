@@ -1,0 +1,1 @@
+"""Image files, the labelled folder's index, the split, the input pipeline, features."""

@@ -1,0 +1,1 @@
+"""The synthetic PET demo data set and the pretraining of its backbone."""

@@ -1,0 +1,1 @@
+"""Metrics, figures, Grad-CAM heatmaps and their localization."""

@@ -1,0 +1,1 @@
+"""The classifier: backbones, the head, losses and learning-rate schedules."""

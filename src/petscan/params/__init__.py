@@ -1,0 +1,1 @@
+"""`params.yaml`: its schema (typed sections), reading, loading and messages."""

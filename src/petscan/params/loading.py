@@ -1,0 +1,188 @@
+"""Reading `params.yaml` and locating the repository.
+
+Stage scripts read only the sections (and single keys) they declare in `dvc.yaml`;
+`load_section` and `load_sections` are the way they do it: they validate the whole file
+against the schema (`petscan.params.schema`) once, first, so a typo anywhere fails before
+any work, and give frozen typed sections with every default filled in (`StageParams`).
+`stage_parser` is every stage's command line: its docstring as `--help`, `--params` and
+`--verbose`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from petscan.params.reading import read_params_yaml
+from petscan.params.schema import Params, resolve_model, validate
+from petscan.utils.errors import MissingInputError, ParamsError
+
+PARAMS_FILE = "params.yaml"
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The real repository root.
+
+    `dvc exp run --queue` runs stages in a temporary copy and exports `DVC_ROOT`
+    pointing at the real repository; stores that must be shared between
+    experiments (MLflow, Optuna) are anchored there.
+    """
+    if os.environ.get("PETSCAN_ROOT"):
+        return Path(os.environ["PETSCAN_ROOT"]).resolve()
+    if os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    return workspace_root(start)
+
+
+def workspace_root(start: Path | None = None) -> Path:
+    """The folder holding `params.yaml` at or above `start` (default: the cwd)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / PARAMS_FILE).is_file():
+            return folder
+    return here
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The params file as written (not validated, no defaults): for tools that edit it."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path} not found: run from the repository root or pass --params")
+    params = read_params_yaml(path) or {}  # bounded: size, encoding, aliases, duplicates
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path} must hold a mapping of sections, got {type(params).__name__}")
+    return params
+
+
+def load_validated(path: str | Path = PARAMS_FILE) -> Params:
+    """The whole params file, checked against the schema, every default filled in, and
+    `model.backbone: auto` resolved (`schema.resolve_model`): frozen typed sections."""
+    return resolve_model(validate(load_params(path), path), source_file_exists)
+
+
+def source_file_exists(path: str) -> bool:
+    """Whether a `file` weights source is in place (`~` expanded, relative to the repo root)."""
+    file = Path(path).expanduser()
+    return (file if file.is_absolute() else repo_root() / file).is_file()
+
+
+def load_section(name: str, path: str | Path = PARAMS_FILE) -> Any:
+    """One typed section of `params.yaml` (`TrainParams`, ...), validated with the whole file."""
+    return getattr(load_sections([name], path), name)
+
+
+def load_sections(names: Iterable[str], path: str | Path = PARAMS_FILE) -> StageParams:
+    """The sections and single keys a stage reads (its `SECTIONS`, its `dvc.yaml` params).
+
+    The whole file is validated first (`ParamsError`, one line per problem), defaults filled
+    in; the result gives only what `names` declares (`StageParams`).
+    """
+    return StageParams(load_validated(path), names, path)
+
+
+class StageParams:
+    """What one stage may read of the params: whole typed sections and single keys.
+
+    `load_sections(["train", "split.out_dir"])` gives `.train` (the `TrainParams`) and
+    `.split.out_dir`; reading anything else (`.split.ratios`, `.evaluate`) is an
+    `AttributeError` naming the declaration, a bug in the stage (dvc.yaml would not re-run it
+    when that value changes). `as_dict()` is the declared values, nested as in the file (what
+    the stage logs to MLflow).
+    """
+
+    def __init__(self, params: Params, names: Iterable[str], path: str | Path = PARAMS_FILE):
+        self._names = tuple(names)
+        self._params = params
+        self._path = path
+        tree: dict[str, Any] = {}
+        for name in self._names:
+            _declare(tree, name.split("."), params, name, path)
+        self._tree = tree
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _pick(self._tree, self._params, name, name, self._names)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The declared sections and keys as plain values, nested as in params.yaml."""
+        return _as_dict(self._tree, self._params.model_dump())
+
+    def __repr__(self) -> str:
+        return f"StageParams({', '.join(self._names)})"
+
+
+class _Keys:
+    """Some keys of a section (a stage declared `split.out_dir`, not the whole `split`)."""
+
+    def __init__(self, tree: dict[str, Any], node: Any, where: str, names: tuple[str, ...]):
+        self._tree, self._node, self._where, self._names = tree, node, where, names
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return _pick(self._tree, self._node, name, f"{self._where}.{name}", self._names)
+
+
+def _declare(tree: dict[str, Any], parts: list[str], node: Any, name: str, path: Any) -> None:
+    """Mark `parts` in `tree` (True: the whole value), checking the schema has them."""
+    for depth, part in enumerate(parts):
+        if not hasattr(node, part) or part.startswith("_"):
+            where = ".".join(parts[:depth]) or "params"
+            keys = list(type(node).model_fields) if hasattr(type(node), "model_fields") else []
+            raise KeyError(f"{path} has no '{name}' ('{where}' keys: {', '.join(keys)})")
+        node = getattr(node, part)
+        if depth == len(parts) - 1:
+            tree[part] = True
+        elif tree.get(part) is not True:
+            tree = tree.setdefault(part, {})
+        else:
+            return  # the whole of it is declared already
+
+
+def _pick(tree: dict[str, Any], node: Any, name: str, dotted: str, names: tuple[str, ...]) -> Any:
+    declared = tree.get(name)
+    if declared is None:
+        raise AttributeError(
+            f"{dotted} is not among the params this stage declares ({', '.join(names)}): add it"
+            " to the stage's SECTIONS and its dvc.yaml params"
+        )
+    value = getattr(node, name)
+    return value if declared is True else _Keys(declared, value, dotted, names)
+
+
+def _as_dict(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: values[key] if sub is True else _as_dict(sub, values[key]) for key, sub in tree.items()
+    }
+
+
+def stage_parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """A stage script's parser: `doc` (its `__doc__`) as the description, line breaks kept,
+    and `--params`. Keyword arguments go to `argparse.ArgumentParser` and win.
+    """
+    kwargs.setdefault("description", doc)
+    kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(**kwargs)
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show TensorFlow's start-up and library messages (or set PETSCAN_VERBOSE=1)",
+    )
+    return parser
+
+
+def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"loss": {"gamma": 2}}}` -> `{"train.loss.gamma": 2}` (lists kept whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in params.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat

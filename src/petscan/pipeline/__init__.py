@@ -1,0 +1,1 @@
+"""The DVC stages, one module each, named like the stage in `dvc.yaml`."""

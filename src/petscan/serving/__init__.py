@@ -1,0 +1,1 @@
+"""Using a trained model: loading, prediction, the scoring server, the web app."""

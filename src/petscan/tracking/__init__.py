@@ -1,0 +1,1 @@
+"""MLflow: the store, the runs and what they record, the model registry."""

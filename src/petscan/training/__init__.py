@@ -1,0 +1,1 @@
+"""Fitting the classifier's head (cached features) or the whole network."""

@@ -1,0 +1,1 @@
+"""Small helpers every package uses: errors, atomic files, logging, redaction."""

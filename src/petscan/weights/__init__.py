@@ -1,0 +1,1 @@
+"""The backbone's weights: sources, downloads, checks and fallbacks."""
