@@ -14,7 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from petscan.handoff.records import SPLITS, read_weights_info, weights_file
+from petscan.handoff.manifests import SPLITS
+from petscan.handoff.records import read_weights_info, weights_file
 from petscan.params import loading as config
 from petscan.utils import errors, logs
 

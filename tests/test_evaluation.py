@@ -12,7 +12,7 @@ from conftest import manifest_row, tiny_model_params, write_manifest, write_png
 from sklearn.metrics import accuracy_score, f1_score
 
 from petscan.data.images import load_resized
-from petscan.handoff import records as handoff
+from petscan.handoff import results
 from petscan.model.network import build_full_model
 from petscan.pipeline import evaluate as evaluation
 
@@ -65,7 +65,7 @@ def test_evaluate_split_predicts_the_image_files_in_manifest_order(tmp_path):
     )
     images = np.stack([load_resized(tmp_path / p, (32, 32)) for p in frame["path"]])
     expected = model.predict(images, verbose=0)
-    y, proba, written = handoff.read_predictions(paths["predictions"], CLASSES)
+    y, proba, written = results.read_predictions(paths["predictions"], CLASSES)
     np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-6)
     assert list(written["path"]) == list(frame["path"])
     predicted = proba.argmax(axis=1)

@@ -13,7 +13,8 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, random_weights, write_manifest
 
 from petscan.handoff import records as handoff
-from petscan.handoff.records import COMPACT_METRICS, compact_metrics
+from petscan.handoff import results
+from petscan.handoff.results import COMPACT_METRICS, compact_metrics
 from petscan.utils.errors import BadInputError, MissingInputError
 
 
@@ -87,7 +88,7 @@ def test_train_info_round_trips_and_refuses_an_old_file(tmp_path):
 
 def test_json_safe_turns_non_finite_numbers_into_null():
     nested = {"val": {"accuracy": 0.5, "auc": math.nan, "n": np.int64(3)}, "x": -math.inf}
-    assert handoff.json_safe(nested) == {"val": {"accuracy": 0.5, "auc": None, "n": 3}, "x": None}
+    assert results.json_safe(nested) == {"val": {"accuracy": 0.5, "auc": None, "n": 3}, "x": None}
 
 
 def test_compact_metrics_keep_the_headline_numbers_and_the_collapse_alarm():
@@ -116,7 +117,7 @@ def test_predictions_frame_round_trip(tmp_path):
         {"path": ["a.png", "b.png"], "patient": ["007", "8"], "label": [2, 0], "class": ["", ""]}
     )
     proba = np.array([[0.1, 0.2, 0.7], [0.3, 0.6, 0.1]])
-    out = handoff.predictions_frame(frame, proba, CLASSES)
+    out = results.predictions_frame(frame, proba, CLASSES)
     assert list(out.columns) == [
         "path",
         "patient",
@@ -131,9 +132,9 @@ def test_predictions_frame_round_trip(tmp_path):
     assert list(out["true_class"]) == ["Prostate cancer", "No cancer"]
     assert list(out["predicted_class"]) == ["Prostate cancer", "Breast cancer"]
     out.to_csv(tmp_path / "p.csv", index=False)
-    y, p, back = handoff.read_predictions(tmp_path / "p.csv", CLASSES)
+    y, p, back = results.read_predictions(tmp_path / "p.csv", CLASSES)
     np.testing.assert_array_equal(y, [2, 0])
     np.testing.assert_allclose(p, proba)
     assert list(back["patient"]) == ["007", "8"], "patient ids stay strings"
     with pytest.raises(ValueError, match="re-run `dvc repro evaluate`"):
-        handoff.read_predictions(tmp_path / "p.csv", ["a", "b"])
+        results.read_predictions(tmp_path / "p.csv", ["a", "b"])

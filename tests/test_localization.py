@@ -12,6 +12,7 @@ import pytest
 
 from petscan.evaluation import localization as loc
 from petscan.handoff import records as handoff
+from petscan.handoff import results
 
 
 def lesion(col, row, radius, px_per_mm=0.5, visible=True, path="x/a.png") -> dict:
@@ -118,7 +119,6 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
     from conftest import CLASS_NAMES, CLASSES, random_weights, tiny_model_params
 
     from petscan.demo import generate as synthetic
-    from petscan.handoff import records as handoff
     from petscan.model import network as pmodel
     from petscan.utils import io
 
@@ -191,7 +191,7 @@ def test_stage_scores_every_image_with_a_visible_lesion(tiny_project):
     assert local["centre_prior/energy_inside"] == pytest.approx(
         scored["centre_prior_energy"].mean()
     )
-    gallery = pd.read_csv(out / "gallery" / handoff.GALLERY_FILE)
+    gallery = pd.read_csv(out / "gallery" / results.GALLERY_FILE)
     assert len(gallery) == 12  # 3 classes x 4 slots
     for panel in gallery["panel"].dropna():
         assert (out / "gallery" / panel).is_file()
@@ -212,7 +212,7 @@ def test_stage_without_ground_truth_skips_with_the_reason(tiny_project, tmp_path
     assert ".lesions.csv is missing" in result["skipped"]
     saved = json.loads((copy / "reports/explain/metrics.json").read_text())
     assert saved["skipped"] == result["skipped"]
-    assert (copy / "reports/explain/gallery" / handoff.GALLERY_FILE).is_file()
+    assert (copy / "reports/explain/gallery" / results.GALLERY_FILE).is_file()
 
 
 def test_gallery_figure_has_the_banner_and_every_slot(tiny_project, tmp_path):
@@ -223,7 +223,7 @@ def test_gallery_figure_has_the_banner_and_every_slot(tiny_project, tmp_path):
     root, params = tiny_project
     loc.run_explain(params, root)
     panels = root / "reports/explain/gallery"
-    gallery = pd.read_csv(panels / handoff.GALLERY_FILE)
+    gallery = pd.read_csv(panels / results.GALLERY_FILE)
     fig = plots.explanation_gallery(
         gallery, panels, CLASS_NAMES, tmp_path / "g.png", banner="RANDOM-INIT backbone"
     )

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from petscan.data.images import ImageError
 from petscan.data.tf_data import build_augmenter, images_per_batch, view_dataset
+from petscan.handoff.manifests import read_manifest
 from petscan.handoff.records import (
     FEATURES_HINT,
     FeatureMeta,
@@ -40,7 +41,6 @@ from petscan.handoff.records import (
     feature_files,
     manifest_meta,
     read_feature_meta,
-    read_manifest,
     write_feature_meta,
 )
 from petscan.model.network import build_feature_extractor, feature_moments, resolve_precision

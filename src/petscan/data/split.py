@@ -34,7 +34,7 @@ from petscan.data.index import (
     index_images,
     patients_in_several_classes,
 )
-from petscan.handoff.records import MANIFEST_COLUMNS, SPLITS
+from petscan.handoff.manifests import MANIFEST_COLUMNS, SPLITS
 from petscan.utils import io
 
 log = logging.getLogger(__name__)

@@ -34,7 +34,8 @@ import pandas as pd
 from petscan.data.images import load_rgb
 from petscan.evaluation import gradcam as explain
 from petscan.evaluation import metrics
-from petscan.handoff.records import GALLERY_FILE, GALLERY_SPLIT, json_safe, read_train_info
+from petscan.handoff.records import read_train_info
+from petscan.handoff.results import GALLERY_FILE, GALLERY_SPLIT, json_safe
 from petscan.model import network as pmodel
 from petscan.params import loading as config
 from petscan.tracking import runs as tracking

@@ -21,7 +21,8 @@ import pandas as pd
 
 from petscan.data.tf_data import image_dataset
 from petscan.evaluation import metrics
-from petscan.handoff.records import predictions_frame, read_train_info, write_metrics
+from petscan.handoff.records import read_train_info
+from petscan.handoff.results import predictions_frame, write_metrics
 from petscan.model import losses
 from petscan.model import network as pmodel
 from petscan.params import loading as config

@@ -15,7 +15,8 @@ import mlflow
 import pandas as pd
 
 from petscan.evaluation import plots
-from petscan.handoff.records import GALLERY_FILE, GALLERY_SPLIT, read_predictions, read_train_info
+from petscan.handoff.records import read_train_info
+from petscan.handoff.results import GALLERY_FILE, GALLERY_SPLIT, read_predictions
 from petscan.params import loading as config
 from petscan.tracking import runs as tracking
 from petscan.utils.errors import MissingInputError

@@ -34,13 +34,8 @@ from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from petscan.data.images import ImageRules
-from petscan.handoff.records import (
-    EPOCH_METRICS,
-    WEIGHTS_FIELDS,
-    WeightsInfo,
-    banner,
-    manifest_paths,
-)
+from petscan.handoff.manifests import manifest_paths
+from petscan.handoff.records import EPOCH_METRICS, WEIGHTS_FIELDS, WeightsInfo, banner
 from petscan.params import loading as config
 from petscan.serving import pyfunc as pyfunc_model
 from petscan.tracking import run_owner

@@ -44,12 +44,12 @@ import tensorflow as tf
 from petscan.data.features import FeatureSet, load_features
 from petscan.data.tf_data import build_augmenter, image_dataset
 from petscan.evaluation import metrics
+from petscan.handoff.manifests import manifest_paths
 from petscan.handoff.records import (
     HISTORY_COLUMNS,
     FeatureMeta,
     TrainInfo,
     WeightsInfo,
-    manifest_paths,
     read_weights_info,
     weights_file,
     write_train_info,
