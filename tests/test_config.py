@@ -11,9 +11,10 @@ import sys
 import pytest
 import yaml
 from conftest import REPO
+from pydantic import ValidationError
 
 from petscan.params import loading as config
-from petscan.params.schema import defaults
+from petscan.params.schema import DataParams, SplitParams, defaults
 from petscan.utils.errors import ParamsError
 
 PARAMS = {
@@ -37,24 +38,44 @@ def params_file(tmp_path):
 
 def test_load_sections_picks_whole_sections_and_single_keys(params_file):
     picked = config.load_sections(["data", "split.out_dir", "train.loss.gamma"], params_file)
-    assert picked == {
+    assert picked.as_dict() == {
         "data": PARAMS["data"],
         "split": {"out_dir": "data/split"},
         "train": {"loss": {"gamma": 2.0}},
     }
-    assert list(picked) == ["data", "split", "train"], "keeps the order asked for"
+    assert list(picked.as_dict()) == ["data", "split", "train"], "keeps the order asked for"
+    assert isinstance(picked.data, DataParams) and picked.data.class_names == ["A", "B"]
+    assert picked.split.out_dir == "data/split" and picked.train.loss.gamma == 2.0
     # a whole section and one of its keys: the whole section, whichever comes first,
     # with the keys the file leaves out at their defaults
-    whole = {**defaults()["split"], **PARAMS["split"]}
+    whole = {**defaults().split.model_dump(), **PARAMS["split"]}
     assert whole["mode"] == "group" and whole["ratios"] == [0.9, 0.05, 0.05]
     for names in (["split", "split.seed"], ["split.seed", "split"]):
-        assert config.load_sections(names, params_file) == {"split": whole}
-    assert config.load_sections([], params_file) == {}
+        view = config.load_sections(names, params_file)
+        assert view.as_dict() == {"split": whole}
+        assert isinstance(view.split, SplitParams) and view.split.ratios == [0.9, 0.05, 0.05]
+    assert config.load_sections([], params_file).as_dict() == {}
+
+
+def test_a_stage_reads_only_what_it_declares(params_file):
+    """What a stage did not declare is an AttributeError naming the declaration: dvc.yaml
+    would not re-run the stage when that value changed."""
+    picked = config.load_sections(["data", "split.out_dir", "train.loss.gamma"], params_file)
+    for read in (
+        lambda: picked.split.seed,
+        lambda: picked.train.loss.alpha,
+        lambda: picked.train.epochs,
+        lambda: picked.evaluate,
+    ):
+        with pytest.raises(AttributeError, match=r"not among the params this stage declares"):
+            read()
+    with pytest.raises(ValidationError, match="frozen"):
+        picked.data.raw_dir = "elsewhere"  # validated once, then read only
 
 
 def test_load_sections_agrees_with_load_section(params_file):
     for name in PARAMS:
-        assert config.load_sections([name], params_file)[name] == config.load_section(
+        assert getattr(config.load_sections([name], params_file), name) == config.load_section(
             name, params_file
         )
 
@@ -269,7 +290,7 @@ def test_params_file_must_be_utf8_text(tmp_path):
             f"{path}: {expected}; a params file must be UTF-8 text: save it as UTF-8"
         )
     path.write_bytes(text.encode("utf-8-sig"))  # a UTF-8 byte-order mark is fine
-    assert config.load_validated(path)["train"]["out_dir"] == "modèles"
+    assert config.load_validated(path).train.out_dir == "modèles"
 
 
 def test_an_unreadable_params_file_is_one_line(tmp_path, monkeypatch):

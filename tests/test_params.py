@@ -11,7 +11,8 @@ import yaml
 from conftest import REPO
 
 from petscan.params import loading as config
-from petscan.params.schema import defaults, section, validate
+from petscan.params.schema import defaults, section, validate, with_overrides
+from petscan.params.space import check_space
 from petscan.utils import errors
 from petscan.utils.errors import ParamsError
 
@@ -22,14 +23,25 @@ def problems(raw: dict, path: str = "p.yaml") -> list[str]:
     return str(caught.value).splitlines()
 
 
+def space_problems(raw: dict, path: str = "p.yaml") -> list[str]:
+    """What `make tune` says of `tune.space` (the stages do not check it)."""
+    with pytest.raises(ParamsError) as caught:
+        check_space(validate(raw, path), path)
+    return str(caught.value).splitlines()
+
+
+def plain(params) -> dict:
+    return params.model_dump()
+
+
 def test_the_shipped_params_file_is_valid_and_read_back_unchanged():
     raw = config.load_params(REPO / "params.yaml")
-    checked = validate(raw)
+    checked = plain(validate(raw))
     flat_raw, flat_checked = config.flatten(raw), config.flatten(checked)
     changed = {k: (v, flat_checked.get(k)) for k, v in flat_raw.items() if flat_checked.get(k) != v}
     assert changed == {}, "validation must not change a value the file sets"
     # loading resolves `auto` and the backbone's own size and pre-processing, nothing else
-    loaded = config.flatten(config.load_validated(REPO / "params.yaml"))
+    loaded = config.flatten(plain(config.load_validated(REPO / "params.yaml")))
     resolved = {k for k, v in flat_checked.items() if loaded.get(k) != v}
     assert resolved == {"model.backbone", "model.input_size", "model.preprocessing"}
     assert (raw["model"]["backbone"], raw["model"]["input_size"]) == ("auto", None)
@@ -46,7 +58,7 @@ def test_params_file_on_main_is_valid():
     )
     if main.returncode != 0:
         pytest.skip("no `main` branch in this checkout")
-    checked = validate(yaml.safe_load(main.stdout), "main:params.yaml")
+    checked = plain(validate(yaml.safe_load(main.stdout), "main:params.yaml"))
     flat_raw = config.flatten(yaml.safe_load(main.stdout))
     assert {k: checked_v for k, checked_v in config.flatten(checked).items() if k in flat_raw} == (
         flat_raw
@@ -55,12 +67,22 @@ def test_params_file_on_main_is_valid():
 
 def test_missing_sections_and_keys_take_the_defaults():
     checked = validate({"train": {"epochs": 3}})
-    assert checked["train"]["epochs"] == 3
-    assert checked["train"]["batch_size"] == 16
-    assert checked["train"]["early_stopping"]["monitor"] == "val_roc_auc_macro"
-    assert checked["train"]["reduce_lr_on_plateau"]["monitor"] == "val_roc_auc_macro"
-    assert checked["split"] == defaults()["split"]
+    assert checked.train.epochs == 3
+    assert checked.train.batch_size == 16
+    assert checked.train.early_stopping.monitor == "val_roc_auc_macro"
+    assert checked.train.reduce_lr_on_plateau.monitor == "val_roc_auc_macro"
+    assert checked.split == defaults().split
     assert validate(None) == defaults()
+
+
+def test_overrides_are_validated_again_by_the_schema():
+    """A trial's dotted overrides go through the same checks as the file (`make tune`)."""
+    params = validate({"train": {"epochs": 3}})
+    changed = with_overrides(params, {"train.loss.gamma": 1.5, "model.dropout": 0.2})
+    assert (changed.train.loss.gamma, changed.model.dropout, changed.train.epochs) == (1.5, 0.2, 3)
+    assert params.train.loss.gamma == 2.0, "the original is left as it was"
+    with pytest.raises(ParamsError, match=r"model\.dropout = 1\.5: input should be less than 1"):
+        with_overrides(params, {"model.dropout": 1.5})
 
 
 def test_unknown_keys_are_errors_with_a_suggestion():
@@ -121,19 +143,22 @@ def test_wrong_types_give_one_line_each_with_key_value_and_what_is_allowed():
 
 
 def test_tune_space_entries_are_checked_for_shape_and_target():
-    assert problems({"tune": {"space": {"train.loss.gama": {"low": 0, "high": 1}}}}) == [
+    assert space_problems({"tune": {"space": {"train.loss.gama": {"low": 0, "high": 1}}}}) == [
         "p.yaml: tune.space.train.loss.gama: train.loss.gama is not a key of params.yaml; "
         "fix the name (dotted path into the train or model section)"
     ]
-    assert problems({"tune": {"space": {"model.dropout": {"low": 0.9, "high": 0.1}}}}) == [
+    assert space_problems({"tune": {"space": {"model.dropout": {"low": 0.9, "high": 0.1}}}}) == [
         "p.yaml: tune.space.model.dropout: needs numbers low <= high, got low=0.9 high=0.1"
     ]
     assert (
         "keys must start with train., model. or schedule."
-        in problems({"tune": {"space": {"featurize.seed": 3}}})[0]
+        in space_problems({"tune": {"space": {"featurize.seed": 3}}})[0]
     )
     # a key the schema fills in is a valid target even when the file does not write it
-    assert validate({"tune": {"space": {"train.collapse.prior_margin": {"low": 0.0, "high": 0.1}}}})
+    space = {"train.collapse.prior_margin": {"low": 0.0, "high": 0.1}}
+    assert [d.name for d in check_space(validate({"tune": {"space": space}}))] == list(space)
+    # the stages validate the file without the search space's deep check (only tune runs it)
+    assert validate({"tune": {"space": {"featurize.seed": 3}}}).tune.space == {"featurize.seed": 3}
 
 
 def test_yaml_syntax_errors_are_one_line(tmp_path):
@@ -218,8 +243,10 @@ def test_the_shipped_params_yaml_is_the_schema_defaults():
     """One source of truth: every default in the schema is the value params.yaml ships."""
     shipped = validate(yaml.safe_load((REPO / "params.yaml").read_text()))
     drop = ("tune.space.", "weights.sources")  # free-form search space; the sources list
-    flat = {k: v for k, v in config.flatten(shipped).items() if not k.startswith(drop)}
-    expected = {k: v for k, v in config.flatten(defaults()).items() if not k.startswith(drop)}
+    flat = {k: v for k, v in config.flatten(plain(shipped)).items() if not k.startswith(drop)}
+    expected = {
+        k: v for k, v in config.flatten(plain(defaults())).items() if not k.startswith(drop)
+    }
     assert flat == expected
 
 
@@ -233,7 +260,7 @@ def test_train_val_and_test_each_need_a_ratio_above_zero():
             "(train fits the model, val picks its epoch for early stopping, test gives the "
             "final scores)"
         ]
-    assert validate({"split": {"ratios": [0.98, 0.01, 0.01]}})["split"]["ratios"][1] == 0.01
+    assert validate({"split": {"ratios": [0.98, 0.01, 0.01]}}).split.ratios[1] == 0.01
 
 
 def test_per_class_values_must_match_data_classes():
@@ -254,9 +281,9 @@ def test_per_class_values_must_match_data_classes():
     ]
     for alpha in (None, 0.25, [0.7, 0.3]):
         checked = validate({"data": {"classes": two}, "train": {"loss": {"alpha": alpha}}})
-        assert checked["train"]["loss"]["alpha"] == alpha
+        assert checked.train.loss.alpha == alpha
     # section() checks one section alone, the others at their defaults
-    assert section("train", {"loss": {"alpha": [0.6, 0.4]}})["loss"]["alpha"] == [0.6, 0.4]
+    assert section("train", {"loss": {"alpha": [0.6, 0.4]}}).loss.alpha == [0.6, 0.4]
 
 
 def test_model_input_size_is_bounded():
@@ -267,7 +294,7 @@ def test_model_input_size_is_bounded():
     assert problems({"model": {"input_size": [16, 224]}}) == [
         "p.yaml: model.input_size[0] = 16: input should be greater than or equal to 32"
     ]
-    assert validate({"model": {"input_size": [2048, 32]}})["model"]["input_size"] == [2048, 32]
+    assert validate({"model": {"input_size": [2048, 32]}}).model.input_size == [2048, 32]
 
 
 def test_values_that_only_fail_later_are_refused_by_the_schema():
@@ -312,7 +339,7 @@ OPEN = ("train.optimizer.", "tune.pruner.")  # keyword arguments passed on to Ke
 def _number_keys() -> list[tuple[str, object]]:
     """Every number (or list of numbers) the schema reads, with its default."""
     keys = []
-    for key, value in config.flatten(defaults()).items():
+    for key, value in config.flatten(plain(defaults())).items():
         items = value if isinstance(value, list) else [value]
         if items and all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
             keys.append((key, value))
@@ -341,14 +368,14 @@ def test_every_number_is_finite_and_never_true_or_false():
         "be a finite number, got nan"
     ]
     space = {"train.loss.gamma": {"low": 0.0, "high": float("inf")}}
-    assert problems({"tune": {"space": space}}) == [
+    assert space_problems({"tune": {"space": space}}) == [
         "p.yaml: tune.space.train.loss.gamma: low, high and step must be finite numbers (not "
         "true/false, .inf or .nan), got low=0.0 high=inf step=None"
     ]
 
 
 def test_flags_are_true_or_false_only():
-    flags = [k for k, v in config.flatten(defaults()).items() if isinstance(v, bool)]
+    flags = [k for k, v in config.flatten(plain(defaults())).items() if isinstance(v, bool)]
     assert len(flags) >= 4
     for key in flags:
         for bad in (1, 0, "yes", "true"):
@@ -376,9 +403,9 @@ def test_every_value_the_search_space_can_give_a_trial_is_checked():
          "train.loss.alpha.2 refuses: input should be less than or equal to 1"),
     ]  # fmt: skip
     for key, spec, expected in cases:
-        lines = problems({"tune": {"space": {key: spec}}})
+        lines = space_problems({"tune": {"space": {key: spec}}})
         name = f"{key}.2" if key == "train.loss.alpha" else key
         assert len(lines) == 1, lines
         assert lines[0].startswith(f"p.yaml: tune.space.{name}: a trial could get {expected}")
     shipped = yaml.safe_load((REPO / "params.yaml").read_text())["tune"]["space"]
-    assert len(shipped) > 10 and validate({"tune": {"space": shipped}})
+    assert len(shipped) > 10 and check_space(validate({"tune": {"space": shipped}}))

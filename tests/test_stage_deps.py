@@ -282,14 +282,28 @@ def test_the_stage_script_is_a_dep_of_its_stage(stage):
 
 def test_the_stage_lists_follow_the_import_graph():
     """A few edges read by hand from the code, so an empty graph cannot pass the test above."""
-    assert "src/petscan/backbones.py" in COMPUTED["evaluate"]  # via model.py
-    assert "src/petscan/losses.py" in COMPUTED["featurize"]  # model.py, inside a function
-    assert "src/petscan/pyfunc_code.py" in COMPUTED["train"]  # logged by path
-    assert "src/petscan/training.py" not in COMPUTED["featurize"]
-    assert "src/petscan/weights.py" not in COMPUTED["featurize"]  # the downloader
-    assert "src/petscan/weights.py" in COMPUTED["fetch_weights"]
-    assert "src/petscan/serve.py" not in COMPUTED["split"]  # only petscan.load_model imports it
+    assert "src/petscan/model/backbones.py" in COMPUTED["featurize"]
+    assert "src/petscan/serving/pyfunc_code.py" in COMPUTED["train"]  # logged by path
+    assert "src/petscan/training/fit.py" not in COMPUTED["featurize"]
+    assert "src/petscan/weights/http.py" not in COMPUTED["featurize"]  # the downloader
+    assert "src/petscan/weights/http.py" in COMPUTED["fetch_weights"]
     assert "src/petscan/__init__.py" in COMPUTED["split"]
+
+
+@pytest.mark.parametrize("stage", sorted(SCRIPTS))
+def test_each_stage_runs_only_what_it_uses(stage):
+    """No stage hashes the web app, the scoring server, batch prediction or the search-space
+    parser; only train logs the MLflow model; featurize does not hash the losses."""
+    never = ("src/petscan/serving/app/", "src/petscan/serving/serve.py",
+             "src/petscan/serving/predict.py", "src/petscan/params/space.py",
+             "src/petscan/tuning/")  # fmt: skip
+    assert not [f for f in COMPUTED[stage] if f.startswith(never)]
+    if stage != "train":
+        assert not [f for f in COMPUTED[stage] if f.startswith("src/petscan/serving/")]
+    if stage == "featurize":
+        assert "src/petscan/model/losses.py" not in COMPUTED[stage]
+    assert SCRIPTS[stage] == f"stages/{stage}.py"
+    assert f"src/petscan/pipeline/{stage}.py" in COMPUTED[stage], "a stage's code is named so"
 
 
 # --------------------------------------------------------------------------- the rewrite
@@ -325,9 +339,13 @@ def scramble(text: str) -> str:
         block = []
         out.append(line)
     text = "".join(out)
-    assert "      - src/petscan/split.py\n" in text and "      - src/petscan/plots.py\n" in text
-    text = text.replace("      - src/petscan/split.py\n", "", 1)
-    return text.replace("      - src/petscan/plots.py\n", "      - src/petscan/synthetic.py\n", 1)
+    split, plots = (
+        "      - src/petscan/data/split.py\n",
+        "      - src/petscan/evaluation/plots.py\n",
+    )
+    assert split in text and plots in text
+    text = text.replace(split, "", 1)
+    return text.replace(plots, "      - src/petscan/demo/generate.py\n", 1)
 
 
 def test_rewrite_restores_a_scrambled_file_byte_for_byte():

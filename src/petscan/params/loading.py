@@ -130,10 +130,13 @@ class _Keys:
 def _declare(tree: dict[str, Any], parts: list[str], node: Any, name: str, path: Any) -> None:
     """Mark `parts` in `tree` (True: the whole value), checking the schema has them."""
     for depth, part in enumerate(parts):
-        if not hasattr(node, part) or part.startswith("_"):
-            where = ".".join(parts[:depth]) or "params"
-            keys = list(type(node).model_fields) if hasattr(type(node), "model_fields") else []
-            raise KeyError(f"{path} has no '{name}' ('{where}' keys: {', '.join(keys)})")
+        fields = getattr(type(node), "model_fields", None)
+        if fields is None or part not in fields:
+            where = ".".join(parts[:depth])
+            if not depth:
+                raise KeyError(f"{path} has no '{name}' section (sections: {', '.join(fields)})")
+            found = f"keys: {', '.join(fields)}" if fields is not None else "not a mapping"
+            raise KeyError(f"{path} has no '{name}' ('{where}' {found})")
         node = getattr(node, part)
         if depth == len(parts) - 1:
             tree[part] = True
