@@ -96,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="petscan contact-sheet",
         description="Write a PNG with a few images of every class (params section `data`).",
     )
-    parser.add_argument(
-        "--params", default=PARAMS_FILE, help="params file (default: %(default)s)"
-    )
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--raw-dir", help="image folder (default: data.raw_dir)")
     parser.add_argument(
         "--out", default="reports/contact_sheet.png", help="PNG to write (default: %(default)s)"
@@ -113,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     data = load_section("data", args.params)
     raw_dir = Path(args.raw_dir or data.raw_dir)
     try:
-        out = contact_sheet(raw_dir, data.classes, args.out, per_class=args.per_class, seed=args.seed)
+        out = contact_sheet(
+            raw_dir, data.classes, args.out, per_class=args.per_class, seed=args.seed
+        )
     except FileNotFoundError as err:  # no data yet: a user error (exit 1), see utils.errors
         raise MissingInputError(str(err)) from None
     print(f"wrote {out} ({len(data.classes)} classes x {args.per_class} images from {raw_dir})")

@@ -106,9 +106,10 @@ def index_images(
 
     `classes` maps a top-level folder name to a class name (label order = first
     appearance, as `DataParams.class_names`); `patient_pattern` is `data.patient_pattern`
-    (a regex with a group `patient`, checked by the schema). Folders not in it are reported in `ignored_folders`; hidden files
-    and folders are skipped silently; files with a non-image extension or outside any
-    class folder go to `skipped_files`; files that cannot be used go to `bad_files`.
+    (a regex with a group `patient`, checked by the schema). Folders not in `classes` are
+    reported in `ignored_folders`; hidden files and folders are skipped silently; files with
+    a non-image extension or outside any class folder go to `skipped_files`; files that
+    cannot be used go to `bad_files`.
     Paths are relative to `root` (default: the working directory).
     """
     root = Path.cwd() if root is None else Path(root)

@@ -107,8 +107,17 @@ def featurize_manifests(
     try:
         results = {
             split: _featurize_one(
-                extractor, frames[split], split, manifest, staging, model, featurize,
-                (weights, class_names, precision), root, split in augment_splits, progress,
+                extractor,
+                frames[split],
+                split,
+                manifest,
+                staging,
+                model,
+                featurize,
+                (weights, class_names, precision),
+                root,
+                split in augment_splits,
+                progress,
             )  # fmt: skip
             for split, manifest in manifests.items()
         }

@@ -26,7 +26,9 @@ SECTIONS = ("data", "split")
 OUTPUTS = ("train.csv", "val.csv", "test.csv", "index.csv", "summary.json", "report.json")
 
 
-def split(params: StageParams, root: str | Path | None = None, progress: bool = True) -> SplitResult:
+def split(
+    params: StageParams, root: str | Path | None = None, progress: bool = True
+) -> SplitResult:
     """Index, split, write into `split.out_dir` (relative to `root`) and log a summary.
 
     When the split fails (`DataError`), the old outputs are removed and `report.json`
