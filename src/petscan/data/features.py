@@ -223,7 +223,7 @@ def feature_health(features: np.ndarray) -> dict[str, float]:
 
     `mean_abs` and `median_std` (the median over dimensions of the spread across all
     images and views) show the scale; `constant_share` is the share of dimensions with
-    no spread at all (see `model.feature_moments`). Tiny scales and many constant
+    no spread at all (see `model.network.feature_moments`). Tiny scales and many constant
     dimensions are typical of a random-init backbone; the head's standardization copes
     with the scale, not with dimensions that carry nothing.
     """

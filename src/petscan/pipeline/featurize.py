@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from petscan.handoff.manifests import SPLITS
+from petscan.handoff.manifests import SPLITS, manifest_paths
 from petscan.handoff.records import banner
 from petscan.params.loading import load_sections, stage_parser, workspace_root
 from petscan.utils import errors, logs
@@ -48,9 +48,10 @@ def featurize(
 
     weights_dir = Path(params.weights.dir)
     weights = read_weights_info(weights_dir)
+    manifests = manifest_paths(params.split.out_dir)
     logs.import_tensorflow()  # after the inputs are checked: TensorFlow takes ~5 s to load
     return featurize_manifests(
-        {split: Path(params.split.out_dir) / f"{split}.csv" for split in splits},
+        {split: manifests[split] for split in splits},
         params.featurize.out_dir,
         params.model,
         params.featurize,
@@ -228,7 +229,11 @@ def check_files(frame: pd.DataFrame, manifest: str | Path, root: str | Path = ".
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = stage_parser(__doc__)
     parser.add_argument(
-        "--splits", nargs="+", default=list(SPLITS), help="splits to featurize (train val test)"
+        "--splits",
+        nargs="+",
+        default=list(SPLITS),
+        choices=SPLITS,
+        help="splits to featurize (train val test)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return parser.parse_args(argv)
