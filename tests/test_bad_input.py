@@ -13,8 +13,10 @@ import pytest
 from conftest import REPO, load_script, random_weights_meta, unique_png, write_png
 from PIL import Image
 
-from petscan.data.images import ImageError, list_images, scan_images
+from petscan.data.folders import list_images, scan_images
+from petscan.data.images import ImageError
 from petscan.data.split import make_split
+from petscan.params.schema import section
 from petscan.utils import errors
 from petscan.utils.io import sha256_file
 
@@ -29,7 +31,12 @@ def test_symlink_loop_counts_each_file_once_and_is_reported(
     unique_png(sub / "pt-09999_v1.png", 9999)
     os.symlink(".", sub / "again")  # sub/again -> sub: a loop
     os.symlink("..", raw / "breast cancer" / "up")  # back to data/raw: every class again
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(
+        section("data", data_params),
+        section("split", split_params),
+        root=raw.parents[1],
+        progress=False,
+    )
     paths = result.images["path"].tolist()
     assert len(paths) == 61 and len(set(paths)) == 61
     assert result.report["cross_class_duplicates"] == []
@@ -51,7 +58,12 @@ def test_links_leaving_the_folder_are_followed_once_and_noted(
     os.symlink(outside, raw / "No cancer" / "nas-again")  # the same folder twice
     os.symlink(outside / "ext-0_v1.png", raw / "No cancer" / "alias_v1.png")  # a file link
     os.symlink(tmp_path / "absent.png", raw / "No cancer" / "broken_v1.png")
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(
+        section("data", data_params),
+        section("split", split_params),
+        root=raw.parents[1],
+        progress=False,
+    )
     assert (result.images["class"] == "No cancer").sum() == 13
     assert result.summary["files"]["duplicate_groups"] == 0, "one real file is not a duplicate"
     problems = {p["path"]: p["reason"] for p in result.report["link_problems"]}
@@ -85,7 +97,12 @@ def test_tiny_elongated_and_animated_images_are_reported_bad(
     frames = [Image.new("L", (16, 16), v) for v in (0, 128, 255)]
     frames[0].save(folder / "anim_v1.gif", save_all=True, append_images=frames[1:])
     split_params.update(min_side=8, max_aspect=8.0)
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(
+        section("data", data_params),
+        section("split", split_params),
+        root=raw.parents[1],
+        progress=False,
+    )
     bad = {b["path"].rsplit("/", 1)[1]: b["reason"] for b in result.report["bad_files"]}
     assert bad == {
         "anim_v1.gif": "3 frames (an animation or a stack of images); only single images are "

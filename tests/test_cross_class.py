@@ -10,7 +10,9 @@ import shutil
 import pytest
 from conftest import unique_png
 
-from petscan.data.split import describe, make_split
+from petscan.data.split import make_split
+from petscan.params.schema import section
+from petscan.pipeline.split import describe
 
 FIRST, LAST = "No cancer", "prostate cancer"  # the first and last class folders by name
 PLACE = {
@@ -35,7 +37,12 @@ def test_an_image_reached_from_two_classes_is_left_out(
     target = sorted((raw / image_in).iterdir())[3]
     link = raw / link_in / "zz-relabel_v1.png"
     PLACE[kind](target, link)
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(
+        section("data", data_params),
+        section("split", split_params),
+        root=raw.parents[1],
+        progress=False,
+    )
     paths = set(result.images["path"])
     rel = {p.relative_to(raw.parents[1]).as_posix() for p in (target, link)}
     assert not rel & paths, "neither path is used"
@@ -64,7 +71,12 @@ def test_a_folder_link_into_another_class_leaves_its_images_out(
     for k in range(3):
         unique_png(sub / f"pt-9000{k}_v1.png", 9000 + k)
     os.symlink(sub, raw / link_in / "borrowed")
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(
+        section("data", data_params),
+        section("split", split_params),
+        root=raw.parents[1],
+        progress=False,
+    )
     assert counts(result) == {"No cancer": 10, "Breast cancer": 10, "Prostate cancer": 10}
     crossed = result.report["cross_class_duplicates"]
     assert len(crossed) == 3 and all(len(group["paths"]) == 2 for group in crossed)
@@ -82,7 +94,12 @@ def test_one_outside_folder_linked_from_two_classes(
     unique_png(outside / "ext-1_v1.png", 777)
     os.symlink(outside, raw / FIRST / "nas")
     os.symlink(outside, raw / LAST / "nas")
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(
+        section("data", data_params),
+        section("split", split_params),
+        root=raw.parents[1],
+        progress=False,
+    )
     [group] = result.report["cross_class_duplicates"]
     assert group["paths"] == [
         f"data/raw/{FIRST}/nas/ext-1_v1.png",
@@ -99,7 +116,12 @@ def test_two_folders_of_one_class_still_count_a_linked_file_once(
     target = sorted((raw / FIRST).iterdir())[0]
     os.symlink(target, raw / "normal" / "same_v1.png")
     data_params["classes"]["normal"] = "No cancer"  # a second folder of the same class
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(
+        section("data", data_params),
+        section("split", split_params),
+        root=raw.parents[1],
+        progress=False,
+    )
     assert result.report["cross_class_duplicates"] == []
     assert counts(result)["No cancer"] == 10
     [note] = result.report["link_notes"]

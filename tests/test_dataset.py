@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import struct
 import zlib
@@ -16,13 +17,14 @@ from PIL import Image
 from petscan.data.index import (
     DataError,
     check_classes,
-    compile_patient_pattern,
     drop_cross_class_duplicates,
     duplicate_groups,
     group_ids,
     index_images,
     patient_of,
 )
+from petscan.params.schema import section
+from petscan.utils.errors import ParamsError
 
 
 def huge_png_header(path, width=60_000, height=60_000):
@@ -118,14 +120,15 @@ def test_unknown_folders_top_level_files_and_hidden_files(tmp_path):
 
 
 def test_patient_pattern_rules():
-    pattern = compile_patient_pattern(PATIENT_PATTERN)
+    pattern = re.compile(PATIENT_PATTERN)
     assert patient_of("pet-00012_v2", "x/pet-00012_v2.png", pattern) == ("pet-00012", True)
     assert patient_of("scan 12", "x/scan 12.png", pattern) == ("x/scan 12.png", False)
     assert patient_of("pet-00012_v2", "x/pet-00012_v2.png", None) == ("x/pet-00012_v2.png", True)
-    with pytest.raises(DataError, match=r"no named group.*\(\?P<patient>"):
-        compile_patient_pattern(r"^(\w+)_v")
-    with pytest.raises(DataError, match="is not a regex"):
-        compile_patient_pattern("(")
+    # the schema checks data.patient_pattern, once, before any stage runs
+    with pytest.raises(ParamsError, match=r"needs a named group \(\?P<patient>"):
+        section("data", {"patient_pattern": r"^(\w+)_v"})
+    with pytest.raises(ParamsError, match="not a regular expression"):
+        section("data", {"patient_pattern": "("})
 
 
 def test_unmatched_names_are_their_own_patient_and_noted(tmp_path):

@@ -1,4 +1,5 @@
-"""`featurize`: cached backbone features, their views, and the checks on loading them."""
+"""`featurize` (data/features.py, pipeline/featurize.py): cached backbone features, their
+views, and the checks on loading them."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from petscan.data.tf_data import build_augmenter, image_dataset, images_per_batc
 from petscan.model.backbones import build_backbone
 from petscan.model.network import build_feature_extractor, build_full_model, build_head
 from petscan.params.schema import section
+from petscan.pipeline.featurize import featurize_manifests
 from petscan.utils.io import sha256_file
 
 MODEL = tiny_model_params()
@@ -69,11 +71,11 @@ def _make_repo(root: Path) -> dict[str, Path]:
 
 
 def _featurize(root: Path, out: str, **overrides) -> dict:
-    return F.run_featurize(
+    return featurize_manifests(
         {s: root / "data/split" / f"{s}.csv" for s in COUNTS},
         root / out,
         MODEL,
-        {**FEATURIZE, **overrides},
+        section("featurize", {**FEATURIZE.model_dump(), **overrides}),
         weights_path=root / "models/backbone/weights.h5",
         weights=random_weights(),
         class_names=CLASSES,
@@ -264,7 +266,7 @@ def test_manifest_label_mismatch_is_refused(repo, tmp_path):
     frame.loc[0, "label"] = (frame.loc[0, "label"] + 1) % 3
     frame.to_csv(tmp_path / "val.csv", index=False)
     with pytest.raises(ValueError, match="data.classes in params.yaml"):
-        F.run_featurize(
+        featurize_manifests(
             {"val": tmp_path / "val.csv"}, tmp_path / "f", MODEL, FEATURIZE, None,
             class_names=CLASSES, root=repo, progress=False,
         )  # fmt: skip
@@ -273,7 +275,7 @@ def test_manifest_label_mismatch_is_refused(repo, tmp_path):
 def test_weights_for_another_backbone_are_refused(repo, tmp_path):
     with pytest.raises(ValueError, match="dvc repro fetch_weights featurize"):
         other = dataclasses.replace(random_weights(), backbone="resnet50")
-        F.run_featurize({}, tmp_path, MODEL, FEATURIZE, None, other)
+        featurize_manifests({}, tmp_path, MODEL, FEATURIZE, None, other)
 
 
 def test_image_dataset_yields_decoded_batches_and_labels(repo):
@@ -291,7 +293,7 @@ def test_image_dataset_shuffle_and_augmentation_are_seeded(repo):
     frame = pd.read_csv(repo / "data/split/train.csv")
 
     def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
-        augmenter = build_augmenter(FEATURIZE["augmentation"], seed)
+        augmenter = build_augmenter(FEATURIZE.augmentation, seed)
         ds = image_dataset(
             frame, (32, 32), "stretch", 5, augmenter, shuffle=True, seed=seed, root=repo
         )
@@ -305,9 +307,14 @@ def test_image_dataset_shuffle_and_augmentation_are_seeded(repo):
     assert xa.min() >= 0 and xa.max() <= 255
 
 
+def augmentation(**values):
+    """`featurize.augmentation` of `FEATURIZE` with `values` changed, checked by the schema."""
+    values = {**FEATURIZE.augmentation.model_dump(), **values}
+    return section("featurize", {"augmentation": values}).augmentation
+
+
 def test_augmenter_follows_params():
-    augmentation = {**FEATURIZE["augmentation"], "translation": [0.1, 0.05]}
-    aug = build_augmenter(augmentation, 5)
+    aug = build_augmenter(augmentation(translation=[0.1, 0.05]), 5)
     names = [type(layer).__name__ for layer in aug.layers]
     assert names == ["RandomRotation", "RandomZoom", "RandomContrast", "RandomTranslation"]
     configs = [layer.get_config() for layer in aug.layers]
@@ -323,7 +330,7 @@ def test_augmenter_follows_params():
     assert configs[1]["width_factor"] is None  # zoom keeps the aspect ratio, as in the seed
     assert tuple(configs[2]["value_range"]) == (0, 255)
     assert [layer.seed for layer in aug.layers] == [5, 6, 7, 8]
-    only = {**augmentation, "rotation": 0, "zoom": 0.1, "contrast": 0, "translation": 0}
+    only = augmentation(rotation=0, zoom=0.1, contrast=0, translation=0)
     only_zoom = build_augmenter(only, 0)
     assert [type(layer).__name__ for layer in only_zoom.layers] == ["RandomZoom"]
 
@@ -343,9 +350,13 @@ def test_stage_writes_features_from_params(repo, monkeypatch, capsys):
     params = {
         "data": {"classes": {f"class {i}": c for i, c in enumerate(CLASSES)}},
         "weights": {"dir": "models/backbone"},
-        "model": MODEL,
+        "model": MODEL.model_dump(),
         # float32: the cache it is compared with was made in float32 (auto may pick bfloat16)
-        "featurize": {**FEATURIZE, "out_dir": "stage_features", "precision": "float32"},
+        "featurize": {
+            **FEATURIZE.model_dump(),
+            "out_dir": "stage_features",
+            "precision": "float32",
+        },
         "split": {"out_dir": "data/split"},
     }
     (repo / "models/backbone/weights.json").write_text(json.dumps(WEIGHTS_META))
@@ -365,8 +376,8 @@ def test_stage_reports_missing_weights_clearly(repo, tmp_path, monkeypatch, caps
     params = {
         "data": {"classes": {f"class {i}": c for i, c in enumerate(CLASSES)}},
         "weights": {"dir": "nowhere"},
-        "model": MODEL,
-        "featurize": {**FEATURIZE, "out_dir": "f"},
+        "model": MODEL.model_dump(),
+        "featurize": {**FEATURIZE.model_dump(), "out_dir": "f"},
         "split": {"out_dir": "data/split"},
     }
     (tmp_path / "params.yaml").write_text(json.dumps(params))
@@ -376,7 +387,7 @@ def test_stage_reports_missing_weights_clearly(repo, tmp_path, monkeypatch, caps
 
 
 def test_bench_runs_on_a_small_folder(repo, tmp_path, capsys):
-    params = {"model": MODEL, "featurize": FEATURIZE}
+    params = {"model": MODEL.model_dump(), "featurize": FEATURIZE.model_dump()}
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     argv = ["--data-dir", str(repo / "data/raw"), "--params", str(tmp_path / "params.yaml")]
     argv += ["--images", "6", "--repeats", "1"]

@@ -12,57 +12,56 @@ import pytest
 from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, random_weights, write_manifest
 
-from petscan.handoff import records as handoff
-from petscan.handoff import results
+from petscan.handoff import records, results
 from petscan.handoff.results import COMPACT_METRICS, compact_metrics
 from petscan.utils.errors import BadInputError, MissingInputError
 
 
 def test_weights_info_round_trips_through_weights_json(tmp_path):
     info = random_weights("ab" * 32)
-    handoff.write_weights_meta(tmp_path, info, {"size_bytes": 12, "random_init": False})
+    records.write_weights_meta(tmp_path, info, {"size_bytes": 12, "random_init": False})
     on_disk = json.loads((tmp_path / "weights.json").read_text())
     # the WeightsInfo fields come first and win over same-named details
-    assert list(on_disk)[:5] == list(handoff.WEIGHTS_FIELDS) and on_disk["size_bytes"] == 12
+    assert list(on_disk)[:5] == list(records.WEIGHTS_FIELDS) and on_disk["size_bytes"] == 12
     assert on_disk["random_init"] is True
-    assert handoff.read_weights_info(tmp_path) == info
+    assert records.read_weights_info(tmp_path) == info
 
 
 def test_weights_json_missing_or_incomplete_names_the_fix(tmp_path):
     with pytest.raises(MissingInputError, match="weights.json not found: run `dvc repro fetch"):
-        handoff.read_weights_info(tmp_path)
+        records.read_weights_info(tmp_path)
     (tmp_path / "weights.json").write_text(json.dumps({"backbone": "tiny", "random_init": 1}))
     with pytest.raises(BadInputError, match="lacks .*weights_source.*fetch_weights"):
-        handoff.read_weights_info(tmp_path)
+        records.read_weights_info(tmp_path)
 
 
 def test_one_banner_for_every_record_that_carries_the_weights():
     info = random_weights()
     assert info.banner == "RANDOM-INIT backbone (not RadImageNet)"
-    assert handoff.banner(info.to_dict()) == info.banner  # weights.json, train.json
-    assert handoff.banner({"random_init": "true", "weights_label": "x"}) == "x"  # MLflow tags
-    assert handoff.banner({"random_init": True}) == handoff.RANDOM_LABEL  # no label recorded
+    assert records.banner(info.to_dict()) == info.banner  # weights.json, train.json
+    assert records.banner({"random_init": "true", "weights_label": "x"}) == "x"  # MLflow tags
+    assert records.banner({"random_init": True}) == records.RANDOM_LABEL  # no label recorded
     real = dataclasses.replace(info, random_init=False, weights_label="RadImageNet")
-    assert real.banner is None and handoff.banner({"random_init": "false"}) is None
+    assert real.banner is None and records.banner({"random_init": "false"}) is None
 
 
 def test_feature_meta_keeps_one_name_per_field(tmp_path):
     write_manifest(tmp_path / "train.csv", [manifest_row("a.png", 0, "p0", "0" * 64)])
-    meta = handoff.manifest_meta(
+    meta = records.manifest_meta(
         "train", tmp_path / "train.csv", (1, 3, 8), weights=random_weights(), precision="bfloat16"
     )
-    handoff.write_feature_meta(tmp_path / "features", meta)
+    records.write_feature_meta(tmp_path / "features", meta)
     on_disk = json.loads((tmp_path / "features" / "train.json").read_text())
     # flat, under the same names as in weights.json and the MLflow tags
     assert on_disk["random_init"] is True and on_disk["weights_label"] == meta.weights.weights_label
     assert "weights" not in on_disk and "weights_random_init" not in on_disk
-    assert handoff.read_feature_meta(tmp_path / "features", "train") == meta
+    assert records.read_feature_meta(tmp_path / "features", "train") == meta
     bare = dataclasses.replace(meta, weights=None)
-    assert handoff.FeatureMeta.from_dict(bare.to_dict()) == bare
+    assert records.FeatureMeta.from_dict(bare.to_dict()) == bare
 
 
 def test_train_info_round_trips_and_refuses_an_old_file(tmp_path):
-    info = handoff.TrainInfo(
+    info = records.TrainInfo(
         mode="cached",
         weights=random_weights(),
         class_names=["a", "b"],
@@ -75,15 +74,15 @@ def test_train_info_round_trips_and_refuses_an_old_file(tmp_path):
         collapse={"collapsed": False},
         details={"views": 5},
     )
-    handoff.write_train_info(tmp_path, info)
+    records.write_train_info(tmp_path, info)
     on_disk = json.loads((tmp_path / "train.json").read_text())
     assert on_disk["best_val_data_loss"] == 0.5 and on_disk["best_epoch"] == 4
     assert on_disk["views"] == 5 and on_disk["weights_label"] == info.weights.weights_label
-    assert handoff.read_train_info(tmp_path) == info
+    assert records.read_train_info(tmp_path) == info
     del on_disk["weights_label"]
     (tmp_path / "train.json").write_text(json.dumps(on_disk))
     with pytest.raises(BadInputError, match="lacks \\['weights_label'\\].*dvc repro train"):
-        handoff.read_train_info(tmp_path)
+        records.read_train_info(tmp_path)
 
 
 def test_json_safe_turns_non_finite_numbers_into_null():
@@ -138,3 +137,18 @@ def test_predictions_frame_round_trip(tmp_path):
     assert list(back["patient"]) == ["007", "8"], "patient ids stay strings"
     with pytest.raises(ValueError, match="re-run `dvc repro evaluate`"):
         results.read_predictions(tmp_path / "p.csv", ["a", "b"])
+
+
+def test_read_manifest_keeps_ids_as_text_and_names_the_fix(tmp_path):
+    from petscan.handoff.manifests import manifest_paths, read_manifest
+
+    paths = manifest_paths(tmp_path)
+    assert list(paths) == ["train", "val", "test"] and paths["val"] == tmp_path / "val.csv"
+    write_manifest(paths["train"], [manifest_row("a/0001_v1.png", 0, "0001", "0" * 64)])
+    frame = read_manifest(paths["train"])
+    assert frame.loc[0, "patient"] == "0001" and frame.loc[0, "label"] == 0  # not the int 1
+    with pytest.raises(MissingInputError, match="run `dvc repro split` first"):
+        read_manifest(paths["val"])
+    pd.DataFrame({"path": ["a.png"]}).to_csv(paths["test"], index=False)
+    with pytest.raises(BadInputError, match=r"lacks column\(s\) \['label'\]: rerun"):
+        read_manifest(paths["test"])

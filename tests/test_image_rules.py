@@ -15,14 +15,17 @@ import pytest
 from conftest import png_header, refused_images, unique_png
 
 from petscan.data.images import ImageError, ImageRules, read_image
-from petscan.data.split import describe, make_split
+from petscan.data.split import make_split
+from petscan.params.schema import section
+from petscan.pipeline.split import describe
 
-DEFAULT_RULES = ImageRules.from_params({})
+DEFAULT_RULES = ImageRules.from_params(section("split"))
 
 
 def test_the_rules_are_split_s_params_with_the_schema_s_defaults():
     assert ImageRules(max_pixels=50_000_000, min_side=32, max_aspect=8.0) == DEFAULT_RULES
-    assert ImageRules.from_params({"min_side": 8, "max_pixels": None}) == ImageRules(None, 8, 8.0)
+    rules = ImageRules.from_params(section("split", {"min_side": 8, "max_pixels": None}))
+    assert rules == ImageRules(None, 8, 8.0)
 
 
 @pytest.mark.parametrize("name", ["dot", "line", "nan", "blank"])
@@ -46,7 +49,12 @@ def test_split_refuses_them_with_one_line_each_and_no_numpy_warning(
     split_params.update(min_side=32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+        result = make_split(
+            section("data", data_params),
+            section("split", split_params),
+            root=raw.parents[1],
+            progress=False,
+        )
     assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
     bad = {entry["path"].rsplit("/", 1)[1]: entry["reason"] for entry in result.report["bad_files"]}
     assert bad == expected

@@ -9,10 +9,10 @@ import pytest
 from conftest import png_header
 from PIL import Image
 
+from petscan.data.folders import list_images
 from petscan.data.images import (
     ImageError,
     inspect_image,
-    list_images,
     load_resized,
     load_rgb,
     resize,

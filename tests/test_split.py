@@ -1,4 +1,5 @@
-"""split.py and stages/split.py: the seed's counts, group integrity, determinism, reports."""
+"""data/split.py and the split stage (pipeline/split.py): the seed's counts, group integrity,
+determinism, reports."""
 
 from __future__ import annotations
 
@@ -15,18 +16,31 @@ import pytest
 import yaml
 from conftest import REPO, load_script, unique_png
 
-from petscan.data import split as splitting
 from petscan.data.index import DataError
 from petscan.data.split import (
     MANIFEST_COLUMNS,
     SPLITS,
-    check_ratios,
     group_split,
     make_split,
     split_counts,
 )
+from petscan.params.loading import StageParams
+from petscan.params.schema import section, validate
+from petscan.pipeline.split import SECTIONS
+from petscan.pipeline.split import split as split_stage
+from petscan.utils.errors import ParamsError
 
 SEED_TOTALS = {"No cancer": 424, "breast cancer": 371, "prostate cancer": 398}
+
+
+def stage_params(data_params, split_params) -> StageParams:
+    """What the split stage reads of a params file holding these two sections."""
+    return StageParams(validate({"data": data_params, "split": split_params}), SECTIONS)
+
+
+def sections(data_params, split_params):
+    """The typed `data` and `split` sections `make_split` takes."""
+    return section("data", data_params), section("split", split_params)
 
 
 def write_params(tmp_path, data_params, split_params):
@@ -47,14 +61,14 @@ def test_split_counts_reproduce_the_seed():
 
 @pytest.mark.parametrize("ratios", [(0.9, 0.1), (0.8, 0.1, 0.2), (1.1, -0.05, -0.05)])
 def test_bad_ratios_are_refused(ratios):
-    with pytest.raises(ValueError, match="split.ratios must be three non-negative numbers"):
-        check_ratios(ratios)
+    with pytest.raises(ParamsError, match=r"split\.ratios"):
+        section("split", {"ratios": list(ratios)})
 
 
 def test_image_mode_on_the_seed_sized_folder(make_raw_dir, data_params, split_params, tmp_path):
     make_raw_dir(SEED_TOTALS, views=(1, 3))
     split_params["mode"] = "image"
-    result = splitting.run_split(data_params, split_params, root=tmp_path, progress=False)
+    result = split_stage(stage_params(data_params, split_params), root=tmp_path, progress=False)
     summary = json.loads((tmp_path / "data/split/summary.json").read_text())
     assert summary == result.summary
     assert {s: summary[s]["total"] for s in SPLITS} == {"train": 1072, "val": 58, "test": 63}
@@ -88,7 +102,7 @@ def test_image_mode_follows_the_split_folders_recipe(make_raw_dir, data_params, 
     """Per class: files sorted by name, random.Random(seed).shuffle, then sliced."""
     raw = make_raw_dir({"No cancer": 20, "breast cancer": 20, "prostate cancer": 20})
     split_params["mode"] = "image"
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(*sections(data_params, split_params), root=raw.parents[1], progress=False)
     names = sorted(p.name for p in (raw / "breast cancer").iterdir())
     random.Random(101).shuffle(names)
     rows = result.images[result.images["class"] == "Breast cancer"]
@@ -98,7 +112,7 @@ def test_image_mode_follows_the_split_folders_recipe(make_raw_dir, data_params, 
 
 def test_group_mode_keeps_patients_together_and_is_close(make_raw_dir, data_params, split_params):
     raw = make_raw_dir(SEED_TOTALS, views=(1, 3))
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(*sections(data_params, split_params), root=raw.parents[1], progress=False)
     images = result.images
     assert images.groupby("patient")["split"].nunique().max() == 1
     assert result.summary["patients"]["in_several_splits"] == 0
@@ -134,9 +148,11 @@ def test_split_is_deterministic_by_seed(make_raw_dir, data_params, split_params,
     root = raw.parents[1]
     for mode in ("group", "image"):
         split_params["mode"] = mode
-        first = make_split(data_params, split_params, root=root, progress=False)
-        again = make_split(data_params, split_params, root=root, progress=False)
-        other = make_split(data_params, {**split_params, "seed": 7}, root=root, progress=False)
+        first = make_split(*sections(data_params, split_params), root=root, progress=False)
+        again = make_split(*sections(data_params, split_params), root=root, progress=False)
+        other = make_split(
+            *sections(data_params, {**split_params, "seed": 7}), root=root, progress=False
+        )
         assert first.images["split"].tolist() == again.images["split"].tolist()
         assert first.images["split"].tolist() != other.images["split"].tolist()
         for name in SPLITS:
@@ -153,7 +169,7 @@ def test_duplicates_never_straddle_and_cross_class_are_dropped(
         shutil.copy(source, raw / "No cancer" / f"copy-{k}_v1.png")
     shutil.copy(raw / "breast cancer" / "pt-00041_v1.png", raw / "prostate cancer" / "x_v1.png")
     split_params["mode"] = mode
-    result = make_split(data_params, split_params, root=raw.parents[1], progress=False)
+    result = make_split(*sections(data_params, split_params), root=raw.parents[1], progress=False)
     copies = result.images[result.images["sha256"] == result.images["sha256"].iloc[0]]
     assert len(copies) == 7 and copies["split"].nunique() == 1
     assert result.report["duplicate_groups"][0]["paths"][0] == "data/raw/No cancer/copy-0_v1.png"
@@ -176,7 +192,7 @@ def test_outputs_report_and_numeric_summary(make_raw_dir, data_params, split_par
     (raw / "CT scans").mkdir()
     unique_png(raw / "CT scans" / "y_v1.png", 999)
     unique_png(raw / "prostate cancer" / "IMG 5.png", 998)
-    splitting.run_split(data_params, split_params, root=tmp_path, progress=False)
+    split_stage(stage_params(data_params, split_params), root=tmp_path, progress=False)
     out = tmp_path / "data" / "split"
     assert sorted(p.name for p in out.iterdir()) == [
         "index.csv",
@@ -233,12 +249,12 @@ def test_stage_runs_from_the_repo_root_and_fails_clearly(
 def test_make_split_raises_data_error_for_an_empty_class(make_raw_dir, data_params, split_params):
     raw = make_raw_dir({"No cancer": 5, "prostate cancer": 5})
     with pytest.raises(DataError, match="class 'Breast cancer' has no usable image"):
-        make_split(data_params, split_params, root=raw.parents[1], progress=False)
+        make_split(*sections(data_params, split_params), root=raw.parents[1], progress=False)
 
 
-def test_bad_mode_is_refused(make_raw_dir, data_params, split_params):
-    with pytest.raises(ValueError, match="split.mode must be one of"):
-        make_split(data_params, {**split_params, "mode": "patient"}, progress=False)
+def test_bad_mode_is_refused(split_params):
+    with pytest.raises(ParamsError, match="split.mode = 'patient': input should be"):
+        section("split", {**split_params, "mode": "patient"})
 
 
 def test_stage_help():

@@ -1,4 +1,5 @@
-"""The synthetic PET generator: exact counts, names, formats, determinism and anatomy."""
+"""The synthetic PET generator (`petscan.demo`): exact counts, names, formats, determinism,
+anatomy, lesions and their visibility."""
 
 from __future__ import annotations
 
@@ -10,9 +11,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from petscan.data.images import list_images, load_rgb
+from petscan.data.folders import list_images
+from petscan.data.images import load_rgb
 from petscan.demo import generate as synthetic
-from petscan.params import loading as config
+from petscan.demo import rendering, truth
+from petscan.demo.anatomy import Anatomy
+from petscan.demo.shapes import ellipse, gauss
+from petscan.params.loading import load_section
+from petscan.params.schema import section
+from petscan.utils.errors import ParamsError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"No cancer": 5, "breast cancer": 4, "prostate cancer": 6}
@@ -20,7 +27,7 @@ MEDIUM = {"No cancer": 40, "breast cancer": 30, "prostate cancer": 30}
 
 
 def patient_regex() -> re.Pattern:
-    return re.compile(config.load_section("data", ROOT / "params.yaml")["patient_pattern"])
+    return re.compile(load_section("data", ROOT / "params.yaml").patient_pattern)
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +55,10 @@ def test_same_params_give_byte_identical_files_whatever_the_workers(tiny, tmp_pa
     )
     assert len(again) == 15
     assert file_bytes(tmp_path / "raw") == file_bytes(out)
-    truth = (out / synthetic.TRUTH_FILE).read_text().replace(str(out), "OUT")
-    assert (tmp_path / "raw" / synthetic.TRUTH_FILE).read_text().replace(
+    expected = (out / truth.TRUTH_FILE).read_text().replace(str(out), "OUT")
+    assert (tmp_path / "raw" / truth.TRUTH_FILE).read_text().replace(
         str(tmp_path / "raw"), "OUT"
-    ) == truth
+    ) == expected
 
 
 def test_another_seed_gives_other_images(tiny, tmp_path):
@@ -65,7 +72,7 @@ def test_exact_counts_per_folder(tiny):
     assert {folder: len(list_images(out / folder)) for folder in TINY} == TINY
     assert frame.groupby("folder").size().to_dict() == TINY
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(TINY)
-    assert (out / synthetic.TRUTH_FILE).is_file()
+    assert (out / truth.TRUTH_FILE).is_file()
     assert not list(out.parent.glob(".raw.tmp-*"))  # the temporary folder is gone
 
 
@@ -95,7 +102,7 @@ def test_plan_is_exact_and_ids_do_not_follow_the_class():
     assert totals == {"No cancer": 424, "breast cancer": 371, "prostate cancer": 398}
     ids = [p.patient for p in plans]
     assert len(set(ids)) == len(ids)
-    first_breast = [p.patient for p in plans if p.kind == synthetic.BREAST][:20]
+    first_breast = [p.patient for p in plans if p.kind == truth.BREAST][:20]
     assert first_breast != sorted(first_breast) or first_breast[0] != "pet-00001"
     assert synthetic.plan_patients({"No cancer": 424}, 2024) == synthetic.plan_patients(
         {"No cancer": 424}, 2024
@@ -105,8 +112,12 @@ def test_plan_is_exact_and_ids_do_not_follow_the_class():
 def test_fixed_views_per_patient_and_bad_settings():
     plans = synthetic.plan_patients({"No cancer": 7}, 0, images_per_patient=(2, 2))
     assert [p.views for p in plans] == [2, 2, 2, 1]  # the last patient takes what is left
-    with pytest.raises(ValueError, match="images_per_patient"):
-        synthetic.plan_patients({"No cancer": 3}, 0, images_per_patient=(0, 2))
+    with pytest.raises(ParamsError, match=r"synthetic\.images_per_patient\[0\] = 0"):
+        section("synthetic", {"images_per_patient": [0, 2]})  # checked once, by the schema
+    with pytest.raises(ParamsError, match="min <= max"):
+        section("synthetic", {"images_per_patient": [3, 2]})
+    with pytest.raises(ParamsError, match=r"synthetic\.counts"):
+        section("synthetic", {"counts": {"No cancer": -1}})
     with pytest.raises(ValueError, match="params.yaml"):
         synthetic.plan_patients({"lung cancer": 3}, 0)
     assert synthetic.scaled_counts({"a": 424, "b": 371}, 2) == {"a": 848, "b": 742}
@@ -179,8 +190,8 @@ def test_lesion_sits_where_the_truth_says(medium):
 
 def test_lesions_file_records_every_lesion_in_file_pixels(medium):
     out, frame = medium
-    lesions = pd.read_csv(out / synthetic.LESIONS_FILE)
-    assert list(lesions.columns) == list(synthetic.LESION_COLUMNS)
+    lesions = pd.read_csv(out / truth.LESIONS_FILE)
+    assert list(lesions.columns) == list(truth.LESION_COLUMNS)
     cancer = frame[frame.folder != "No cancer"]
     assert set(lesions.path) == set(cancer.path)  # every cancer file, no other
     counts = lesions.groupby("path").size()
@@ -192,7 +203,7 @@ def test_lesions_file_records_every_lesion_in_file_pixels(medium):
     # the same place as .ground_truth.csv's primary (which rounds a pixel-corner estimate)
     assert np.abs(primary.col.to_numpy() - cancer.primary_col.to_numpy()).max() <= 1.5
     assert np.abs(primary.row.to_numpy() - cancer.primary_row.to_numpy()).max() <= 1.5
-    assert (lesions.visible == (lesions.contrast >= synthetic.DEFAULT_VISIBLE_CONTRAST)).all()
+    assert (lesions.visible == (lesions.contrast >= rendering.DEFAULT_VISIBLE_CONTRAST)).all()
     assert 0.3 < lesions.visible.mean() < 1.0  # some hidden, most seen
 
 
@@ -203,25 +214,25 @@ def test_visibility_threshold_changes_the_lesions_file_only(tiny, tmp_path):
         again, TINY, seed=11, base_height=80, workers=1, progress=False, visible_contrast=0.5
     )
     assert file_bytes(again) == file_bytes(out)
-    before = pd.read_csv(out / synthetic.LESIONS_FILE)
-    after = pd.read_csv(again / synthetic.LESIONS_FILE)
+    before = pd.read_csv(out / truth.LESIONS_FILE)
+    after = pd.read_csv(again / truth.LESIONS_FILE)
     pd.testing.assert_series_equal(before.contrast, after.contrast)
     assert (after.visible == (after.contrast >= 0.5)).all()
     assert before.visible.sum() > after.visible.sum()
 
 
-def constructed_case() -> tuple[synthetic.Anatomy, synthetic.ViewSpec]:
+def constructed_case() -> tuple[Anatomy, rendering.ViewSpec]:
     """No body, a hot organ with a lesion in front of it, a faint and a clear lesion.
 
     400 x 200 px for anatomy rows 0..1 (1.02 x): u = 392.16 px per unit, 1100 mm per unit.
     """
     diam = 30.0
-    sigma = synthetic._sigma(diam, 1100.0)
-    organ = synthetic._ell(0.1, 0.5, 0.0, 0.08, 0.08, 20.0)
-    hidden = synthetic._gauss(0.1, 0.5, 0.05, sigma, 4.0)
-    faint = synthetic._gauss(-0.15, 0.7, 0.0, sigma, 0.5)
-    clear = synthetic._gauss(-0.15, 0.3, 0.0, sigma, 6.0)
-    anatomy = synthetic.Anatomy(
+    sigma = truth.lesion_sigma(diam, 1100.0)
+    organ = ellipse(0.1, 0.5, 0.0, 0.08, 0.08, 20.0)
+    hidden = gauss(0.1, 0.5, 0.05, sigma, 4.0)
+    faint = gauss(-0.15, 0.7, 0.0, sigma, 0.5)
+    clear = gauss(-0.15, 0.3, 0.0, sigma, 6.0)
+    anatomy = Anatomy(
         outline=[],
         lungs=[],
         uptake=[organ, hidden, faint, clear],
@@ -231,11 +242,11 @@ def constructed_case() -> tuple[synthetic.Anatomy, synthetic.ViewSpec]:
         truth={},
         scanner={"mm_per_unit": 1100.0},
         lesions=[
-            synthetic.Lesion(kind, blob, diam)
+            truth.Lesion(kind, blob, diam)
             for kind, blob in (("primary", hidden), ("bone_met", faint), ("liver_met", clear))
         ],
     )
-    view = synthetic.ViewSpec(
+    view = rendering.ViewSpec(
         height=400, width=200, upsample=1.0, stretch=1.0, angle_deg=0.0, tilt_deg=0.0,
         y_top=0.0, y_bottom=1.0, shift=0.0, counts=1e6, window=8.0, gamma=1.0, fwhm_mm=8.0,
         fmt="png-grey", quality=90,
@@ -246,7 +257,7 @@ def constructed_case() -> tuple[synthetic.Anatomy, synthetic.ViewSpec]:
 def test_visibility_flag_on_a_constructed_case():
     anatomy, view = constructed_case()
     rng = np.random.default_rng(0)
-    _, _, records = synthetic.render(rng, anatomy, view, visible_contrast=0.1)
+    _, _, records = rendering.render(rng, anatomy, view, visible_contrast=0.1)
     hidden, faint, clear = records
     u = 400 / 1.02
     # clear: centre col = 100 - 0.15 u, row = 0.01 * 400 + 0.3 u (pixel centres, no resampling)
@@ -266,9 +277,9 @@ def test_visibility_flag_on_a_constructed_case():
 
 def test_lesion_records_leave_the_image_unchanged():
     anatomy, view = constructed_case()
-    with_records, _, _ = synthetic.render(np.random.default_rng(3), anatomy, view)
+    with_records, _, _ = rendering.render(np.random.default_rng(3), anatomy, view)
     anatomy.lesions = []  # drawn as ordinary uptake, in list order
-    plain, _, records = synthetic.render(np.random.default_rng(3), anatomy, view)
+    plain, _, records = rendering.render(np.random.default_rng(3), anatomy, view)
     assert records == []
     np.testing.assert_array_equal(with_records, plain)
 
@@ -283,9 +294,9 @@ def test_encode_round_trips_every_format(tmp_path):
         "jpeg-grey": "L",
         "jpeg-rgb": "RGB",
     }
-    assert [fmt for fmt, _ in synthetic.FORMATS] == list(expected)
+    assert [fmt for fmt, _ in rendering.FORMATS] == list(expected)
     for fmt, mode in expected.items():
-        data, ext = synthetic.encode(grey, fmt, quality=95)
+        data, ext = rendering.encode(grey, fmt, quality=95)
         path = tmp_path / f"x-{fmt}{ext}"
         path.write_bytes(data)
         assert ext == (".jpg" if fmt.startswith("jpeg") else ".png")
@@ -295,7 +306,7 @@ def test_encode_round_trips_every_format(tmp_path):
         error = np.abs(rgb - grey[:, :, None].astype(int)).max()
         assert error <= (12 if fmt.startswith("jpeg") else 0), fmt  # PNG is lossless
     with pytest.raises(ValueError, match="unknown image format"):
-        synthetic.encode(grey, "tiff")
+        rendering.encode(grey, "tiff")
 
 
 def test_main_refuses_a_non_empty_folder_unless_forced(tmp_path, capsys):

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from petscan.data.images import ImageError, list_images, load_rgb
-from petscan.params import loading as config
+from petscan.data.folders import list_images
+from petscan.data.images import ImageError, load_rgb
+from petscan.params.loading import PARAMS_FILE, load_section
 from petscan.utils.errors import MissingInputError, reports_user_errors
 from petscan.utils.io import atomic_path
 
@@ -95,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="petscan contact-sheet",
         description="Write a PNG with a few images of every class (params section `data`).",
     )
-    parser.add_argument(
-        "--params", default=config.PARAMS_FILE, help="params file (default: %(default)s)"
-    )
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--raw-dir", help="image folder (default: data.raw_dir)")
     parser.add_argument(
         "--out", default="reports/contact_sheet.png", help="PNG to write (default: %(default)s)"
@@ -109,15 +108,15 @@ def main(argv: list[str] | None = None) -> int:
         "--seed", type=int, default=0, help="which images are picked (default: %(default)s)"
     )
     args = parser.parse_args(argv)
-    data = config.load_section("data", args.params)
-    raw_dir = Path(args.raw_dir or data["raw_dir"])
+    data = load_section("data", args.params)
+    raw_dir = Path(args.raw_dir or data.raw_dir)
     try:
         out = contact_sheet(
-            raw_dir, data["classes"], args.out, per_class=args.per_class, seed=args.seed
+            raw_dir, data.classes, args.out, per_class=args.per_class, seed=args.seed
         )
-    except FileNotFoundError as err:  # no data yet: a user error (exit 1), see petscan.errors
+    except FileNotFoundError as err:  # no data yet: a user error (exit 1), see utils.errors
         raise MissingInputError(str(err)) from None
-    print(f"wrote {out} ({len(data['classes'])} classes x {args.per_class} images from {raw_dir})")
+    print(f"wrote {out} ({len(data.classes)} classes x {args.per_class} images from {raw_dir})")
     return 0
 
 

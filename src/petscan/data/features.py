@@ -1,13 +1,13 @@
 """Cached backbone features: run the frozen backbone once per image, train heads on the cache.
 
-`featurize` reads the split manifests, decodes every image once (PIL, in parallel
-through tf.data), makes its views (view 0 the plain image, then for training images
-`featurize.augment_views` augmented copies made with the seed's augmentation), runs the
-backbone on them and streams the pooled features into `data/features/{split}.npy`
-(float32 (N, V, D), written through a memory map into a temporary file that is renamed
-into place). `{split}.json` records what the features were computed from, and
-`load_features` refuses a cache that does not match its manifest. The images come
-through `image_pipeline`; the `.json` files are `handoff.FeatureMeta`.
+`featurize_split` decodes every image of a manifest once (PIL, in parallel through
+tf.data), makes its views (view 0 the plain image, then `augment_views` augmented copies
+made with the seed's augmentation), runs the backbone on them and streams the pooled
+features into `{split}.npy` (float32 (N, V, D), written through a memory map into a
+temporary file that is renamed into place). `{split}.json` records what the features were
+computed from (`handoff.records.FeatureMeta`), and `load_features` refuses a cache that
+does not match its manifest. The images come through `data.tf_data`; the stage that runs
+all this over the split manifests is `pipeline.featurize`.
 
 Memory stays flat as the data set grows: only a few batches of images are in flight and
 the output array lives on disk.
@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -32,7 +30,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from petscan.data.images import ImageError
-from petscan.data.tf_data import build_augmenter, images_per_batch, view_dataset
+from petscan.data.tf_data import images_per_batch, view_dataset
 from petscan.handoff.manifests import read_manifest
 from petscan.handoff.records import (
     FEATURES_HINT,
@@ -43,9 +41,12 @@ from petscan.handoff.records import (
     read_feature_meta,
     write_feature_meta,
 )
-from petscan.model.network import build_feature_extractor, feature_moments, resolve_precision
+from petscan.model.network import feature_moments
 from petscan.utils.errors import BadInputError, MissingInputError
 from petscan.utils.io import atomic_path, sha256_file
+
+if TYPE_CHECKING:
+    from petscan.params.learning import ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -71,27 +72,6 @@ class FeatureSet:
     @property
     def dim(self) -> int:
         return int(self.features.shape[-1])
-
-
-def check_files(frame: pd.DataFrame, manifest: str | Path, root: str | Path = ".") -> None:
-    """Every file of a manifest is there and unchanged since the split (same sha256).
-
-    Run before the backbone starts, so a file deleted or corrupted after `split` is one
-    clear error naming it, not a failure inside the tf.data pipeline.
-    """
-    digests = frame["sha256"] if "sha256" in frame.columns else [None] * len(frame)
-    for rel, digest in zip(frame["path"].astype(str), digests, strict=True):
-        file = Path(root) / rel
-        if not file.is_file():
-            raise MissingInputError(
-                f"{file} is listed in {manifest} but missing: restore it, or rerun `dvc repro` "
-                "(the split stage indexes the folder again)"
-            )
-        if isinstance(digest, str) and digest and sha256_file(file) != digest:
-            raise BadInputError(
-                f"{file} changed after the split (its sha256 differs from {manifest}): rerun "
-                "`dvc repro` (the split stage checks the file again)"
-            )
 
 
 # ----------------------------------------------------------------------------- featurize
@@ -186,7 +166,7 @@ def featurize_split(
     extractor: keras.Model,
     frame: pd.DataFrame,
     out_path: str | Path,
-    model_params: Mapping[str, Any],
+    model: ModelParams,
     batch_size: int,
     augment_views: int = 0,
     augmenter: keras.Sequential | None = None,
@@ -201,8 +181,8 @@ def featurize_split(
     batches = iter_feature_batches(
         extractor,
         paths,
-        tuple(model_params["input_size"]),
-        model_params["resize"],
+        tuple(model.input_size),
+        model.resize,
         batch_size,
         augment_views,
         augmenter,
@@ -243,7 +223,7 @@ def feature_health(features: np.ndarray) -> dict[str, float]:
 
     `mean_abs` and `median_std` (the median over dimensions of the spread across all
     images and views) show the scale; `constant_share` is the share of dimensions with
-    no spread at all (see `model.feature_moments`). Tiny scales and many constant
+    no spread at all (see `model.network.feature_moments`). Tiny scales and many constant
     dimensions are typical of a random-init backbone; the head's standardization copes
     with the scale, not with dimensions that carry nothing.
     """
@@ -263,131 +243,6 @@ def feature_health(features: np.ndarray) -> dict[str, float]:
         "median_std": float(np.median(std)),
         "constant_share": float(constant.mean()),
     }
-
-
-def _check_labels(frame: pd.DataFrame, manifest: Path, class_names: list[str] | None) -> None:
-    if class_names is None or "class" not in frame.columns:
-        return
-    expected = frame["label"].map(lambda i: class_names[i] if 0 <= i < len(class_names) else None)
-    bad = frame[expected != frame["class"]]
-    if len(bad):
-        row = bad.iloc[0]
-        raise ValueError(
-            f"{manifest}: row {row['path']!r} has class {row['class']!r} with label "
-            f"{row['label']}, but data.classes in params.yaml gives labels {class_names}: "
-            "rerun `dvc repro split`"
-        )
-
-
-def run_featurize(
-    manifests: Mapping[str, str | Path],
-    out_dir: str | Path,
-    model_params: Mapping[str, Any],
-    featurize_params: Mapping[str, Any],
-    weights_path: str | Path | None,
-    weights: WeightsInfo | None = None,
-    class_names: list[str] | None = None,
-    root: str | Path = ".",
-    augment_splits: tuple[str, ...] = ("train",),
-    progress: bool = True,
-) -> dict[str, dict[str, Any]]:
-    """Featurize every split of `manifests` ({split: csv}) into `out_dir`.
-
-    Writes `{split}.npy` and `{split}.json` per split and returns the JSON metadata
-    (plus timing, which is kept out of the files so they are reproducible).
-    Splits in `augment_splits` get `featurize.augment_views` augmented views.
-
-    All or nothing: every file of every manifest is checked first (`check_files`), the
-    outputs are written into `.<out_dir name>.partial` beside `out_dir` and moved into
-    `out_dir` together once all splits are done; a failure leaves `out_dir` as it was.
-    """
-    if weights is not None and weights.backbone != model_params["backbone"]:
-        raise ValueError(
-            f"the weights file is for backbone {weights.backbone!r} but model.backbone "
-            f"is {model_params['backbone']!r}: run `dvc repro fetch_weights featurize`"
-        )
-    frames = {}
-    for split, manifest in manifests.items():
-        frames[split] = read_manifest(manifest)
-        _check_labels(frames[split], Path(manifest), class_names)
-        check_files(frames[split], manifest, root)
-    precision = resolve_precision(featurize_params["precision"])
-    extractor = build_feature_extractor(dict(model_params), weights_path, precision)
-    out_dir = Path(out_dir)
-    staging = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)  # left by a killed run
-    staging.mkdir(parents=True)
-    try:
-        results = _featurize_all(
-            extractor, frames, manifests, staging, model_params, featurize_params,
-            weights, class_names, root, augment_splits, progress, precision,
-        )  # fmt: skip
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for split in results:
-            for staged, final in zip(
-                feature_files(staging, split), feature_files(out_dir, split), strict=True
-            ):
-                os.replace(staged, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return results
-
-
-def _featurize_all(
-    extractor: keras.Model,
-    frames: Mapping[str, pd.DataFrame],
-    manifests: Mapping[str, str | Path],
-    out_dir: Path,
-    model_params: Mapping[str, Any],
-    featurize_params: Mapping[str, Any],
-    weights: WeightsInfo | None,
-    class_names: list[str] | None,
-    root: str | Path,
-    augment_splits: tuple[str, ...],
-    progress: bool,
-    precision: str,
-) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    for split, manifest in manifests.items():
-        augment = split in augment_splits and int(featurize_params["augment_views"]) > 0
-        views_k = int(featurize_params["augment_views"]) if augment else 0
-        augmenter = (
-            build_augmenter(featurize_params["augmentation"], int(featurize_params["seed"]))
-            if augment
-            else None
-        )
-        npy = feature_files(out_dir, split)[0]
-        timing = featurize_split(
-            extractor,
-            frames[split],
-            npy,
-            model_params,
-            int(featurize_params["batch_size"]),
-            views_k,
-            augmenter,
-            root,
-            desc=f"featurize {split}",
-            progress=progress,
-        )
-        meta = manifest_meta(
-            split,
-            manifest,
-            (timing["rows"], timing["views"], timing["dim"]),
-            weights=weights,
-            preprocessing=model_params["preprocessing"],
-            resize=model_params["resize"],
-            input_size=[int(v) for v in model_params["input_size"]],
-            augment_views=timing["views"] - 1,
-            augmented=bool(augment),
-            augmentation=dict(featurize_params["augmentation"]),
-            seed=featurize_params["seed"],
-            precision=precision,
-            class_names=class_names,
-            health=feature_health(np.load(npy, mmap_mode="r")),
-        )
-        write_feature_meta(out_dir, meta)
-        results[split] = {**meta.to_dict(), "timing": timing}
-    return results
 
 
 def save_features(

@@ -1,7 +1,5 @@
 """Listing image files under a folder: symbolic links followed safely, each real file once,
 names that are not valid UTF-8 set aside (they crash pyarrow, CSV and JSON writers).
-
-`images` re-exports these names (`from petscan.data.images import list_images` keeps working).
 """
 
 from __future__ import annotations

@@ -10,31 +10,23 @@ from __future__ import annotations
 import io
 import re
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from petscan.data.folders import (  # noqa: F401 (the listing, re-exported: its historic home)
-    BAD_NAME,
-    IMAGE_SUFFIXES,
-    FolderScan,
-    is_utf8,
-    list_images,
-    printable,
-    scan_images,
-)
 from petscan.utils.errors import UserError
+
+if TYPE_CHECKING:
+    from petscan.params.inputs import SplitParams
 
 RESIZE_MODES = ("stretch", "pad")
 # PIL modes `to_rgb` converts; anything else is reported as unusable.
 GREY_HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 PLAIN_MODES = ("RGB", "RGBX", "L", "P", "CMYK", "YCbCr", "1", "LAB", "HSV")
-SUPPORTED_MODES = GREY_HIGH_DEPTH_MODES + ALPHA_MODES + PLAIN_MODES
 # Never read a truncated file as if it were whole.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -67,12 +59,10 @@ class ImageRules:
     max_aspect: float | None = None
 
     @classmethod
-    def from_params(cls, split: Mapping[str, Any]) -> ImageRules:
-        """The rules of a `split` section; a missing key takes the schema's default."""
-        from petscan.params.schema import defaults  # pydantic: only when rules are built
-
-        values = {**defaults()["split"], **split}
-        return cls(values["max_pixels"], values["min_side"], values["max_aspect"])
+    def from_params(cls, split: SplitParams) -> ImageRules:
+        """The rules of a `split` section (`schema.section("split", values)` fills in the
+        defaults of a partial one)."""
+        return cls(split.max_pixels, split.min_side, split.max_aspect)
 
 
 def read_image(

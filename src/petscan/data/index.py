@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from petscan.data.folders import IMAGE_SUFFIXES, FolderScan, printable
 from petscan.data.images import ImageError, ImageRules, read_image
-from petscan.params.loading import class_names as ordered_class_names
 from petscan.utils.errors import UserError
 from petscan.utils.io import sha256_file
 
@@ -67,24 +66,6 @@ class DataIndex:
         return self.images.loc[~self.images["patient_matched"], "path"].tolist()
 
 
-def compile_patient_pattern(pattern: str | None) -> re.Pattern[str] | None:
-    """Compile `data.patient_pattern`; it must hold a named group `patient`."""
-    if pattern is None:
-        return None
-    try:
-        compiled = re.compile(pattern)
-    except re.error as err:
-        raise DataError(
-            f"params.yaml data.patient_pattern {pattern!r} is not a regex: {err}"
-        ) from err
-    if "patient" not in compiled.groupindex:
-        raise DataError(
-            f"params.yaml data.patient_pattern {pattern!r} has no named group: "
-            "write it as (?P<patient>...) or set it to null (one patient per image)"
-        )
-    return compiled
-
-
 def patient_of(stem: str, fallback: str, pattern: re.Pattern[str] | None) -> tuple[str, bool]:
     """(patient id, matched): the `patient` group of `pattern` searched in `stem`.
 
@@ -124,9 +105,11 @@ def index_images(
     """Index, hash and decode every file under `raw_dir`.
 
     `classes` maps a top-level folder name to a class name (label order = first
-    appearance). Folders not in it are reported in `ignored_folders`; hidden files
-    and folders are skipped silently; files with a non-image extension or outside any
-    class folder go to `skipped_files`; files that cannot be used go to `bad_files`.
+    appearance, as `DataParams.class_names`); `patient_pattern` is `data.patient_pattern`
+    (a regex with a group `patient`, checked by the schema). Folders not in `classes` are
+    reported in `ignored_folders`; hidden files and folders are skipped silently; files with
+    a non-image extension or outside any class folder go to `skipped_files`; files that
+    cannot be used go to `bad_files`.
     Paths are relative to `root` (default: the working directory).
     """
     root = Path.cwd() if root is None else Path(root)
@@ -136,8 +119,8 @@ def index_images(
             f"data folder {raw_dir} does not exist: run `make data` to generate the synthetic "
             "demo set, or set data.raw_dir in params.yaml to your image folder"
         )
-    pattern = compile_patient_pattern(patient_pattern)
-    names = ordered_class_names({"classes": dict(classes)})
+    pattern = None if patient_pattern is None else re.compile(patient_pattern)
+    names = list(dict.fromkeys(classes.values()))
     index = DataIndex(
         images=pd.DataFrame(columns=INDEX_COLUMNS),
         class_names=names,
@@ -148,7 +131,7 @@ def index_images(
     candidates = list(_class_files(raw, classes, root, index, scans))
     for name, scan in scans.items():
         _record_scan(scan, name, root, index)
-    max_bytes = None if max_file_mb is None else int(float(max_file_mb) * MB)
+    max_bytes = None if max_file_mb is None else int(max_file_mb * MB)
     rules = ImageRules(max_pixels, min_side, max_aspect)
     rows = []
     for folder, path in tqdm(

@@ -14,12 +14,11 @@ In both modes byte-identical files never straddle splits.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -35,11 +34,9 @@ from petscan.data.index import (
     patients_in_several_classes,
 )
 from petscan.handoff.manifests import MANIFEST_COLUMNS, SPLITS
-from petscan.utils import io
 
-log = logging.getLogger(__name__)
-
-MODES = ("group", "image")
+if TYPE_CHECKING:
+    from petscan.params.inputs import DataParams, SplitParams
 
 
 @dataclass
@@ -57,24 +54,15 @@ class SplitResult:
         return rows.reset_index(drop=True)
 
 
-def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
-    """Validate `split.ratios`: three non-negative numbers summing to 1."""
-    values = tuple(float(r) for r in ratios)
-    if len(values) != 3 or min(values) < 0 or abs(sum(values) - 1.0) > 1e-6:
-        raise ValueError(
-            f"params.yaml split.ratios must be three non-negative numbers (train, val, test) "
-            f"summing to 1, got {list(ratios)}"
-        )
-    return values  # type: ignore[return-value]
-
-
 def split_counts(n: int, ratios: Sequence[float]) -> tuple[int, int, int]:
     """Per-class targets as the seed computed them: int(r0 n), int(r1 n), the rest.
+
+    `ratios` is `split.ratios` (train, val, test; checked by the schema).
 
     >>> split_counts(424, (0.9, 0.05, 0.05))
     (381, 21, 22)
     """
-    r_train, r_val, _ = check_ratios(ratios)
+    r_train, r_val, _ = ratios
     train, val = int(r_train * n), int(r_val * n)
     return train, val, n - train - val
 
@@ -212,53 +200,49 @@ def _gain(have: np.ndarray, goal: np.ndarray, s: int, t: int, delta: np.ndarray)
 
 
 def make_split(
-    data_params: dict[str, Any],
-    split_params: dict[str, Any],
+    data: DataParams,
+    split: SplitParams,
     root: str | Path | None = None,
     progress: bool = True,
 ) -> SplitResult:
-    """Index `data.raw_dir`, drop what cannot be used and split the rest."""
-    mode = split_params["mode"]
-    if mode not in MODES:
-        raise ValueError(f"params.yaml split.mode must be one of {MODES}, got {mode!r}")
-    ratios = check_ratios(split_params["ratios"])
-    seed = int(split_params["seed"])
+    """Index `data.raw_dir`, drop what cannot be used and split the rest (`split.mode`)."""
     index = index_images(
-        data_params["raw_dir"],
-        data_params["classes"],
-        patient_pattern=data_params["patient_pattern"],
-        max_file_mb=split_params["max_file_mb"],
-        max_pixels=split_params["max_pixels"],
+        data.raw_dir,
+        data.classes,
+        patient_pattern=data.patient_pattern,
+        max_file_mb=split.max_file_mb,
+        max_pixels=split.max_pixels,
         root=root,
         progress=progress,
-        min_side=split_params["min_side"],
-        max_aspect=split_params["max_aspect"],
+        min_side=split.min_side,
+        max_aspect=split.max_aspect,
     )
     duplicates = duplicate_groups(index.images)
     images, crossed = drop_cross_class_duplicates(index.images)
+    ratios = tuple(split.ratios)
     try:
-        check_classes(index, images, data_params["classes"])
+        check_classes(index, images, data.classes)
     except DataError as err:
         err.report = {
-            "mode": mode,
+            "mode": split.mode,
             "ratios": list(ratios),
-            "seed": seed,
+            "seed": split.seed,
             **_left_out(index, crossed),
             "duplicate_groups": [g for g in duplicates if len(g["classes"]) == 1],
         }
         raise
     images = images.assign(group=group_ids(images))
     goal = targets(images, index.class_names, ratios)
-    if mode == "image":
-        images["split"] = image_split(images, ratios, seed)
+    if split.mode == "image":
+        images["split"] = image_split(images, ratios, split.seed)
     else:
-        restarts = int(split_params["restarts"])
-        images["split"] = group_split(images, images["group"].to_numpy(), goal, seed, restarts)
+        groups = images["group"].to_numpy()
+        images["split"] = group_split(images, groups, goal, split.seed, split.restarts)
     check_no_leak(images)
-    if mode == "group" and patients_across_splits(images):
+    if split.mode == "group" and patients_across_splits(images):
         raise AssertionError("group split put a patient in two splits")
     summary = summarize(images, index, duplicates, crossed)
-    report = build_report(images, index, duplicates, crossed, goal, mode, ratios, seed)
+    report = build_report(images, index, duplicates, crossed, goal, split.mode, ratios, split.seed)
     return SplitResult(images=images, summary=summary, report=report)
 
 
@@ -358,105 +342,3 @@ CROSS_CLASS = (
     "the same image under several classes (a copy, a hard link or a symbolic link): its label "
     "is ambiguous, every path is left out"
 )
-OUTPUTS = ("train.csv", "val.csv", "test.csv", "index.csv", "summary.json", "report.json")
-
-
-def remove_outputs(out_dir: str | Path) -> None:
-    """Delete the stage's outputs in `out_dir`, so none from an earlier run looks current."""
-    for name in OUTPUTS:
-        (Path(out_dir) / name).unlink(missing_ok=True)
-
-
-def write_split(result: SplitResult, out_dir: str | Path) -> None:
-    """Write train/val/test.csv, index.csv, summary.json and report.json, each atomically.
-
-    The old outputs go first and the report comes last: a run stopped half-way leaves
-    missing files (which DVC reruns), never a mix of old and new ones.
-    """
-    out = Path(out_dir)
-    remove_outputs(out)
-    for split in SPLITS:
-        io.write_csv(out / f"{split}.csv", result.manifest(split))
-    index_columns = [c for c in result.images.columns if c != "folder"]
-    io.write_csv(out / "index.csv", result.images[index_columns].sort_values("path"))
-    io.write_json(out / "summary.json", result.summary)
-    io.write_json(out / "report.json", result.report)
-
-
-def run_split(
-    data_params: dict[str, Any],
-    split_params: dict[str, Any],
-    root: str | Path | None = None,
-    progress: bool = True,
-) -> SplitResult:
-    """Index, split, write into `split.out_dir` (relative to `root`) and log a summary.
-
-    When the split fails (`DataError`), the old outputs are removed and `report.json`
-    holds the error and what was found, so nothing stale looks like a result.
-    """
-    out_name = Path(split_params["out_dir"])
-    out_dir = out_name if root is None or out_name.is_absolute() else Path(root) / out_name
-    try:
-        result = make_split(data_params, split_params, root=root, progress=progress)
-    except DataError as err:
-        remove_outputs(out_dir)
-        report = {"error": str(err), **getattr(err, "report", {})}
-        io.write_json(out_dir / "report.json", report)
-        log.debug("split failed; wrote %s/report.json", out_name)  # the error is THE line
-        raise
-    write_split(result, out_dir)
-    for line in describe(result):
-        log.info(line)
-    log.info("wrote %s/{train,val,test}.csv, index.csv, summary.json, report.json", out_name)
-    return result
-
-
-def describe(result: SplitResult) -> list[str]:
-    """A short human summary of the split."""
-    summary, report = result.summary, result.report
-    files = summary["files"]
-    lines = [
-        f"split mode {report['mode']}, seed {report['seed']}, ratios {report['ratios']}: "
-        + ", ".join(f"{s} {summary[s]['total']}" for s in SPLITS)
-        + f" of {summary['total']['total']} images ({summary['patients']['total']} patients)"
-    ]
-    for name in report["classes"]:
-        counts = " / ".join(str(summary[s][name]) for s in SPLITS)
-        wanted = " / ".join(str(report["targets"][s][name]) for s in SPLITS)
-        lines.append(f"  {name}: {counts} (target {wanted})")
-    lines.append(
-        f"left out: {files['bad']} bad, {files['skipped']} skipped, "
-        f"{files['cross_class_duplicate_files']} cross-class duplicates; "
-        f"{files['duplicate_groups']} same-class duplicate groups kept together; "
-        f"{files['unmatched_patient_names']} names without a patient id; "
-        f"{files['link_problems']} symbolic links not followed"
-    )
-    for entry in report["bad_files"][:10]:
-        lines.append(f"  bad: {entry['path']}: {entry['reason']}")
-    if len(report["bad_files"]) > 10:
-        lines.append(f"  ... {len(report['bad_files']) - 10} more in report.json")
-    for group in report["cross_class_duplicates"][:10]:
-        classes = ", ".join(group["classes"])
-        lines.append(f"  cross-class duplicate ({classes}): {', '.join(group['paths'])}")
-    if len(report["cross_class_duplicates"]) > 10:
-        lines.append(f"  ... {len(report['cross_class_duplicates']) - 10} more in report.json")
-    for entry in report["link_problems"][:10]:
-        lines.append(f"  link: {entry['path']}: {entry['reason']}")
-    for entry in report["ignored_folders"]:
-        lines.append(f"  ignored folder {entry['folder']} ({entry['files']} files)")
-    return lines
-
-
-__all__ = [
-    "DataError",
-    "MANIFEST_COLUMNS",
-    "SPLITS",
-    "SplitResult",
-    "check_ratios",
-    "group_split",
-    "image_split",
-    "make_split",
-    "run_split",
-    "split_counts",
-    "write_split",
-]

@@ -10,9 +10,9 @@ a tf.data map, float32 in [0, 255], shape (H, W, 3). `view_dataset` makes the vi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -21,32 +21,31 @@ import tensorflow as tf
 
 from petscan.data.images import ImageError, load_resized
 
+if TYPE_CHECKING:
+    from petscan.params.learning import AugmentationParams
+
 PREFETCH_BATCHES = 2
 DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))  # files decoded at once by featurize
 
 
-def build_augmenter(augmentation: Mapping[str, Any], seed: int) -> keras.Sequential:
+def build_augmenter(augmentation: AugmentationParams, seed: int) -> keras.Sequential:
     """The seed notebook's training augmentation, seeded (one seed per layer).
 
-    Keys (params `featurize.augmentation`): rotation (fraction of a full turn), zoom,
+    `augmentation` is params `featurize.augmentation`: rotation (fraction of a full turn), zoom,
     contrast, translation (one factor or [height, width]), fill_mode; a factor of 0
     leaves that layer out. Works on pixel values in [0, 255].
     """
-    fill = augmentation["fill_mode"]
+    fill = augmentation.fill_mode
     layers: list[keras.layers.Layer] = []
-    if augmentation["rotation"]:
+    if augmentation.rotation:
+        layers.append(keras.layers.RandomRotation(augmentation.rotation, fill_mode=fill, seed=seed))
+    if augmentation.zoom:
+        layers.append(keras.layers.RandomZoom(augmentation.zoom, fill_mode=fill, seed=seed + 1))
+    if augmentation.contrast:
         layers.append(
-            keras.layers.RandomRotation(augmentation["rotation"], fill_mode=fill, seed=seed)
+            keras.layers.RandomContrast(augmentation.contrast, value_range=(0, 255), seed=seed + 2)
         )
-    if augmentation["zoom"]:
-        layers.append(keras.layers.RandomZoom(augmentation["zoom"], fill_mode=fill, seed=seed + 1))
-    if augmentation["contrast"]:
-        layers.append(
-            keras.layers.RandomContrast(
-                augmentation["contrast"], value_range=(0, 255), seed=seed + 2
-            )
-        )
-    translation = augmentation["translation"]
+    translation = augmentation.translation
     if translation:
         height, width = (translation, translation) if np.isscalar(translation) else translation
         layers.append(keras.layers.RandomTranslation(height, width, fill_mode=fill, seed=seed + 3))
@@ -170,4 +169,4 @@ def image_dataset(
 
 def images_per_batch(batch_size: int, views: int) -> int:
     """`featurize.batch_size` counts backbone inputs; a batch holds that many views."""
-    return max(1, int(batch_size) // int(views))
+    return max(1, batch_size // views)

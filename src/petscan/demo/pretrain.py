@@ -28,17 +28,21 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from petscan.demo import generate as synthetic
-from petscan.model import pet_demo as demo_backbone
-from petscan.params import loading as config
-from petscan.utils.io import sha256_file, write_json
+from petscan.demo.generate import generate
+from petscan.demo.truth import BREAST, LESIONS_FILE, NORMAL, PROSTATE, TRUTH_FILE, class_kind
+from petscan.model import pet_demo
+from petscan.params.loading import PARAMS_FILE, load_sections, workspace_root
+from petscan.utils.io import atomic_path, sha256_file, write_json
 
-CLASS_KINDS = (synthetic.NORMAL, synthetic.BREAST, synthetic.PROSTATE)  # label order
+if TYPE_CHECKING:
+    from petscan.params.learning import CorpusParams, PretrainParams
+
+CLASS_KINDS = (NORMAL, BREAST, PROSTATE)  # label order
 NODE_KINDS = ("axillary_node", "pelvic_node", "para_aortic_node", "chest_node")
 METASTASIS_KINDS = ("bone_met", "liver_met", "lung_met")
 MAP_CHANNELS = ("breast_primary", "prostate_primary", "node", "metastasis")
@@ -72,19 +76,19 @@ class Corpus:
 # --------------------------------------------------------------------------- the corpus
 
 
-def make_corpus(folder: Path, spec: dict[str, Any], base_height: int) -> Path:
+def make_corpus(folder: Path, spec: CorpusParams, base_height: int) -> Path:
     """Generate a corpus with the demo's generator (other seed, other prefix), or reuse the
     one in `folder` if it was made from the same spec (`CORPUS_SPEC` records it)."""
-    wanted = {**spec, "base_height": base_height}
+    wanted = {**spec.model_dump(), "base_height": base_height}
     marker = folder / CORPUS_SPEC
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return folder
-    synthetic.generate(
+    generate(
         folder,
-        spec["counts"],
-        spec["seed"],
+        spec.counts,
+        spec.seed,
         base_height=base_height,
-        prefix=spec["prefix"],
+        prefix=spec.prefix,
         force=True,
         progress=sys.stderr.isatty(),
     )
@@ -95,7 +99,7 @@ def make_corpus(folder: Path, spec: dict[str, Any], base_height: int) -> Path:
 def channel_of(kind: str, patient_kind: str) -> int | None:
     """The lesion-map channel of a lesion kind (None: not drawn)."""
     if kind == "primary":
-        return 0 if patient_kind == synthetic.BREAST else 1
+        return 0 if patient_kind == BREAST else 1
     if kind in NODE_KINDS:
         return 2
     if kind in METASTASIS_KINDS:
@@ -116,7 +120,7 @@ def lesion_maps(
     maps = np.zeros((len(truth), h, w, len(MAP_CHANNELS)), dtype=np.float32)
     rows, cols = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
     where = {path: i for i, path in enumerate(truth["path"])}
-    kinds = dict(zip(truth["path"], truth["folder"].map(synthetic.class_kind), strict=True))
+    kinds = dict(zip(truth["path"], truth["folder"].map(class_kind), strict=True))
     shapes = truth.set_index("path")[["height", "width"]]
     for lesion in lesions[lesions["visible"].astype(bool)].itertuples():
         channel = channel_of(lesion.kind, kinds[lesion.path])
@@ -134,14 +138,14 @@ def load_corpus(folder: Path, input_size: tuple[int, int], sigma: float) -> Corp
     """Decode every image as the pipeline does (`images.load_resized`, stretch) + targets."""
     from petscan.data.images import load_resized
 
-    truth = pd.read_csv(folder / synthetic.TRUTH_FILE)
-    lesions = pd.read_csv(folder / synthetic.LESIONS_FILE)
+    truth = pd.read_csv(folder / TRUTH_FILE)
+    lesions = pd.read_csv(folder / LESIONS_FILE)
     images = np.zeros((len(truth), *input_size, 3), dtype=np.uint8)
     for i, (sub, path) in enumerate(zip(truth["folder"], truth["path"], strict=True)):
         pixels = load_resized(folder / sub / Path(path).name, input_size)
         images[i] = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
     grid = (input_size[0] // STRIDE, input_size[1] // STRIDE)
-    kinds = truth["folder"].map(synthetic.class_kind)
+    kinds = truth["folder"].map(class_kind)
     return Corpus(
         images=images,
         label=kinds.map(CLASS_KINDS.index).to_numpy(np.int64),
@@ -174,7 +178,7 @@ def subsample(corpus: Corpus, patients: int | None, seed: int) -> Corpus:
 
 
 def run_pretrain(
-    params: dict[str, Any],
+    pretrain: PretrainParams,
     base_height: int,
     out: Path,
     work_dir: Path,
@@ -196,34 +200,34 @@ def run_pretrain(
     from petscan.utils import logs
 
     started = time.perf_counter()
-    tasks = tuple(params["tasks"])
-    keras.utils.set_random_seed(params["seed"])
+    tasks = tuple(pretrain.tasks)
+    keras.utils.set_random_seed(pretrain.seed)
     tf.config.experimental.enable_op_determinism()
-    sigma = params["lesion_sigma_cells"]
-    corpus_dir = make_corpus(work_dir / "corpus", params["corpus"], base_height)
-    selection_dir = make_corpus(work_dir / "selection", params["selection"], base_height)
+    sigma = pretrain.lesion_sigma_cells
+    corpus_dir = make_corpus(work_dir / "corpus", pretrain.corpus, base_height)
+    selection_dir = make_corpus(work_dir / "selection", pretrain.selection, base_height)
     generated = time.perf_counter()
-    size = demo_backbone.INPUT_SIZE
-    corpus = subsample(load_corpus(corpus_dir, size, sigma), patients, params["seed"])
+    size = pet_demo.INPUT_SIZE
+    corpus = subsample(load_corpus(corpus_dir, size, sigma), patients, pretrain.seed)
     selection = load_corpus(selection_dir, size, sigma)
-    train_idx, val_idx = patient_split(corpus.patients, params["val_share"], params["seed"])
+    train_idx, val_idx = patient_split(corpus.patients, pretrain.val_share, pretrain.seed)
     train, val = corpus.take(train_idx), corpus.take(val_idx)
     loaded = time.perf_counter()
 
     network, backbone = build_network(tasks, size)
-    steps = -(-len(train.label) // params["batch_size"])
-    compile_network(network, tasks, params, steps)
-    history = fit(network, train, val, tasks, params)
+    steps = -(-len(train.label) // pretrain.batch_size)
+    compile_network(network, tasks, pretrain, steps)
+    history = fit(network, train, val, tasks, pretrain)
     trained = time.perf_counter()
     record = {
         "command": command,
-        "backbone": demo_backbone.NAME,
+        "backbone": pet_demo.NAME,
         "input_size": list(size),
-        "params": params,
-        "corpus": _describe(corpus, params["corpus"], patients),
+        "params": pretrain.model_dump(),
+        "corpus": _describe(corpus, pretrain.corpus, patients),
         "train_images": len(train.label),
         "val_images": len(val.label),
-        "selection": _describe(selection, params["selection"], None),
+        "selection": _describe(selection, pretrain.selection, None),
         "history": {k: [round(v, 5) for v in values] for k, values in history.items()},
         "val_scores": scores(network, val, tasks),
         "selection_probe_auc_macro": probe_auc(
@@ -238,8 +242,6 @@ def run_pretrain(
     }
     record["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
     record["versions"] = {"keras": keras.__version__, "tensorflow": tf.__version__}
-    from petscan.utils.io import atomic_path
-
     with logs.legacy_h5(), atomic_path(out, suffix=".h5") as tmp:
         backbone.save(str(tmp))
     record["sha256"] = sha256_file(out)
@@ -248,11 +250,11 @@ def run_pretrain(
     return record
 
 
-def _describe(corpus: Corpus, spec: dict[str, Any], patients: int | None) -> dict[str, Any]:
+def _describe(corpus: Corpus, spec: CorpusParams, patients: int | None) -> dict[str, Any]:
     counts = np.bincount(corpus.label, minlength=len(CLASS_KINDS))
     return {
-        "seed": spec["seed"],
-        "prefix": spec["prefix"],
+        "seed": spec.seed,
+        "prefix": spec.prefix,
         "images": int(len(corpus.label)),
         "patients": int(len(np.unique(corpus.patients))),
         "patients_limit": patients,
@@ -266,9 +268,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Pretrain the pet_demo backbone on a synthetic PET corpus disjoint from "
         "the demo (params section `pretrain`); writes the weights and a sidecar JSON.",
     )
-    parser.add_argument(
-        "--params", default=config.PARAMS_FILE, help="params file (default: %(default)s)"
-    )
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: %(default)s)")
     parser.add_argument("--out", help="weights file (default: pretrain.out)")
     parser.add_argument(
         "--patients", type=int, help="use only this many corpus patients (learning curves)"
@@ -279,18 +279,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = config.load_sections(["pretrain", "synthetic"], args.params)
-    params = dict(sections["pretrain"])
-    if args.epochs is not None:
-        params["epochs"] = args.epochs
-    root = config.workspace_root()
-    out = root / (args.out or params["out"])
+    sections = load_sections(["pretrain", "synthetic.base_height"], args.params)
+    pretrain = sections.pretrain
+    if args.epochs is not None:  # validated as params.yaml's value would be
+        pretrain = type(pretrain).model_validate({**pretrain.model_dump(), "epochs": args.epochs})
+    root = workspace_root()
+    out = root / (args.out or pretrain.out)
     command = "petscan pretrain-demo " + " ".join(sys.argv[2:] if argv is None else argv)
     record = run_pretrain(
-        params,
-        sections["synthetic"]["base_height"],
+        pretrain,
+        sections.synthetic.base_height,
         out,
-        root / params["work_dir"],
+        root / pretrain.work_dir,
         patients=args.patients,
         command=command.strip(),
     )

@@ -11,7 +11,7 @@ repeats the same numbers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -24,6 +24,9 @@ from sklearn.preprocessing import StandardScaler
 
 from petscan.demo.pretrain import CLASS_KINDS, MAP_CHANNELS, Corpus
 from petscan.model.pet_demo import build_pet_demo
+
+if TYPE_CHECKING:
+    from petscan.params.learning import PretrainParams
 
 
 def targets(
@@ -66,18 +69,18 @@ def fit(
     train: Corpus,
     val: Corpus,
     tasks: tuple[str, ...],
-    params: dict[str, Any],
+    pretrain: PretrainParams,
 ) -> dict[str, list[float]]:
-    """Train for `params["epochs"]` epochs, one freshly augmented copy of `train` each;
+    """Train for `pretrain.epochs` epochs, one freshly augmented copy of `train` each;
     returns Keras' history (loss per task, on train and on the held-out `val`)."""
     history: dict[str, list[float]] = {}
     val_data = (val.images, targets(val, tasks))
-    for epoch in range(params["epochs"]):
-        images, y = augmented_epoch(train, tasks, params["seed"], epoch, params["contrast"])
+    for epoch in range(pretrain.epochs):
+        images, y = augmented_epoch(train, tasks, pretrain.seed, epoch, pretrain.contrast)
         result = network.fit(
             images,
             y,
-            batch_size=params["batch_size"],
+            batch_size=pretrain.batch_size,
             epochs=epoch + 1,
             initial_epoch=epoch,
             shuffle=False,
@@ -107,13 +110,13 @@ def build_network(
 
 
 def compile_network(
-    network: keras.Model, tasks: tuple[str, ...], params: dict[str, Any], steps: int
+    network: keras.Model, tasks: tuple[str, ...], pretrain: PretrainParams, steps: int
 ) -> None:
     """Adam on a cosine schedule with one warm-up epoch; lesion maps weighted per params."""
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=0.0,
-        decay_steps=max(1, steps * (params["epochs"] - 1)),
-        warmup_target=params["learning_rate"],
+        decay_steps=max(1, steps * (pretrain.epochs - 1)),
+        warmup_target=pretrain.learning_rate,
         warmup_steps=steps,
     )
     losses = {
@@ -124,7 +127,7 @@ def compile_network(
         "sex": keras.losses.BinaryCrossentropy(from_logits=True),
         "label": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     }
-    weights = {"lesions": params["lesion_weight"], "sex": 1.0, "label": 1.0}
+    weights = {"lesions": pretrain.lesion_weight, "sex": 1.0, "label": 1.0}
     network.compile(
         optimizer=keras.optimizers.Adam(schedule),
         loss={task: losses[task] for task in tasks},

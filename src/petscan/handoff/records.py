@@ -242,7 +242,7 @@ class TrainInfo:
     stopped_early: bool
     model_sha256: str
     best: dict[str, float] = field(default_factory=dict)  # history.csv's row at best_epoch
-    collapse: dict[str, Any] = field(default_factory=dict)  # training.check_collapse
+    collapse: dict[str, Any] = field(default_factory=dict)  # training.collapse.check_collapse
     details: dict[str, Any] = field(default_factory=dict)  # class weights, views, ...
 
     def to_dict(self) -> dict[str, Any]:

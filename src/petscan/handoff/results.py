@@ -89,7 +89,7 @@ def compact_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
     `_low` / `_high` bounds and `single_class_predictions` (the collapse alarm of that split).
 
     `{"random_init": true, "test": {"accuracy": 0.35, "accuracy_low": 0.19, ...}}`; the
-    interval is the bootstrap one of `metrics.evaluate_predictions` (`<m>_ci_low/high`).
+    interval is the bootstrap one of `evaluation.metrics.evaluate_predictions` (`<m>_ci_low/high`).
     """
     compact: dict[str, Any] = {"random_init": bool(results.get("random_init", False))}
     if results.get("weights_label"):  # which backbone every number below came from
