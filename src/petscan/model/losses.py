@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from petscan.params.learning import LossParams
 
 EPSILON = 1e-7
+# the module name Keras writes into a `.keras` file for the classes below (a compiled model's
+# loss and metrics): `petscan.losses` before the package split, kept so that the same model
+# is the same bytes; loading finds them by their registered name ("petscan>DataLoss")
+SAVED_MODULE = "petscan.losses"
 
 
 def _sparse_one_hot(y_true, y_pred):
@@ -91,6 +95,8 @@ class CategoricalFocalLoss(_FocalBase):
     With `gamma=0` and all `alpha=1` it is the sparse categorical cross-entropy.
     """
 
+    __module__ = SAVED_MODULE
+
     def __init__(self, alpha, gamma=2.0, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(alpha, gamma, reduction, name or "categorical_focal_loss", dtype)
 
@@ -105,6 +111,8 @@ class CategoricalFocalLoss(_FocalBase):
 @keras.saving.register_keras_serializable(package="petscan")
 class OneVsRestFocalLoss(_FocalBase):
     """The notebook's per-class binary focal loss, averaged over classes (sparse int labels)."""
+
+    __module__ = SAVED_MODULE
 
     def __init__(self, alpha, gamma=2.0, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(alpha, gamma, reduction, name or "one_vs_rest_focal_loss", dtype)
@@ -189,6 +197,8 @@ class DataLoss(keras.metrics.Mean):
     how well the validation images are predicted. Given as a weighted metric it uses the
     class weights on training batches, like the loss; validation data has none.
     """
+
+    __module__ = SAVED_MODULE
 
     def __init__(
         self, loss: keras.losses.Loss | dict, name: str = "data_loss", dtype: Any = None

@@ -43,6 +43,11 @@ if TYPE_CHECKING:
     from petscan.params.learning import ModelParams
 
 PREPROCESSING_MODES = ("radimagenet", "rescale", "keras")
+# Keras writes a custom class's `__module__` into every `.keras` file; loading finds the class
+# by its registered name ("petscan>Preprocess"), never by the module. The layers below were
+# defined in the module `petscan.model` before the package split and keep that name, so the
+# same model is still the same bytes (its sha256 in train.json and dvc.lock).
+SAVED_MODULE = "petscan.model"
 # keras.applications' modes, reached through `keras` (backbone_spec(name).keras_preprocessing).
 KERAS_MODES = ("tf", "caffe", "torch")
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -110,6 +115,8 @@ class Preprocess(keras.layers.Layer):
     channels and an alpha channel is dropped.
     """
 
+    __module__ = SAVED_MODULE
+
     def __init__(
         self, mode: str = "radimagenet", backbone: str = "inception_resnet_v2", **kwargs: Any
     ):
@@ -161,6 +168,8 @@ class Standardize(keras.layers.Layer):
     and the full image model applies exactly what the head was trained with. Constant
     dimensions (see `feature_moments`) keep `scale = 1`.
     """
+
+    __module__ = SAVED_MODULE
 
     def build(self, input_shape: tuple) -> None:
         dim = int(input_shape[-1])

@@ -16,7 +16,9 @@ from typing import Any
 
 import keras
 
-from petscan.model import losses  # noqa: F401  (registers the custom losses for load_model)
+# Keras finds the custom layers, losses and metrics of a saved model by their registered names:
+# importing these modules registers them
+from petscan.model import losses, network  # noqa: F401
 from petscan.utils.io import atomic_path
 
 
@@ -32,8 +34,8 @@ def save_model(model: keras.Model, path: str | Path) -> Path:
 def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     """Load a `.keras` model written by this project, refusing unsafe (Lambda) layers.
 
-    `compile=False` (default) is enough for predicting; `compile=True` finds the custom
-    losses and the `DataLoss` metric (registered by `petscan.model.losses`, imported here).
+    `compile=False` (default) is enough for predicting; `compile=True` also restores the
+    loss and the `DataLoss` metric (the custom classes are registered by the imports above).
     """
     path = Path(path)
     if not path.is_file():
