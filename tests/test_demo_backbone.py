@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from petscan.demo import generate as synthetic
-from petscan.handoff import records as handoff
+from petscan.demo import generate
+from petscan.handoff import records
 from petscan.handoff.records import DEMO_LABEL
-from petscan.params import loading as config
-from petscan.params import schema as params
+from petscan.params import loading, schema
+from petscan.utils.errors import ParamsError
 
 # the shipped params as a machine without the RadImageNet file resolves them
-PARAMS = params.resolve_model(
-    params.validate(config.load_params(REPO / "params.yaml")), lambda path: False
+PARAMS = schema.resolve_model(
+    schema.validate(loading.load_params(REPO / "params.yaml")), lambda path: False
 )
 DEMO = PARAMS.weights.demo
 DEMO_FILE = REPO / DEMO.path
@@ -65,7 +65,7 @@ def test_fetch_weights_installs_the_demo_file_with_its_label(tmp_path):
     weights_params = PARAMS.weights.model_copy(update={"dir": "backbone", "sources": []})
     meta = run_fetch_weights(weights_params, PARAMS.model, workspace=tmp_path, root=REPO)
     assert meta["backbone"] == "pet_demo" and meta["random_init"] is False
-    assert meta["weights_label"] == DEMO_LABEL == handoff.banner(meta)
+    assert meta["weights_label"] == DEMO_LABEL == records.banner(meta)
     assert (tmp_path / "backbone" / "weights.h5").read_bytes() == DEMO_FILE.read_bytes()
 
 
@@ -87,13 +87,13 @@ def test_a_changed_demo_file_is_refused_in_one_line(tmp_path):
 
 
 def demo_and_pretraining_plans():
-    demo = synthetic.plan_patients(
+    demo = generate.plan_patients(
         PARAMS.synthetic.counts, PARAMS.synthetic.seed, PARAMS.synthetic.images_per_patient
     )
     others = {}
     for name in ("corpus", "selection"):
         spec = getattr(PARAMS.pretrain, name)
-        others[name] = synthetic.plan_patients(spec.counts, spec.seed, prefix=spec.prefix)
+        others[name] = generate.plan_patients(spec.counts, spec.seed, prefix=spec.prefix)
     return demo, others
 
 
@@ -115,7 +115,7 @@ def test_no_image_of_the_demo_is_in_the_pretraining_corpus(tmp_path):
         ("demo", PARAMS.synthetic.seed, "pet"),
         ("corpus", PARAMS.pretrain.corpus.seed, PARAMS.pretrain.corpus.prefix),
     ):
-        frame = synthetic.generate(
+        frame = generate.generate(
             tmp_path / name, counts, seed, base_height=96, workers=1, progress=False, prefix=prefix
         )
         hashes[name] = {
@@ -130,11 +130,11 @@ def test_no_image_of_the_demo_is_in_the_pretraining_corpus(tmp_path):
 
 def test_the_schema_refuses_a_pretraining_corpus_that_could_be_the_demo():
     raw = {"pretrain": {"corpus": {**PARAMS.pretrain.corpus.model_dump(), "seed": 2024}}}
-    with pytest.raises(params.ParamsError, match="pretrain.corpus must not share"):
-        params.validate(raw)
+    with pytest.raises(ParamsError, match="pretrain.corpus must not share"):
+        schema.validate(raw)
     raw = {"pretrain": {"selection": {**PARAMS.pretrain.selection.model_dump(), "prefix": "pet"}}}
-    with pytest.raises(params.ParamsError, match="pretrain.selection must not share"):
-        params.validate(raw)
+    with pytest.raises(ParamsError, match="pretrain.selection must not share"):
+        schema.validate(raw)
 
 
 # --------------------------------------------------------------------------- it learned
@@ -164,7 +164,7 @@ def test_frozen_pretrained_features_separate_the_classes_far_above_random_init(t
     from petscan.model.network import build_feature_extractor
 
     counts = {"No cancer": 30, "breast cancer": 30, "prostate cancer": 30}
-    synthetic.generate(tmp_path / "set", counts, 9090, workers=2, progress=False, prefix="tst")
+    generate.generate(tmp_path / "set", counts, 9090, workers=2, progress=False, prefix="tst")
     corpus = load_corpus(tmp_path / "set", (256, 160), 0.7)
     model_params = PARAMS.model
     assert model_params.backbone == "pet_demo"  # resolved without the RadImageNet file
@@ -183,8 +183,8 @@ def test_frozen_pretrained_features_separate_the_classes_far_above_random_init(t
 
 @pytest.mark.parametrize("present", [True, False])
 def test_auto_is_the_seed_backbone_exactly_when_the_radimagenet_file_is_there(present):
-    raw = params.validate({})
-    resolved = params.resolve_model(raw, lambda path: present and path.endswith("IRV2_notop.h5"))
+    raw = schema.validate({})
+    resolved = schema.resolve_model(raw, lambda path: present and path.endswith("IRV2_notop.h5"))
     model = resolved.model
     if present:
         assert model.backbone == "inception_resnet_v2"
@@ -195,8 +195,8 @@ def test_auto_is_the_seed_backbone_exactly_when_the_radimagenet_file_is_there(pr
 
 
 def test_a_named_backbone_and_explicit_sizes_are_kept():
-    raw = params.validate({"model": {"backbone": "inception_resnet_v2", "input_size": [299, 299]}})
-    model = params.resolve_model(raw, lambda path: False).model
+    raw = schema.validate({"model": {"backbone": "inception_resnet_v2", "input_size": [299, 299]}})
+    model = schema.resolve_model(raw, lambda path: False).model
     assert model.backbone == "inception_resnet_v2"  # no file: a labelled random init later
     assert model.input_size == [299, 299] and model.preprocessing == "radimagenet"
 
@@ -213,9 +213,9 @@ def test_each_backbone_has_its_defaults_and_pet_demo_its_own_numbers():
 
 
 def test_every_backbone_but_radimagenet_is_labelled():
-    assert handoff.banner({"random_init": False, "weights_label": DEMO_LABEL}) == DEMO_LABEL
-    assert handoff.banner({"random_init": "false", "weights_label": DEMO_LABEL}) == DEMO_LABEL
-    assert handoff.banner({"random_init": False, "weights_label": "RadImageNet"}) is None
+    assert records.banner({"random_init": False, "weights_label": DEMO_LABEL}) == DEMO_LABEL
+    assert records.banner({"random_init": "false", "weights_label": DEMO_LABEL}) == DEMO_LABEL
+    assert records.banner({"random_init": False, "weights_label": "RadImageNet"}) is None
 
 
 # --------------------------------------------------------------------------- reproducible
@@ -265,12 +265,12 @@ def test_a_corpus_is_reused_only_for_the_same_spec(tmp_path):
     from petscan.demo.pretrain import make_corpus
 
     counts = {"No cancer": 2, "breast cancer": 2}
-    spec = params.section("pretrain", {"corpus": {"seed": 7001, "prefix": "syn", "counts": counts}})
+    spec = schema.section("pretrain", {"corpus": {"seed": 7001, "prefix": "syn", "counts": counts}})
     spec = spec.corpus
     folder = make_corpus(tmp_path / "corpus", spec, 96)
-    truth = (folder / synthetic.TRUTH_FILE).read_bytes()
-    stamp = (folder / synthetic.TRUTH_FILE).stat().st_mtime_ns
+    truth = (folder / generate.TRUTH_FILE).read_bytes()
+    stamp = (folder / generate.TRUTH_FILE).stat().st_mtime_ns
     make_corpus(folder, spec, 96)
-    assert (folder / synthetic.TRUTH_FILE).stat().st_mtime_ns == stamp  # reused
+    assert (folder / generate.TRUTH_FILE).stat().st_mtime_ns == stamp  # reused
     make_corpus(folder, spec.model_copy(update={"seed": 7003}), 96)
-    assert (folder / synthetic.TRUTH_FILE).read_bytes() != truth  # another seed: regenerated
+    assert (folder / generate.TRUTH_FILE).read_bytes() != truth  # another seed: regenerated

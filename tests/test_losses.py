@@ -21,7 +21,7 @@ from petscan.utils.errors import ParamsError
 
 LOSS = defaults().train.loss  # a whole train.loss section, as the stages get it
 ALPHA = [0.5, 0.3, 0.2]
-# Three samples, labels 0, 1, 2 (sparse integer labels, the convention of petscan.losses).
+# Three samples, labels 0, 1, 2 (sparse integer labels, the convention of petscan.model.losses).
 Y = np.array([0, 1, 2])
 P = np.array([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]], dtype="float32")
 

@@ -17,7 +17,7 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import manifest_row, random_weights, tiny_model_params, write_manifest, write_png
 from sklearn.utils.class_weight import compute_class_weight
 
-from petscan.handoff import records as handoff
+from petscan.handoff import records
 from petscan.model.network import build_full_model, build_head
 from petscan.model.saving import load_model
 from petscan.model.schedules import piecewise_lr
@@ -272,7 +272,7 @@ def test_cached_training_is_repeatable_and_follows_the_recipe():
     for a, b in zip(first.head.get_weights(), second.head.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     hist = first.history
-    assert list(hist.columns) == list(handoff.HISTORY_COLUMNS)
+    assert list(hist.columns) == list(records.HISTORY_COLUMNS)
     assert list(hist["epoch"]) == [0, 1, 2, 3]
     expected_lr = [piecewise_lr(e, [1, 3], [5e-2, 3e-2, 1e-2]) for e in range(4)]
     np.testing.assert_allclose(hist["learning_rate"], expected_lr, rtol=1e-6)
@@ -358,10 +358,10 @@ def test_save_outputs_writes_a_loadable_full_model(tmp_path):
         loaded.predict(images, verbose=0), full.predict(images, verbose=0), rtol=1e-5, atol=1e-6
     )
     history = pd.read_csv(paths["history"])
-    assert list(history.columns) == list(handoff.HISTORY_COLUMNS) and len(history) == 2
+    assert list(history.columns) == list(records.HISTORY_COLUMNS) and len(history) == 2
     info = json.loads(paths["summary"].read_text())
     assert info["backbone"] == "tiny" and info["class_names"] == CLASSES
-    assert handoff.read_train_info(tmp_path / "models").best == result.best_values()
+    assert records.read_train_info(tmp_path / "models").best == result.best_values()
     assert info["epochs_run"] == 2 and info["best_epoch"] in (0, 1)
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
         "history.csv",
@@ -500,7 +500,7 @@ def test_train_stage_without_the_feature_cache_opens_no_mlflow_run(mlflow_store)
     rows = [manifest_row(f"img{i}.png", i % 3, f"p{i}", "0" * 64) for i in range(3)]
     for split in ("train", "val", "test"):
         write_manifest(root / "data/split" / f"{split}.csv", rows)
-    handoff.write_weights_meta(root / "models/backbone", WEIGHTS, {})
+    records.write_weights_meta(root / "models/backbone", WEIGHTS, {})
     params = validate({"model": MODEL.model_dump(), "mlflow": {"experiment": "no-cache"}})
     params = StageParams(params, train_stage.SECTIONS)
     with pytest.raises(MissingInputError, match="train.npy not found: run `dvc repro featurize`"):

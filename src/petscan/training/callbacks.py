@@ -174,8 +174,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
             run = mlflow.active_run()
             if run is None:
                 raise RuntimeError(
-                    "MlflowEpochLogger needs an active MLflow run (tracking.start_training_run) "
-                    "or an explicit run_id"
+                    "MlflowEpochLogger needs an active MLflow run "
+                    "(tracking.runs.start_training_run) or an explicit run_id"
                 )
             self.run_id = run.info.run_id
         self._client = mlflow.MlflowClient()
