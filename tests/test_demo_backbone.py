@@ -18,27 +18,27 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from petscan.demo import generate as synthetic
-from petscan.handoff import records as handoff
+from petscan.demo import generate
+from petscan.handoff import records
 from petscan.handoff.records import DEMO_LABEL
-from petscan.params import loading as config
-from petscan.params import schema as params
+from petscan.params import loading, schema
+from petscan.utils.errors import ParamsError
 
 # the shipped params as a machine without the RadImageNet file resolves them
-PARAMS = params.resolve_model(
-    params.validate(config.load_params(REPO / "params.yaml")), lambda path: False
+PARAMS = schema.resolve_model(
+    schema.validate(loading.load_params(REPO / "params.yaml")), lambda path: False
 )
-DEMO = PARAMS["weights"]["demo"]
-DEMO_FILE = REPO / DEMO["path"]
+DEMO = PARAMS.weights.demo
+DEMO_FILE = REPO / DEMO.path
 
 
 def test_the_shipped_file_matches_its_pin_and_its_record():
     digest = hashlib.sha256(DEMO_FILE.read_bytes()).hexdigest()
-    assert DEMO["sha256"] == digest
+    assert DEMO.sha256 == digest
     assert DEMO_FILE.stat().st_size <= 10 * 2**20
     record = json.loads(DEMO_FILE.with_suffix(".json").read_text())
     assert record["sha256"] == digest and record["backbone"] == "pet_demo"
-    assert record["corpus"]["seed"] == PARAMS["pretrain"]["corpus"]["seed"]
+    assert record["corpus"]["seed"] == PARAMS.pretrain.corpus.seed
 
 
 def test_the_shipped_file_loads_into_the_backbone_and_changes_its_weights():
@@ -62,10 +62,10 @@ def test_the_shipped_file_loads_into_the_backbone_and_changes_its_weights():
 def test_fetch_weights_installs_the_demo_file_with_its_label(tmp_path):
     from petscan.weights.fetch import run_fetch_weights
 
-    weights_params = {**PARAMS["weights"], "dir": "backbone", "sources": []}
-    meta = run_fetch_weights(weights_params, PARAMS["model"], workspace=tmp_path, root=REPO)
+    weights_params = PARAMS.weights.model_copy(update={"dir": "backbone", "sources": []})
+    meta = run_fetch_weights(weights_params, PARAMS.model, workspace=tmp_path, root=REPO)
     assert meta["backbone"] == "pet_demo" and meta["random_init"] is False
-    assert meta["weights_label"] == DEMO_LABEL == handoff.banner(meta)
+    assert meta["weights_label"] == DEMO_LABEL == records.banner(meta)
     assert (tmp_path / "backbone" / "weights.h5").read_bytes() == DEMO_FILE.read_bytes()
 
 
@@ -74,13 +74,11 @@ def test_a_changed_demo_file_is_refused_in_one_line(tmp_path):
 
     copy = tmp_path / "demo.h5"
     copy.write_bytes(DEMO_FILE.read_bytes()[:-10] + b"0123456789")
-    weights_params = {
-        **PARAMS["weights"],
-        "dir": "backbone",
-        "demo": {**DEMO, "path": str(copy)},
-    }
+    weights_params = PARAMS.weights.model_copy(
+        update={"dir": "backbone", "demo": DEMO.model_copy(update={"path": str(copy)})}
+    )
     with pytest.raises(WeightsError, match="weights.demo.sha256 pins") as err:
-        run_fetch_weights(weights_params, PARAMS["model"], workspace=tmp_path, root=REPO)
+        run_fetch_weights(weights_params, PARAMS.model, workspace=tmp_path, root=REPO)
     assert "\n" not in str(err.value) and "make pretrain-demo" in str(err.value)
     assert not (tmp_path / "backbone" / "weights.h5").exists()
 
@@ -89,15 +87,13 @@ def test_a_changed_demo_file_is_refused_in_one_line(tmp_path):
 
 
 def demo_and_pretraining_plans():
-    demo = synthetic.plan_patients(
-        PARAMS["synthetic"]["counts"],
-        PARAMS["synthetic"]["seed"],
-        PARAMS["synthetic"]["images_per_patient"],
+    demo = generate.plan_patients(
+        PARAMS.synthetic.counts, PARAMS.synthetic.seed, PARAMS.synthetic.images_per_patient
     )
     others = {}
     for name in ("corpus", "selection"):
-        spec = PARAMS["pretrain"][name]
-        others[name] = synthetic.plan_patients(spec["counts"], spec["seed"], prefix=spec["prefix"])
+        spec = getattr(PARAMS.pretrain, name)
+        others[name] = generate.plan_patients(spec.counts, spec.seed, prefix=spec.prefix)
     return demo, others
 
 
@@ -116,10 +112,10 @@ def test_no_image_of_the_demo_is_in_the_pretraining_corpus(tmp_path):
     counts = {"No cancer": 6, "breast cancer": 6, "prostate cancer": 6}
     hashes = {}
     for name, seed, prefix in (
-        ("demo", PARAMS["synthetic"]["seed"], "pet"),
-        ("corpus", PARAMS["pretrain"]["corpus"]["seed"], PARAMS["pretrain"]["corpus"]["prefix"]),
+        ("demo", PARAMS.synthetic.seed, "pet"),
+        ("corpus", PARAMS.pretrain.corpus.seed, PARAMS.pretrain.corpus.prefix),
     ):
-        frame = synthetic.generate(
+        frame = generate.generate(
             tmp_path / name, counts, seed, base_height=96, workers=1, progress=False, prefix=prefix
         )
         hashes[name] = {
@@ -133,12 +129,12 @@ def test_no_image_of_the_demo_is_in_the_pretraining_corpus(tmp_path):
 
 
 def test_the_schema_refuses_a_pretraining_corpus_that_could_be_the_demo():
-    raw = {"pretrain": {"corpus": {**PARAMS["pretrain"]["corpus"], "seed": 2024}}}
-    with pytest.raises(params.ParamsError, match="pretrain.corpus must not share"):
-        params.validate(raw)
-    raw = {"pretrain": {"selection": {**PARAMS["pretrain"]["selection"], "prefix": "pet"}}}
-    with pytest.raises(params.ParamsError, match="pretrain.selection must not share"):
-        params.validate(raw)
+    raw = {"pretrain": {"corpus": {**PARAMS.pretrain.corpus.model_dump(), "seed": 2024}}}
+    with pytest.raises(ParamsError, match="pretrain.corpus must not share"):
+        schema.validate(raw)
+    raw = {"pretrain": {"selection": {**PARAMS.pretrain.selection.model_dump(), "prefix": "pet"}}}
+    with pytest.raises(ParamsError, match="pretrain.selection must not share"):
+        schema.validate(raw)
 
 
 # --------------------------------------------------------------------------- it learned
@@ -168,9 +164,10 @@ def test_frozen_pretrained_features_separate_the_classes_far_above_random_init(t
     from petscan.model.network import build_feature_extractor
 
     counts = {"No cancer": 30, "breast cancer": 30, "prostate cancer": 30}
-    synthetic.generate(tmp_path / "set", counts, 9090, workers=2, progress=False, prefix="tst")
+    generate.generate(tmp_path / "set", counts, 9090, workers=2, progress=False, prefix="tst")
     corpus = load_corpus(tmp_path / "set", (256, 160), 0.7)
-    model_params = {**PARAMS["model"], "backbone": "pet_demo"}
+    model_params = PARAMS.model
+    assert model_params.backbone == "pet_demo"  # resolved without the RadImageNet file
     aucs = {}
     for name, weights in (("pretrained", DEMO_FILE), ("random", None)):
         keras.utils.set_random_seed(0)
@@ -186,28 +183,39 @@ def test_frozen_pretrained_features_separate_the_classes_far_above_random_init(t
 
 @pytest.mark.parametrize("present", [True, False])
 def test_auto_is_the_seed_backbone_exactly_when_the_radimagenet_file_is_there(present):
-    raw = params.validate({})
-    resolved = params.resolve_model(raw, lambda path: present and path.endswith("IRV2_notop.h5"))
-    model = resolved["model"]
+    raw = schema.validate({})
+    resolved = schema.resolve_model(raw, lambda path: present and path.endswith("IRV2_notop.h5"))
+    model = resolved.model
     if present:
-        assert model["backbone"] == "inception_resnet_v2"
-        assert model["input_size"] == [224, 224] and model["preprocessing"] == "radimagenet"
+        assert model.backbone == "inception_resnet_v2"
+        assert model.input_size == [224, 224] and model.preprocessing == "radimagenet"
     else:
-        assert model["backbone"] == "pet_demo"
-        assert model["input_size"] == [256, 160] and model["preprocessing"] == "rescale"
+        assert model.backbone == "pet_demo"
+        assert model.input_size == [256, 160] and model.preprocessing == "rescale"
 
 
 def test_a_named_backbone_and_explicit_sizes_are_kept():
-    raw = params.validate({"model": {"backbone": "inception_resnet_v2", "input_size": [299, 299]}})
-    model = params.resolve_model(raw, lambda path: False)["model"]
-    assert model["backbone"] == "inception_resnet_v2"  # no file: a labelled random init later
-    assert model["input_size"] == [299, 299] and model["preprocessing"] == "radimagenet"
+    raw = schema.validate({"model": {"backbone": "inception_resnet_v2", "input_size": [299, 299]}})
+    model = schema.resolve_model(raw, lambda path: False).model
+    assert model.backbone == "inception_resnet_v2"  # no file: a labelled random init later
+    assert model.input_size == [299, 299] and model.preprocessing == "radimagenet"
+
+
+def test_each_backbone_has_its_defaults_and_pet_demo_its_own_numbers():
+    """The schema's `BACKBONE_DEFAULTS` (params cannot import the model) agree with the
+    backbones the model knows and with the `pet_demo` module's own input and pre-processing."""
+    from petscan.model import pet_demo
+    from petscan.model.backbones import BACKBONES
+    from petscan.params.inputs import BACKBONE_DEFAULTS
+
+    assert set(BACKBONE_DEFAULTS) == set(BACKBONES)
+    assert BACKBONE_DEFAULTS[pet_demo.NAME] == (pet_demo.INPUT_SIZE, pet_demo.PREPROCESSING)
 
 
 def test_every_backbone_but_radimagenet_is_labelled():
-    assert handoff.banner({"random_init": False, "weights_label": DEMO_LABEL}) == DEMO_LABEL
-    assert handoff.banner({"random_init": "false", "weights_label": DEMO_LABEL}) == DEMO_LABEL
-    assert handoff.banner({"random_init": False, "weights_label": "RadImageNet"}) is None
+    assert records.banner({"random_init": False, "weights_label": DEMO_LABEL}) == DEMO_LABEL
+    assert records.banner({"random_init": "false", "weights_label": DEMO_LABEL}) == DEMO_LABEL
+    assert records.banner({"random_init": False, "weights_label": "RadImageNet"}) is None
 
 
 # --------------------------------------------------------------------------- reproducible
@@ -218,14 +226,16 @@ def test_pretraining_twice_gives_the_same_weights_and_metrics(tmp_path):
     from petscan.demo.pretrain import run_pretrain
 
     counts = {"No cancer": 10, "breast cancer": 10, "prostate cancer": 10}
-    small = {
-        **PARAMS["pretrain"],
-        "corpus": {**PARAMS["pretrain"]["corpus"], "counts": counts},
-        "selection": {**PARAMS["pretrain"]["selection"], "counts": counts},
-        "epochs": 2,
-        "batch_size": 8,
-        "val_share": 0.2,
-    }
+    pretrain = PARAMS.pretrain
+    small = pretrain.model_copy(
+        update={
+            "corpus": pretrain.corpus.model_copy(update={"counts": counts}),
+            "selection": pretrain.selection.model_copy(update={"counts": counts}),
+            "epochs": 2,
+            "batch_size": 8,
+            "val_share": 0.2,
+        }
+    )
     records = [
         run_pretrain(small, 96, tmp_path / f"run{i}" / "b.h5", tmp_path / "corpora") for i in (1, 2)
     ]
@@ -254,11 +264,13 @@ def test_pretraining_twice_gives_the_same_weights_and_metrics(tmp_path):
 def test_a_corpus_is_reused_only_for_the_same_spec(tmp_path):
     from petscan.demo.pretrain import make_corpus
 
-    spec = {"seed": 7001, "prefix": "syn", "counts": {"No cancer": 2, "breast cancer": 2}}
+    counts = {"No cancer": 2, "breast cancer": 2}
+    spec = schema.section("pretrain", {"corpus": {"seed": 7001, "prefix": "syn", "counts": counts}})
+    spec = spec.corpus
     folder = make_corpus(tmp_path / "corpus", spec, 96)
-    truth = (folder / synthetic.TRUTH_FILE).read_bytes()
-    stamp = (folder / synthetic.TRUTH_FILE).stat().st_mtime_ns
+    truth = (folder / generate.TRUTH_FILE).read_bytes()
+    stamp = (folder / generate.TRUTH_FILE).stat().st_mtime_ns
     make_corpus(folder, spec, 96)
-    assert (folder / synthetic.TRUTH_FILE).stat().st_mtime_ns == stamp  # reused
-    make_corpus(folder, {**spec, "seed": 7003}, 96)
-    assert (folder / synthetic.TRUTH_FILE).read_bytes() != truth  # another seed: regenerated
+    assert (folder / generate.TRUTH_FILE).stat().st_mtime_ns == stamp  # reused
+    make_corpus(folder, spec.model_copy(update={"seed": 7003}), 96)
+    assert (folder / generate.TRUTH_FILE).read_bytes() != truth  # another seed: regenerated

@@ -1,4 +1,5 @@
-"""Focal losses, cross-entropy and class weights (petscan.losses)."""
+"""Focal losses, cross-entropy and class weights (petscan.model.losses), and the checks of
+their params (`train.loss`, `train.class_weight`) by the schema."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from petscan.model.losses import (
     class_weights,
     make_loss,
 )
-from petscan.params.schema import defaults
+from petscan.params.schema import defaults, section, validate
+from petscan.utils.errors import ParamsError
 
-LOSS = defaults()["train"]["loss"]  # a whole train.loss section, as the stages get it
+LOSS = defaults().train.loss  # a whole train.loss section, as the stages get it
 ALPHA = [0.5, 0.3, 0.2]
-# Three samples, labels 0, 1, 2 (sparse integer labels, the convention of petscan.losses).
+# Three samples, labels 0, 1, 2 (sparse integer labels, the convention of petscan.model.losses).
 Y = np.array([0, 1, 2])
 P = np.array([[0.8, 0.1, 0.1], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]], dtype="float32")
 
@@ -158,7 +160,7 @@ def test_saved_model_reloads_loss_and_fits_with_class_weight(tmp_path):
     x = np.random.default_rng(0).normal(size=(24, 4)).astype("float32")
     y = np.arange(24) % 3
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
-    loss = make_loss({"name": "focal", "variant": "categorical", "alpha": ALPHA, "gamma": 2.0}, 3)
+    loss = make_loss(loss_params(name="focal", variant="categorical", alpha=ALPHA, gamma=2.0), 3)
     model.compile(optimizer="adam", loss=loss)
     history = model.fit(
         x, y, epochs=2, batch_size=8, class_weight={0: 1.0, 1: 2.0, 2: 0.5}, verbose=0
@@ -174,31 +176,70 @@ def test_saved_model_reloads_loss_and_fits_with_class_weight(tmp_path):
 # ------------------------------------------------------------------ make_loss
 
 
+def loss_params(**values):
+    """A `train.loss` section: the shipped one with `values` changed, checked by the schema."""
+    return section("train", {"loss": {**LOSS.model_dump(), **values}}).loss
+
+
 def test_make_loss_builds_each_kind():
     assert isinstance(
-        make_loss({**LOSS, "name": "crossentropy"}, 3), keras.losses.SparseCategoricalCrossentropy
+        make_loss(loss_params(name="crossentropy"), 3), keras.losses.SparseCategoricalCrossentropy
     )
-    focal = make_loss({"name": "focal", "variant": "categorical", "alpha": ALPHA, "gamma": 2}, 3)
+    focal = make_loss(loss_params(name="focal", variant="categorical", alpha=ALPHA, gamma=2), 3)
     assert isinstance(focal, CategoricalFocalLoss) and focal.alpha == ALPHA
-    ovr = make_loss({"name": "focal", "variant": "one_vs_rest", "alpha": ALPHA, "gamma": 2}, 3)
+    ovr = make_loss(loss_params(name="focal", variant="one_vs_rest", alpha=ALPHA, gamma=2), 3)
     assert isinstance(ovr, OneVsRestFocalLoss)
-    assert make_loss({**LOSS, "alpha": None, "gamma": 0}, 3).alpha == [1.0, 1.0, 1.0]
+    assert make_loss(loss_params(alpha=None, gamma=0), 3).alpha == [1.0, 1.0, 1.0]
+    assert make_loss(loss_params(variant="one_vs_rest", alpha=None), 3).alpha == [0.5] * 3
+    assert make_loss(loss_params(alpha=0.25), 3).alpha == [0.25] * 3
 
 
 @pytest.mark.parametrize(
     "params, message",
     [
-        ({"name": "focal", "alpha": [0.5, 0.5], "gamma": 2}, "2 values for 3 classes"),
-        ({"name": "focal", "alpha": ALPHA, "gamma": -1}, "gamma must be a finite number >= 0"),
-        ({"name": "focal", "alpha": [0.5, -0.1, 0.2], "gamma": 2}, "alpha must be"),
-        ({"name": "hinge"}, "train.loss.name must be one of"),
-        ({"name": "focal", "variant": "binary", "alpha": ALPHA}, "train.loss.variant"),
-        ({"name": "focal", "variant": "one_vs_rest", "alpha": [2, 1, 1]}, r"in \[0, 1\]"),
+        (
+            {"name": "focal", "alpha": [0.5, 0.5], "gamma": 2},
+            r"train\.loss\.alpha = \[0\.5, 0\.5\]: needs one value a class.*got 2",
+        ),
+        (
+            {"name": "focal", "alpha": ALPHA, "gamma": -1},
+            r"train\.loss\.gamma = -1: input should be greater than or equal to 0",
+        ),
+        (
+            {"name": "focal", "alpha": [0.5, -0.1, 0.2], "gamma": 2},
+            r"train\.loss\.alpha\[1\] = -0\.1: input should be greater than or equal to 0",
+        ),
+        ({"name": "hinge"}, r"train\.loss\.name = 'hinge': input should be 'focal' or"),
+        (
+            {"name": "focal", "variant": "binary", "alpha": ALPHA},
+            r"train\.loss\.variant = 'binary': input should be 'categorical' or 'one_vs_rest'",
+        ),
+        (
+            {"name": "focal", "variant": "one_vs_rest", "alpha": [2, 1, 1]},
+            r"train\.loss\.alpha\[0\] = 2: input should be less than or equal to 1",
+        ),
     ],
 )
-def test_make_loss_validates(params, message):
+def test_the_schema_refuses_a_bad_loss(params, message):
+    """Checked once, with the whole file (the alpha count against data.classes' 3 classes):
+    `make_loss` never sees a bad `train.loss`."""
+    with pytest.raises(ParamsError, match=message):
+        validate({"train": {"loss": {**LOSS.model_dump(), **params}}})
+
+
+@pytest.mark.parametrize(
+    "cls, alpha, gamma, message",
+    [
+        (CategoricalFocalLoss, ALPHA, -1, "gamma must be a finite number >= 0"),
+        (CategoricalFocalLoss, [0.5, -0.1, 0.2], 2, "alpha must be"),
+        (OneVsRestFocalLoss, [], 2, "alpha must be"),
+        (OneVsRestFocalLoss, [2, 1, 1], 2, r"in \[0, 1\]"),
+    ],
+)
+def test_focal_losses_refuse_bad_constructor_arguments(cls, alpha, gamma, message):
+    """The loss classes check their own arguments (a saved model's config included)."""
     with pytest.raises(ValueError, match=message):
-        make_loss({**LOSS, **params}, 3)
+        cls(alpha=alpha, gamma=gamma)
 
 
 # ------------------------------------------------------------------ class weights
@@ -220,10 +261,22 @@ def test_class_weights_none_and_list():
     assert class_weights(labels, "none", 3) is None
     assert class_weights(labels, None, 3) is None
     assert class_weights(labels, [1, 2, 0.5], 3) == {0: 1.0, 1: 2.0, 2: 0.5}
-    with pytest.raises(ValueError, match="must list 3 positive weights"):
-        class_weights(labels, [1, 2], 3)
-    with pytest.raises(ValueError, match="'balanced', 'none' or a list"):
-        class_weights(labels, "inverse", 3)
+    weights = section("train", {"class_weight": [1, 2, 0.5]}).class_weight
+    assert class_weights(labels, weights, 3) == {0: 1.0, 1: 2.0, 2: 0.5}
+    assert all(type(w) is float for w in class_weights(labels, weights, 3).values())
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ([1, 2], r"train\.class_weight = \[1\.0, 2\.0\]: needs one value a class.*got 2"),
+        ([1, 0, 2], r"train\.class_weight\[1\] = 0: input should be greater than 0"),
+        ("inverse", r"train\.class_weight = 'inverse': input should be 'balanced' or 'none'"),
+    ],
+)
+def test_the_schema_refuses_bad_class_weights(value, message):
+    with pytest.raises(ParamsError, match=message):
+        validate({"train": {"class_weight": value}})
 
 
 def test_balanced_class_weights_missing_class_is_clear_error():

@@ -14,14 +14,16 @@ from petscan.model.network import (
     build_feature_extractor,
     build_full_model,
     build_head,
-    load_model,
     preprocess_array,
     resolve_preprocessing,
 )
+from petscan.model.saving import load_model
+from petscan.params.schema import section
+from petscan.utils.errors import ParamsError
 
 TINY = tiny_model_params()
-SEED_NET = {**TINY, "backbone": "inception_resnet_v2", "input_size": [224, 224]}
-SEED_NET.update(head_units=1024, standardize=False)  # the seed's exact head
+SEED_HEAD = {"backbone": "inception_resnet_v2", "input_size": [224, 224], "head_units": 1024}
+SEED_NET = tiny_model_params(**SEED_HEAD, standardize=False)  # the seed's exact head
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -73,7 +75,7 @@ def test_seed_network_backbone_frozen_in_inference_mode(seed_network):
 
 
 def test_second_keras_backbone_builds_a_working_extractor():
-    params = {**TINY, "backbone": "resnet50", "input_size": [32, 32], "preprocessing": "keras"}
+    params = tiny_model_params(backbone="resnet50", input_size=[32, 32], preprocessing="keras")
     extractor = build_feature_extractor(params, weights_path=None)
     out = extractor.predict(_images(2), verbose=0)
     assert out.shape == (2, 2048)
@@ -82,8 +84,11 @@ def test_second_keras_backbone_builds_a_working_extractor():
 
 
 def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ParamsError, match="model.backbone = 'vgg99': input should be"):
+        section("model", {"backbone": "vgg99"})
+    # a name read from a file (weights.json) is looked up in the same registry
     with pytest.raises(ValueError, match="unknown backbone 'vgg99'"):
-        build_feature_extractor({**TINY, "backbone": "vgg99"}, weights_path=None)
+        build_backbone("vgg99", (32, 32, 3))
 
 
 def test_missing_weights_file_names_the_file_and_the_fix(tmp_path):
@@ -186,7 +191,8 @@ def test_head_structure_and_parameter_count():
     # Standardize holds a mean and a scale per feature (non-trainable), then the seed's head
     assert head.count_params() == 2 * 32 + 32 * 8 + 8 + 8 * 3 + 3
     assert _trainable_count(head) == 32 * 8 + 8 + 8 * 3 + 3
-    assert build_head(32, 3, {**TINY, "standardize": False}).count_params() == 32 * 8 + 8 + 27
+    seed_head = tiny_model_params(standardize=False)
+    assert build_head(32, 3, seed_head).count_params() == 32 * 8 + 8 + 27
     dense = head.get_layer("head_dense")
     assert dense.activation is keras.activations.relu
     assert dense.kernel_regularizer.l2 == pytest.approx(0.001)
@@ -200,7 +206,7 @@ def test_head_structure_and_parameter_count():
 
 
 def test_seed_head_with_standardization_has_the_seed_trainable_parameters():
-    head = build_head(1536, 3, {**SEED_NET, "standardize": True})
+    head = build_head(1536, 3, tiny_model_params(**SEED_HEAD, standardize=True))
     assert _trainable_count(head) == 1_576_963
     assert head.count_params() == 1_576_963 + 2 * 1536  # 55,916,771 with the backbone
 
@@ -263,7 +269,7 @@ def test_trainable_backbone_layers_unfreezes_the_top_but_never_batch_norm():
 
 
 def test_saved_model_round_trips_with_safe_mode(tmp_path):
-    params = {**TINY, "preprocessing": "keras", "dropout": 0.0}
+    params = tiny_model_params(preprocessing="keras", dropout=0.0)
     train_features = np.random.default_rng(1).normal(0.01, 0.001, size=(20, 32))
     head = build_head(32, 3, params, seed=0, train_features=train_features)
     full = build_full_model(params, 3, None, head=head)
@@ -313,5 +319,31 @@ def test_precision_auto_follows_the_hardware_and_bad_values_are_refused():
 
     assert resolve_precision("auto") == ("bfloat16" if native_bfloat16() else "float32")
     assert resolve_precision("float32") == "float32"
-    with pytest.raises(ValueError, match="featurize.precision"):
-        resolve_precision("float16")
+    assert resolve_precision("bfloat16") == "bfloat16"
+    with pytest.raises(ParamsError, match="featurize.precision = 'float16': input should be"):
+        section("featurize", {"precision": "float16"})
+
+
+def test_saved_file_names_the_classes_as_before_the_package_split(tmp_path):
+    """Keras writes each custom class's module into `model.keras`: the names from before
+    the package split keep the same model the same bytes (model_sha256, dvc.lock)."""
+    import json
+    import re
+    import zipfile
+
+    from petscan.model.losses import DataLoss, make_loss
+    from petscan.model.saving import save_model
+
+    model = build_full_model(TINY, 3, None)
+    loss = make_loss(section("train").loss, 3)
+    model.compile(optimizer="adam", loss=loss, weighted_metrics=[DataLoss(loss)])
+    save_model(model, tmp_path / "model.keras")
+    with zipfile.ZipFile(tmp_path / "model.keras") as archive:
+        config = archive.read("config.json").decode()
+    modules = set(re.findall(r'"module": "(petscan[^"]*)"', config))
+    assert modules == {"petscan.model", "petscan.losses"}
+    assert json.loads(config)["compile_config"]["loss"]["registered_name"] == (
+        "petscan>CategoricalFocalLoss"
+    )
+    loaded = load_model(tmp_path / "model.keras", compile=True)
+    assert type(loaded.loss).__name__ == "CategoricalFocalLoss"

@@ -1,4 +1,4 @@
-"""Piecewise learning-rate schedule (petscan.schedules)."""
+"""Piecewise learning-rate schedule (petscan.model.schedules) and its params checks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 
 from petscan.model.schedules import lr_scheduler, piecewise_lr
+from petscan.params.schema import section
+from petscan.utils.errors import ParamsError
 
 SEED = {"boundaries": [5, 15, 25], "values": [5.0e-5, 1.0e-4, 5.0e-5, 1.0e-5]}
+
+
+def schedule(values: dict):
+    """`train.lr_schedule` as the schema checks it."""
+    return section("train", {"lr_schedule": values}).lr_schedule
+
+
 # The notebook's code, 0-based epochs: e < 5: 5e-5; e < 15: 1e-4; e < 25: 5e-5; else 1e-5.
 EXPECTED = [5e-5] * 5 + [1e-4] * 10 + [5e-5] * 10 + [1e-5] * 25
 
@@ -34,24 +43,24 @@ def test_edges():
 @pytest.mark.parametrize(
     "boundaries, values, message",
     [
-        ([5, 15], [1e-4, 1e-5], "one more value than boundaries"),
-        ([5, 15, 25], [1e-4] * 5, "one more value than boundaries"),
-        ([15, 5], [1e-4, 1e-5, 1e-6], "strictly increasing"),
-        ([5, 5], [1e-4, 1e-5, 1e-6], "strictly increasing"),
-        ([-1], [1e-4, 1e-5], "whole epoch numbers"),
-        ([2.5], [1e-4, 1e-5], "whole epoch numbers"),
-        ([5], [1e-4, 0.0], "positive learning rates"),
+        ([5, 15], [1e-4, 1e-5], "values needs one more entry than boundaries"),
+        ([5, 15, 25], [1e-4] * 5, "values needs one more entry than boundaries"),
+        ([15, 5], [1e-4, 1e-5, 1e-6], "boundaries must increase"),
+        ([5, 5], [1e-4, 1e-5, 1e-6], "boundaries must increase"),
+        ([-1], [1e-4, 1e-5], r"boundaries\[0\] = -1: .*greater than or equal to 0"),
+        ([2.5], [1e-4, 1e-5], r"boundaries\[0\] = 2\.5: .*integer"),
+        ([5], [1e-4, 0.0], r"values\[1\] = 0\.0: .*greater than 0"),
     ],
 )
 def test_validation(boundaries, values, message):
-    with pytest.raises(ValueError, match=message):
-        piecewise_lr(0, boundaries, values)
-    with pytest.raises(ValueError, match=message):
-        lr_scheduler({"boundaries": boundaries, "values": values})
+    """The schema refuses a malformed schedule once, naming the key; the schedule code
+    then never sees one."""
+    with pytest.raises(ParamsError, match=rf"train\.lr_schedule.*{message}"):
+        schedule({"boundaries": boundaries, "values": values})
 
 
 def test_lr_scheduler_sets_the_rate_during_fit():
-    callback = lr_scheduler(SEED)
+    callback = lr_scheduler(schedule(SEED))
     assert isinstance(callback, keras.callbacks.LearningRateScheduler)
     assert [callback.schedule(e, 0.1) for e in range(50)] == EXPECTED
     pickle.loads(pickle.dumps(callback.schedule))  # picklable (no lambda)
@@ -69,6 +78,7 @@ def test_lr_scheduler_sets_the_rate_during_fit():
     np.testing.assert_allclose(seen, EXPECTED[:7], rtol=1e-6)
 
 
-def test_lr_scheduler_missing_key():
-    with pytest.raises(KeyError, match="missing \\['values'\\]"):
-        lr_scheduler({"boundaries": [5]})
+def test_lr_schedule_missing_key_takes_the_default_and_must_still_fit():
+    with pytest.raises(ParamsError, match="values needs one more entry than boundaries"):
+        schedule({"boundaries": [5]})  # the default four values do not fit one boundary
+    assert schedule({"values": [1e-3, 5e-4, 1e-4, 1e-5]}).boundaries == [5, 15, 25]

@@ -1,1 +1,8 @@
-"""The classifier: backbones, the head, losses and learning-rate schedules."""
+"""The classifier: backbones, the network, its `.keras` file, losses and schedules.
+
+* `backbones`: the frozen image backbones by name (`pet_demo`: the demo's own);
+* `network`: pre-processing, the feature extractor, the head and the full image model;
+* `saving`: `.keras` files saved byte-reproducibly and loaded safely;
+* `losses`: the focal losses, `DataLoss` and class weights;
+* `schedules`: the piecewise learning rate.
+"""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras
 
-from petscan.model import pet_demo as demo_backbone
+from petscan.model import pet_demo
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet50": BackboneSpec("resnet50", keras.applications.ResNet50, 2048, "caffe"),
     "densenet121": BackboneSpec("densenet121", keras.applications.DenseNet121, 1024, "torch"),
     "inception_v3": BackboneSpec("inception_v3", keras.applications.InceptionV3, 2048, "tf"),
-    "pet_demo": BackboneSpec(
-        "pet_demo", demo_backbone.build_pet_demo, demo_backbone.FEATURE_DIM, "tf"
-    ),
+    "pet_demo": BackboneSpec("pet_demo", pet_demo.build_pet_demo, pet_demo.FEATURE_DIM, "tf"),
     "tiny": BackboneSpec("tiny", _tiny, 32, "tf"),
 }
 

@@ -22,16 +22,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 from keras import ops
 from sklearn.utils.class_weight import compute_class_weight
 
+if TYPE_CHECKING:
+    from petscan.params.learning import LossParams
+
 EPSILON = 1e-7
-LOSS_NAMES = ("focal", "crossentropy")
-FOCAL_VARIANTS = ("categorical", "one_vs_rest")
+# the module name Keras writes into a `.keras` file for the classes below (a compiled model's
+# loss and metrics): `petscan.losses` before the package split, kept so that the same model
+# is the same bytes; loading finds them by their registered name ("petscan>DataLoss")
+SAVED_MODULE = "petscan.losses"
 
 
 def _sparse_one_hot(y_true, y_pred):
@@ -90,6 +95,8 @@ class CategoricalFocalLoss(_FocalBase):
     With `gamma=0` and all `alpha=1` it is the sparse categorical cross-entropy.
     """
 
+    __module__ = SAVED_MODULE
+
     def __init__(self, alpha, gamma=2.0, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(alpha, gamma, reduction, name or "categorical_focal_loss", dtype)
 
@@ -104,6 +111,8 @@ class CategoricalFocalLoss(_FocalBase):
 @keras.saving.register_keras_serializable(package="petscan")
 class OneVsRestFocalLoss(_FocalBase):
     """The notebook's per-class binary focal loss, averaged over classes (sparse int labels)."""
+
+    __module__ = SAVED_MODULE
 
     def __init__(self, alpha, gamma=2.0, reduction="sum_over_batch_size", name=None, dtype=None):
         super().__init__(alpha, gamma, reduction, name or "one_vs_rest_focal_loss", dtype)
@@ -122,40 +131,24 @@ class OneVsRestFocalLoss(_FocalBase):
         return -ops.mean(positive + negative, axis=-1)
 
 
-def make_loss(loss_params: dict[str, Any], num_classes: int) -> keras.losses.Loss:
+def make_loss(loss: LossParams, num_classes: int) -> keras.losses.Loss:
     """The training loss described by params `train.loss`.
 
     `name: crossentropy` -> `SparseCategoricalCrossentropy`; `name: focal` with
     `variant: categorical | one_vs_rest`, `alpha` (one value per class in label order,
     or one number for all; null = 1 for `categorical`, 0.5 for `one_vs_rest`) and
-    `gamma >= 0`.
+    `gamma >= 0`. The schema has checked the values (and the alpha count against
+    `data.classes`).
     """
-    name = loss_params["name"]
-    if name == "crossentropy":
+    if loss.name == "crossentropy":
         return keras.losses.SparseCategoricalCrossentropy(name="crossentropy")
-    if name != "focal":
-        raise ValueError(f"params.yaml train.loss.name must be one of {LOSS_NAMES}, got {name!r}")
-    variant = loss_params["variant"]
-    if variant not in FOCAL_VARIANTS:
-        raise ValueError(
-            f"params.yaml train.loss.variant must be one of {FOCAL_VARIANTS}, got {variant!r}"
-        )
-    alpha = loss_params["alpha"]
+    alpha = loss.alpha
     if alpha is None:
-        alpha = [1.0 if variant == "categorical" else 0.5] * num_classes
-    if isinstance(alpha, int | float):
-        alpha = [float(alpha)] * num_classes
-    if len(alpha) != num_classes:
-        raise ValueError(
-            f"params.yaml train.loss.alpha has {len(alpha)} values for {num_classes} classes: "
-            f"give one value per class, in data.classes order"
-        )
-    gamma = loss_params["gamma"]
-    cls = CategoricalFocalLoss if variant == "categorical" else OneVsRestFocalLoss
-    try:
-        return cls(alpha=alpha, gamma=gamma)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"params.yaml train.loss: {err}") from err
+        alpha = [1.0 if loss.variant == "categorical" else 0.5] * num_classes
+    elif not isinstance(alpha, list):
+        alpha = [alpha] * num_classes
+    cls = CategoricalFocalLoss if loss.variant == "categorical" else OneVsRestFocalLoss
+    return cls(alpha=alpha, gamma=loss.gamma)
 
 
 def class_weights(
@@ -164,24 +157,14 @@ def class_weights(
     """Keras `class_weight` dict from params `train.class_weight`.
 
     `"balanced"`: scikit-learn's `compute_class_weight("balanced")`, `n / (k * count_c)`;
-    `"none"` / None: no weighting (returns None); a list: one weight per class.
+    `"none"` / None: no weighting (returns None); a list: one weight per class (the schema
+    has checked that there is one positive weight a class).
     """
-    if mode is None or (isinstance(mode, str) and mode.lower() == "none"):
+    if mode is None or mode == "none":
         return None
-    if isinstance(mode, str):
-        if mode != "balanced":
-            raise ValueError(
-                f"params.yaml train.class_weight must be 'balanced', 'none' or a list of "
-                f"{num_classes} weights, got {mode!r}"
-            )
+    if mode == "balanced":
         return _balanced(np.asarray(labels).ravel(), num_classes)
-    weights = [float(w) for w in mode]
-    if len(weights) != num_classes or any(not math.isfinite(w) or w <= 0 for w in weights):
-        raise ValueError(
-            f"params.yaml train.class_weight must list {num_classes} positive weights, "
-            f"got {weights}"
-        )
-    return dict(enumerate(weights))
+    return dict(enumerate(mode))
 
 
 def _balanced(labels: np.ndarray, num_classes: int) -> dict[int, float]:
@@ -214,6 +197,8 @@ class DataLoss(keras.metrics.Mean):
     how well the validation images are predicted. Given as a weighted metric it uses the
     class weights on training batches, like the loss; validation data has none.
     """
+
+    __module__ = SAVED_MODULE
 
     def __init__(
         self, loss: keras.losses.Loss | dict, name: str = "data_loss", dtype: Any = None

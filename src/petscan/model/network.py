@@ -28,22 +28,26 @@ whatever the backbone's scale. `model.standardize: false` gives the seed's exact
 from __future__ import annotations
 
 import contextlib
-import json
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from petscan.model import losses  # noqa: F401  (registers the custom losses for load_model)
 from petscan.model.backbones import backbone_spec, build_backbone
 
+if TYPE_CHECKING:
+    from petscan.params.learning import ModelParams
+
 PREPROCESSING_MODES = ("radimagenet", "rescale", "keras")
-PRECISIONS = ("float32", "bfloat16", "auto")
+# Keras writes a custom class's `__module__` into every `.keras` file; loading finds the class
+# by its registered name ("petscan>Preprocess"), never by the module. The layers below were
+# defined in the module `petscan.model` before the package split and keep that name, so the
+# same model is still the same bytes (its sha256 in train.json and dvc.lock).
+SAVED_MODULE = "petscan.model"
 # keras.applications' modes, reached through `keras` (backbone_spec(name).keras_preprocessing).
 KERAS_MODES = ("tf", "caffe", "torch")
 IMAGENET_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -61,9 +65,7 @@ def resolve_preprocessing(mode: str, backbone: str) -> str:
         return backbone_spec(backbone).keras_preprocessing
     if mode in PREPROCESSING_MODES or mode in KERAS_MODES:
         return mode
-    raise ValueError(
-        f"unknown model.preprocessing {mode!r} in params.yaml; choose one of {PREPROCESSING_MODES}"
-    )
+    raise ValueError(f"unknown model.preprocessing {mode!r}; choose one of {PREPROCESSING_MODES}")
 
 
 def _three_channels(x: Any, channels: int | None, xp: Any) -> Any:
@@ -112,6 +114,8 @@ class Preprocess(keras.layers.Layer):
     `keras` (keras.applications' own mode for `backbone`). Grey inputs become three
     channels and an alpha channel is dropped.
     """
+
+    __module__ = SAVED_MODULE
 
     def __init__(
         self, mode: str = "radimagenet", backbone: str = "inception_resnet_v2", **kwargs: Any
@@ -165,6 +169,8 @@ class Standardize(keras.layers.Layer):
     dimensions (see `feature_moments`) keep `scale = 1`.
     """
 
+    __module__ = SAVED_MODULE
+
     def build(self, input_shape: tuple) -> None:
         dim = int(input_shape[-1])
         self.mean = self.add_weight(shape=(dim,), initializer="zeros", trainable=False, name="mean")
@@ -206,10 +212,6 @@ def native_bfloat16() -> bool:
 
 def resolve_precision(precision: str) -> str:
     """`featurize.precision` -> `float32` or `bfloat16` (`auto`: bfloat16 where native)."""
-    if precision not in PRECISIONS:
-        raise ValueError(
-            f"params.yaml featurize.precision must be one of {PRECISIONS}, got {precision!r}"
-        )
     if precision == "auto":
         return "bfloat16" if native_bfloat16() else "float32"
     return precision
@@ -227,13 +229,14 @@ def _dtype_policy(precision: str) -> Iterator[None]:
         keras.config.set_dtype_policy(previous)
 
 
-def input_shape(model_params: dict[str, Any]) -> tuple[int, int, int]:
-    height, width = (int(v) for v in model_params["input_size"])
+def input_shape(model: ModelParams) -> tuple[int, int, int]:
+    """(height, width, 3): the image input of the resolved `model` section."""
+    height, width = model.input_size
     return height, width, 3
 
 
 def _frozen_backbone(
-    model_params: dict[str, Any], weights_path: str | Path | None, trainable_layers: int = 0
+    model: ModelParams, weights_path: str | Path | None, trainable_layers: int = 0
 ) -> keras.Model:
     """The no-top backbone with all (or all but the top `trainable_layers`) layers frozen.
 
@@ -244,10 +247,10 @@ def _frozen_backbone(
         raise FileNotFoundError(
             f"backbone weights {weights_path} not found: run `dvc repro fetch_weights` first"
         )
-    backbone = build_backbone(model_params["backbone"], input_shape(model_params), weights_path)
+    backbone = build_backbone(model.backbone, input_shape(model), weights_path)
     backbone.trainable = trainable_layers > 0
     if trainable_layers > 0:
-        cut = len(backbone.layers) - int(trainable_layers)
+        cut = len(backbone.layers) - trainable_layers
         for i, layer in enumerate(backbone.layers):
             is_bn = isinstance(layer, keras.layers.BatchNormalization)
             layer.trainable = i >= cut and not is_bn
@@ -255,7 +258,7 @@ def _frozen_backbone(
 
 
 def _pooled_features(
-    model_params: dict[str, Any],
+    model: ModelParams,
     weights_path: str | Path | None,
     trainable_layers: int = 0,
     precision: str = "float32",
@@ -264,33 +267,31 @@ def _pooled_features(
 
     Only the backbone computes in `precision`; pre-processing and pooling stay float32.
     """
-    inputs = keras.Input(shape=input_shape(model_params), dtype="float32", name="image")
-    x = Preprocess(model_params["preprocessing"], model_params["backbone"], name="preprocess")(
-        inputs
-    )
+    inputs = keras.Input(shape=input_shape(model), dtype="float32", name="image")
+    x = Preprocess(model.preprocessing, model.backbone, name="preprocess")(inputs)
     with _dtype_policy(resolve_precision(precision)):
-        backbone = _frozen_backbone(model_params, weights_path, trainable_layers)
+        backbone = _frozen_backbone(model, weights_path, trainable_layers)
     x = backbone(x, training=False)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool", dtype="float32")(x)
     return inputs, x
 
 
 def build_feature_extractor(
-    model_params: dict[str, Any], weights_path: str | Path | None, precision: str = "float32"
+    model: ModelParams, weights_path: str | Path | None, precision: str = "float32"
 ) -> keras.Model:
     """Frozen image -> features model: float32 (H, W, 3) in [0, 255] RGB -> (None, D).
 
     `precision` (`featurize.precision`) is the backbone's compute type; the features
     are float32 either way.
     """
-    inputs, features = _pooled_features(model_params, weights_path, precision=precision)
+    inputs, features = _pooled_features(model, weights_path, precision=precision)
     return keras.Model(inputs, features, name="feature_extractor")
 
 
 def build_head(
     feature_dim: int,
     num_classes: int,
-    model_params: dict[str, Any],
+    model: ModelParams,
     seed: int | None = None,
     train_features: np.ndarray | None = None,
 ) -> keras.Model:
@@ -307,19 +308,19 @@ def build_head(
 
     inputs = keras.Input(shape=(int(feature_dim),), dtype="float32", name="features")
     x = inputs
-    if model_params["standardize"]:
+    if model.standardize:
         standardize = Standardize(name="standardize")
         if train_features is not None:
             standardize.adapt(train_features)
         x = standardize(x)
     x = keras.layers.Dense(
-        int(model_params["head_units"]),
+        model.head_units,
         activation="relu",
-        kernel_regularizer=keras.regularizers.L2(float(model_params["l2"])),
+        kernel_regularizer=keras.regularizers.L2(model.l2),
         kernel_initializer=init(0),
         name="head_dense",
     )(x)
-    x = keras.layers.Dropout(float(model_params["dropout"]), seed=seed, name="head_dropout")(x)
+    x = keras.layers.Dropout(model.dropout, seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(
         int(num_classes), activation="softmax", kernel_initializer=init(1), name="probabilities"
     )(x)
@@ -327,7 +328,7 @@ def build_head(
 
 
 def build_full_model(
-    model_params: dict[str, Any],
+    model: ModelParams,
     num_classes: int,
     weights_path: str | Path | None,
     head: keras.Model | None = None,
@@ -343,11 +344,9 @@ def build_full_model(
     one the head's training features were computed in, so that the image model predicts
     what the head saw.
     """
-    inputs, features = _pooled_features(
-        model_params, weights_path, trainable_backbone_layers, precision
-    )
+    inputs, features = _pooled_features(model, weights_path, trainable_backbone_layers, precision)
     if head is None:
-        head = build_head(features.shape[-1], num_classes, model_params)
+        head = build_head(features.shape[-1], num_classes, model)
     if head.input_shape[-1] != features.shape[-1] or head.output_shape[-1] != num_classes:
         raise ValueError(
             f"head maps {head.input_shape[-1]} features to {head.output_shape[-1]} classes; "
@@ -358,61 +357,4 @@ def build_full_model(
     for layer in head.layers:
         if not isinstance(layer, keras.layers.InputLayer):
             x = layer(x)
-    return keras.Model(inputs, x, name=f"{model_params['backbone']}_classifier")
-
-
-def load_model(path: str | Path, compile: bool = False) -> keras.Model:
-    """Load a `.keras` model written by this project, refusing unsafe (Lambda) layers.
-
-    `compile=False` (default) is enough for predicting; `compile=True` finds the custom
-    losses of `petscan.model.losses` (registered when that module is imported, as it is here).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} not found: run `dvc repro train` first")
-    return keras.saving.load_model(path, compile=compile, safe_mode=True)
-
-
-# Keras stamps every `.keras` archive with the time of saving (zip entry times and
-# `metadata.json` "date_saved") and numbers shared objects by their memory address
-# (`id()`) in `config.json`; the weights file inside is already reproducible.
-UNRECORDED_DATE = "unrecorded"
-ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-
-
-def _renumber_shared_objects(node: Any, numbers: dict[int, int]) -> Any:
-    """Replace `shared_object_id` values (memory addresses) by 1, 2, ... in order of appearance."""
-    if isinstance(node, dict):
-        return {
-            key: (
-                numbers.setdefault(value, len(numbers) + 1)
-                if key == "shared_object_id"
-                else _renumber_shared_objects(value, numbers)
-            )
-            for key, value in node.items()
-        }
-    if isinstance(node, list):
-        return [_renumber_shared_objects(value, numbers) for value in node]
-    return node
-
-
-def make_reproducible(path: str | Path) -> None:
-    """Rewrite a saved `.keras` archive so that the same model always gives the same bytes.
-
-    Fixed zip entry times, "date_saved" set to "unrecorded", shared-object numbers in
-    order of appearance (a consistent renaming, so shared objects stay shared on load).
-    The time a model was trained is recorded by its MLflow run instead.
-    """
-    path = Path(path)
-    with zipfile.ZipFile(path) as archive:
-        entries = [(info, archive.read(info)) for info in archive.infolist()]
-    with zipfile.ZipFile(path, "w") as archive:
-        for info, data in entries:
-            if info.filename == "metadata.json":
-                data = json.dumps({**json.loads(data), "date_saved": UNRECORDED_DATE}).encode()
-            elif info.filename == "config.json":
-                data = json.dumps(_renumber_shared_objects(json.loads(data), {})).encode()
-            fixed = zipfile.ZipInfo(info.filename, date_time=ZIP_EPOCH)
-            fixed.compress_type = info.compress_type
-            fixed.external_attr = 0o644 << 16
-            archive.writestr(fixed, data)
+    return keras.Model(inputs, x, name=f"{model.backbone}_classifier")

@@ -24,10 +24,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from petscan.params.schema import BACKBONE_DEFAULTS
-
 NAME = "pet_demo"
-INPUT_SIZE, PREPROCESSING = BACKBONE_DEFAULTS[NAME]  # (256, 160) height x width, x / 255
+# the backbone's own input (height x width) and pre-processing (x / 255); the params schema
+# repeats them in `BACKBONE_DEFAULTS` (what `model.input_size: null` means), and a test
+# keeps the two in step (params sit below the model and do not import it)
+INPUT_SIZE = (256, 160)
+PREPROCESSING = "rescale"
 FEATURE_DIM = 128
 STEM = 32  # channels of the 4 x 4 stride-4 stem and the convolution after it
 STAGE = 64  # channels of the stride-2 stage
