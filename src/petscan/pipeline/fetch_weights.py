@@ -176,7 +176,9 @@ def _try_source(
     }
 
 
-def _demo(weights: WeightsParams, model: ModelParams, candidate: Path, repo: Path) -> dict:
+def _demo(
+    weights: WeightsParams, model: ModelParams, candidate: Path, repo: Path
+) -> dict[str, Any]:
     """The record of the shipped `pet_demo` backbone, checked against its pinned sha256."""
     from petscan.weights.checks import check_weights  # Keras
     from petscan.weights.fallback import copy_demo_backbone
