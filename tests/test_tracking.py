@@ -23,7 +23,7 @@ from conftest import (
 )
 
 from petscan.params.schema import section
-from petscan.tracking import model_logging, registry, runs, store
+from petscan.tracking import model_logging, provenance, registry, runs, store
 
 MODEL_PARAMS = tiny_model_params()
 WEIGHTS = random_weights(sha256="ab" * 32)
@@ -130,12 +130,12 @@ def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, m
 
 def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lucid-gamma")
-    tags = runs.run_tags(manifests, WEIGHTS)
+    tags = provenance.run_tags(manifests, WEIGHTS)
     # train, val, test in that order; the tuning runs use the same definition
     expected_hash = hashlib.sha256(
         (MANIFESTS["train"] + MANIFESTS["val"] + MANIFESTS["test"]).encode()
     ).hexdigest()
-    assert tags["data_manifest_sha256"] == expected_hash == runs.data_hash(manifests)
+    assert tags["data_manifest_sha256"] == expected_hash == provenance.data_hash(manifests)
     assert tags["git_commit"] == "unknown"  # PETSCAN_ROOT is not a git repository
     assert tags["dvc_exp_name"] == "lucid-gamma"
     assert tags["random_init"] == "true"
@@ -143,24 +143,24 @@ def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     assert tags["weights_sha256"] == "ab" * 32
     assert tags["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)"
     monkeypatch.delenv("DVC_EXP_NAME")
-    assert runs.run_tags(manifests, None)["dvc_exp_name"] == "workspace"
+    assert provenance.run_tags(manifests, None)["dvc_exp_name"] == "workspace"
     with pytest.raises(FileNotFoundError, match="dvc repro split"):
-        runs.run_tags(mlflow_store / "missing", WEIGHTS)
+        provenance.run_tags(mlflow_store / "missing", WEIGHTS)
 
 
 def test_run_name_is_the_dvc_experiment_or_the_commit(monkeypatch):
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     tags = {"git_commit": "4ae41df0123456789", "git_dirty": "false"}
-    assert runs.run_name("train", tags) == "train-4ae41df"
-    assert runs.run_name("train", {**tags, "git_dirty": "true"}) == "train-4ae41df-dirty"
-    assert runs.run_name("train", {"git_commit": "unknown"}) == "train-nogit"
+    assert provenance.run_name("train", tags) == "train-4ae41df"
+    assert provenance.run_name("train", {**tags, "git_dirty": "true"}) == "train-4ae41df-dirty"
+    assert provenance.run_name("train", {"git_commit": "unknown"}) == "train-nogit"
     monkeypatch.setenv("DVC_EXP_NAME", "gamma-1")
-    assert runs.run_name("train", tags) == "gamma-1"
+    assert provenance.run_name("train", tags) == "gamma-1"
 
 
 def test_split_manifests_are_logged_as_datasets_with_contexts(mlflow_store, manifests):
     with runs.start_training_run(mlflow_section(experiment="e"), {}, {}) as run:
-        runs.log_datasets(run.info.run_id, manifests, manifests.parent.parent)
+        provenance.log_datasets(run.info.run_id, manifests, manifests.parent.parent)
     inputs = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     found = {}
     for entry in inputs:
@@ -219,15 +219,15 @@ def test_git_state_reads_head_and_dirty_flag(tmp_path):
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert runs.git_state(repo) == (head, "false")
+    assert provenance.git_state(repo) == (head, "false")
     (repo / "dvc.lock").write_text("schema: '2.0'\n")
     subprocess.run(["git", "add", "dvc.lock"], cwd=repo, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "lock"], cwd=repo, check=True, env=env)
-    head = runs.git_state(repo)[0]
+    head = provenance.git_state(repo)[0]
     (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC writes it mid-run
-    assert runs.git_state(repo) == (head, "false")
+    assert provenance.git_state(repo) == (head, "false")
     (repo / "f.txt").write_text("2")
-    assert runs.git_state(repo) == (head, "true")
+    assert provenance.git_state(repo) == (head, "true")
 
 
 def test_param_values_are_readable_and_truncated():
@@ -245,7 +245,7 @@ def test_param_values_are_readable_and_truncated():
 
 def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests):
     params = {"train": {"loss": {"gamma": 2.0, "alpha": [0.5, 0.3, 0.2]}, "epochs": 4}}
-    tags = runs.run_tags(manifests, WEIGHTS)
+    tags = provenance.run_tags(manifests, WEIGHTS)
     model = tiny_model()
     with runs.start_training_run(
         mlflow_section(experiment="e"), params, tags, run_name="r1"
@@ -280,10 +280,10 @@ def test_urls_with_credentials_are_recorded_redacted(mlflow_store, manifests, tm
         },
     }
     weights = dataclasses.replace(WEIGHTS, weights_source="url:https://tok-S3CRET@h/w.h5")
-    tags = runs.run_tags(manifests, weights)
+    tags = provenance.run_tags(manifests, weights)
     assert tags["weights_source"] == "url:https://***@h/w.h5"
     weights = dataclasses.replace(WEIGHTS, weights_source="url:https://h/d;jsessionid=S3CRET/w.h5")
-    assert runs.run_tags(manifests, weights)["weights_source"] == "url:https://h/d;***/w.h5"
+    assert provenance.run_tags(manifests, weights)["weights_source"] == "url:https://h/d;***/w.h5"
     with runs.start_training_run(mlflow_section(experiment="e"), params, tags) as run:
         pass
     logged = mlflow.MlflowClient().get_run(run.info.run_id)
@@ -383,12 +383,12 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
     assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
     # described, tagged and aliased by train; evaluate adds the test metrics
     mlflow_params = mlflow_section(registered_model="pet-test", alias="candidate")
-    tags = {**runs.run_tags(manifests, WEIGHTS), "model_sha256": "ef" * 32}
+    tags = {**provenance.run_tags(manifests, WEIGHTS), "model_sha256": "ef" * 32}
     assert registry.register_version(info, mlflow_params, tags) == "1"
     version = client.get_model_version_by_alias("pet-test", "candidate")
     assert str(version.version) == "1" and "RANDOM-INIT BACKBONE" in version.description
     assert version.tags["random_init"] == "true" and version.tags["model_sha256"] == "ef" * 32
-    assert version.tags["data_manifest_sha256"] == runs.data_hash(manifests)
+    assert version.tags["data_manifest_sha256"] == provenance.data_hash(manifests)
     client.set_tag(run.info.run_id, "random_init", "true")  # what train's run carries
     test = {"n": 4, "accuracy": 0.5, "accuracy_ci_low": 0.25, "accuracy_ci_high": 0.75}
     assert registry.describe_model_version(run.info.run_id, mlflow_params, {"test": test}) == ["1"]
@@ -428,7 +428,7 @@ def mlflow_server(tmp_path):
 def test_logging_to_a_real_tracking_server(mlflow_store, manifests, mlflow_server, monkeypatch):
     url, artifacts = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    tags = runs.run_tags(manifests, WEIGHTS)
+    tags = provenance.run_tags(manifests, WEIGHTS)
     with runs.start_training_run(
         mlflow_section(experiment="served"), {"train": {"epochs": 2}}, tags
     ) as run:
