@@ -121,13 +121,13 @@ def tiny_project(tmp_path_factory) -> tuple[Path, StageParams]:
     """A generated data set, manifests, a saved tiny-backbone model and its train.json."""
     from conftest import CLASS_NAMES, CLASSES, random_weights, tiny_model_params
 
-    from petscan.demo import generate as synthetic
-    from petscan.model import network as pmodel
+    from petscan.demo import generate
+    from petscan.model import network
     from petscan.utils import io
 
     root = tmp_path_factory.mktemp("explain")
     counts = {"No cancer": 4, "breast cancer": 6, "prostate cancer": 6}
-    frame = synthetic.generate(
+    frame = generate.generate(
         root / "data/raw", counts, seed=3, base_height=72, workers=1, progress=False
     )
     frame["path"] = [Path(p).relative_to(root).as_posix() for p in frame["path"]]
@@ -140,7 +140,7 @@ def tiny_project(tmp_path_factory) -> tuple[Path, StageParams]:
         rows.to_csv(root / "split" / f"{split}.csv", index=False)
     params = tiny_model_params(resize="pad")
     (root / "models").mkdir()
-    pmodel.build_full_model(params, 3, None).save(root / "models/model.keras")
+    network.build_full_model(params, 3, None).save(root / "models/model.keras")
     info = records.TrainInfo(
         mode="cached",
         weights=random_weights(),

@@ -58,11 +58,13 @@ def explain(params: StageParams, root: Path) -> dict[str, Any]:
     from petscan.utils import io
 
     p = params.explain
-    class_names = params.data.class_names
     mode = params.model.resize
     out_dir = root / p.out_dir
     train_dir = root / params.train.out_dir
     info = read_train_info(train_dir)
+    # the names the model's outputs were trained under (train wrote them from `data.classes`;
+    # the stage declares only `data.classes`, so `DataParams.class_names` is not in its view)
+    class_names = info.class_names
     model = load_model(train_dir / "model.keras")
     lesions, skipped = localization.read_lesions(root / params.data.raw_dir)
     if skipped:
