@@ -5,6 +5,7 @@ Helpers (import them: `from conftest import CLASS_NAMES, write_png`):
 - `write_png`, `manifest_row`, `write_manifest`: tiny image files and split manifests;
 - `refused_images`: images every entry point must refuse, with the reason;
 - `tiny_image_classifier`: a small Keras image -> probabilities model;
+- `figure_texts`: every text drawn on a matplotlib figure (the report figures' tests);
 - `load_script`: a stage or bench script imported by its path;
 - `serve_mlflow`: a real `mlflow server` on 127.0.0.1 for the duration of a `with` block.
 
@@ -161,6 +162,14 @@ def write_manifest(path: Path, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- code
+
+
+def figure_texts(fig: Any) -> list[str]:
+    """Every non-empty text drawn on a matplotlib `fig` (banner, titles, labels, ticks,
+    legends, cells)."""
+    from matplotlib.text import Text
+
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
 
 
 def tiny_image_classifier(seed: int):

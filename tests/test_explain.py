@@ -12,8 +12,10 @@ from conftest import tiny_model_params
 
 keras = pytest.importorskip("keras")
 
+from petscan.cli import explain as explain_cli  # noqa: E402
 from petscan.data import images as pimages  # noqa: E402
 from petscan.evaluation import gradcam as explain  # noqa: E402
+from petscan.evaluation.overlay import overlay  # noqa: E402
 
 INPUT = (32, 32)  # the square model's input; its feature map is 8 x 8 (4-pixel cells)
 BACKGROUND = 60
@@ -86,7 +88,7 @@ def test_target_without_nested_model_is_last_4d_layer():
 @pytest.mark.parametrize("method", explain.METHODS)
 def test_heatmap_peaks_on_the_square(model, method):
     rgb = with_square(32, 32, top=8, left=20, size=8)  # cells (2..3, 5..6)
-    (result,) = explain.explain_images(model, [rgb], {"resize": "stretch"}, method=method)
+    (result,) = explain.explain_images(model, [rgb], "stretch", method=method)
     assert result.class_index == 1 and result.probability > 0.5
     assert result.heatmap.shape == (32, 32) and result.heatmap.dtype == np.float32
     assert result.heatmap.max() == pytest.approx(1.0) and result.heatmap.min() >= 0.0
@@ -141,7 +143,7 @@ def test_both_methods_match_a_numpy_reference_and_differ(model):
 def test_peak_in_file_pixels_for_non_square_files(model, mode, height, width, top, left):
     size = 48 if max(height, width) == 300 else 40
     rgb = with_square(height, width, top, left, size)
-    (result,) = explain.explain_images(model, [rgb], {"resize": mode})
+    (result,) = explain.explain_images(model, [rgb], mode)
     assert result.heatmap.shape == (height, width)
     assert result.class_index == 1
     assert inside(result.peak, top, left, size), (result.peak, mode)
@@ -149,19 +151,19 @@ def test_peak_in_file_pixels_for_non_square_files(model, mode, height, width, to
 
 def test_class_without_evidence_is_empty_and_all_lists_every_class(model):
     rgb = with_square(32, 32, top=8, left=20, size=8)
-    results = explain.explain_images(model, [rgb, rgb], {"resize": "stretch"}, target="all")
+    results = explain.explain_images(model, [rgb, rgb], "stretch", target="all")
     assert [r.class_index for r in results] == [0, 1, 0, 1]
     assert results[0].empty and not results[1].empty
     assert np.allclose(results[0].probabilities, results[1].probabilities)
-    (forced,) = explain.explain_images(model, [rgb], {"resize": "stretch"}, target=0)
+    (forced,) = explain.explain_images(model, [rgb], "stretch", target=0)
     assert forced.class_index == 0 and forced.empty
 
 
 def test_probabilities_match_predict_and_batches_do_not_mix(model):
     rgbs = [with_square(40 + 7 * i, 50, 5 + i, 10, 16) for i in range(5)]
     rgbs[2] = np.full((40, 50, 3), BACKGROUND, np.uint8)  # no square at all
-    results = explain.explain_images(model, rgbs, {"resize": "stretch"}, batch_size=2)
-    one_by_one = [explain.explain_images(model, [r], {"resize": "stretch"})[0] for r in rgbs]
+    results = explain.explain_images(model, rgbs, "stretch", batch_size=2)
+    one_by_one = [explain.explain_images(model, [r], "stretch")[0] for r in rgbs]
     inputs = np.stack([pimages.resize(r, INPUT, "stretch") for r in rgbs]).astype(np.float32)
     expected = model.predict(inputs, verbose=0)
     for got, alone, want in zip(results, one_by_one, expected, strict=True):
@@ -175,24 +177,24 @@ def test_reloaded_model_in_safe_mode_explains_the_same(model, tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     rgb = with_square(70, 45, 30, 5, 20)
-    a = explain.explain_images(model, [rgb], {"resize": "stretch"})[0]
-    b = explain.explain_images(loaded, [rgb], {"resize": "stretch"})[0]
+    a = explain.explain_images(model, [rgb], "stretch")[0]
+    b = explain.explain_images(loaded, [rgb], "stretch")[0]
     np.testing.assert_allclose(a.heatmap, b.heatmap, atol=1e-6)
     assert a.peak == b.peak
 
 
 def test_project_model_with_tiny_backbone(tmp_path):
-    from petscan.model import network as pmodel
+    from petscan.model import network
 
     params = tiny_model_params(resize="pad")
-    full = pmodel.build_full_model(params, 3, None)
+    full = network.build_full_model(params, 3, None)
     full.save(tmp_path / "model.keras")
-    loaded = pmodel.load_model(tmp_path / "model.keras")
+    loaded = network.load_model(tmp_path / "model.keras")
     layer, tensor = explain.find_target(loaded)
     assert layer.name == "tiny_backbone" and tuple(tensor.shape[1:3]) == (4, 4)
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (57, 31, 3), dtype=np.uint8)
-    results = explain.explain_images(loaded, [rgb], params, method="gradcam++", target="all")
+    results = explain.explain_images(loaded, [rgb], params.resize, "gradcam++", target="all")
     assert len(results) == 3
     for r in results:
         assert r.heatmap.shape == (57, 31)
@@ -238,23 +240,23 @@ def test_overlay_keeps_size_and_leaves_cold_pixels_alone():
     rgb = np.full((20, 30, 3), 200, np.uint8)
     heat = np.zeros((20, 30), np.float32)
     heat[5:10, 5:10] = 1.0
-    out = explain.overlay(rgb, heat, alpha=0.5)
+    out = overlay(rgb, heat, alpha=0.5)
     assert out.shape == (20, 30, 3) and out.dtype == np.uint8
     assert (out[15:, 15:] == 200).all()
     # jet at 1.0 is dark red (0.5, 0, 0): half of it blended with grey 200
     np.testing.assert_array_equal(out[7, 7], [164, 100, 100])
     with pytest.raises(ValueError, match="does not match"):
-        explain.overlay(rgb, heat[:10])
+        overlay(rgb, heat[:10])
 
 
 def test_bad_arguments_name_the_choices(model):
     rgb = with_square(32, 32, 8, 20, 8)
     with pytest.raises(ValueError, match="gradcam"):
-        explain.explain_images(model, [rgb], {"resize": "stretch"}, method="lime")
+        explain.explain_images(model, [rgb], "stretch", method="lime")
     with pytest.raises(ValueError, match="out of range"):
-        explain.explain_images(model, [rgb], {"resize": "stretch"}, target=7)
+        explain.explain_images(model, [rgb], "stretch", target=7)
     with pytest.raises(ValueError, match="predicted"):
-        explain.explain_images(model, [rgb], {"resize": "stretch"}, target="best")
+        explain.explain_images(model, [rgb], "stretch", target="best")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -306,14 +308,14 @@ def test_cli_writes_overlays_and_an_index_in_file_pixels(
 
     out = tmp_path / "out"
     params = write_params(tmp_path / "params.yaml", resize)
-    code = explain.main(
+    code = explain_cli.main(
         [str(scans), "--model", str(square_file), "--out", str(out), "--params", str(params)]
     )
     assert code == 0
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.png" in err and "empty.png" in err
-    index = pd.read_csv(out / explain.INDEX_FILE)
-    assert list(index.columns) == list(explain.INDEX_COLUMNS)
+    index = pd.read_csv(out / explain_cli.INDEX_FILE)
+    assert list(index.columns) == list(explain_cli.INDEX_COLUMNS)
     assert len(index) == 2 and set(index["class"]) == {"Square"}
     for row in index.itertuples():
         relative = Path(row.file).relative_to(scans).as_posix()
@@ -327,8 +329,8 @@ def test_cli_writes_overlays_and_an_index_in_file_pixels(
 def test_cli_all_classes_and_a_named_class(square_file, scans, tmp_path):
     params = write_params(tmp_path / "params.yaml")
     argv = [str(scans / "wide.png"), "--model", str(square_file), "--params", str(params)]
-    assert explain.main([*argv, "--out", str(tmp_path / "all"), "--class", "all"]) == 0
-    index = pd.read_csv(tmp_path / "all" / explain.INDEX_FILE)
+    assert explain_cli.main([*argv, "--out", str(tmp_path / "all"), "--class", "all"]) == 0
+    index = pd.read_csv(tmp_path / "all" / explain_cli.INDEX_FILE)
     assert list(index["class"]) == SQUARE_CLASSES
     assert list(index["empty"]) == [True, False]
     assert sorted(p.name for p in (tmp_path / "all").glob("*.png")) == [
@@ -336,31 +338,35 @@ def test_cli_all_classes_and_a_named_class(square_file, scans, tmp_path):
         "wide_square.png",
     ]
     out = tmp_path / "named"
-    code = explain.main([*argv, "--out", str(out), "--class", "no square", "--method", "gradcam++"])
+    named = ["--class", "no square", "--method", "gradcam++"]
+    code = explain_cli.main([*argv, "--out", str(out), *named])
     assert code == 0
-    index = pd.read_csv(out / explain.INDEX_FILE)
+    index = pd.read_csv(out / explain_cli.INDEX_FILE)
     assert list(index["class"]) == ["No square"] and list(index["method"]) == ["gradcam++"]
 
 
 def test_cli_usage_errors_and_nothing_explained(square_file, scans, tmp_path, capsys):
     params = write_params(tmp_path / "params.yaml")
     base = ["--model", str(square_file), "--params", str(params), "--out", str(tmp_path / "o")]
-    assert explain.main([str(scans), *base, "--class", "Cat"]) == 1
+    assert explain_cli.main([str(scans), *base, "--class", "Cat"]) == 1
     assert "unknown class 'Cat'" in capsys.readouterr().err
-    assert explain.main([str(scans / "broken.png"), *base]) == 1
+    assert explain_cli.main([str(scans / "broken.png"), *base]) == 1
     err = capsys.readouterr().err
     assert "broken.png" in err and "no image could be explained" in err
     missing = ["--model", str(tmp_path / "absent.keras"), "--out", str(tmp_path / "o")]
-    assert explain.main([str(scans), *missing, "--params", str(params)]) == 1
+    assert explain_cli.main([str(scans), *missing, "--params", str(params)]) == 1
     assert "absent.keras" in capsys.readouterr().err
 
 
 def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow_store):
-    from petscan.tracking import runs as tracking
+    from petscan.params.schema import section
+    from petscan.tracking import model_logging, runs
 
-    mlflow_params = {"experiment": "explain-test", "registered_model": "square-explain"}
-    with tracking.start_training_run(mlflow_params, {}, {}):
-        tracking.log_keras_model(
+    mlflow_params = section(
+        "mlflow", {"experiment": "explain-test", "registered_model": "square-explain"}
+    )
+    with runs.start_training_run(mlflow_params, {}, {}):
+        model_logging.log_keras_model(
             square_file,
             mlflow_params,
             SQUARE_CLASSES,
@@ -369,8 +375,8 @@ def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow
         )
     out = tmp_path / "uri"
     argv = [str(scans), "--model-uri", "models:/square-explain/1", "--out", str(out)]
-    assert explain.main([*argv, "--params", str(tmp_path / "absent.yaml")]) == 0
-    index = pd.read_csv(out / explain.INDEX_FILE)
+    assert explain_cli.main([*argv, "--params", str(tmp_path / "absent.yaml")]) == 0
+    index = pd.read_csv(out / explain_cli.INDEX_FILE)
     assert len(index) == 2
     for row in index.itertuples():
         top, left, size = SQUARES[Path(row.file).relative_to(scans).as_posix()]
@@ -385,15 +391,15 @@ def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow
 def test_every_known_backbone_reloaded(backbone, size, tmp_path):
     """The target is found from the structure of a saved and reloaded model, whatever the
     backbone's own layer names (which differ from process to process)."""
-    from petscan.model import network as pmodel
+    from petscan.model import network
 
     params = tiny_model_params(backbone=backbone, input_size=[size, size], resize="pad")
-    pmodel.build_full_model(params, 3, None).save(tmp_path / "model.keras")
-    loaded = pmodel.load_model(tmp_path / "model.keras")
+    network.build_full_model(params, 3, None).save(tmp_path / "model.keras")
+    loaded = network.load_model(tmp_path / "model.keras")
     layer, tensor = explain.find_target(loaded)
     assert isinstance(layer, keras.Model) and len(tensor.shape) == 4
     rgb = np.random.default_rng(1).integers(0, 255, (120, 70, 3), dtype=np.uint8)
-    (result,) = explain.explain_images(loaded, [rgb], params, method="gradcam++")
+    (result,) = explain.explain_images(loaded, [rgb], params.resize, method="gradcam++")
     assert result.heatmap.shape == (120, 70)
     proba = loaded.predict(pimages.resize(rgb, (size, size), "pad")[None].astype("float32"))
     np.testing.assert_allclose(result.probabilities, proba[0], atol=1e-5)

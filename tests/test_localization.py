@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 
 from petscan.evaluation import localization as loc
-from petscan.handoff import records as handoff
-from petscan.handoff import results
+from petscan.evaluation.gallery import gallery_selection
+from petscan.handoff import records, results
+from petscan.params.loading import StageParams
+from petscan.params.schema import validate
+from petscan.pipeline.explain import SECTIONS, explain
 
 
 def lesion(col, row, radius, px_per_mm=0.5, visible=True, path="x/a.png") -> dict:
@@ -103,7 +106,7 @@ def test_gallery_selection_per_class_and_slot():
             "confidence": [0.9, 0.6, 0.7, 0.8, 0.55, 0.95, 0.5],
         }
     )
-    chosen = {(c, o, e): i for c, o, e, i in loc.gallery_selection(frame, ["A", "B"])}
+    chosen = {(c, o, e): i for c, o, e, i in gallery_selection(frame, ["A", "B"])}
     assert chosen[("A", "correct", "high")] == 0 and chosen[("A", "correct", "low")] == 1
     assert chosen[("A", "wrong", "high")] == 2 and chosen[("A", "wrong", "low")] is None
     assert chosen[("B", "correct", "high")] is None and chosen[("B", "correct", "low")] is None
@@ -114,17 +117,17 @@ def test_gallery_selection_per_class_and_slot():
 
 
 @pytest.fixture(scope="module")
-def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
+def tiny_project(tmp_path_factory) -> tuple[Path, StageParams]:
     """A generated data set, manifests, a saved tiny-backbone model and its train.json."""
     from conftest import CLASS_NAMES, CLASSES, random_weights, tiny_model_params
 
-    from petscan.demo import generate as synthetic
-    from petscan.model import network as pmodel
+    from petscan.demo import generate
+    from petscan.model import network
     from petscan.utils import io
 
     root = tmp_path_factory.mktemp("explain")
     counts = {"No cancer": 4, "breast cancer": 6, "prostate cancer": 6}
-    frame = synthetic.generate(
+    frame = generate.generate(
         root / "data/raw", counts, seed=3, base_height=72, workers=1, progress=False
     )
     frame["path"] = [Path(p).relative_to(root).as_posix() for p in frame["path"]]
@@ -137,8 +140,8 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
         rows.to_csv(root / "split" / f"{split}.csv", index=False)
     params = tiny_model_params(resize="pad")
     (root / "models").mkdir()
-    pmodel.build_full_model(params, 3, None).save(root / "models/model.keras")
-    info = handoff.TrainInfo(
+    network.build_full_model(params, 3, None).save(root / "models/model.keras")
+    info = records.TrainInfo(
         mode="cached",
         weights=random_weights(),
         class_names=CLASS_NAMES,
@@ -148,8 +151,8 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
         stopped_early=False,
         model_sha256=io.sha256_file(root / "models/model.keras"),
     )
-    handoff.write_train_info(root / "models", info)
-    stage_params = {
+    records.write_train_info(root / "models", info)
+    raw = {
         "explain": {
             "method": "gradcam",
             "splits": ["val", "test"],
@@ -166,12 +169,12 @@ def tiny_project(tmp_path_factory) -> tuple[Path, dict]:
         "train": {"out_dir": "models"},
         "split": {"out_dir": "split"},
     }
-    return root, stage_params
+    return root, StageParams(validate(raw), SECTIONS)
 
 
 def test_stage_scores_every_image_with_a_visible_lesion(tiny_project):
     root, params = tiny_project
-    result = loc.run_explain(params, root)
+    result = explain(params, root)
     out = root / "reports/explain"
     table = pd.read_csv(out / "localization.csv")
     assert len(table) == 16  # every val and test image
@@ -207,7 +210,7 @@ def test_stage_without_ground_truth_skips_with_the_reason(tiny_project, tmp_path
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
     (copy / "data/raw/.lesions.csv").unlink()
-    result = loc.run_explain(params, copy)
+    result = explain(params, copy)
     assert result["localization"] is None
     assert ".lesions.csv is missing" in result["skipped"]
     saved = json.loads((copy / "reports/explain/metrics.json").read_text())
@@ -216,19 +219,43 @@ def test_stage_without_ground_truth_skips_with_the_reason(tiny_project, tmp_path
 
 
 def test_gallery_figure_has_the_banner_and_every_slot(tiny_project, tmp_path):
-    from conftest import CLASS_NAMES
+    from conftest import CLASS_NAMES, figure_texts
 
     from petscan.evaluation import plots
 
     root, params = tiny_project
-    loc.run_explain(params, root)
+    explain(params, root)
     panels = root / "reports/explain/gallery"
     gallery = pd.read_csv(panels / results.GALLERY_FILE)
     fig = plots.explanation_gallery(
         gallery, panels, CLASS_NAMES, tmp_path / "g.png", banner="RANDOM-INIT backbone"
     )
-    texts = plots.figure_texts(fig)
+    texts = figure_texts(fig)
     assert "RANDOM-INIT backbone" in texts
     assert {"correct, most confident", "wrong, least confident"} <= set(texts)
     assert texts.count("no such image") == int(gallery["panel"].isna().sum())
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def test_stage_logs_its_params_and_metrics_into_the_training_run(
+    tiny_project, tmp_path, mlflow_store
+):
+    import mlflow
+
+    from petscan.tracking import runs
+
+    root, params = tiny_project
+    raw = params.as_dict()  # the same params, with a store of this test's own
+    raw["mlflow"] = {"experiment": "explain", "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}
+    params = StageParams(validate(raw), SECTIONS)
+    sha256 = records.read_train_info(root / "models").model_sha256
+    with runs.start_training_run(params.mlflow, {"train": {"out_dir": "models"}}, {}) as run:
+        mlflow.set_tag("model_sha256", sha256)
+    result = explain(params, root)
+    logged = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert logged.data.params["explain.method"] == "gradcam"
+    assert logged.data.params["explain.tolerance_mm"] == "15.0"
+    assert logged.data.params["evaluate.bootstrap_resamples"] == "50"
+    images = result["localization"]["images"]
+    assert logged.data.metrics["explain/images"] == images
+    assert logged.data.tags["explain.localization"] == '["val", "test"]'

@@ -1,4 +1,4 @@
-"""Evaluation metrics, calibration and bootstrap intervals (petscan.metrics)."""
+"""Evaluation metrics, calibration and bootstrap intervals (petscan.evaluation.metrics)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ from sklearn.preprocessing import label_binarize
 
 from petscan.evaluation.metrics import (
     binary_auc,
-    bootstrap_ci,
+    bootstrap_distribution,
     brier_score,
     classification_report_text,
     confusion,
     evaluate_predictions,
     expected_calibration_error,
+    percentile_interval,
     reliability_curve,
 )
 
@@ -164,6 +165,13 @@ def test_ece_two_bins_by_hand():
 
 def accuracy(y, p):
     return float(np.mean(p.argmax(axis=1) == y))
+
+
+def bootstrap_ci(stat_fn, y, p, groups=None, n_resamples=1000, confidence=0.95, seed=0):
+    """Percentile bootstrap interval `(low, high)` of a scalar `stat_fn(y, p)`."""
+    values = bootstrap_distribution(stat_fn, y, p, groups, n_resamples, seed)
+    low, high, _ = percentile_interval(values["value"], confidence)
+    return low, high
 
 
 def test_bootstrap_contains_estimate_and_narrows_with_n():

@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import figure_texts
 from PIL import Image
 from sklearn.metrics import average_precision_score, roc_auc_score
 
@@ -15,6 +16,11 @@ from petscan.evaluation import plots
 CLASSES = ["No cancer", "Breast cancer", "Prostate cancer"]
 BANNER = "RANDOM-INIT backbone (not RadImageNet) - not a RadImageNet result"
 DPI = 50  # small files keep the tests fast
+
+
+def legend_texts(fig) -> list[str]:
+    """The legend entries of every axes of `fig`, in order."""
+    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
 
 
 @pytest.fixture(scope="module")
@@ -74,15 +80,15 @@ def test_every_figure_is_a_png_of_the_expected_size(tmp_path, predictions, banne
     for name, (fig, (width, height)) in figures.items():
         size = png_size(tmp_path / f"{FILES[name]}.png")
         assert size == (round(width * DPI), round((height + extra) * DPI)), name
-        texts = plots.figure_texts(fig)
+        texts = figure_texts(fig)
         assert (BANNER in texts) == bool(banner), f"{name}: banner drawn = {BANNER in texts}"
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
 
 
 def test_roc_and_pr_legends_carry_sklearn_numbers(tmp_path, predictions):
     y, proba = predictions
-    roc = plots.legend_texts(plots.roc_curves(y, proba, CLASSES, tmp_path / "r.png", dpi=DPI))
-    pr = plots.legend_texts(plots.pr_curves(y, proba, CLASSES, tmp_path / "p.png", dpi=DPI))
+    roc = legend_texts(plots.roc_curves(y, proba, CLASSES, tmp_path / "r.png", dpi=DPI))
+    pr = legend_texts(plots.pr_curves(y, proba, CLASSES, tmp_path / "p.png", dpi=DPI))
     for c, name in enumerate(CLASSES):
         auc = roc_auc_score(y == c, proba[:, c])
         ap = average_precision_score(y == c, proba[:, c])
@@ -106,7 +112,7 @@ def test_roc_of_a_perfect_ranking_is_one_and_uses_probabilities(tmp_path):
         ]
     )
     fig = plots.roc_curves(y, proba, CLASSES, tmp_path / "r.png", dpi=DPI)
-    legend = plots.legend_texts(fig)
+    legend = legend_texts(fig)
     assert "Breast cancer (AUC = 1.000)" in legend
     assert "Prostate cancer (AUC = 1.000)" in legend
     assert f"No cancer (AUC = {roc_auc_score(y == 0, proba[:, 0]):.3f})" in legend
@@ -122,7 +128,7 @@ def test_confusion_cells_show_counts_and_row_fractions(tmp_path):
     fractions = [t.get_text() for t in norm_ax.texts]
     assert counts == ["3", "1", "0", "0", "1", "1", "0", "0", "1"]
     assert fractions == ["0.75", "0.25", "0.00", "0.00", "0.50", "0.50", "0.00", "0.00", "1.00"]
-    assert "Confusion matrix (n = 7)" in plots.figure_texts(fig)
+    assert "Confusion matrix (n = 7)" in figure_texts(fig)
 
 
 def test_calibration_bins_and_ece_by_hand():
@@ -141,16 +147,16 @@ def test_reliability_title_shows_the_ece(tmp_path, predictions):
     y, proba = predictions
     *_, ece = plots.calibration_bins(y, proba, 10)
     fig = plots.reliability_diagram(y, proba, 10, tmp_path / "e.png", dpi=DPI)
-    title = next(t for t in plots.figure_texts(fig) if t.startswith("Reliability diagram"))
+    title = next(t for t in figure_texts(fig) if t.startswith("Reliability diagram"))
     assert float(re.search(r"ECE = ([0-9.]+)", title).group(1)) == pytest.approx(ece, abs=5e-4)
 
 
 def test_class_without_positives_is_labelled_not_crashed(tmp_path):
     y = np.array([0, 0, 1, 1])
     proba = np.array([[0.7, 0.2, 0.1], [0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.6, 0.1]])
-    roc = plots.legend_texts(plots.roc_curves(y, proba, CLASSES, tmp_path / "r.png", dpi=DPI))
+    roc = legend_texts(plots.roc_curves(y, proba, CLASSES, tmp_path / "r.png", dpi=DPI))
     assert "Prostate cancer (AUC undefined: one class only)" in roc
-    pr = plots.legend_texts(plots.pr_curves(y, proba, CLASSES, tmp_path / "p.png", dpi=DPI))
+    pr = legend_texts(plots.pr_curves(y, proba, CLASSES, tmp_path / "p.png", dpi=DPI))
     assert "Prostate cancer (AP undefined: no positives)" in pr
 
 

@@ -14,10 +14,10 @@ import mlflow
 import pytest
 from conftest import REPO
 
-from petscan.tracking import run_owner
-from petscan.tracking import runs as tracking
+from petscan.params.schema import section
+from petscan.tracking import run_owner, runs, store
 
-EXPERIMENT = {"experiment": "e"}
+EXPERIMENT = section("mlflow", {"experiment": "e"})
 
 
 def dead_pid() -> int:
@@ -51,7 +51,7 @@ def zombie():
 def test_the_next_run_marks_runs_of_dead_processes_killed_and_leaves_the_rest(
     mlflow_store, sleeper, zombie, capsys
 ):
-    experiment_id = tracking.configure(EXPERIMENT)
+    experiment_id = store.configure(EXPERIMENT)
     client = mlflow.MlflowClient()
     host = socket.gethostname()
     live = run_owner.owner_tags(sleeper.pid)
@@ -63,14 +63,14 @@ def test_the_next_run_marks_runs_of_dead_processes_killed_and_leaves_the_rest(
         "other_host": {run_owner.PID_TAG: str(dead_pid()), run_owner.HOST_TAG: "elsewhere"},
         "no_owner": {},
     }
-    runs = {name: client.create_run(experiment_id, tags=t).info.run_id for name, t in tags.items()}
-    assert {status(r) for r in runs.values()} == {"RUNNING"}
+    opened = {n: client.create_run(experiment_id, tags=t).info.run_id for n, t in tags.items()}
+    assert {status(r) for r in opened.values()} == {"RUNNING"}
     capsys.readouterr()
 
-    with tracking.start_training_run(EXPERIMENT, {}, {}) as run:
+    with runs.start_training_run(EXPERIMENT, {}, {}) as run:
         assert run.data.tags[run_owner.PID_TAG] == str(os.getpid())
         assert run.data.tags[run_owner.HOST_TAG] == host
-    after = {name: status(run_id) for name, run_id in runs.items()}
+    after = {name: status(run_id) for name, run_id in opened.items()}
     assert after == {
         "dead": "KILLED",
         "live": "RUNNING",
@@ -83,14 +83,15 @@ def test_the_next_run_marks_runs_of_dead_processes_killed_and_leaves_the_rest(
     [line] = capsys.readouterr().err.splitlines()
     prefix = "train: marked 3 interrupted MLflow runs KILLED (process gone): "
     assert line.startswith(prefix)
-    killed = {runs["dead"], runs["pid_reused"], runs["zombie"]}
+    killed = {opened["dead"], opened["pid_reused"], opened["zombie"]}
     assert set(line.removeprefix(prefix).split(", ")) == killed
 
 
 KILLED_MID_RUN = """
 import sys, time
-from petscan.tracking import runs as tracking
-with tracking.start_training_run({"experiment": "e"}, {}, {}) as run:
+from petscan.params.schema import section
+from petscan.tracking import runs
+with runs.start_training_run(section("mlflow", {"experiment": "e"}), {}, {}) as run:
     print(run.info.run_id, flush=True)
     time.sleep(600)
 """
@@ -109,9 +110,9 @@ def test_a_training_process_killed_with_sigkill_leaves_a_run_the_next_one_closes
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-    tracking.use_store(EXPERIMENT)
+    store.use_store(EXPERIMENT)
     assert run_id and status(run_id) == "RUNNING"  # what MLflow alone leaves behind
-    with tracking.start_training_run(EXPERIMENT, {}, {}):
+    with runs.start_training_run(EXPERIMENT, {}, {}):
         pass
     assert status(run_id) == "KILLED"
     assert capsys.readouterr().err == (

@@ -22,7 +22,8 @@ from conftest import (
     write_png,
 )
 
-from petscan.tracking import runs as tracking
+from petscan.params.schema import section
+from petscan.tracking import model_logging, provenance, registry, runs, store
 
 MODEL_PARAMS = tiny_model_params()
 WEIGHTS = random_weights(sha256="ab" * 32)
@@ -43,6 +44,11 @@ def manifests(tmp_path):
     for split, body in MANIFESTS.items():
         (split_dir / f"{split}.csv").write_text(body)
     return split_dir
+
+
+def mlflow_section(**values):
+    """An `mlflow` section: the defaults with `values` changed, checked by the schema."""
+    return section("mlflow", values)
 
 
 def tiny_model(seed: int = 0) -> keras.Model:
@@ -66,6 +72,9 @@ def write_pngs(folder: Path, count: int = 4) -> list[Path]:
 
 
 def fit_logged(model: keras.Model, run_id: str, epochs: int = 4) -> keras.callbacks.History:
+    """Fit with the epoch logger (a Keras callback of the training package) into `run_id`."""
+    from petscan.training.callbacks import MlflowEpochLogger
+
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (24, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 3, 24)
@@ -77,7 +86,7 @@ def fit_logged(model: keras.Model, run_id: str, epochs: int = 4) -> keras.callba
         epochs=epochs,
         batch_size=8,
         verbose=0,
-        callbacks=[tracking.MlflowEpochLogger(run_id), schedule],  # logger first on purpose
+        callbacks=[MlflowEpochLogger(run_id), schedule],  # logger first on purpose
     )
 
 
@@ -89,12 +98,12 @@ def test_tracking_uri_env_beats_param_beats_default(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path / "real-repo"))
     expected = f"sqlite:///{(tmp_path / 'real-repo').resolve()}/mlruns/mlflow.db"
-    assert tracking.resolve_tracking_uri({"tracking_uri": None}) == expected
-    assert tracking.resolve_tracking_uri({"tracking_uri": "http://param:5000"}) == (
+    assert store.resolve_tracking_uri(mlflow_section(tracking_uri=None)) == expected
+    assert store.resolve_tracking_uri(mlflow_section(tracking_uri="http://param:5000")) == (
         "http://param:5000"
     )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
-    assert tracking.resolve_tracking_uri({"tracking_uri": "http://param:5000"}) == (
+    assert store.resolve_tracking_uri(mlflow_section(tracking_uri="http://param:5000")) == (
         "http://env:5000"
     )
 
@@ -103,7 +112,7 @@ def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, m
     elsewhere = tmp_path / "some" / "other" / "cwd"
     elsewhere.mkdir(parents=True)
     monkeypatch.chdir(elsewhere)  # the artifact location must not follow the cwd
-    experiment_id = tracking.configure({"experiment": "pet classification"})
+    experiment_id = store.configure(mlflow_section(experiment="pet classification"))
     assert mlflow.get_tracking_uri() == f"sqlite:///{mlflow_store.resolve()}/mlruns/mlflow.db"
     assert (mlflow_store / "mlruns" / "mlflow.db").is_file()
     experiment = mlflow.MlflowClient().get_experiment(experiment_id)
@@ -112,7 +121,7 @@ def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, m
         experiment.artifact_location
         == (mlflow_store.resolve() / "mlruns" / "artifacts" / "pet-classification").as_uri()
     )
-    assert tracking.configure({"experiment": "pet classification"}) == experiment_id
+    assert store.configure(mlflow_section(experiment="pet classification")) == experiment_id
     assert not (elsewhere / "mlruns").exists()
 
 
@@ -121,12 +130,12 @@ def test_configure_anchors_store_and_artifacts_at_root(mlflow_store, tmp_path, m
 
 def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "lucid-gamma")
-    tags = tracking.run_tags(manifests, WEIGHTS)
+    tags = provenance.run_tags(manifests, WEIGHTS)
     # train, val, test in that order; the tuning runs use the same definition
     expected_hash = hashlib.sha256(
         (MANIFESTS["train"] + MANIFESTS["val"] + MANIFESTS["test"]).encode()
     ).hexdigest()
-    assert tags["data_manifest_sha256"] == expected_hash == tracking.data_hash(manifests)
+    assert tags["data_manifest_sha256"] == expected_hash == provenance.data_hash(manifests)
     assert tags["git_commit"] == "unknown"  # PETSCAN_ROOT is not a git repository
     assert tags["dvc_exp_name"] == "lucid-gamma"
     assert tags["random_init"] == "true"
@@ -134,24 +143,24 @@ def test_run_tags_hash_git_and_weights(mlflow_store, manifests, monkeypatch):
     assert tags["weights_sha256"] == "ab" * 32
     assert tags["weights_label"] == "RANDOM-INIT backbone (not RadImageNet)"
     monkeypatch.delenv("DVC_EXP_NAME")
-    assert tracking.run_tags(manifests, None)["dvc_exp_name"] == "workspace"
+    assert provenance.run_tags(manifests, None)["dvc_exp_name"] == "workspace"
     with pytest.raises(FileNotFoundError, match="dvc repro split"):
-        tracking.run_tags(mlflow_store / "missing", WEIGHTS)
+        provenance.run_tags(mlflow_store / "missing", WEIGHTS)
 
 
 def test_run_name_is_the_dvc_experiment_or_the_commit(monkeypatch):
     monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     tags = {"git_commit": "4ae41df0123456789", "git_dirty": "false"}
-    assert tracking.run_name("train", tags) == "train-4ae41df"
-    assert tracking.run_name("train", {**tags, "git_dirty": "true"}) == "train-4ae41df-dirty"
-    assert tracking.run_name("train", {"git_commit": "unknown"}) == "train-nogit"
+    assert provenance.run_name("train", tags) == "train-4ae41df"
+    assert provenance.run_name("train", {**tags, "git_dirty": "true"}) == "train-4ae41df-dirty"
+    assert provenance.run_name("train", {"git_commit": "unknown"}) == "train-nogit"
     monkeypatch.setenv("DVC_EXP_NAME", "gamma-1")
-    assert tracking.run_name("train", tags) == "gamma-1"
+    assert provenance.run_name("train", tags) == "gamma-1"
 
 
 def test_split_manifests_are_logged_as_datasets_with_contexts(mlflow_store, manifests):
-    with tracking.start_training_run({"experiment": "e"}, {}, {}) as run:
-        tracking.log_datasets(run.info.run_id, manifests, manifests.parent.parent)
+    with runs.start_training_run(mlflow_section(experiment="e"), {}, {}) as run:
+        provenance.log_datasets(run.info.run_id, manifests, manifests.parent.parent)
     inputs = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     found = {}
     for entry in inputs:
@@ -179,7 +188,7 @@ def test_version_description_before_and_after_evaluation():
         "git_dirty": "false",
         "dvc_exp_name": "workspace",
     }
-    before = tracking.version_description(tags)
+    before = registry.version_description(tags)
     assert before.startswith("**WARNING: RANDOM-INIT BACKBONE")
     assert "Backbone: tiny, weights: RANDOM-INIT backbone (not RadImageNet)" in before
     assert f"split manifests sha256 {'cd' * 32}" in before
@@ -187,7 +196,7 @@ def test_version_description_before_and_after_evaluation():
     test = {"n": 63, "n_groups": 31, "ece": 0.0734, "ece_ci_low": 0.05, "ece_ci_high": 0.2}
     test.update({"accuracy": 0.349206, "accuracy_ci_low": 0.185, "accuracy_ci_high": 0.5217})
     real = {**tags, "random_init": "false", "weights_label": "RadImageNet"}
-    after = tracking.version_description(real, {"test": test})
+    after = registry.version_description(real, {"test": test})
     assert "WARNING" not in after
     assert "Test (63 images of 31 patients; 95% bootstrap intervals)" in after
     assert "accuracy 0.349 [0.185, 0.522]" in after and "ECE 0.073 [0.050, 0.200]" in after
@@ -210,19 +219,19 @@ def test_git_state_reads_head_and_dirty_flag(tmp_path):
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert tracking.git_state(repo) == (head, "false")
+    assert provenance.git_state(repo) == (head, "false")
     (repo / "dvc.lock").write_text("schema: '2.0'\n")
     subprocess.run(["git", "add", "dvc.lock"], cwd=repo, check=True, env=env)
     subprocess.run(["git", "commit", "-qm", "lock"], cwd=repo, check=True, env=env)
-    head = tracking.git_state(repo)[0]
+    head = provenance.git_state(repo)[0]
     (repo / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")  # DVC writes it mid-run
-    assert tracking.git_state(repo) == (head, "false")
+    assert provenance.git_state(repo) == (head, "false")
     (repo / "f.txt").write_text("2")
-    assert tracking.git_state(repo) == (head, "true")
+    assert provenance.git_state(repo) == (head, "true")
 
 
 def test_param_values_are_readable_and_truncated():
-    flat = tracking.flat_params(
+    flat = runs.flat_params(
         {
             "train": {"loss": {"gamma": 2.0, "alpha": [0.5, 0.3, 0.2]}, "x": None, "on": True},
             "long": "y" * 7000,
@@ -236,9 +245,11 @@ def test_param_values_are_readable_and_truncated():
 
 def test_training_run_logs_params_tags_and_epoch_metrics(mlflow_store, manifests):
     params = {"train": {"loss": {"gamma": 2.0, "alpha": [0.5, 0.3, 0.2]}, "epochs": 4}}
-    tags = tracking.run_tags(manifests, WEIGHTS)
+    tags = provenance.run_tags(manifests, WEIGHTS)
     model = tiny_model()
-    with tracking.start_training_run({"experiment": "e"}, params, tags, run_name="r1") as run:
+    with runs.start_training_run(
+        mlflow_section(experiment="e"), params, tags, run_name="r1"
+    ) as run:
         history = fit_logged(model, run.info.run_id)
         run_id = run.info.run_id
     client = mlflow.MlflowClient()
@@ -269,11 +280,11 @@ def test_urls_with_credentials_are_recorded_redacted(mlflow_store, manifests, tm
         },
     }
     weights = dataclasses.replace(WEIGHTS, weights_source="url:https://tok-S3CRET@h/w.h5")
-    tags = tracking.run_tags(manifests, weights)
+    tags = provenance.run_tags(manifests, weights)
     assert tags["weights_source"] == "url:https://***@h/w.h5"
     weights = dataclasses.replace(WEIGHTS, weights_source="url:https://h/d;jsessionid=S3CRET/w.h5")
-    assert tracking.run_tags(manifests, weights)["weights_source"] == "url:https://h/d;***/w.h5"
-    with tracking.start_training_run({"experiment": "e"}, params, tags) as run:
+    assert provenance.run_tags(manifests, weights)["weights_source"] == "url:https://h/d;***/w.h5"
+    with runs.start_training_run(mlflow_section(experiment="e"), params, tags) as run:
         pass
     logged = mlflow.MlflowClient().get_run(run.info.run_id)
     assert logged.data.params["mlflow.tracking_uri"] == "https://user:***@mlflow.example/"
@@ -287,23 +298,23 @@ def test_urls_with_credentials_are_recorded_redacted(mlflow_store, manifests, tm
 
 
 def test_resumed_run_logs_into_the_training_run_found_by_model_hash(mlflow_store, tmp_path):
-    params = {"experiment": "e"}
+    params = mlflow_section(experiment="e")
     for sha in ("aa", "bb", "aa"):  # the newest training of a model wins
-        with tracking.start_training_run(params, {"a": 1}, {"random_init": "false"}) as run:
+        with runs.start_training_run(params, {"a": 1}, {"random_init": "false"}) as run:
             mlflow.set_tag("model_sha256", sha)
             run_id = run.info.run_id
-    assert tracking.training_run_id("aa", params) == run_id
+    assert runs.training_run_id("aa", params) == run_id
     with pytest.warns(UserWarning, match="no MLflow training run"):
-        assert tracking.training_run_id("cc", params) is None
-    assert tracking.training_run_id(None, params) is None
-    with tracking.resumed_run(tracking.training_run_id("aa", params), {}) as again:
+        assert runs.training_run_id("cc", params) is None
+    assert runs.training_run_id(None, params) is None
+    with runs.resumed_run(runs.training_run_id("aa", params), params) as again:
         assert again.info.run_id == run_id
         mlflow.log_metric("test_accuracy", 0.75)
-    with tracking.resumed_run(None) as nothing:
+    with runs.resumed_run(None) as nothing:
         assert nothing is None
     # the params evaluate reads; a changed value (an evaluate-only experiment) is a tag
-    assert tracking.log_stage_params(run_id, {"evaluate": {"ece_bins": 10}}) == {}
-    changed = tracking.log_stage_params(run_id, {"evaluate": {"ece_bins": 15, "seed": 1}})
+    assert runs.log_stage_params(run_id, {"evaluate": {"ece_bins": 10}}) == {}
+    changed = runs.log_stage_params(run_id, {"evaluate": {"ece_bins": 15, "seed": 1}})
     assert changed == {"evaluate.ece_bins": "15"}
     logged = mlflow.MlflowClient().get_run(run_id)
     assert logged.data.params["evaluate.ece_bins"] == "10"
@@ -314,6 +325,26 @@ def test_resumed_run_logs_into_the_training_run_found_by_model_hash(mlflow_store
     assert "RANDOM-INIT" not in logged.data.tags.get("mlflow.note.content", "")
 
 
+def test_training_run_is_the_one_way_a_later_stage_logs(mlflow_store):
+    params = mlflow_section(experiment="e")
+    with runs.start_training_run(params, {"train": {"seed": 1}}, {}) as run:
+        mlflow.set_tag("model_sha256", "ab")
+    stage = {"explain": {"method": "gradcam", "seed": 1}, "train": {"seed": 1}}
+    with runs.training_run("ab", params, stage) as again:
+        assert again.info.run_id == run.info.run_id
+        mlflow.log_metric("explain/images", 3)
+    logged = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert logged.data.params["explain.method"] == "gradcam"
+    assert logged.data.params["train.seed"] == "1"
+    assert logged.data.metrics["explain/images"] == 3
+    assert logged.info.status == "FINISHED"
+    warns = pytest.warns(UserWarning, match="no MLflow training run")
+    with warns, runs.training_run("cd", params, stage) as nothing:
+        assert nothing is None
+    with runs.training_run(None, params, stage) as nothing:
+        assert nothing is None
+
+
 # --------------------------------------------------------------------------- the pyfunc model
 
 
@@ -322,10 +353,10 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
     model_path = tmp_path / "model.keras"
     model.save(model_path)
     images = write_pngs(tmp_path / "png")
-    with tracking.start_training_run({"experiment": "e"}, {}, {}) as run:
-        info = tracking.log_keras_model(
+    with runs.start_training_run(mlflow_section(experiment="e"), {}, {}) as run:
+        info = model_logging.log_keras_model(
             model_path,
-            {"registered_model": "pet-test"},
+            mlflow_section(registered_model="pet-test"),
             CLASSES,
             MODEL_PARAMS,
             input_example=[str(images[0])],
@@ -351,16 +382,16 @@ def test_pyfunc_predicts_like_keras_and_is_registered(mlflow_store, tmp_path, ma
     versions = client.search_model_versions("name='pet-test'")
     assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == run.info.run_id
     # described, tagged and aliased by train; evaluate adds the test metrics
-    mlflow_params = {"registered_model": "pet-test", "alias": "candidate"}
-    tags = {**tracking.run_tags(manifests, WEIGHTS), "model_sha256": "ef" * 32}
-    assert tracking.register_version(info, mlflow_params, tags) == "1"
+    mlflow_params = mlflow_section(registered_model="pet-test", alias="candidate")
+    tags = {**provenance.run_tags(manifests, WEIGHTS), "model_sha256": "ef" * 32}
+    assert registry.register_version(info, mlflow_params, tags) == "1"
     version = client.get_model_version_by_alias("pet-test", "candidate")
     assert str(version.version) == "1" and "RANDOM-INIT BACKBONE" in version.description
     assert version.tags["random_init"] == "true" and version.tags["model_sha256"] == "ef" * 32
-    assert version.tags["data_manifest_sha256"] == tracking.data_hash(manifests)
+    assert version.tags["data_manifest_sha256"] == provenance.data_hash(manifests)
     client.set_tag(run.info.run_id, "random_init", "true")  # what train's run carries
     test = {"n": 4, "accuracy": 0.5, "accuracy_ci_low": 0.25, "accuracy_ci_high": 0.75}
-    assert tracking.describe_model_version(run.info.run_id, mlflow_params, {"test": test}) == ["1"]
+    assert registry.describe_model_version(run.info.run_id, mlflow_params, {"test": test}) == ["1"]
     version = client.get_model_version("pet-test", "1")
     assert "Test (4 images; 95% bootstrap intervals): accuracy 0.500 [0.250, 0.750]" in (
         version.description
@@ -397,9 +428,9 @@ def mlflow_server(tmp_path):
 def test_logging_to_a_real_tracking_server(mlflow_store, manifests, mlflow_server, monkeypatch):
     url, artifacts = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    tags = tracking.run_tags(manifests, WEIGHTS)
-    with tracking.start_training_run(
-        {"experiment": "served"}, {"train": {"epochs": 2}}, tags
+    tags = provenance.run_tags(manifests, WEIGHTS)
+    with runs.start_training_run(
+        mlflow_section(experiment="served"), {"train": {"epochs": 2}}, tags
     ) as run:
         history = fit_logged(tiny_model(), run.info.run_id, epochs=2)
         run_id = run.info.run_id

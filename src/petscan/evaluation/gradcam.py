@@ -1,7 +1,7 @@
 """Grad-CAM and Grad-CAM++ heatmaps: where in an image the classifier's evidence lies.
 
-    explanations = explain_images(model, [rgb, ...], params["model"])
-    overlay(rgb, explanations[0].heatmap)  # RGB uint8, the size of `rgb`
+    explanations = explain_images(model, [rgb, ...], params.model.resize)
+    overlay(rgb, explanations[0].heatmap)  # `evaluation.overlay`: RGB uint8 like `rgb`
 
 The model is the project's full image -> probabilities model (`models/model.keras`,
 `build_full_model`): some layers (pre-processing), a backbone (a nested `keras.Model`),
@@ -27,33 +27,22 @@ backbone are differentiated, so explaining costs about one prediction.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
-import pandas as pd
 import tensorflow as tf
-from matplotlib import colormaps
-from PIL import Image
-from tqdm.auto import tqdm
 
-from petscan.data.images import ImageError, content_box, load_rgb, resize
-from petscan.params import loading as config
-from petscan.serving import predict
-from petscan.utils.errors import UserError, reports_user_errors
-from petscan.utils.io import atomic_path, write_csv
+from petscan.data.images import content_box, resize
+from petscan.evaluation.overlay import as_rgb
 
 METHODS = ("gradcam", "gradcam++")
 TARGETS = ("predicted", "all")
 PREDICTED = -1  # class code meaning "the most probable class of this image"
-DEFAULT_COLORMAP = "jet"
 
 
 @dataclass
@@ -279,7 +268,7 @@ def _class_codes(target: str | int, num_classes: int) -> np.ndarray:
 def explain_images(
     model: keras.Model,
     images: Sequence[np.ndarray],
-    model_params: dict[str, Any],
+    resize_mode: str = "stretch",
     method: str = "gradcam",
     target: str | int = "predicted",
     batch_size: int = 8,
@@ -288,7 +277,7 @@ def explain_images(
     """Heatmaps of `images` (decoded RGB uint8 (H, W, 3), any size) in their own pixel grids.
 
     `model` is the full image -> probabilities model (as saved in `models/model.keras`);
-    `model_params` the params.yaml `model` section (its `resize` mode; the input size is
+    `resize_mode` how the images become model inputs (`model.resize`; the input size is
     the model's own). `target` is `"predicted"` (each image's most probable class), a class
     index, or `"all"`: then every class is explained and the list holds
     `num_classes` explanations per image, image-major (image 0's classes 0..K-1, image 1's...).
@@ -297,8 +286,7 @@ def explain_images(
     explainer = explainer_for(model)
     codes = _class_codes(target, explainer.num_classes)
     classes = np.tile(codes, (len(images), 1))
-    mode = model_params["resize"]
-    nested = explain_classes(model, images, classes, mode, method, batch_size, timings)
+    nested = explain_classes(model, images, classes, resize_mode, method, batch_size, timings)
     return [explanation for per_image in nested for explanation in per_image]
 
 
@@ -322,10 +310,10 @@ def explain_classes(
     explainer = explainer_for(model)
     classes = np.asarray(classes, dtype=np.int32).reshape(len(images), -1)
     out: list[list[Explanation]] = []
-    step = max(1, int(batch_size))
+    step = max(1, batch_size)
     clock = _Clock(timings)
     for start in range(0, len(images), step):
-        chunk = [_rgb(img) for img in images[start : start + step]]
+        chunk = [as_rgb(img) for img in images[start : start + step]]
         batch = np.stack([resize(img, explainer.input_size, resize_mode) for img in chunk])
         clock.lap("resize_s")
         cams, proba, used = explainer.explain_batch(
@@ -358,219 +346,3 @@ class _Clock:
         if self.timings is not None:
             self.timings[name] = self.timings.get(name, 0.0) + now - self.last
         self.last = now
-
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    """uint8 (H, W, 3) from grey (H, W) or (H, W, 1) too."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in (1, 3):
-        raise ValueError(f"images must be RGB (H, W, 3) or grey arrays, got shape {image.shape}")
-    if image.shape[2] == 1:
-        image = np.repeat(image, 3, axis=2)
-    return image.astype(np.uint8, copy=False)
-
-
-def overlay(
-    image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = DEFAULT_COLORMAP
-) -> np.ndarray:
-    """RGB uint8 (H, W, 3) of `image` with `heatmap` blended in through `colormap`.
-
-    The colour's weight grows with the heat (`alpha * heat` per pixel), so where the model
-    finds no evidence the image is shown as it is.
-    """
-    rgb = _rgb(image).astype(np.float32)
-    heat = np.clip(np.asarray(heatmap, np.float32), 0.0, 1.0)
-    if heat.shape != rgb.shape[:2]:
-        raise ValueError(f"heatmap {heat.shape} does not match the image {rgb.shape[:2]}")
-    colour = colormaps[colormap](heat)[..., :3].astype(np.float32) * 255.0
-    weight = (float(alpha) * heat)[..., None]
-    return np.clip(rgb * (1.0 - weight) + colour * weight + 0.5, 0, 255).astype(np.uint8)
-
-
-# ----------------------------------------------------------------------------- CLI
-
-
-INDEX_FILE = "explanations.csv"
-INDEX_COLUMNS = (
-    "file", "class", "probability", "peak_col", "peak_row", "empty", "predicted_class",
-    "method", "overlay",
-)  # fmt: skip
-
-
-def slug(name: str) -> str:
-    """A class name as a file-name part: 'Breast cancer' -> 'breast-cancer'."""
-    return "-".join("".join(c if c.isalnum() else " " for c in name.lower()).split()) or "class"
-
-
-def resolve_target(value: str, class_names: Sequence[str]) -> str | int:
-    """`--class`: 'predicted', 'all' or a class name (case-insensitive) -> explain target."""
-    if value in TARGETS:
-        return value
-    lowered = [name.lower() for name in class_names]
-    if value.lower() in lowered:
-        return lowered.index(value.lower())
-    raise ValueError(
-        f"unknown class {value!r}: use 'predicted', 'all' or one of {list(class_names)}"
-    )
-
-
-def _inputs(paths: Sequence[str]) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
-    """(file, name relative to its input) pairs, and inputs that are missing or empty."""
-    files: list[tuple[Path, Path]] = []
-    errors: list[tuple[str, str]] = []
-    for item in map(Path, paths):
-        found, missing = predict.expand_paths([item])
-        errors += missing
-        root = item if item.is_dir() else item.parent
-        files += [(file, file.relative_to(root)) for file in found]
-    return files, errors
-
-
-def _overlay_name(relative: Path, class_name: str, taken: set[Path]) -> Path:
-    """`<folders>/<stem>_<class>.png`, made unique within one run."""
-    base = relative.with_name(f"{relative.stem}_{slug(class_name)}")
-    name, k = base.with_suffix(".png"), 1
-    while name in taken:
-        k += 1
-        name = base.with_name(f"{base.name}-{k}").with_suffix(".png")
-    taken.add(name)
-    return name
-
-
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """An RGB uint8 array as a PNG, atomically.
-
-    zlib level 1: encoding a colour overlay at the default level 6 took ~5x longer than
-    explaining the image (measured by bench/explain_speed.py) for files ~1.3x smaller.
-    """
-    with atomic_path(path, suffix=".png") as tmp:
-        Image.fromarray(rgb).save(tmp, format="PNG", compress_level=1)
-
-
-def explain_files(
-    loaded: Any,
-    files: Sequence[tuple[Path, Path]],
-    out_dir: str | Path,
-    method: str = "gradcam",
-    target: str | int = "predicted",
-    batch_size: int = 8,
-    alpha: float = 0.45,
-    errors: list[tuple[str, str]] | None = None,
-    progress: bool = False,
-) -> list[dict[str, Any]]:
-    """Overlay PNGs of `files` ((path, name relative to its input)) into `out_dir`.
-
-    `loaded` is a `predict.LoadedModel`. Files are decoded, explained and written
-    `batch_size` at a time, so memory does not grow with the folder. Unreadable files are
-    appended to `errors` as (path, reason) and skipped. Returns the index rows.
-    """
-    out_dir = Path(out_dir)
-    errors = [] if errors is None else errors
-    names = list(loaded.class_names)
-    rows: list[dict[str, Any]] = []
-    taken: set[Path] = set()
-    step = max(1, int(batch_size))
-    with tqdm(total=len(files), unit="img", desc="explain", disable=not progress) as bar:
-        for start in range(0, len(files), step):
-            chunk, decoded = files[start : start + step], []
-            for path, relative in chunk:
-                try:
-                    decoded.append((path, relative, load_rgb(path)))
-                except ImageError as err:
-                    errors.append((str(path), err.reason))
-            if decoded:
-                results = explain_images(
-                    loaded.keras_model,
-                    [rgb for _, _, rgb in decoded],
-                    {"resize": loaded.resize},
-                    method,
-                    target,
-                    batch_size=step,
-                )
-                per_image = len(results) // len(decoded)
-                for i, (path, relative, rgb) in enumerate(decoded):
-                    for result in results[i * per_image : (i + 1) * per_image]:
-                        name = _overlay_name(relative, names[result.class_index], taken)
-                        write_png(out_dir / name, overlay(rgb, result.heatmap, alpha))
-                        rows.append(
-                            {
-                                "file": Path(path).as_posix(),
-                                "class": names[result.class_index],
-                                "probability": result.probability,
-                                "peak_col": result.peak[0],
-                                "peak_row": result.peak[1],
-                                "empty": result.empty,
-                                "predicted_class": names[int(np.argmax(result.probabilities))],
-                                "method": method,
-                                "overlay": name.as_posix(),
-                            }
-                        )
-            bar.update(len(chunk))
-    return rows
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="petscan explain",
-        description="Grad-CAM heatmaps of the classifier's predictions, overlaid on each "
-        "image as given, with an index CSV (research use only).",
-    )
-    parser.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a .keras model file, e.g. models/model.keras")
-    source.add_argument("--model-uri", help="an MLflow model URI, e.g. models:/pet-classifier/1")
-    parser.add_argument("--out", required=True, help="folder for the overlays and the index CSV")
-    parser.add_argument("--method", choices=METHODS, default="gradcam")
-    parser.add_argument(
-        "--class",
-        dest="target",
-        default="predicted",
-        help="the class to explain: a class name, 'predicted' (default) or 'all'",
-    )
-    parser.add_argument("--alpha", type=float, default=0.45, help="overlay opacity at full heat")
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params.yaml to read")
-    parser.add_argument("--batch-size", type=int, default=8)
-    return parser
-
-
-@reports_user_errors("petscan explain")
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    files, errors = _inputs(args.paths)
-    try:
-        if args.model:
-            loaded = predict.load_from_file(args.model, args.params)
-        else:
-            loaded = predict.load_from_uri(args.model_uri, args.params)
-        target = resolve_target(args.target, loaded.class_names)
-        explainer_for(loaded.keras_model)  # fails here, clearly, on a model it cannot explain
-    except UserError:
-        raise
-    except Exception as err:  # a CLI boundary: MLflow's and Keras' many ways to fail to load
-        raise UserError(" ".join(str(err).split())) from None
-    rows = explain_files(
-        loaded,
-        files,
-        args.out,
-        args.method,
-        target,
-        args.batch_size,
-        args.alpha,
-        errors,
-        progress=len(files) > 1,
-    )
-    for path, reason in errors:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    index = Path(args.out) / INDEX_FILE
-    write_csv(index, pd.DataFrame(rows, columns=list(INDEX_COLUMNS)))
-    print(f"explained {len(rows)} image(s) x class(es) into {args.out}; index: {index}")
-    if not rows:
-        print("petscan explain: no image could be explained", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

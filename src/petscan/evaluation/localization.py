@@ -1,9 +1,9 @@
 """Does the heatmap point at the lesion? Localization measured against the generator's truth.
 
-The synthetic generator records every lesion of every file (`data/raw/.lesions.csv`, see
-`synthetic.lesion_records`): its centre and size in the file's pixels and whether it is
-visible in that view. For each cancer image with at least one visible lesion, and the
-heatmap of its *true* class:
+The synthetic generator (`petscan generate`) records every lesion of every file in
+`data/raw/.lesions.csv` (`lesion_records`): its centre and size in the file's pixels and
+whether it is visible in that view. For each cancer image with at least one visible
+lesion, and the heatmap of its *true* class:
 
 - **pointing game** (Zhang et al. 2016): a hit when the heatmap's peak falls inside a
   visible lesion (its FWHM ellipse) widened by `explain.tolerance_mm` on every side;
@@ -21,25 +21,17 @@ model that "looks at the lesion" beats both.
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
+import keras
 import numpy as np
 import pandas as pd
 
 from petscan.data.images import load_rgb
-from petscan.evaluation import gradcam as explain
 from petscan.evaluation import metrics
-from petscan.handoff.records import read_train_info
-from petscan.handoff.results import GALLERY_FILE, GALLERY_SPLIT, json_safe
-from petscan.model import network as pmodel
-from petscan.params import loading as config
-from petscan.tracking import runs as tracking
-from petscan.utils import io
+from petscan.evaluation.gradcam import PREDICTED, explain_classes, explainer_for, to_image_grid
 
 BODY_BELOW = 250  # grey levels under this are body: the display's background is white (255)
 MAPS = ("model", "centre_prior", "random")
@@ -114,7 +106,7 @@ def random_map(
 ) -> np.ndarray:
     """Uniform noise on the model's feature grid, mapped to the file as heatmaps are."""
     cells = rng.random(tuple(int(v) for v in feature_size))
-    return explain.to_image_grid(cells, shape, input_size, resize_mode)
+    return to_image_grid(cells, shape, input_size, resize_mode)
 
 
 def image_scores(
@@ -144,6 +136,66 @@ def image_scores(
         hit, energy = scores(values, mask)
         row[f"{name}_hit"], row[f"{name}_energy"] = hit, energy
     return row
+
+
+def explain_split(
+    model: keras.Model,
+    frame: pd.DataFrame,
+    split: str,
+    class_names: Sequence[str],
+    resize_mode: str,
+    method: str,
+    batch_size: int,
+    lesions: pd.DataFrame | None,
+    tolerance_mm: float,
+    rng: np.random.Generator,
+    root: Path,
+) -> list[dict[str, Any]]:
+    """The rows of localization.csv for one split's manifest `frame` (read as strings).
+
+    Per image: the predicted class and its heatmap's peak, the true class's probability and
+    peak, and (when the ground truth has a visible lesion for it) `image_scores` of the
+    true class's heatmap. Both heatmaps come from one forward pass, `batch_size` images at
+    a time; `rng` draws the random reference maps, in image order.
+    """
+    explainer = explainer_for(model)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(frame), batch_size):
+        chunk = frame.iloc[start : start + batch_size]
+        rgbs = [load_rgb(root / path) for path in chunk["path"]]
+        labels = chunk["label"].astype(int).to_numpy()
+        codes = np.column_stack([np.full(len(chunk), PREDICTED), labels])
+        results = explain_classes(model, rgbs, codes, resize_mode, method, batch_size)
+        for rgb, (_, item), (predicted, true) in zip(rgbs, chunk.iterrows(), results, strict=True):
+            row = {
+                "split": split,
+                "path": item["path"],
+                "patient": item["patient"],
+                "true_class": class_names[true.class_index],
+                "predicted_class": class_names[predicted.class_index],
+                "confidence": predicted.probability,
+                "true_probability": true.probability,
+                "peak_col": true.peak[0],
+                "peak_row": true.peak[1],
+                "predicted_peak_col": predicted.peak[0],
+                "predicted_peak_row": predicted.peak[1],
+            }
+            own = None if lesions is None else lesions[lesions["key"] == file_key(item["path"])]
+            if own is not None and own["visible"].astype(bool).any():
+                row.update(
+                    image_scores(
+                        rgb,
+                        true.heatmap,
+                        own,
+                        tolerance_mm,
+                        rng,
+                        explainer.feature_size,
+                        explainer.input_size,
+                        resize_mode,
+                    )
+                )
+            rows.append(row)
+    return rows
 
 
 def summarize(
@@ -185,38 +237,6 @@ def summarize(
     return out
 
 
-# ----------------------------------------------------------------------------- the stage
-
-GALLERY_SLOTS = (
-    ("correct", "high"),
-    ("correct", "low"),
-    ("wrong", "high"),
-    ("wrong", "low"),
-)
-
-
-def gallery_selection(
-    frame: pd.DataFrame, class_names: Sequence[str]
-) -> list[tuple[str, str, str, int | None]]:
-    """Per true class and slot (correct / wrong, most / least confident): a row index or None.
-
-    Confidence is the probability of the predicted class. A group of one image fills only
-    its "high" slot.
-    """
-    chosen: list[tuple[str, str, str, int | None]] = []
-    for name in class_names:
-        rows = frame[frame["true_class"] == name]
-        for outcome, end in GALLERY_SLOTS:
-            correct = rows["predicted_class"] == name
-            group = rows[correct if outcome == "correct" else ~correct]
-            order = group.sort_values(["confidence", "path"], ascending=[end == "low", True])
-            index = None if order.empty else order.index[0]
-            if end == "low" and len(group) < 2:
-                index = None
-            chosen.append((name, outcome, end, index))
-    return chosen
-
-
 HEADLINE = tuple(
     f"{source}/{score}"
     for source in ("model", "centre_prior", "random")
@@ -234,152 +254,3 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
         "skipped": result["skipped"],
         "localization": {k: summary[k] for k in HEADLINE if k in summary},
     }
-
-
-def run_explain(params: dict[str, Any], root: str | Path = ".") -> dict[str, Any]:
-    """The `explain` stage: localization on the explained splits, gallery panels, MLflow.
-
-    `params` holds `data` (classes, raw_dir), `model.resize`, `explain`, `evaluate`
-    (bootstrap_resamples, confidence), `mlflow`, `train.out_dir` and `split.out_dir`.
-    Writes into `explain.out_dir`: metrics.json, localization.csv and gallery/ (overlay
-    PNGs of chosen test images plus gallery.csv), and logs the metrics
-    (`explain/...`) and files into the training run. Returns what metrics.json holds.
-    """
-    root = Path(root)
-    p = params["explain"]
-    class_names = config.class_names(params["data"])
-    mode = params["model"]["resize"]
-    method = explain.check_method(p["method"])
-    out_dir = root / p["out_dir"]
-    train_dir = root / params["train"]["out_dir"]
-    info = read_train_info(train_dir)
-    model = pmodel.load_model(train_dir / "model.keras")
-    explainer = explain.explainer_for(model)
-    lesions, skipped = read_lesions(root / params["data"]["raw_dir"])
-    if skipped:
-        print(f"explain: localization skipped: {skipped}")
-    rng = np.random.default_rng(int(p["seed"]))
-    rows: list[dict[str, Any]] = []
-    for split in p["splits"]:
-        frame = pd.read_csv(root / params["split"]["out_dir"] / f"{split}.csv", dtype=str)
-        for start in range(0, len(frame), int(p["batch_size"])):
-            chunk = frame.iloc[start : start + int(p["batch_size"])]
-            rgbs = [load_rgb(root / path) for path in chunk["path"]]
-            labels = chunk["label"].astype(int).to_numpy()
-            codes = np.column_stack([np.full(len(chunk), explain.PREDICTED), labels])
-            results = explain.explain_classes(
-                model, rgbs, codes, mode, method, int(p["batch_size"])
-            )
-            for rgb, (_, item), (predicted, true) in zip(
-                rgbs, chunk.iterrows(), results, strict=True
-            ):
-                row = {
-                    "split": split,
-                    "path": item["path"],
-                    "patient": item["patient"],
-                    "true_class": class_names[true.class_index],
-                    "predicted_class": class_names[predicted.class_index],
-                    "confidence": predicted.probability,
-                    "true_probability": true.probability,
-                    "peak_col": true.peak[0],
-                    "peak_row": true.peak[1],
-                    "predicted_peak_col": predicted.peak[0],
-                    "predicted_peak_row": predicted.peak[1],
-                }
-                own = None if lesions is None else lesions[lesions["key"] == file_key(item["path"])]
-                if own is not None and own["visible"].astype(bool).any():
-                    row.update(
-                        image_scores(
-                            rgb,
-                            true.heatmap,
-                            own,
-                            float(p["tolerance_mm"]),
-                            rng,
-                            explainer.feature_size,
-                            explainer.input_size,
-                            mode,
-                        )
-                    )
-                rows.append(row)
-    table = pd.DataFrame(rows)
-    scored = table.dropna(subset=["model_hit"]) if "model_hit" in table else table.iloc[:0]
-    if lesions is not None and scored.empty:
-        skipped = "no explained image has a visible lesion in the ground truth"
-    summary = None
-    if not skipped:
-        summary = summarize(
-            scored,
-            int(params["evaluate"]["bootstrap_resamples"]),
-            float(params["evaluate"]["confidence"]),
-            int(p["seed"]),
-        )
-    result = {
-        **info.weights.to_dict(),
-        "method": method,
-        "heatmap_of": "true class",
-        "splits": list(p["splits"]),
-        "tolerance_mm": float(p["tolerance_mm"]),
-        "localization": summary,
-        "skipped": skipped,
-    }
-    io.write_csv(out_dir / "localization.csv", table)
-    io.write_json(out_dir / "metrics_full.json", json_safe(result))
-    io.write_json(out_dir / "metrics.json", json_safe(headline(result)))
-    panels = write_gallery(
-        model, table, p, class_names, mode, method, lesions, out_dir / "gallery", root
-    )
-    run_id = tracking.training_run_id(info.model_sha256, params["mlflow"])
-    with tracking.resumed_run(run_id, params["mlflow"]) as active:
-        if active is not None:
-            if summary is not None:
-                mlflow.log_metrics(
-                    {f"explain/{k}": float(v) for k, v in summary.items() if np.isfinite(v)}
-                )
-            mlflow.set_tag("explain.localization", skipped or json.dumps(result["splits"]))
-            for path in (out_dir / "metrics_full.json", out_dir / "localization.csv"):
-                mlflow.log_artifact(str(path), artifact_path="reports/explain")
-    print(f"explain: {len(table)} images explained, {panels} gallery panels")
-    return result
-
-
-def write_gallery(
-    model: Any,
-    table: pd.DataFrame,
-    explain_params: dict[str, Any],
-    class_names: Sequence[str],
-    resize_mode: str,
-    method: str,
-    lesions: pd.DataFrame | None,
-    gallery_dir: Path,
-    root: Path,
-) -> int:
-    """Overlay PNGs (the predicted class's heatmap) of the chosen test images,
-    and gallery.csv: one row per slot, with the visible lesions as JSON for the figure."""
-    shutil.rmtree(gallery_dir, ignore_errors=True)
-    gallery_dir.mkdir(parents=True)
-    frame = table[table["split"] == GALLERY_SPLIT]
-    rows = []
-    for name, outcome, end, index in gallery_selection(frame, class_names):
-        row: dict[str, Any] = {"true_class": name, "outcome": outcome, "confidence_end": end}
-        if index is not None:
-            item = frame.loc[index]
-            rgb = load_rgb(root / item["path"])
-            (result,) = explain.explain_images(model, [rgb], {"resize": resize_mode}, method)
-            panel = f"{explain.slug(name)}_{outcome}_{end}.png"
-            explain.write_png(gallery_dir / panel, explain.overlay(rgb, result.heatmap))
-            visible = []
-            if lesions is not None:
-                own = lesions[(lesions["key"] == file_key(item["path"])) & lesions["visible"]]
-                visible = own[["col", "row", "radius_col", "radius_row"]].values.tolist()
-            row.update(
-                panel=panel,
-                path=item["path"],
-                predicted_class=item["predicted_class"],
-                confidence=item["confidence"],
-                peak_col=result.peak[0],
-                peak_row=result.peak[1],
-                visible_lesions=json.dumps(visible),
-            )
-        rows.append(row)
-    io.write_csv(gallery_dir / GALLERY_FILE, pd.DataFrame(rows))
-    return sum("panel" in r for r in rows)

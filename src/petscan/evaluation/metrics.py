@@ -184,13 +184,9 @@ def brier_score(y_true: Sequence[int] | np.ndarray, proba: np.ndarray) -> float:
 
 
 def _top_label(y: np.ndarray, p: np.ndarray, n_bins: int):
-    if int(n_bins) != n_bins or n_bins < 1:
-        raise ValueError(
-            f"n_bins must be a whole number >= 1 (params evaluate.ece_bins), got {n_bins}"
-        )
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype(np.float64)
-    bins = np.minimum((confidence * n_bins).astype(np.int64), int(n_bins) - 1)
+    bins = np.minimum((confidence * n_bins).astype(np.int64), n_bins - 1)
     return confidence, correct, bins
 
 
@@ -276,10 +272,6 @@ def bootstrap_distribution(
 
 def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float, int]:
     """Percentile interval of the finite values, and how many values were not finite."""
-    if not 0 < confidence < 1:
-        raise ValueError(
-            f"confidence must lie in (0, 1) (params evaluate.confidence), got {confidence}"
-        )
     values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
     skipped = int(values.size - finite.size)
@@ -288,21 +280,6 @@ def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, f
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(finite, [tail, 100 - tail])
     return float(low), float(high), skipped
-
-
-def bootstrap_ci(
-    stat_fn: Callable[[np.ndarray, np.ndarray], float],
-    y_true: Sequence[int] | np.ndarray,
-    proba: np.ndarray,
-    groups: Sequence[Any] | np.ndarray | None = None,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval `(low, high)` of a scalar `stat_fn(y, proba)`."""
-    values = bootstrap_distribution(stat_fn, y_true, proba, groups, n_resamples, seed)
-    low, high, _ = percentile_interval(values.get("value", np.array([])), confidence)
-    return low, high
 
 
 # ----------------------------------------------------------------------------- the report

@@ -2,8 +2,8 @@
 
 Every function draws on its own `matplotlib.figure.Figure` (no pyplot state, Agg
 canvas), writes the PNG atomically and returns the figure so a caller or a test can
-inspect it (`figure_texts`). `banner` stamps a loud red line on top of the figure,
-used for the random-init backbone warning. ROC and PR curves come from the predicted
+inspect it. `banner` stamps a loud red line on top of the figure, used for the random-init
+backbone warning. ROC and PR curves come from the predicted
 probabilities (one-vs-rest), never from argmax labels.
 """
 
@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Ellipse
-from matplotlib.text import Text
 from PIL import Image
 from sklearn.metrics import (
     average_precision_score,
@@ -60,16 +59,6 @@ def _save(fig: Figure, out: str | Path, dpi: int) -> Figure:
     with atomic_path(out, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     return fig
-
-
-def figure_texts(fig: Figure) -> list[str]:
-    """Every non-empty text drawn on `fig` (banner, titles, labels, ticks, legends, cells)."""
-    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
-
-
-def legend_texts(fig: Figure) -> list[str]:
-    """The legend entries of every axes of `fig`, in order."""
-    return [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
 
 
 # --------------------------------------------------------------------------- training

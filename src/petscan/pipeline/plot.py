@@ -1,48 +1,51 @@
-"""The `plot` stage: figures of what train, evaluate and explain wrote (drawn by `plots`).
+"""DVC stage `plot`: draw the report figures and log them into the training run.
 
-Training curves from `history.csv`; per split, confusion matrices, ROC, PR and reliability
-diagrams from the evaluate stage's predictions; the explain stage's gallery. Figures of a
-random-init backbone carry the warning banner (`handoff.banner`). Logged to the training
-run's `figures/` artifacts.
+Reads the `data`, `plot` and `mlflow` sections of params.yaml, plus `train.out_dir`
+and `evaluate` (out_dir, ece_bins). Draws from `<train.out_dir>/history.csv` and
+`<evaluate.out_dir>/predictions_{val,test}.csv` into `plot.out_dir`: training_curves.png
+and {confusion,roc,pr,reliability}_{val,test}.png, plus explanations_test.png from the
+explain stage's gallery (`explain.out_dir`), each with a warning banner when the backbone
+was random-init (`handoff.records.banner`). The figures are drawn by
+`petscan.evaluation.plots` and logged to the training run's `figures/` artifacts.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
 
-import mlflow
-import pandas as pd
-
-from petscan.evaluation import plots
-from petscan.handoff.records import read_train_info
-from petscan.handoff.results import GALLERY_FILE, GALLERY_SPLIT, read_predictions
-from petscan.params import loading as config
-from petscan.tracking import runs as tracking
+from petscan.params.loading import StageParams, load_sections, stage_parser, workspace_root
+from petscan.utils import errors, logs
 from petscan.utils.errors import MissingInputError
 
+SECTIONS = ("data", "plot", "evaluate", "mlflow", "train.out_dir", "explain.out_dir")
 FIGURES = ("confusion", "roc", "pr", "reliability")
+SPLITS = ("val", "test")
 
 
-def run_plot(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
-    """The `plot` stage: training curves and, per split, confusion / ROC / PR / reliability.
+def plot(params: StageParams, root: Path) -> list[Path]:
+    """The `plot` stage: training curves, per split confusion / ROC / PR / reliability, the
+    explanation gallery. Returns the figures' paths."""
+    import mlflow  # here: a stage's --help does not wait for MLflow and matplotlib
+    import pandas as pd
 
-    `params` holds `data`, `plot`, `train.out_dir`, `evaluate` (out_dir, ece_bins) and
-    `mlflow`. Figures of a random-init backbone carry the warning banner.
-    """
-    root = Path(root)
-    class_names = config.class_names(params["data"])
-    train_dir = root / params["train"]["out_dir"]
-    reports = root / params["evaluate"]["out_dir"]
-    fig_dir = root / params["plot"]["out_dir"]
-    dpi = int(params["plot"]["dpi"])
-    bins = int(params["evaluate"]["ece_bins"])
+    from petscan.evaluation import plots
+    from petscan.handoff.records import read_train_info
+    from petscan.handoff.results import read_predictions
+    from petscan.tracking.runs import training_run
+
+    class_names = params.data.class_names
+    train_dir = root / params.train.out_dir
+    reports = root / params.evaluate.out_dir
+    fig_dir = root / params.plot.out_dir
+    dpi = params.plot.dpi
+    bins = params.evaluate.ece_bins
     info = read_train_info(train_dir)
     banner = info.weights.banner
     history = pd.read_csv(train_dir / "history.csv")
     written = [fig_dir / "training_curves.png"]
     plots.training_curves(history, written[0], banner, dpi, info.best_epoch)
-    for split in ("val", "test"):
+    for split in SPLITS:
         source = reports / f"predictions_{split}.csv"
         if not source.is_file():
             raise MissingInputError(f"{source} not found: run `dvc repro evaluate` first")
@@ -55,26 +58,41 @@ def run_plot(params: dict[str, Any], root: str | Path = ".") -> list[Path]:
         plots.pr_curves(y_true, proba, class_names, out["pr"], banner, dpi)
         plots.reliability_diagram(y_true, proba, bins, out["reliability"], banner, dpi)
         written.extend(out.values())
-    if "explain" in params:  # the explain stage's gallery panels
-        written.append(explanation_figure(params, root, class_names, banner, dpi))
-    run_id = tracking.training_run_id(info.model_sha256, params["mlflow"])
-    with tracking.resumed_run(run_id, params["mlflow"]) as run:
+    written.append(explanation_figure(params, root, banner))
+    with training_run(info.model_sha256, params.mlflow, params.as_dict()) as run:
         if run is not None:
-            stage_params = {"plot": params["plot"], "evaluate": {"ece_bins": bins}}
-            tracking.log_stage_params(run.info.run_id, stage_params)
             for path in written:
                 mlflow.log_artifact(str(path), artifact_path="figures")
     return written
 
 
-def explanation_figure(
-    params: dict[str, Any], root: Path, class_names: list[str], banner: str | None, dpi: int
-) -> Path:
+def explanation_figure(params: StageParams, root: Path, banner: str | None) -> Path:
     """`explanations_test.png` from the explain stage's gallery (`explain.out_dir`)."""
-    panels = root / params["explain"]["out_dir"] / "gallery"
+    import pandas as pd
+
+    from petscan.evaluation import plots
+    from petscan.handoff.results import GALLERY_FILE, GALLERY_SPLIT
+
+    panels = root / params.explain.out_dir / "gallery"
     if not (panels / GALLERY_FILE).is_file():
         raise MissingInputError(f"{panels / GALLERY_FILE} not found: run `dvc repro explain`")
-    out = root / params["plot"]["out_dir"] / f"explanations_{GALLERY_SPLIT}.png"
+    out = root / params.plot.out_dir / f"explanations_{GALLERY_SPLIT}.png"
     gallery = pd.read_csv(panels / GALLERY_FILE)
-    plots.explanation_gallery(gallery, panels, class_names, out, banner, dpi)
+    plots.explanation_gallery(
+        gallery, panels, params.data.class_names, out, banner, params.plot.dpi
+    )
     return out
+
+
+@errors.reports_user_errors("plot")
+def main(argv: list[str] | None = None) -> int:
+    args = stage_parser(__doc__).parse_args(argv)
+    params = load_sections(SECTIONS, args.params)
+    logs.setup(args.verbose)
+    written = plot(params, workspace_root())
+    print(f"plot: wrote {len(written)} figures into {params.plot.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

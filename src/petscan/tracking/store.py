@@ -1,0 +1,88 @@
+"""Where MLflow runs go: the tracking URI, the default store's paths, the experiment.
+
+Every run lives in one store anchored at the repository root (`loading.repo_root()`,
+which honours `DVC_ROOT`, so `dvc exp run --queue` copies log to the same place):
+
+- `MLFLOW_TRACKING_URI` (environment) wins, then `mlflow.tracking_uri` in params.yaml
+  (for a shared `mlflow server`), then `sqlite:///<root>/mlruns/mlflow.db` with
+  artifacts under `<root>/mlruns/artifacts/`.
+
+With a SQLite store MLflow would put a new experiment's artifacts under the *working
+directory*; `configure` therefore creates the experiment with an explicit
+`artifact_location` under `<root>/mlruns/artifacts/`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+
+from petscan.params.loading import repo_root
+from petscan.utils.redact import refuse_cleartext_credentials
+
+if TYPE_CHECKING:
+    from petscan.params.results import MlflowParams
+
+STORE_DIR = "mlruns"
+DB_NAME = "mlflow.db"
+ARTIFACTS_DIR = "artifacts"
+
+
+def store_paths(root: Path | None = None) -> tuple[Path, Path]:
+    """(SQLite database, artifact folder) of the default store under `<root>/mlruns`."""
+    base = (root or repo_root()) / STORE_DIR
+    return base / DB_NAME, base / ARTIFACTS_DIR
+
+
+def resolve_tracking_uri(mlflow_params: MlflowParams | None = None) -> str:
+    """`MLFLOW_TRACKING_URI` > params `tracking_uri` > SQLite under `<repo root>/mlruns`."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if mlflow_params is not None and mlflow_params.tracking_uri:
+        return mlflow_params.tracking_uri
+    db, _ = store_paths()
+    return f"sqlite:///{db}"
+
+
+def use_store(mlflow_params: MlflowParams | None = None) -> str:
+    """Point MLflow (tracking and registry) at the project's store; return the URI."""
+    uri = resolve_tracking_uri(mlflow_params)
+    refuse_cleartext_credentials(uri, "the MLflow tracking URI")
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_artifact_location(name: str, root: Path | None = None) -> str:
+    """`file://<root>/mlruns/artifacts/<experiment name as a folder name>`."""
+    _, artifacts = store_paths(root)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "experiment"
+    return (artifacts / slug).as_uri()
+
+
+def configure(mlflow_params: MlflowParams) -> str:
+    """Set the tracking URI, make sure the experiment exists, select it; return its id.
+
+    A local SQLite store (a `sqlite:` URI) gets an explicit artifact location under
+    `<root>/mlruns/artifacts/`; a tracking server decides its own (e.g. served artifacts).
+    """
+    uri = use_store(mlflow_params)
+    name = mlflow_params.experiment
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        location = experiment_artifact_location(name) if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment_id)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
