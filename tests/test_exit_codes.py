@@ -102,7 +102,8 @@ def test_a_usage_error_exits_2(tmp_path):
 
 def test_petscan_without_a_known_command_is_a_usage_error(capsys):
     assert cli.main(["--help"]) == errors.EXIT_OK
-    assert all(name in capsys.readouterr().out for name in cli.COMMANDS)
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in cli.COMMANDS)
     assert cli.main([]) == errors.EXIT_USAGE
     capsys.readouterr()
     assert cli.main(["no-such-command"]) == errors.EXIT_USAGE

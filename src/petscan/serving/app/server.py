@@ -24,8 +24,6 @@ The model is `--model`, else `serve.model`, else the latest version of
 Research use only: not a medical device.
 """
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import math
@@ -46,6 +44,7 @@ if TYPE_CHECKING:
 
 # FastAPI, TensorFlow (through app.explainer) and MLflow are imported in the functions that
 # use them, not here: `petscan app --help` then answers in about 1 s instead of 16 s (2 cores).
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations (`Request`).
 
 SECTIONS = (
     "app",
@@ -101,7 +100,7 @@ def decode_upload(data: bytes, name: str, rules: ImageRules):
         raise UploadError(status_for(err.reason), err.reason) from err
 
 
-def create_app(served: ServedModel, settings: AppParams, warm_up: bool = True):
+def create_app(served: "ServedModel", settings: "AppParams", warm_up: bool = True):
     """The FastAPI app for a loaded `ServedModel`; `settings` is the params `app` section.
 
     `warm_up` first explains blank images in batches of every size up to `app.max_batch`, so
