@@ -22,13 +22,12 @@ from conftest import REPO, free_port, refused_images, tiny_model_params, write_p
 from PIL import Image
 
 from petscan.data.images import load_rgb, resize
+from petscan.params.schema import section
 from petscan.tracking import runs as tracking
 
 MODEL_NAME = "pet-app-test"
 MAX_PIXELS = 300 * 300
-SETTINGS = {
-    "host": "127.0.0.1",
-    "port": 0,
+SETTINGS = {  # of the `app` section (host and port: the server the tests start)
     "max_upload_mb": 0.25,
     "max_batch": 4,
     "batch_wait_ms": 30,
@@ -64,7 +63,7 @@ def repo(tmp_path_factory, mlflow_globals_restored):
     files["huge"].write_bytes(rng.integers(0, 256, 300_000, np.uint8).tobytes())  # > 0.25 MB
     model = build_full_model(tiny_model_params(), len(CLASSES), None)
     model.save(root / "model.keras")
-    mlflow_params = {"experiment": "app", "registered_model": MODEL_NAME}
+    mlflow_params = section("mlflow", {"experiment": "app", "registered_model": MODEL_NAME})
     tags = {"random_init": "true", "weights_label": "RANDOM-INIT backbone (not RadImageNet)"}
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(root))
@@ -81,17 +80,20 @@ def app_url(repo):
     """`create_app` for `models:/<name>@...` version 1 on a real uvicorn server (a thread)."""
     import uvicorn
 
-    from petscan.serving.app import create_app
-    from petscan.serving.app.model import load_served_model
+    from petscan.serving.app.explainer import load_served_model
+    from petscan.serving.app.server import create_app
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(repo["root"]))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        tracking.use_store({})
+        tracking.use_store(section("mlflow"))
         served = load_served_model(f"models:/{MODEL_NAME}/1", max_pixels=MAX_PIXELS)
     port = free_port()
     config = uvicorn.Config(
-        create_app(served, SETTINGS), host="127.0.0.1", port=port, log_level="warning"
+        create_app(served, section("app", SETTINGS)),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -343,11 +345,11 @@ def test_the_page_in_chromium_shows_a_result_and_an_error(browser, app_url, repo
 def test_an_alias_resolves_to_its_version_and_run(repo, monkeypatch):
     import mlflow
 
-    from petscan.serving.app.model import load_served_model
+    from petscan.serving.app.explainer import load_served_model
 
     monkeypatch.setenv("PETSCAN_ROOT", str(repo["root"]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.use_store({})
+    tracking.use_store(section("mlflow"))
     mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "1")
     served = load_served_model(f"models:/{MODEL_NAME}@champion")
     assert (served.name, served.version, served.run_id) == (MODEL_NAME, "1", repo["run_id"])
@@ -358,7 +360,7 @@ def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, mo
     import mlflow
     import yaml
 
-    from petscan.serving import app
+    from petscan.serving.app import server as app
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -370,7 +372,7 @@ def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, mo
         f"petscan app: error: no MLflow store at sqlite:///{tmp_path}/mlruns/mlflow.db: run from "
         "the repository (or set MLFLOW_TRACKING_URI) and train a model first (`make run`)\n"
     )
-    tracking.use_store({})
+    tracking.use_store(section("mlflow"))
     mlflow.MlflowClient().search_registered_models()  # an empty store
     capsys.readouterr()  # MLflow's lines about creating it
     assert app.main(["--params", str(tmp_path / "params.yaml")]) == 1

@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 from test_app import MODEL_NAME, SETTINGS, free_port, post, repo  # noqa: F401 (repo: a fixture)
 
+from petscan.params.schema import section
 from petscan.serving.app.budget import BudgetRefused, PixelBudget, header_size
 from petscan.tracking import runs as tracking
 
@@ -128,19 +129,19 @@ def budget_app(repo):  # noqa: F811 (the fixture imported from test_app)
     """The app on a real uvicorn server with a budget of 2.5 uploads and a metered decoder."""
     import uvicorn
 
-    import petscan.serving.app as app_module
-    from petscan.serving.app import create_app
-    from petscan.serving.app.model import load_served_model
+    import petscan.serving.app.server as app_module
+    from petscan.serving.app.explainer import load_served_model
+    from petscan.serving.app.server import create_app
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(repo["root"]))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        tracking.use_store({})
+        tracking.use_store(section("mlflow"))
         served = load_served_model(f"models:/{MODEL_NAME}/1", max_pixels=MAX_PIXELS)
         meter = DecodeMeter(app_module.decode_upload)
         mp.setattr(app_module, "decode_upload", meter)
         settings = {**SETTINGS, "max_upload_mb": 1, "max_pixels_in_flight": BUDGET}
-        app = create_app(served, {**settings, "busy_wait_s": 60})
+        app = create_app(served, section("app", {**settings, "busy_wait_s": 60}))
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from petscan.serving.app import STATIC
+from petscan.serving.app.server import STATIC
 
 NODE = shutil.which("node") or shutil.which("nodejs")
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")

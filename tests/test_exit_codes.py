@@ -21,6 +21,7 @@ import pytest
 import yaml
 from conftest import REPO, load_script
 
+from petscan.cli import main as cli
 from petscan.utils import errors
 
 STAGES = ("evaluate", "explain", "featurize", "fetch_weights", "plot", "split", "train", "tune")
@@ -99,6 +100,25 @@ def test_a_usage_error_exits_2(tmp_path):
     assert "unrecognized arguments: --no-such-option" in done.stderr
 
 
+def test_petscan_without_a_known_command_is_a_usage_error(capsys):
+    assert cli.main(["--help"]) == errors.EXIT_OK
+    out = capsys.readouterr().out
+    assert all(f"  {name} " in out for name in cli.COMMANDS)
+    assert cli.main([]) == errors.EXIT_USAGE
+    capsys.readouterr()
+    assert cli.main(["no-such-command"]) == errors.EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "petscan: unknown command 'no-such-command'; see `petscan --help`\n"
+    )
+
+
+def test_every_command_module_is_where_the_table_says(tmp_path):
+    """Each `petscan <command>` module can be found (not imported: most load TensorFlow)."""
+    assert set(COMMANDS) < set(cli.COMMANDS)  # every command this file tests
+    for name, (module, _) in cli.COMMANDS.items():
+        assert importlib.util.find_spec(module) is not None, f"{name}: {module} missing"
+
+
 def params_with_store(tmp_path: Path) -> Path:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/store/mlflow.db"
@@ -114,7 +134,7 @@ def test_serve_and_app_without_a_store_or_model_say_so_in_one_line(
     """In this process (MLflow and TensorFlow load once); `main` is what `petscan` runs."""
     import importlib
 
-    main = importlib.import_module(f"petscan.{name}").main
+    main = importlib.import_module(cli.COMMANDS[name][0]).main
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     params = str(params_with_store(tmp_path))
     store = f"sqlite:///{tmp_path}/store/mlflow.db"
@@ -187,7 +207,7 @@ BUG = "def boom(*args, **kwargs):\n    raise ZeroDivisionError('a bug')\n"
 @pytest.mark.parametrize(
     ("setup", "target"),
     [
-        ("from petscan import config\nconfig.load_sections = boom", ["stages/split.py"]),
+        ("import petscan.params.loading as p\np.load_validated = boom", ["stages/split.py"]),
         (
             "import petscan.data.contact_sheet as cs\ncs.contact_sheet = boom",
             ["-m", "petscan.cli", "contact-sheet", "--params", "params.yaml"],
@@ -198,7 +218,7 @@ BUG = "def boom(*args, **kwargs):\n    raise ZeroDivisionError('a bug')\n"
 def test_a_bug_keeps_its_traceback_and_exits_70(setup, target, tmp_path):
     (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
     if target[0] == "-m":  # petscan <command>: patch, then run the CLI
-        main = f"import sys\nfrom petscan import cli\nsys.exit(cli.main({target[2:]!r}))"
+        main = f"import sys\nfrom petscan.cli.main import main\nsys.exit(main({target[2:]!r}))"
     else:
         script = str(REPO / target[0])
         main = (
@@ -284,7 +304,7 @@ def test_a_full_disk_in_h5py_is_one_line_too(tmp_path, capsys):
 def test_a_command_whose_module_fails_to_import_exits_70(tmp_path):
     code = (
         "import sys\nsys.modules['petscan.data.contact_sheet'] = None  # import fails\n"
-        "from petscan import cli\nsys.exit(cli.main(['contact-sheet']))"
+        "from petscan.cli.main import main\nsys.exit(main(['contact-sheet']))"
     )
     done = run(["-c", code], tmp_path)
     assert done.returncode == 70, done.stderr

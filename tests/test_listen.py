@@ -68,7 +68,7 @@ def test_serve_warns_in_one_line_before_it_starts_the_server(
 
 
 def test_app_warns_for_a_host_given_on_the_command_line(tmp_path, monkeypatch, capsys):
-    from petscan.serving import app
+    from petscan.serving.app import server as app
 
     monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

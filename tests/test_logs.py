@@ -10,7 +10,7 @@ import sys
 from conftest import REPO
 
 CODE = (
-    "from petscan import logs\n"
+    "from petscan.utils import logs\n"
     "logs.setup()\n"
     "logs.import_tensorflow()\n"
     "import sys; print('after', file=sys.stderr)\n"

@@ -15,6 +15,7 @@ from conftest import tiny_image_classifier, tiny_model_params, write_png
 
 from petscan.data.images import ImageError, load_resized
 from petscan.model.network import load_model
+from petscan.params.schema import section
 from petscan.serving import predict
 
 
@@ -127,7 +128,9 @@ def test_cli_exit_code_when_nothing_was_predicted(model_file, folder, params_fil
 def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow_store, capsys):
     from petscan.tracking import runs as tracking
 
-    mlflow_params = {"experiment": "predict-test", "registered_model": "pet-predict"}
+    mlflow_params = section(
+        "mlflow", {"experiment": "predict-test", "registered_model": "pet-predict"}
+    )
     model_params = tiny_model_params()
     with tracking.start_training_run(mlflow_params, {}, {}):
         tracking.log_keras_model(
@@ -176,7 +179,7 @@ def test_model_uri_never_unpickles_a_foreign_store(
 
     marker = tmp_path / "unpickled.txt"
     config = {"class_names": CLASSES, "input_size": [32, 32], "resize": "stretch"}
-    with tracking.start_training_run({"experiment": "foreign"}, {}, {}):
+    with tracking.start_training_run(section("mlflow", {"experiment": "foreign"}), {}, {}):
         mlflow.pyfunc.log_model(
             name="model",
             python_model=Trap(marker),
@@ -207,7 +210,7 @@ def test_model_uri_without_a_petscan_keras_artifact_is_refused(
 ):
     from petscan.tracking import runs as tracking
 
-    with tracking.start_training_run({"experiment": "foreign"}, {}, {}) as run:
+    with tracking.start_training_run(section("mlflow", {"experiment": "foreign"}), {}, {}) as run:
         mlflow.pyfunc.log_model(
             name="model",
             python_model=Trap(tmp_path / "m"),

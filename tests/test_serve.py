@@ -31,7 +31,8 @@ from PIL import Image
 
 import petscan
 from petscan.data.images import load_rgb, resize
-from petscan.serving import serve
+from petscan.params.schema import section
+from petscan.serving import loading
 from petscan.tracking import runs as tracking
 
 MODEL_NAME = "pet-serve-test"
@@ -74,10 +75,11 @@ def repo(tmp_path_factory, mlflow_globals_restored):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        with tracking.start_training_run(params["mlflow"], {}, {"random_init": "true"}):
+        mlflow_params = section("mlflow", params["mlflow"])
+        with tracking.start_training_run(mlflow_params, {}, {"random_init": "true"}):
             info = tracking.log_keras_model(
                 root / "model.keras",
-                params["mlflow"],
+                mlflow_params,
                 CLASSES,
                 tiny_model_params(),
                 input_example=[str(images["rgb"])],
@@ -211,15 +213,16 @@ def test_load_model_outside_a_repository_says_where_it_looked(tmp_path, monkeypa
 
 
 def test_resolve_model_uri(in_repo):
-    tracking.use_store({})
-    assert serve.resolve_model_uri("models:/x@champion", {}) == "models:/x@champion"
-    assert serve.resolve_model_uri(None, {"registered_model": MODEL_NAME}) == (
-        f"models:/{MODEL_NAME}/1"
+    tracking.use_store(section("mlflow"))
+    assert loading.resolve_model_uri("models:/x@champion", section("mlflow")) == (
+        "models:/x@champion"
     )
+    named = section("mlflow", {"registered_model": MODEL_NAME})
+    assert loading.resolve_model_uri(None, named) == f"models:/{MODEL_NAME}/1"
     with pytest.raises(LookupError, match="no version of the model 'nope'"):
-        serve.resolve_model_uri(None, {"registered_model": "nope"})
+        loading.resolve_model_uri(None, section("mlflow", {"registered_model": "nope"}))
     with pytest.raises(LookupError, match="pass --model"):
-        serve.resolve_model_uri(None, {"registered_model": None})
+        loading.resolve_model_uri(None, section("mlflow", {"registered_model": None}))
 
 
 def strict_json(text: str):

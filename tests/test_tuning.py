@@ -25,10 +25,10 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from petscan.data import features
 from petscan.evaluation import metrics
-from petscan.params import loading as config
-from petscan.params.schema import section
+from petscan.params import loading
+from petscan.params.learning import OBJECTIVES
+from petscan.params.schema import Params, section, validate, with_overrides
 from petscan.params.space import (
-    apply_overrides,
     overrides_from,
     parse_dimension,
     parse_space,
@@ -38,10 +38,10 @@ from petscan.params.space import (
 from petscan.tracking import runs as tracking
 from petscan.training import fit as training
 from petscan.tuning.apply import apply_best
+from petscan.tuning.command import with_command_line
 from petscan.tuning.data import TuneData, cv_folds
 from petscan.tuning.objective import objective_value
 from petscan.tuning.run import run_tune
-from petscan.tuning.settings import TuneSettings, check_objective, objective_direction
 from petscan.tuning.storage import make_pruner, make_sampler, make_storage, storage_label
 
 CLASSES = {
@@ -62,6 +62,17 @@ SPACE = {
     "schedule.peak_epochs": 1,
     "schedule.decay_epochs": 1,
     "model.dropout": {"low": 0.0, "high": 0.5},
+}
+# the `tune` section as the study's parent run logs it (the MLflow params of make_params)
+TUNE_LOGGED = {
+    "tune.study_name": "s",
+    "tune.n_trials": "3",
+    "tune.seed": "0",
+    "tune.objective": "roc_auc_macro",
+    "tune.direction": "maximize",
+    "tune.cv_folds": "0",
+    "tune.pruner.name": "none",
+    "tune.max_failures": "3",
 }
 
 
@@ -91,7 +102,7 @@ def make_cache(root: Path, n_train=60, n_val=21, views=3, dim=8, seed=0) -> Path
     return root
 
 
-def make_params(experiment: str, study: str = "s", **tune) -> dict:
+def make_params(experiment: str, study: str = "s", **tune) -> Params:
     """The sections a study reads, small; every other key takes the schema's default."""
     sections = {
         "data": {"raw_dir": "data/raw", "classes": dict(CLASSES)},
@@ -139,7 +150,7 @@ def make_params(experiment: str, study: str = "s", **tune) -> dict:
             **tune,
         },
     }
-    return {name: section(name, values) for name, values in sections.items()}
+    return validate(sections)
 
 
 @pytest.fixture(scope="module")
@@ -230,10 +241,13 @@ def test_schedule_phases_give_increasing_boundaries_and_overrides():
         "train.lr_schedule.values": [1e-5, 1e-3, 1e-4, 1e-6],
     }
     base = make_params("x")
-    merged = apply_overrides({"train": base["train"], "model": base["model"]}, overrides)
-    assert merged["train"]["lr_schedule"]["boundaries"] == [3, 7, 12]
-    assert merged["train"]["loss"]["gamma"] == 2 and merged["model"]["head_units"] == 8
-    assert base["train"]["lr_schedule"]["boundaries"] == [1]  # the original is untouched
+    merged = with_overrides(base, overrides)  # validated again by the schema
+    assert merged.train.lr_schedule.boundaries == [3, 7, 12]
+    assert merged.train.loss.alpha == [0.4, 0.5, 0.6] and merged.model.dropout == 0.25
+    assert merged.train.loss.gamma == 2 and merged.model.head_units == 8
+    assert base.train.lr_schedule.boundaries == [1]  # the original is untouched
+    with pytest.raises(ValueError, match="tune trial 7: train.loss.alpha"):
+        with_overrides(base, {"train.loss.alpha": [0.4, 0.5]}, "tune trial 7")  # 3 classes
 
 
 @pytest.mark.parametrize(
@@ -251,7 +265,7 @@ def test_schedule_phases_give_increasing_boundaries_and_overrides():
 def test_space_errors_name_the_entry(space, message):
     base = make_params("x")
     with pytest.raises(ValueError, match=message):
-        parse_space(space, 3, {"train": base["train"], "model": base["model"]})
+        parse_space(space, 3, {"train": base.train.model_dump(), "model": base.model.model_dump()})
 
 
 def test_schedule_durations_must_keep_boundaries_increasing():
@@ -275,12 +289,36 @@ def test_objective_is_a_loss_independent_metric_matching_sklearn():
     point = metrics.point_metrics(y, proba, names)
     for name in ("roc_auc_macro", "balanced_accuracy", "log_loss"):
         assert objective_value(name, y, proba, names) == pytest.approx(point[name])
-    assert objective_direction("log_loss") == "minimize"
-    assert objective_direction("roc_auc_macro") == "maximize"
+    assert section("tune", {"objective": "log_loss"}).direction == "minimize"
+    assert section("tune", {"objective": "roc_auc_macro"}).direction == "maximize"
     with pytest.raises(ValueError, match="not comparable"):
-        check_objective("val_loss")
+        section("tune", {"objective": "val_loss"})
     with pytest.raises(ValueError, match="unknown metric"):
-        check_objective("auc")
+        section("tune", {"objective": "auc"})
+
+
+def test_the_objectives_are_the_scalar_metrics():
+    """`tune.objective` may name any study-wide scalar of `metrics.point_metrics` (not a
+    per-class value, not the count `n`), and nothing else."""
+    point = metrics.point_metrics(np.array([0, 1, 2]), np.eye(3) * 0.7 + 0.1, ["a", "b", "c"])
+    assert {k for k in point if "/" not in k and k != "n"} == OBJECTIVES
+
+
+def test_the_tune_defaults_are_the_schemas_and_the_command_line_is_checked():
+    tune = section("tune")
+    assert tune.seed == 101 and tune.pruner.model_dump() == {
+        "name": "median",
+        "n_startup_trials": 5,
+        "n_warmup_steps": 10,
+    }
+    assert with_command_line(tune, n_trials=None, storage=None) is tune
+    given = with_command_line(tune, n_trials=7, study_name="other", timeout_s=2.5)
+    assert (given.n_trials, given.study_name, given.timeout_s) == (7, "other", 2.5)
+    assert given.space == tune.space and tune.n_trials == 50  # a copy: tune is untouched
+    with pytest.raises(ValueError, match="the command line: tune.study_name = 'a b'"):
+        with_command_line(tune, study_name="a b")
+    with pytest.raises(ValueError, match="the command line: tune.n_trials = -1"):
+        with_command_line(tune, n_trials=-1)
 
 
 def test_cv_folds_keep_patients_together_and_repeat_val_views():
@@ -302,20 +340,25 @@ def test_cv_folds_keep_patients_together_and_repeat_val_views():
     np.testing.assert_array_equal(covered, np.arange(18))
     for tr, va in folds:
         assert not set(groups[tr]) & set(groups[va])
-    with pytest.raises(ValueError, match="0 \\(hold-out val\\) or >= 2"):
-        cv_folds(y, groups, 1, seed=0)
+    with pytest.raises(ValueError, match="0 \\(hold-out val\\) or k >= 2"):
+        section("tune", {"cv_folds": 1})  # the schema refuses one fold
+    with pytest.raises(ValueError, match="only 9 patients"):
+        cv_folds(y, groups, 10, seed=0)
 
 
 def test_pruners_and_sampler():
-    assert isinstance(make_pruner({"name": "median"}, 10), optuna.pruners.MedianPruner)
-    hyper = make_pruner({"name": "hyperband", "min_resource": 2}, 20)
+    def pruner(**values):
+        return section("tune", {"pruner": values}).pruner
+
+    assert isinstance(make_pruner(pruner(name="median"), 10), optuna.pruners.MedianPruner)
+    hyper = make_pruner(pruner(name="hyperband", min_resource=2), 20)
     assert isinstance(hyper, optuna.pruners.HyperbandPruner)
-    assert isinstance(make_pruner({"name": "none"}, 10), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner(pruner(name="none"), 10), optuna.pruners.NopPruner)
     with pytest.raises(ValueError, match="tune.pruner"):
-        make_pruner({"name": "median", "bogus": 1}, 10)
+        make_pruner(pruner(name="median", bogus=1), 10)
     with pytest.raises(ValueError, match="tune.pruner.name"):
-        TuneSettings.from_params({"pruner": {"name": "asha"}})
-    settings = TuneSettings(seed=5)
+        pruner(name="asha")
+    settings = section("tune", {"seed": 5})
     first = make_sampler(settings, 0, 0)._random_sampler._rng.rng.random()
     again = make_sampler(settings, 0, 0)._random_sampler._rng.rng.random()
     other = make_sampler(settings, 1, 0)._random_sampler._rng.rng.random()
@@ -349,6 +392,7 @@ def test_tiny_study_has_one_mlflow_child_per_trial(tiny_study):
     assert parent.data.tags["petscan.run_kind"] == "tune_study"
     assert parent.data.tags["random_init"] == "true"
     assert "RANDOM-INIT" in parent.data.tags["mlflow.note.content"]
+    assert {k: v for k, v in parent.data.params.items() if k in TUNE_LOGGED} == TUNE_LOGGED
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     # the same data hash as a training run on this split (train + val + test manifests)
     assert parent.data.tags["data_manifest_sha256"] == tracking.data_hash(root / "data" / "split")
@@ -382,14 +426,13 @@ def test_best_params_load_into_train_and_fit(tiny_study):
     )
     assert len(best["train"]["loss"]["alpha"]) == 3
     assert set(best) == {"train", "model"} and set(best["train"]) == {"loss", "lr_schedule"}
-    merged = apply_overrides(params, config.flatten(best))
-    merged["train"]["epochs"] = 1
+    merged = with_overrides(params, {**loading.flatten(best), "train.epochs": 1})
     cache = np.load(root / "data" / "features" / "train.npy")
     val = np.load(root / "data" / "features" / "val.npy")
     labels = pd.read_csv(root / "data" / "split" / "train.csv")["label"].to_numpy()
     val_labels = pd.read_csv(root / "data" / "split" / "val.csv")["label"].to_numpy()
     result = training.fit_cached(
-        cache, labels, val, val_labels, merged["model"], merged["train"], 3, verbose=0
+        cache, labels, val, val_labels, merged.model, merged.train, 3, verbose=0
     )
     assert result.epochs_run == 1 and np.isfinite(result.history["loss"]).all()
 
@@ -559,10 +602,10 @@ def test_apply_writes_values_into_params_keeping_comments(tmp_path):
     assert re.search(r"^    variant: one_vs_rest +# categorical \(the seed README", after, re.M)
     assert "    alpha: [0.6, 0.25, 0.15]" in after
     assert "  l2: 1.0e-05" in after  # PyYAML would read 1e-05 as a string
-    params = config.load_params(path)
+    params = loading.load_params(path)
     assert params["model"]["l2"] == 1e-5 and params["train"]["lr_schedule"]["values"][0] == 1e-5
     assert params["train"]["lr_schedule"]["boundaries"] == [2, 9, 20]
-    assert params["tune"] == config.load_params(REPO_PARAMS)["tune"]
+    assert params["tune"] == loading.load_params(REPO_PARAMS)["tune"]
     changed_lines = [
         (a, b) for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b
     ]
@@ -572,7 +615,7 @@ def test_apply_writes_values_into_params_keeping_comments(tmp_path):
         apply_best({"train": {"loss": {"beta": 1}}}, path)
 
 
-def poisoned_study(repo: Path, name: str, params: dict, user_attrs: dict, **changed) -> None:
+def poisoned_study(repo: Path, name: str, params: Params, user_attrs: dict, **changed) -> None:
     """A study in the default SQLite storage with one COMPLETE trial, written the way a
     stranger with write access to a shared storage could: any params, any user attrs."""
     dims = parse_space(SPACE, 3)
@@ -610,7 +653,9 @@ def poisoned_study(repo: Path, name: str, params: dict, user_attrs: dict, **chan
 def test_apply_rebuilds_from_the_space_and_ignores_poisoned_overrides(repo, request, caplog):
     params = make_params(experiment_name(request), n_trials=1)
     path = repo / "params.yaml"
-    path.write_text(yaml.safe_dump({**params, "weights": {"sources": [], "sha256": None}}))
+    path.write_text(
+        yaml.safe_dump({**params.model_dump(), "weights": {"sources": [], "sha256": None}})
+    )
     poison = {
         "weights.sources": [{"type": "url", "url": "https://evil.example/w.h5"}],
         "weights.sha256": None,
@@ -624,9 +669,9 @@ def test_apply_rebuilds_from_the_space_and_ignores_poisoned_overrides(repo, requ
     )  # fmt: skip
     caplog.set_level("WARNING", logger="petscan.tuning.apply")
     summary = run_tune(params, repo, apply=True, params_path=path, progress=False, plots=False)
-    after = config.load_params(path)
+    after = loading.load_params(path)
     assert after["weights"] == {"sources": [], "sha256": None}
-    assert after["mlflow"] == params["mlflow"]  # tracking_uri still null
+    assert after["mlflow"] == params.mlflow.model_dump()  # tracking_uri still null
     assert after["train"]["loss"]["gamma"] == 1.5  # the trial's value, not the stored 3.0
     assert after["train"]["loss"]["alpha"] == [0.7, 0.25, 0.3]
     assert after["train"]["lr_schedule"] == {
@@ -646,7 +691,7 @@ def test_apply_rebuilds_from_the_space_and_ignores_poisoned_overrides(repo, requ
 def test_apply_refuses_a_trial_value_the_space_cannot_produce(repo, request):
     params = make_params(experiment_name(request), n_trials=1)
     path = repo / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.safe_dump(params.model_dump()))
     before = path.read_bytes()
     wide = optuna.distributions.FloatDistribution(0.0, 100.0)  # widened by the attacker
     poisoned_study(repo, "s", params, {}, train__loss__gamma=(99.0, wide))
@@ -695,7 +740,7 @@ def test_stage_help_and_missing_features(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 0 and "--workers" in capsys.readouterr().out
     params = make_params("tune-stage")
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.safe_dump(params.model_dump()))
     monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
     assert stage.main(["--params", str(path), "--no-progress"]) == 1  # the user's to fix
     err = capsys.readouterr().err
@@ -729,7 +774,7 @@ def test_stage_dashboard_gets_the_storage_from_the_environment(tmp_path, monkeyp
         lambda storage, host, port: served.append((storage, host, port)),
     )
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(make_params("tune-dashboard")))
+    path.write_text(yaml.safe_dump(make_params("tune-dashboard").model_dump()))
     monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
     monkeypatch.setenv("PETSCAN_TUNE_STORAGE", str(tmp_path / "shared.journal"))
     assert stage.main(["--params", str(path), "--dashboard", "--port", "8123"]) == 0
@@ -753,7 +798,7 @@ def test_stage_dashboard_warns_in_one_line_off_loopback(tmp_path, monkeypatch, c
     spec.loader.exec_module(stage)
     monkeypatch.setattr(optuna_dashboard, "run_server", lambda storage, host, port: None)
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(make_params("tune-dashboard")))
+    path.write_text(yaml.safe_dump(make_params("tune-dashboard").model_dump()))
     monkeypatch.setenv("PETSCAN_ROOT", str(tmp_path))
     for host, expected in (("0.0.0.0", 1), ("127.0.0.1", 0)):
         assert stage.main(["--params", str(path), "--dashboard", "--host", host]) == 0

@@ -15,6 +15,6 @@ def load_model(uri: str | None = None, params: str | Path | None = None):
     (default: the repository's params.yaml), else `<repository>/mlruns/mlflow.db`), so no
     stray `mlflow.db` is created in the working directory.
     """
-    from petscan.serving.serve import load_pyfunc  # TensorFlow and MLflow load only when asked
+    from petscan.serving.loading import load_pyfunc  # TensorFlow and MLflow load only when asked
 
     return load_pyfunc(uri, params)

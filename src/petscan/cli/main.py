@@ -15,16 +15,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain-demo": ("petscan.demo.pretrain", "pretrain the demo backbone on a synthetic corpus"),
     "contact-sheet": ("petscan.data.contact_sheet", "write a PNG with a few images per class"),
     "predict": ("petscan.serving.predict", "class probabilities for an image file or folder"),
-    "explain": (
-        "petscan.evaluation.gradcam",
-        "Grad-CAM heatmaps of the predictions, as overlay PNGs",
-    ),
+    "explain": ("petscan.cli.explain", "Grad-CAM heatmaps of the predictions, as overlay PNGs"),
     "serve": (
         "petscan.serving.serve",
         "MLflow's scoring server for a registered model (make serve)",
     ),
     "app": (
-        "petscan.serving.app",
+        "petscan.serving.app.server",
         "the web page: drop images, see probabilities and Grad-CAM (make app)",
     ),
 }
@@ -41,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: petscan [--verbose] <command> [--help]\n\ncommands:")
         for name, (_, text) in COMMANDS.items():
             print(f"  {name:<14} {text}")
-        return 0 if argv else 2
+        return errors.EXIT_OK if argv else errors.EXIT_USAGE
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"petscan: unknown command {name!r}; see `petscan --help`", file=sys.stderr)
-        return 2
+        return errors.EXIT_USAGE
     logs.setup(verbose)  # before any command imports TensorFlow
     return int(errors.reports_user_errors(f"petscan {name}")(_run)(name, rest) or 0)
 

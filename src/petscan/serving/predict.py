@@ -39,15 +39,15 @@ from tqdm import tqdm
 
 from petscan.data.folders import is_utf8, printable, scan_images
 from petscan.data.images import ImageError, ImageRules, read_image, resize
-from petscan.params import loading as config
+from petscan.params.loading import PARAMS_FILE, load_section, load_sections
 from petscan.params.schema import defaults
 from petscan.utils import errors as errors_  # `errors` names the skipped files below
 from petscan.utils import logs
 from petscan.utils.errors import BadInputError, MissingInputError, UserError
 from petscan.utils.io import write_csv
 
-# MLflow and TensorFlow (model, tracking, pyfunc_model) are imported in the functions that
-# load a model, not here: `petscan predict --help` then answers in about 1 s instead of 11 s.
+# MLflow and TensorFlow (model.network, tracking, serving.pyfunc) are imported in the functions
+# that load a model, not here: `petscan predict --help` then answers in about 1 s, not 11 s.
 
 DEFAULT_BATCH = 32
 
@@ -148,16 +148,11 @@ def load_from_file(path: str | Path, params_path: str | Path) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise MissingInputError(f"{path} not found: train a model first (`dvc repro`)")
-    params = config.load_sections(("data", "model"), params_path)
-    model_params = params["model"]
+    params = load_sections(("data", "model"), params_path)
     keras_model = load_keras_file(path)
-    size = _model_input_size(keras_model) or tuple(model_params["input_size"])
+    size = _model_input_size(keras_model) or params.model.input_size
     return LoadedModel(
-        keras_model,
-        config.class_names(params["data"]),
-        (int(size[0]), int(size[1])),
-        model_params["resize"],
-        str(path),
+        keras_model, params.data.class_names, (size[0], size[1]), params.model.resize, str(path)
     )
 
 
@@ -191,21 +186,18 @@ def load_from_uri(
     which unpickles its Python object (runs code from the store): only for a store you
     control.
     """
-    import mlflow
+    from petscan.serving.loading import load_petscan_model
+    from petscan.tracking import runs
 
-    from petscan.serving.pyfunc import PetscanKerasModel
-    from petscan.tracking import runs as tracking
-
-    mlflow_params: dict = {}
-    if params_path is not None and Path(params_path).is_file():
-        mlflow_params = config.load_section("mlflow", params_path)
-    tracking.use_store(mlflow_params)
+    mlflow_params = (
+        load_section("mlflow", params_path)
+        if params_path is not None and Path(params_path).is_file()
+        else defaults().mlflow
+    )
+    runs.use_store(mlflow_params)
     if not trust_store:
         return load_keras_artifact(uri)
-    pyfunc = mlflow.pyfunc.load_model(uri)
-    inner = pyfunc.unwrap_python_model()
-    if not isinstance(inner, PetscanKerasModel):
-        raise TypeError(f"{uri} is not a petscan model (logged by tracking.log_keras_model)")
+    _, inner = load_petscan_model(uri)
     return LoadedModel(inner.keras_model, inner.class_names, inner.input_size, inner.resize, uri)
 
 
@@ -273,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="a .keras model file, e.g. models/model.keras")
     source.add_argument("--model-uri", help="an MLflow model URI, e.g. models:/pet-classifier/1")
     parser.add_argument("--csv", help="write the table to this CSV file instead of printing it")
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params.yaml to read")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params.yaml to read")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
     parser.add_argument(
         "--trust-store",
@@ -312,11 +304,7 @@ def check_classes(loaded: LoadedModel) -> None:
 
 def image_rules(params_path: str | Path) -> ImageRules:
     """The `split` section's image rules from the params file (defaults without one)."""
-    split = (
-        config.load_section("split", params_path)
-        if Path(params_path).is_file()
-        else defaults()["split"]
-    )
+    split = load_section("split", params_path) if Path(params_path).is_file() else defaults().split
     return ImageRules.from_params(split)
 
 

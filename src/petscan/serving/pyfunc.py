@@ -1,11 +1,11 @@
 """The MLflow pyfunc model: image files or image bytes in, class probabilities out, per row.
 
-`tracking.log_keras_model` logs it as MLflow "models from code": the logged Python file
-is `pyfunc_code.py` (one `set_model(PetscanKerasModel())` line, nothing pickled), the
-network is the artifact `keras_model` (`artifacts/model.keras` inside the logged model,
-loaded with `safe_mode=True`) and the model config holds `class_names`, `input_size`,
-`resize` and the image rules of `split` (`max_pixels`, `min_side`, `max_aspect`; a model
-logged without a rule takes the schema's default).
+The train stage logs it (`log_keras_model` of `petscan.tracking`) as MLflow "models from
+code": the logged Python file is `pyfunc_code.py` (one `set_model(PetscanKerasModel())`
+line, nothing pickled), the network is the artifact `keras_model` (`artifacts/model.keras`
+inside the logged model, loaded with `safe_mode=True`) and the model config holds
+`class_names`, `input_size`, `resize` and the image rules of `split` (`max_pixels`,
+`min_side`, `max_aspect`; a model logged without a rule takes the schema's default).
 
 Input, a DataFrame (JSON `dataframe_split` when served) with one or both columns:
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ INPUT_COLUMNS = ("path", "image")
 ERROR_COLUMN = "error"
 KERAS_ARTIFACT = "keras_model"
 CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
+RULE_KEYS = ("max_pixels", "min_side", "max_aspect")  # split's image rules, in the model config
 
 
 def probabilities_frame(proba: np.ndarray, class_names: Sequence[str]) -> pd.DataFrame:
@@ -98,6 +99,15 @@ def read_row(
         return None, str(err)
 
 
+def logged_rules(config: Mapping[str, Any]) -> ImageRules:
+    """The image rules of `split` logged in a model's config; a rule the model was logged
+    without takes the schema's default."""
+    from petscan.params.schema import section  # pydantic: only when a model is loaded
+
+    split = section("split", {k: config[k] for k in RULE_KEYS if k in config})
+    return ImageRules.from_params(split)
+
+
 class PetscanKerasModel(mlflow.pyfunc.PythonModel):
     """A `.keras` image classifier (float32 (N, H, W, 3) in [0, 255] -> probabilities).
 
@@ -113,14 +123,7 @@ class PetscanKerasModel(mlflow.pyfunc.PythonModel):
         self.class_names = list(self.config["class_names"])
         self.input_size = tuple(int(v) for v in self.config["input_size"])
         self.resize = self.config.get("resize", "stretch")
-        self.max_pixels = self.config.get("max_pixels")
-        self.rules = ImageRules.from_params(
-            {
-                k: self.config[k]
-                for k in ("max_pixels", "min_side", "max_aspect")
-                if k in self.config
-            }
-        )
+        self.rules = logged_rules(self.config)
         self.keras_model = load_model(context.artifacts[KERAS_ARTIFACT])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:

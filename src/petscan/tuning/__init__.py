@@ -1,13 +1,15 @@
 """Optuna tuning of the head's training recipe on the cached features (`make tune`).
 
-One module per concern:
+One module per concern (the `tune` section is `params.learning.TuneParams`, its search
+space `params.space`):
 
-* `space`: the search space of `tune.space` and how sampled values become overrides;
-* `settings`: the `tune` section as `TuneSettings`, the choice of objective metric;
+* `command`: `stages/tune.py`, the command line (`--trials`, `--storage`, ... checked by
+  the schema), `--show-storage` and `--dashboard`;
 * `data`: the cached train/val features a study trains on, cross-validation folds;
-* `objective`: one trial (train the head with `training.fit_cached`, score it, prune);
+* `objective`: one trial (its values validated by the schema, the head trained with
+  `training.fit.fit_cached`, scored, pruned);
 * `storage`: where the study lives (SQLite, journal file, server), sampler and pruner;
-* `tracking`: the MLflow parent run of a study and a child run per trial;
+* `study_runs`: the MLflow parent run of a study and a child run per trial;
 * `study`: opening/resuming a study, the trial loop, failure guard, progress bar;
 * `workers`: several worker processes on one study (`python -m petscan.tuning`);
 * `report`: best_params.yaml, trials.csv, plots, summary.json;
@@ -15,6 +17,6 @@ One module per concern:
 * `run`: `run_tune`, the whole of `make tune`.
 
 Import from the module itself (`from petscan.tuning.run import run_tune`): the package
-imports nothing, so reading the settings or the storage (`stages/tune.py --show-storage`)
-does not load TensorFlow.
+imports nothing, so reading the storage (`stages/tune.py --show-storage`) does not load
+TensorFlow.
 """

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ruamel.yaml import YAML
 
-from petscan.params import loading as config
+from petscan.params.loading import flatten
 from petscan.params.space import Dimension, overrides_from
 from petscan.utils import io
 from petscan.utils.errors import BadInputError
@@ -110,7 +110,7 @@ def apply_best(
     those dotted keys (`ValueError` before anything is written).
     """
     params_path = Path(params_path)
-    flat = config.flatten(dict(best))
+    flat = flatten(dict(best))
     if allowed is not None and (refused := sorted(set(flat) - set(allowed))):
         raise BadInputError(
             f"refusing to write {refused} into {params_path}: not keys of tune.space"

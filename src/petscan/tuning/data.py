@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from petscan.data.features import load_features
 from petscan.handoff.records import FeatureMeta, WeightsInfo, feature_files
-from petscan.params import loading as config
 from petscan.utils.errors import BadInputError, MissingInputError, ParamsError
 
 FEATURES_HINT = "run `dvc repro featurize` first (the study trains on the cached features)"
@@ -32,7 +30,7 @@ class TuneData:
     val_groups: np.ndarray
     class_names: list[str]
     weights: WeightsInfo | None = None  # the backbone the features came from
-    split_dir: str = ""  # the manifests' folder (`tracking.data_hash` reads it)
+    split_dir: str = ""  # the manifests' folder (`tracking.runs.data_hash` reads it)
     fingerprint: str = ""  # a resumed study must see the same data (`_data_fingerprint`)
 
     def combined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,10 +42,11 @@ class TuneData:
         return x, y, groups
 
 
-def feature_paths(root: Path, params: Mapping[str, Any]) -> dict[str, Path]:
-    """`{split}_manifest`, `{split}_features` and `{split}_meta` of train and val."""
-    split_dir = root / params["split"]["out_dir"]
-    features_dir = root / params["featurize"]["out_dir"]
+def feature_paths(root: Path, params: Any) -> dict[str, Path]:
+    """`{split}_manifest`, `{split}_features` and `{split}_meta` of train and val; `params`
+    has `split.out_dir` and `featurize.out_dir` (a `StageParams` of the tune command)."""
+    split_dir = root / params.split.out_dir
+    features_dir = root / params.featurize.out_dir
     paths = {}
     for split in STUDY_SPLITS:
         paths[f"{split}_manifest"] = split_dir / f"{split}.csv"
@@ -55,7 +54,7 @@ def feature_paths(root: Path, params: Mapping[str, Any]) -> dict[str, Path]:
     return paths
 
 
-def check_features(root: Path, params: Mapping[str, Any]) -> None:
+def check_features(root: Path, params: Any) -> None:
     """FileNotFoundError telling to run featurize when the cache or manifests are missing."""
     for path in feature_paths(root, params).values():
         if not path.is_file():
@@ -67,8 +66,9 @@ def _groups(frame: pd.DataFrame) -> np.ndarray:
     return frame[column].astype(str).to_numpy()
 
 
-def load_tune_data(root: Path, params: Mapping[str, Any]) -> TuneData:
-    """Train and val features (checked by `features.load_features`) for the study."""
+def load_tune_data(root: Path, params: Any) -> TuneData:
+    """Train and val features (checked by `data.features.load_features`) for the study;
+    `params` has `split.out_dir`, `featurize.out_dir` and `data`."""
     check_features(root, params)
     paths = feature_paths(root, params)
     features_dir = paths["train_features"].parent
@@ -85,7 +85,7 @@ def load_tune_data(root: Path, params: Mapping[str, Any]) -> TuneData:
         val_x=np.asarray(val.features[:, :1]),
         val_y=val.labels,
         val_groups=_groups(val.frame),
-        class_names=config.class_names(params["data"]),
+        class_names=params.data.class_names,
         weights=train.meta.weights,
         split_dir=str(paths["train_manifest"].parent),
         fingerprint=_data_fingerprint([train.meta, val.meta]),
@@ -103,9 +103,10 @@ def _data_fingerprint(metas: list[FeatureMeta]) -> str:
 def cv_folds(
     labels: np.ndarray, groups: np.ndarray, k: int, seed: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """StratifiedGroupKFold (shuffled, seeded) folds; patients never straddle a fold."""
-    if k < 2:
-        raise ParamsError(f"params.yaml tune.cv_folds must be 0 (hold-out val) or >= 2, got {k}")
+    """StratifiedGroupKFold (shuffled, seeded) folds; patients never straddle a fold.
+
+    `k` >= 2 (`tune.cv_folds`, which the schema checks); the data must have k patients and
+    every class in each fold's training part, else `ParamsError`."""
     if len(np.unique(groups)) < k:
         raise ParamsError(f"tune.cv_folds={k} but only {len(np.unique(groups))} patients")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)

@@ -1,9 +1,11 @@
-"""A trial: sample the space, train the head with `training.fit_cached`, score it.
+"""A trial: sample the space, train the head with `training.fit.fit_cached`, score it.
 
-The score is a loss-independent metric of the restored head on val (`tune.objective`,
-any scalar of `metrics.point_metrics`), or its mean over `tune.cv_folds`
-StratifiedGroupKFold folds of train + val (patients kept together). The same metric is
-reported every epoch to the pruner.
+The trial's values replace keys of the `train` and `model` sections through the schema
+(`params.schema.with_overrides`), so a trial gets the same checks as params.yaml. The
+score is a loss-independent metric of the restored head on val (`tune.objective`, any
+scalar of `evaluation.metrics.point_metrics`: `params.learning.OBJECTIVES`), or its mean
+over `tune.cv_folds` StratifiedGroupKFold folds of train + val (patients kept together).
+The same metric is reported every epoch to the pruner.
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import numpy as np
 import optuna
 
 from petscan.evaluation import metrics
-from petscan.params.space import apply_overrides, overrides_from, parse_space, sample
+from petscan.params.learning import OBJECTIVES
+from petscan.params.schema import with_overrides
+from petscan.params.space import overrides_from, sample
 from petscan.training import fit as training
 from petscan.tuning.data import TuneData, cv_folds
-from petscan.tuning.settings import TuneSettings, is_scalar_metric
 
 if TYPE_CHECKING:
+    from petscan.params.schema import Params
+    from petscan.params.space import Dimension
     from petscan.tuning.study_runs import Tracker
 
 log = logging.getLogger(__name__)
@@ -83,7 +88,7 @@ class EpochObjective(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs if logs is not None else {}
         key = f"val_{self.objective}"
-        if key in logs:  # training.ValidationAUC already scored these rows this epoch
+        if key in logs:  # the training's own val AUC callback scored these rows this epoch
             value = float(logs[key])
         else:
             value = objective_value(
@@ -107,26 +112,31 @@ class TrialFailed(RuntimeError):
 
 
 class Objective:
-    """`objective(trial) -> float`: sample, train with `fit_cached`, score on val (or CV)."""
+    """`objective(trial) -> float`: sample, train with `fit_cached`, score on val (or CV).
+
+    `params` holds the study's sections (`tune`, `train`, `model`, `data`) as a whole
+    `Params`, which each trial's overrides are validated against; `dims` is `tune.space`
+    as `params.space.check_space` returns it.
+    """
 
     def __init__(
         self,
-        params: Mapping[str, Any],
+        params: Params,
         data: TuneData,
-        settings: TuneSettings,
+        dims: Sequence[Dimension],
         tracker: Tracker | None = None,
     ) -> None:
-        self.sections = {"train": params["train"], "model": params["model"]}
+        self.params = params
+        self.tune = params.tune
         self.data = data
-        self.settings = settings
+        self.dims = list(dims)
         self.tracker = tracker
         self.num_classes = len(data.class_names)
-        self.dims = parse_space(settings.space, self.num_classes, self.sections)
         self.pool, self.folds = None, None
-        if int(settings.cv_folds) >= 2:
+        if self.tune.cv_folds >= 2:
             self.pool = data.combined()
             _, labels, groups = self.pool
-            self.folds = cv_folds(labels, groups, int(settings.cv_folds), int(settings.seed))
+            self.folds = cv_folds(labels, groups, self.tune.cv_folds, self.tune.seed)
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = sample(self.dims, trial)
@@ -142,7 +152,7 @@ class Objective:
                 trial.set_user_attr("best_epoch", int(final["best_epoch"]))
             if not math.isfinite(value):
                 raise TrialFailed(
-                    f"{self.settings.objective} is {value}: the training diverged (NaN loss)"
+                    f"{self.tune.objective} is {value}: the training diverged (NaN loss)"
                 )
             state = "complete"
             return value
@@ -170,12 +180,13 @@ class Objective:
     ) -> tuple[float, dict[str, float]]:
         """(objective, final metrics) of one set of overrides; epoch logs go to `rows`."""
         rows = rows if rows is not None else []
-        params = apply_overrides(self.sections, overrides)
+        where = f"tune trial {trial.number}" if trial is not None else "tune overrides"
+        params = with_overrides(self.params, overrides, where)
         if self.folds is None:
             d = self.data
             return self._fit(trial, params, (d.train_x, d.train_y, d.val_x, d.val_y), rows)
         x, y, _ = self.pool
-        epochs = int(params["train"]["epochs"])
+        epochs = params.train.epochs
         scores, finals = [], []
         for k, (tr, va) in enumerate(self.folds):
             fold = (x[tr], y[tr], x[va][:, :1], y[va])
@@ -192,7 +203,7 @@ class Objective:
     def _fit(
         self,
         trial: optuna.Trial | None,
-        params: Mapping[str, Any],
+        params: Params,
         arrays: Arrays,
         rows: list[dict[str, float]],
         offset: int = 0,
@@ -201,15 +212,15 @@ class Objective:
         """Train one head on `arrays`; (score, final metrics named `prefix` + name)."""
         train_x, train_y, val_x, val_y = arrays
         names = self.data.class_names
-        reporter = EpochObjective(val_x[:, 0], val_y, self.settings.objective, names, trial, offset)
+        reporter = EpochObjective(val_x[:, 0], val_y, self.tune.objective, names, trial, offset)
         try:
             result = training.fit_cached(
                 train_x,
                 train_y,
                 val_x,
                 val_y,
-                params["model"],
-                params["train"],
+                params.model,
+                params.train,
                 self.num_classes,
                 callbacks=[reporter],
                 verbose=0,
@@ -220,9 +231,9 @@ class Objective:
         if reporter.diverged:
             return math.nan, {f"{prefix}epochs_run": len(reporter.rows)}
         proba = predict_proba(result.head, np.asarray(val_x[:, 0], dtype=np.float32))
-        value = objective_value(self.settings.objective, val_y, proba, names)
+        value = objective_value(self.tune.objective, val_y, proba, names)
         final: dict[str, float] = {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch}
         if math.isfinite(value):
             point = metrics.point_metrics(np.asarray(val_y), proba, names)
-            final.update({f"final_{k}": float(v) for k, v in point.items() if is_scalar_metric(k)})
+            final.update({f"final_{k}": float(v) for k, v in point.items() if k in OBJECTIVES})
         return value, {prefix + k: v for k, v in final.items()}

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -22,8 +22,10 @@ from optuna.visualization import matplotlib as ovm
 
 from petscan.handoff.records import WeightsInfo
 from petscan.params.space import nest
-from petscan.tuning.settings import TuneSettings
 from petscan.utils import io
+
+if TYPE_CHECKING:
+    from petscan.params.learning import TuneParams
 
 SIGNIFICANT_DIGITS = 4
 PLOT_DPI = 110
@@ -139,7 +141,7 @@ def dump_yaml(obj: Any) -> str:
 def write_best_params(
     path: Path,
     study: optuna.Study,
-    settings: TuneSettings,
+    tune: TuneParams,
     overrides: Mapping[str, Any],
     banner: str | None = None,
 ) -> dict[str, Any]:
@@ -147,10 +149,10 @@ def write_best_params(
     when `banner`); returns the fragment."""
     best = study.best_trial
     fragment = best_params(overrides)
-    where = "mean over cv folds" if int(settings.cv_folds) >= 2 else "val"
+    where = "mean over cv folds" if tune.cv_folds >= 2 else "val"
     header = (
         f"# Best trial of Optuna study '{study.study_name}': trial {best.number}, "
-        f"{settings.objective} ({where}) = {best.value:.6g}.\n"
+        f"{tune.objective} ({where}) = {best.value:.6g}.\n"
         "# Merge into params.yaml with `make tune APPLY=1` (stages/tune.py --apply).\n"
     )
     if banner:
@@ -161,7 +163,7 @@ def write_best_params(
 
 def write_outputs(
     study: optuna.Study,
-    settings: TuneSettings,
+    tune: TuneParams,
     root: Path,
     banner: str | None = None,
     extra: Mapping[str, Any] | None = None,
@@ -175,15 +177,15 @@ def write_outputs(
 
     Returns {"summary": what summary.json holds, "files": {name: path, "plots": [paths]}}.
     """
-    out_dir = Path(root) / settings.out_dir
+    out_dir = Path(root) / tune.out_dir
     trials = study.get_trials(deepcopy=False)
     states = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     summary: dict[str, Any] = {
         "study_name": study.study_name,
-        "objective": settings.objective,
-        "direction": settings.direction,
-        "cv_folds": int(settings.cv_folds),
-        "n_trials_target": int(settings.n_trials),
+        "objective": tune.objective,
+        "direction": tune.direction,
+        "cv_folds": tune.cv_folds,
+        "n_trials_target": tune.n_trials,
         "trials": states,
         **dict(extra or {}),
     }
@@ -195,10 +197,10 @@ def write_outputs(
     if states["complete"] and best_overrides is not None:
         files["best_params"] = out_dir / "best_params.yaml"
         summary["best_params"] = write_best_params(
-            files["best_params"], study, settings, best_overrides, banner
+            files["best_params"], study, tune, best_overrides, banner
         )
     files["plots"], notes = (
-        write_plots(study, out_dir, banner, settings.objective) if plots else ([], ["not drawn"])
+        write_plots(study, out_dir, banner, tune.objective) if plots else ([], ["not drawn"])
     )
     summary["plot_notes"] = notes
     files["summary"] = out_dir / "summary.json"

@@ -1,27 +1,29 @@
 """`run_tune`: the whole of `make tune`, from the feature cache to the outputs.
 
-A trial samples the space, writes the values into copies of the `train` and `model`
-sections and trains the head with `training.fit_cached` (the `train` stage's own
-recipe, early stopping included); see `objective`. MLflow gets one parent run per study
-and one nested child run per trial; the outputs go to `tune/` (see `report`).
+A trial samples the space, writes the values into the `train` and `model` sections
+(validated again by the schema) and trains the head with `training.fit.fit_cached` (the
+`train` stage's own recipe, early stopping included); see `objective`. MLflow gets one
+parent run per study and one nested child run per trial; the outputs go to `tune/` (see
+`report`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
 
-from petscan.params import loading as config
+from petscan.params.loading import PARAMS_FILE, repo_root
+from petscan.params.schema import Params
+from petscan.params.space import check_space
 from petscan.tuning.apply import apply_best, trusted_overrides
+from petscan.tuning.command import with_command_line
 from petscan.tuning.data import TuneData, load_tune_data
 from petscan.tuning.objective import Objective
 from petscan.tuning.report import banner_text, write_outputs
-from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import count_done, resolve_storage, storage_label
 from petscan.tuning.study import (
     FailureGuard,
@@ -35,10 +37,14 @@ from petscan.tuning.study_runs import Tracker, close_stale_children, parent_run,
 from petscan.tuning.workers import spawn_workers, worker_spec
 from petscan.utils.errors import BadInputError
 
+if TYPE_CHECKING:
+    from petscan.params.learning import TuneParams
+    from petscan.params.results import MlflowParams
+
 
 def open_tracker(
-    mlflow_params: Mapping[str, Any],
-    settings: TuneSettings,
+    mlflow_params: MlflowParams,
+    tune: TuneParams,
     storage_url: str,
     data: TuneData,
     study: optuna.Study,
@@ -47,15 +53,21 @@ def open_tracker(
     """The study's parent run (found or created) with its stale child runs closed."""
     tags = study_tags(data)
     experiment_id, parent_id = parent_run(
-        mlflow_params, settings, storage_url, tags, data.split_dir, root
+        mlflow_params, tune, storage_url, tags, data.split_dir, root
     )
-    tracker = Tracker(experiment_id, parent_id, settings.study_name, tags)
+    tracker = Tracker(experiment_id, parent_id, tune.study_name, tags)
     close_stale_children(tracker.client, experiment_id, parent_id, study)
     return tracker
 
 
+def study_params(params: Any, tune: TuneParams) -> Params:
+    """The sections a trial reads (`train`, `model`, `data`) and `tune` as one `Params`,
+    which `params.schema.with_overrides` validates each trial's values against."""
+    return Params(tune=tune, train=params.train, model=params.model, data=params.data)
+
+
 def run_tune(
-    params: Mapping[str, Any],
+    params: Any,
     root: str | Path | None = None,
     *,
     trials: int | None = None,
@@ -70,38 +82,38 @@ def run_tune(
 ) -> dict[str, Any]:
     """Run or resume the study, write its outputs, optionally apply the best params.
 
-    `params` holds the sections tune, train, model, data, mlflow plus `split.out_dir`
-    and `featurize.out_dir`. Returns the summary written to `tune/summary.json`. A
-    Ctrl-C keeps every finished trial; the outputs are written and KeyboardInterrupt
-    re-raised.
+    `params` has the sections tune, train, model, data, mlflow plus `split.out_dir` and
+    `featurize.out_dir` (the tune command's `StageParams`, or a whole `Params`); `trials`,
+    `storage`, `study_name` and `timeout_s` replace the `tune` values they name (checked by
+    the schema). `tune.space` is checked before anything is stored. Returns the summary
+    written to `tune/summary.json`. A Ctrl-C keeps every finished trial; the outputs are
+    written and KeyboardInterrupt re-raised.
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    root = Path(root) if root is not None else config.repo_root()
-    settings = TuneSettings.from_params(
-        params["tune"], n_trials=trials, storage=storage, study_name=study_name, timeout_s=timeout_s
+    root = Path(root) if root is not None else repo_root()
+    tune = with_command_line(
+        params.tune, n_trials=trials, storage=storage, study_name=study_name, timeout_s=timeout_s
     )
-    workers = max(1, int(workers))
+    workers = max(1, workers)
+    study_values = study_params(params, tune)
+    dims = check_space(study_values, params_path or PARAMS_FILE)
     data = load_tune_data(root, params)
-    objective = Objective(params, data, settings)  # checks the space before anything is stored
-    url = resolve_storage(settings, root, workers)
-    study = resume_study(settings, url, max_steps(params, settings), data.fingerprint)
+    objective = Objective(study_values, data, dims)
+    url = resolve_storage(tune, root, workers)
+    study = resume_study(tune, url, max_steps(params.train, tune), data.fingerprint)
     record_backbone(study, data.weights)
-    tracker = open_tracker(params["mlflow"], settings, url, data, study, root)
-    target = int(settings.n_trials)
-    bar = Progress(
-        target, count_done(study), settings.direction, settings.study_name, disable=not progress
-    )
+    tracker = open_tracker(params.mlflow, tune, url, data, study, root)
+    target = tune.n_trials
+    bar = Progress(target, count_done(study), tune.direction, tune.study_name, disable=not progress)
     started, status, guard = time.time(), "FINISHED", None
     try:
         if workers == 1:
             objective.tracker = tracker
-            guard = optimize(
-                study, objective, target, settings.timeout_s, [bar], settings.max_failures
-            )
+            guard = optimize(study, objective, target, tune.timeout_s, [bar], tune.max_failures)
             status = "FAILED" if guard.tripped else status
         else:
             spec = worker_spec(
-                params, root, settings, url, tracker.experiment_id, tracker.parent_run_id
+                params, tune, root, url, tracker.experiment_id, tracker.parent_run_id
             )
             spawn_workers(spec, workers, lambda: bar.refresh(study))
     except KeyboardInterrupt:
@@ -123,17 +135,17 @@ def run_tune(
         if refused:
             extra["best_params_refused"] = refused
         outputs = write_outputs(
-            study, settings, root, banner_text(data.weights), extra, plots, best_overrides=best
+            study, tune, root, banner_text(data.weights), extra, plots, best_overrides=best
         )
         tracker.finish_study(outputs["summary"], outputs["files"], count_done(study), status)
         result = outputs["summary"]
-    _raise_if_tripped(guard, study, settings)
+    _raise_if_tripped(guard, study, tune)
     if apply:
         if refused:
             raise BadInputError(refused)
         if "best_params" not in result:
             raise BadInputError("no complete trial yet: nothing to apply; run more trials first")
-        changed = apply_best(result["best_params"], params_path or config.PARAMS_FILE, set(best))
+        changed = apply_best(result["best_params"], params_path or PARAMS_FILE, set(best))
         result["applied"] = {k: list(v) for k, v in changed.items()}
     return result
 
@@ -148,14 +160,12 @@ def _best_overrides(study: optuna.Study, objective: Objective) -> tuple[dict | N
         return None, str(err)
 
 
-def _raise_if_tripped(
-    guard: FailureGuard | None, study: optuna.Study, settings: TuneSettings
-) -> None:
+def _raise_if_tripped(guard: FailureGuard | None, study: optuna.Study, tune: TuneParams) -> None:
     """RuntimeError naming the last error when `tune.max_failures` stopped the study."""
     if guard is None or not guard.tripped:
         return
     last = [t for t in study.trials if t.state == TrialState.FAIL][-1].user_attrs.get("error")
     raise RuntimeError(
-        f"{settings.max_failures} trials failed in a row (last: {last}); "
+        f"{tune.max_failures} trials failed in a row (last: {last}); "
         "see tune/trials.csv and the MLflow child runs"
     )

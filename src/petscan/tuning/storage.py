@@ -10,9 +10,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
@@ -20,9 +19,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from petscan.tuning.settings import PRUNER_NAMES, TuneSettings
 from petscan.utils.errors import ParamsError, UserError
 from petscan.utils.redact import redact_text, redact_url
+
+if TYPE_CHECKING:
+    from petscan.params.learning import PrunerParams, TuneParams
 
 SQLITE_FILE = "optuna.db"
 JOURNAL_FILE = "optuna.journal"
@@ -56,9 +57,9 @@ def default_storage(root: Path, out_dir: str, workers: int) -> str:
     return f"sqlite:///{folder / SQLITE_FILE}"
 
 
-def resolve_storage(settings: TuneSettings, root: Path, workers: int) -> str:
+def resolve_storage(tune: TuneParams, root: Path, workers: int) -> str:
     """`--storage` / `tune.storage` if given, else the default for the number of workers."""
-    return str(settings.storage or default_storage(root, settings.out_dir, workers))
+    return tune.storage or default_storage(root, tune.out_dir, workers)
 
 
 def is_journal(url: str) -> bool:
@@ -123,40 +124,35 @@ def storage_label(url: str) -> str:
     return redact_url(url)
 
 
-def make_sampler(
-    settings: TuneSettings, worker: int = 0, stored: int = 0
-) -> optuna.samplers.BaseSampler:
+def make_sampler(tune: TuneParams, worker: int = 0, stored: int = 0) -> optuna.samplers.BaseSampler:
     """Seeded TPE; the seed also mixes in the worker index and the trials already stored,
     so parallel workers and resumed runs do not replay the same random start-up points."""
-    entropy = [int(settings.seed), int(worker), int(stored)]
+    entropy = [tune.seed, worker, stored]
     seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
             seed=seed,
-            n_startup_trials=int(settings.n_startup_trials),
+            n_startup_trials=tune.n_startup_trials,
             multivariate=True,
             constant_liar=True,
         )
 
 
-def make_pruner(
-    pruner_params: Mapping[str, Any] | None, max_steps: int
-) -> optuna.pruners.BasePruner:
-    """`tune.pruner`: {name: median | hyperband | none, ...keyword arguments of the pruner}."""
-    kwargs = dict(pruner_params or {"name": "median"})
-    name = kwargs.pop("name", "median")
+def make_pruner(pruner: PrunerParams, max_steps: int) -> optuna.pruners.BasePruner:
+    """`tune.pruner`: its `name` (median | hyperband | none; the schema checks it) and keyword
+    arguments of that Optuna pruner, which only the pruner can check (`ParamsError`)."""
+    kwargs = pruner.model_dump()
+    name = kwargs.pop("name")
     try:
         if name == "median":
             return optuna.pruners.MedianPruner(**kwargs)
         if name == "hyperband":
-            kwargs.setdefault("max_resource", max(1, int(max_steps)))
+            kwargs.setdefault("max_resource", max(1, max_steps))
             return optuna.pruners.HyperbandPruner(**kwargs)
-        if name == "none":
-            return optuna.pruners.NopPruner()
     except TypeError as err:
         raise ParamsError(f"params.yaml tune.pruner: {err}") from err
-    raise ParamsError(f"params.yaml tune.pruner.name must be one of {PRUNER_NAMES}, got {name!r}")
+    return optuna.pruners.NopPruner()
 
 
 def count_done(study: optuna.Study) -> int:

@@ -7,15 +7,14 @@ the study's total target of COMPLETE + PRUNED trials, not the count of one run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm.auto import tqdm
 
 from petscan.handoff.records import WeightsInfo
-from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import (
     COUNTED,
     count_done,
@@ -28,20 +27,21 @@ from petscan.tuning.storage import (
 )
 from petscan.utils.errors import BadInputError
 
+if TYPE_CHECKING:
+    from petscan.params.learning import TrainParams, TuneParams
+
 log = logging.getLogger(__name__)
 
 
-def max_steps(params: Mapping[str, Any], settings: TuneSettings) -> int:
+def max_steps(train: TrainParams, tune: TuneParams) -> int:
     """The most pruner steps a trial reports: epochs (a fixed `train.epochs` wins) x folds."""
-    epochs = int(params["train"]["epochs"])
-    fixed = settings.space.get("train.epochs")
-    if isinstance(fixed, int):
-        epochs = fixed
-    return epochs * max(1, int(settings.cv_folds))
+    fixed = tune.space.get("train.epochs")
+    epochs = fixed if isinstance(fixed, int) else train.epochs
+    return epochs * max(1, tune.cv_folds)
 
 
 def open_study(
-    settings: TuneSettings,
+    tune: TuneParams,
     storage: optuna.storages.BaseStorage | str,
     max_steps: int,
     worker: int = 0,
@@ -49,48 +49,44 @@ def open_study(
     """Create or load the study; the sampler is seeded after seeing what is stored."""
     study = optuna.create_study(
         storage=storage,
-        study_name=settings.study_name,
-        direction=settings.direction,
-        pruner=make_pruner(settings.pruner, max_steps),
+        study_name=tune.study_name,
+        direction=tune.direction,
+        pruner=make_pruner(tune.pruner, max_steps),
         load_if_exists=True,
     )
-    study.sampler = make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(tune, worker, len(study.get_trials(deepcopy=False)))
     return study
 
 
 def check_fingerprint(
-    study: optuna.Study, settings: TuneSettings, fingerprint: str, storage_url: str
+    study: optuna.Study, tune: TuneParams, fingerprint: str, storage_url: str
 ) -> None:
     """A resumed study must keep its objective, CV setting and data; else a clear error."""
-    expected = {
-        "objective": settings.objective,
-        "cv_folds": int(settings.cv_folds),
-        "data": fingerprint,
-    }
+    expected = {"objective": tune.objective, "cv_folds": tune.cv_folds, "data": fingerprint}
     stored = {k: study.user_attrs.get(k) for k in expected}
     if all(v is None for v in stored.values()):
         for key, value in expected.items():
             study.set_user_attr(key, value)
-        study.set_user_attr("space", settings.space)
+        study.set_user_attr("space", tune.space)
         return
     diff = [k for k in expected if stored[k] != expected[k]]
     if diff:
         raise BadInputError(
-            f"study {settings.study_name!r} in {storage_label(storage_url)} was run with "
+            f"study {tune.study_name!r} in {storage_label(storage_url)} was run with "
             f"{ {k: stored[k] for k in diff} }, now { {k: expected[k] for k in diff} }: its values "
             "are not comparable; pass --study NEW_NAME (or delete the storage) to start afresh"
         )
-    if study.user_attrs.get("space") != settings.space:
-        log.warning("tune.space changed since study %r started; continuing", settings.study_name)
-        study.set_user_attr("space", settings.space)
+    if study.user_attrs.get("space") != tune.space:
+        log.warning("tune.space changed since study %r started; continuing", tune.study_name)
+        study.set_user_attr("space", tune.space)
 
 
 def resume_study(
-    settings: TuneSettings, storage_url: str, max_steps: int, fingerprint: str
+    tune: TuneParams, storage_url: str, max_steps: int, fingerprint: str
 ) -> optuna.Study:
     """Open the study for the main process, check it matches, fail its stale trials."""
-    study = open_study(settings, make_storage(storage_url), max_steps)
-    check_fingerprint(study, settings, fingerprint, storage_url)
+    study = open_study(tune, make_storage(storage_url), max_steps)
+    check_fingerprint(study, tune, fingerprint, storage_url)
     stale = fail_stale_trials(study) if is_local_file_storage(storage_url) else []
     if stale:
         log.warning("trials %s were left RUNNING by a stopped process: marked FAIL", stale)
@@ -108,7 +104,7 @@ class FailureGuard:
     """Stops the study after `limit` failed trials in a row (a systematic error)."""
 
     def __init__(self, limit: int):
-        self.limit = int(limit)
+        self.limit = limit
         self.streak = 0
         self.tripped = False
 

@@ -10,17 +10,20 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import optuna
 from mlflow.entities import Metric, Param
 from optuna.trial import TrialState
 
-from petscan.tracking import runs as tracking
+from petscan.tracking import runs
 from petscan.tuning.data import TuneData
-from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import storage_label
+
+if TYPE_CHECKING:
+    from petscan.params.learning import TuneParams
+    from petscan.params.results import MlflowParams
 
 TAG_STUDY = "optuna.study_name"
 TAG_TRIAL = "optuna.trial_number"
@@ -60,9 +63,9 @@ def log_batch(
 
 
 def study_tags(data: TuneData) -> dict[str, str]:
-    """`tracking.run_tags` for the study: code, data manifests, backbone weights (the same
+    """`tracking.runs.run_tags` for the study: code, data manifests, backbone weights (the same
     `data_manifest_sha256` as the training runs on the same split)."""
-    return tracking.run_tags(data.split_dir, data.weights)
+    return runs.run_tags(data.split_dir, data.weights)
 
 
 class Tracker:
@@ -92,7 +95,7 @@ class Tracker:
         run = self.client.create_run(
             self.experiment_id, tags=tags, run_name=f"trial-{trial.number:03d}"
         )
-        params = {k: tracking.param_value(v) for k, v in {**overrides, **values}.items()}
+        params = {k: runs.param_value(v) for k, v in {**overrides, **values}.items()}
         log_batch(self.client, run.info.run_id, params=params)
         return run.info.run_id
 
@@ -141,21 +144,30 @@ class Tracker:
         self.client.set_terminated(run_id, status=status)
 
 
+def described(tune: TuneParams) -> dict[str, Any]:
+    """The `tune` section as the parent run logs it: its direction after the objective, no
+    space (logged as `tune_space.json`) and no storage (logged redacted)."""
+    values = tune.model_dump(exclude={"space", "storage"})
+    keys = list(values)
+    keys.insert(keys.index("objective") + 1, "direction")
+    return {k: tune.direction if k == "direction" else values[k] for k in keys}
+
+
 def parent_run(
-    mlflow_params: Mapping[str, Any],
-    settings: TuneSettings,
+    mlflow_params: MlflowParams,
+    tune: TuneParams,
     storage_url: str,
     tags: Mapping[str, str],
     split_dir: str | Path | None = None,
     root: str | Path | None = None,
 ) -> tuple[str, str]:
     """(experiment id, parent run id): the study's run, found by tags or created; RUNNING."""
-    experiment_id = tracking.configure(dict(mlflow_params))
+    experiment_id = runs.configure(mlflow_params)
     client = mlflow.MlflowClient()
     label = storage_label(storage_url)
     quoteless = label.replace("'", "")  # a tag value the search filter can quote
     query = (
-        f"tags.`{TAG_STUDY}` = '{settings.study_name}' and tags.`{TAG_KIND}` = 'tune_study' "
+        f"tags.`{TAG_STUDY}` = '{tune.study_name}' and tags.`{TAG_KIND}` = 'tune_study' "
         f"and tags.`{TAG_STORAGE}` = '{quoteless}'"
     )
     found = client.search_runs(
@@ -167,20 +179,19 @@ def parent_run(
         return experiment_id, run_id
     run_tags = {
         **tags,
-        TAG_STUDY: settings.study_name,
+        TAG_STUDY: tune.study_name,
         TAG_STORAGE: quoteless,
         TAG_KIND: "tune_study",
     }
-    note = tracking.run_description(dict(tags))
+    note = runs.run_description(dict(tags))
     if note:
         run_tags["mlflow.note.content"] = note
-    run = client.create_run(experiment_id, tags=run_tags, run_name=f"study-{settings.study_name}")
-    described = {k: v for k, v in settings.as_dict().items() if k not in ("space", "storage")}
-    params = {**tracking.flat_params({"tune": described}), "tune.storage": label}
+    run = client.create_run(experiment_id, tags=run_tags, run_name=f"study-{tune.study_name}")
+    params = {**runs.flat_params({"tune": described(tune)}), "tune.storage": label}
     log_batch(client, run.info.run_id, params=params)
-    client.log_dict(run.info.run_id, settings.space, "tune_space.json")
+    client.log_dict(run.info.run_id, tune.space, "tune_space.json")
     if split_dir is not None:  # the study's data as MLflow datasets (train, validation, test)
-        tracking.log_datasets(run.info.run_id, split_dir, root)
+        runs.log_datasets(run.info.run_id, split_dir, root)
     return experiment_id, run.info.run_id
 
 
@@ -189,12 +200,12 @@ def close_stale_children(
 ) -> None:
     """Children still RUNNING whose trial is no longer running (a killed process): KILLED."""
     running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    runs = client.search_runs(
+    children = client.search_runs(
         [experiment_id],
         filter_string=f"tags.`{TAG_PARENT}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
         max_results=1000,
     )
-    for run in runs:
+    for run in children:
         if int(run.data.tags.get(TAG_TRIAL, -1)) not in running:
             client.set_tag(run.info.run_id, TAG_STATE, "killed")
             client.set_terminated(run.info.run_id, status="KILLED")

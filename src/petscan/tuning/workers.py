@@ -1,6 +1,6 @@
 """Several worker processes on one study (`make tune WORKERS=N`).
 
-The main process writes a JSON spec (params, root, settings, storage URL, MLflow
+The main process writes a JSON spec (the study's params, root, storage URL, MLflow
 parent run) and starts `python -m petscan.tuning --config SPEC --worker I` N times;
 each worker optimizes on the shared storage until the study's target is reached.
 """
@@ -15,36 +15,46 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from petscan.tracking import runs as tracking
+from petscan.params.schema import validate
+from petscan.params.space import check_space
+from petscan.tracking import runs
 from petscan.tuning.data import load_tune_data
 from petscan.tuning.objective import Objective
-from petscan.tuning.settings import TuneSettings
 from petscan.tuning.storage import make_storage
 from petscan.tuning.study import max_steps, open_study, optimize
 from petscan.tuning.study_runs import Tracker, study_tags
 from petscan.utils import io
+
+if TYPE_CHECKING:
+    from petscan.params.learning import TuneParams
 
 EXIT_TRIPPED = 3  # a worker stopped by `tune.max_failures` failures in a row
 EXIT_INTERRUPTED = 130
 
 
 def worker_spec(
-    params: Mapping[str, Any],
+    params: Any,
+    tune: TuneParams,
     root: Path,
-    settings: TuneSettings,
     storage_url: str,
     experiment_id: str,
     parent_run_id: str,
 ) -> dict[str, Any]:
-    """What a worker process needs to join the study (written as JSON)."""
+    """What a worker process needs to join the study (written as JSON): the sections of
+    `params` that `run_tune` reads, with `tune` (the command line's values included)."""
     return {
-        "params": dict(params),
+        "params": {
+            "tune": tune.model_dump(),
+            **{name: getattr(params, name).model_dump() for name in ("train", "model", "data")},
+            "mlflow": params.mlflow.model_dump(),
+            "split": {"out_dir": params.split.out_dir},
+            "featurize": {"out_dir": params.featurize.out_dir},
+        },
         "root": str(root),
-        "settings": settings.as_dict(),
         "storage": storage_url,
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
@@ -66,10 +76,8 @@ def spawn_workers(
     spec: Mapping[str, Any], workers: int, poll: Callable[[], None] = lambda: None
 ) -> None:
     """Run `workers` processes on `spec`; call `poll` every second until they all end."""
-    settings = spec["settings"]
-    config_path = (
-        Path(spec["root"]) / settings["out_dir"] / f".worker-{settings['study_name']}.json"
-    )
+    tune = spec["params"]["tune"]
+    config_path = Path(spec["root"]) / tune["out_dir"] / f".worker-{tune['study_name']}.json"
     io.write_json(config_path, spec, mode=0o600)  # the storage URL may hold a password
     env = _thread_env(workers)
     command = [sys.executable, "-m", "petscan.tuning", "--config", str(config_path), "--worker"]
@@ -95,19 +103,17 @@ def run_worker(config_path: str | Path, worker: int) -> int:
     """One worker process: load the features, optimize its share on the shared storage."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = io.read_json(config_path)
-    params, root = spec["params"], Path(spec["root"])
-    settings = TuneSettings.from_params(spec["settings"])
+    params, root = validate(spec["params"], config_path), Path(spec["root"])
+    tune = params.tune
     data = load_tune_data(root, params)
     storage = make_storage(spec["storage"])
-    study = open_study(settings, storage, max_steps(params, settings), worker=worker + 1)
-    tracking.use_store(params["mlflow"])
+    study = open_study(tune, storage, max_steps(params.train, tune), worker=worker + 1)
+    runs.use_store(params.mlflow)
     tracker = Tracker(
-        spec["experiment_id"], spec["parent_run_id"], settings.study_name, study_tags(data)
+        spec["experiment_id"], spec["parent_run_id"], tune.study_name, study_tags(data)
     )
-    objective = Objective(params, data, settings, tracker)
-    guard = optimize(
-        study, objective, int(settings.n_trials), settings.timeout_s, (), settings.max_failures
-    )
+    objective = Objective(params, data, check_space(params, config_path), tracker)
+    guard = optimize(study, objective, tune.n_trials, tune.timeout_s, (), tune.max_failures)
     return EXIT_TRIPPED if guard.tripped else 0
 
 

@@ -6,12 +6,16 @@ The exit codes of every command (`petscan <command>` and the DVC stages), writte
 - 1 (`EXIT_USER_ERROR`): a problem with the user's data, params, files or machine (a
   `UserError`, or a full disk or read-only folder while writing outputs): ONE line
   `<prog>: error: <message>` on stderr, naming the file or value and the fix; no traceback.
-- 2 (`EXIT_USAGE`): a wrong command line (argparse prints its usage and the problem).
+- 2 (`EXIT_USAGE`): a wrong command line (argparse prints its usage and the problem; `petscan`
+  says so of an unknown command). Never for a failure at run time.
 - 70 (`EXIT_BUG`, `EX_SOFTWARE` of sysexits.h): any other exception is a bug in petscan:
   its traceback, then one line saying it is a bug, so it can go into a bug report.
 - Ctrl-C is not caught (Python's own exit for SIGINT); `tune` says how to resume, exit 130.
 
-`DataError`, `ImageError`, `WeightsError` and `ParamsError` are `UserError`s.
+The `UserError`s: `ParamsError`, `MissingInputError`, `BadInputError` and `DiskFullError`
+(here), and those of the packages that meet the user's files: `data.index.DataError`,
+`data.images.ImageError`, the weights' `WeightsError`, `tuning.storage.StorageError`,
+`serving.loading.ModelNotFoundError`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from petscan.utils.errors import DiskFullError, disk_full_message, is_disk_full
 
 
@@ -86,10 +84,6 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_json(path: str | Path, obj: Any, mode: int | None = None) -> None:
     text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
     write_text(path, text, mode=mode)
-
-
-def write_yaml(path: str | Path, obj: Any) -> None:
-    write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
 def read_json(path: str | Path) -> Any:

@@ -3,8 +3,9 @@
 `load_served_model` reads a model from the project's MLflow store and records which
 version and run it is and whether its backbone was random-init (the run's `random_init`
 tag). `Batcher` runs every upload through one model thread: uploads arriving together
-are explained as one Grad-CAM batch (`explain.explain_images`), which is what keeps the
-latency down when several researchers (or several files) come at once.
+are explained as one Grad-CAM batch (`evaluation.gradcam.explain_images`), which is what
+keeps the latency down when several researchers (or several files) come at once.
+`overlay_jpeg` draws the answer's picture.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from PIL import Image
 
 from petscan.data.images import ImageRules, resize
 from petscan.evaluation.gradcam import explain_images, overlay
-from petscan.serving.pyfunc import PetscanKerasModel
+from petscan.serving.loading import load_petscan_model
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")
 NOTICE = "Research use only: not a medical device."
@@ -68,10 +69,7 @@ def load_served_model(
     Uploads are judged by `rules` (split's image rules from params), else by the rules
     logged with the model; `max_pixels`, when given, replaces the pixel limit.
     """
-    pyfunc = mlflow.pyfunc.load_model(uri)
-    inner = pyfunc.unwrap_python_model()
-    if not isinstance(inner, PetscanKerasModel):
-        raise TypeError(f"{uri} is not a petscan model (logged by tracking.log_keras_model)")
+    pyfunc, inner = load_petscan_model(uri)
     rules = inner.rules if rules is None else rules
     if max_pixels is not None:
         rules = replace(rules, max_pixels=max_pixels)
