@@ -83,6 +83,7 @@ def test_image(size: int, seed: int = 0) -> bytes:
 def register_random_init_model(root: Path, params: dict) -> str:
     """Build the configured network with a random-init backbone and register it under root."""
     from petscan.model.network import build_full_model
+    from petscan.tracking import model_logging
     from petscan.tracking import runs as tracking
 
     os.environ["PETSCAN_ROOT"] = str(root)
@@ -93,7 +94,9 @@ def register_random_init_model(root: Path, params: dict) -> str:
     mlflow_params = {"experiment": "bench", "registered_model": "pet-bench"}
     tags = {"random_init": "true", "weights_label": "RANDOM-INIT backbone (not RadImageNet)"}
     with tracking.start_training_run(mlflow_params, {}, tags):
-        tracking.log_keras_model(root / "model.keras", mlflow_params, class_names, params["model"])
+        model_logging.log_keras_model(
+            root / "model.keras", mlflow_params, class_names, params["model"]
+        )
     (root / "model.keras").unlink()
     return "models:/pet-bench/1"
 

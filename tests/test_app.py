@@ -23,6 +23,7 @@ from PIL import Image
 
 from petscan.data.images import load_rgb, resize
 from petscan.params.schema import section
+from petscan.tracking import model_logging, store
 from petscan.tracking import runs as tracking
 
 MODEL_NAME = "pet-app-test"
@@ -69,7 +70,7 @@ def repo(tmp_path_factory, mlflow_globals_restored):
         mp.setenv("PETSCAN_ROOT", str(root))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         with tracking.start_training_run(mlflow_params, {}, tags) as run:
-            tracking.log_keras_model(
+            model_logging.log_keras_model(
                 root / "model.keras", mlflow_params, CLASSES, tiny_model_params()
             )
     return {"root": root, "files": files, "model": model, "run_id": run.info.run_id}
@@ -86,7 +87,7 @@ def app_url(repo):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(repo["root"]))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        tracking.use_store(section("mlflow"))
+        store.use_store(section("mlflow"))
         served = load_served_model(f"models:/{MODEL_NAME}/1", max_pixels=MAX_PIXELS)
     port = free_port()
     config = uvicorn.Config(
@@ -349,7 +350,7 @@ def test_an_alias_resolves_to_its_version_and_run(repo, monkeypatch):
 
     monkeypatch.setenv("PETSCAN_ROOT", str(repo["root"]))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking.use_store(section("mlflow"))
+    store.use_store(section("mlflow"))
     mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, "champion", "1")
     served = load_served_model(f"models:/{MODEL_NAME}@champion")
     assert (served.name, served.version, served.run_id) == (MODEL_NAME, "1", repo["run_id"])
@@ -372,7 +373,7 @@ def test_the_app_command_without_a_registered_model_says_what_to_do(tmp_path, mo
         f"petscan app: error: no MLflow store at sqlite:///{tmp_path}/mlruns/mlflow.db: run from "
         "the repository (or set MLFLOW_TRACKING_URI) and train a model first (`make run`)\n"
     )
-    tracking.use_store(section("mlflow"))
+    store.use_store(section("mlflow"))
     mlflow.MlflowClient().search_registered_models()  # an empty store
     capsys.readouterr()  # MLflow's lines about creating it
     assert app.main(["--params", str(tmp_path / "params.yaml")]) == 1

@@ -22,7 +22,7 @@ from test_app import MODEL_NAME, SETTINGS, free_port, post, repo  # noqa: F401 (
 
 from petscan.params.schema import section
 from petscan.serving.app.budget import BudgetRefused, PixelBudget, header_size
-from petscan.tracking import runs as tracking
+from petscan.tracking import store
 
 SIDE = 400  # the uploads: SIDE x SIDE pixels
 BUDGET = int(2.5 * SIDE * SIDE)  # room for two at once
@@ -136,7 +136,7 @@ def budget_app(repo):  # noqa: F811 (the fixture imported from test_app)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PETSCAN_ROOT", str(repo["root"]))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        tracking.use_store(section("mlflow"))
+        store.use_store(section("mlflow"))
         served = load_served_model(f"models:/{MODEL_NAME}/1", max_pixels=MAX_PIXELS)
         meter = DecodeMeter(app_module.decode_upload)
         mp.setattr(app_module, "decode_upload", meter)

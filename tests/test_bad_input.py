@@ -252,9 +252,10 @@ def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
     next run is up to date (the refused file does not "appear" again)."""
     import logging
 
-    from petscan.weights import fetch as weights
+    from petscan.params import loading, schema
+    from petscan.pipeline import fetch_weights as stage
 
-    caplog.set_level(logging.INFO, logger="petscan.weights.fetch")
+    caplog.set_level(logging.INFO, logger="petscan.pipeline.fetch_weights")
     data = _tiny_weights(tmp_path / "full.h5").read_bytes()
     (tmp_path / "local.h5").write_bytes(data[: len(data) // 2])
     wp = {
@@ -264,7 +265,8 @@ def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
         "seed": 3,
     }
     model = {"backbone": "tiny", "input_size": [32, 32]}
-    meta = weights.run_fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    params = loading.StageParams(schema.validate({"weights": wp, "model": model}), stage.SECTIONS)
+    meta = stage.fetch_weights(params, tmp_path, repo=tmp_path, progress=False)
     assert meta["random_init"] is True
     assert (
         f"file local.h5: not a Keras .h5 weights file: it is a damaged or truncated HDF5 "
@@ -273,13 +275,13 @@ def test_truncated_hdf5_weights_fall_back_with_the_reason(tmp_path, caplog):
     assert list(meta["rejected_files"]) == [str(tmp_path / "local.h5")]
     stamp = (tmp_path / "out" / "weights.json").stat().st_mtime_ns
     caplog.clear()
-    again = weights.run_fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    again = stage.fetch_weights(params, tmp_path, repo=tmp_path, progress=False)
     assert again["weights_sha256"] == meta["weights_sha256"]
     assert "appeared" not in caplog.text and "is up to date" in caplog.text
     assert (tmp_path / "out" / "weights.json").stat().st_mtime_ns == stamp
     # a different file at that path is new: it replaces the random init
     (tmp_path / "local.h5").write_bytes(data)
-    fixed = weights.run_fetch_weights(wp, model, workspace=tmp_path, root=tmp_path, progress=False)
+    fixed = stage.fetch_weights(params, tmp_path, repo=tmp_path, progress=False)
     assert fixed["random_init"] is False and "a weights file appeared" in caplog.text
 
 

@@ -19,9 +19,10 @@ import pytest
 from conftest import REPO
 
 from petscan.demo import generate
-from petscan.handoff import records
+from petscan.handoff import ground_truth, records
 from petscan.handoff.records import DEMO_LABEL
 from petscan.params import loading, schema
+from petscan.params.inputs import WeightsParams
 from petscan.utils.errors import ParamsError
 
 # the shipped params as a machine without the RadImageNet file resolves them
@@ -59,26 +60,34 @@ def test_the_shipped_file_loads_into_the_backbone_and_changes_its_weights():
     assert all(changed[i] for i, w in enumerate(loaded.weights) if "kernel" in w.path)
 
 
-def test_fetch_weights_installs_the_demo_file_with_its_label(tmp_path):
-    from petscan.weights.fetch import run_fetch_weights
+def fetch_params(weights: WeightsParams) -> loading.StageParams:
+    """The fetch_weights stage's view of PARAMS with `weights` in place."""
+    from petscan.pipeline.fetch_weights import SECTIONS
 
-    weights_params = PARAMS.weights.model_copy(update={"dir": "backbone", "sources": []})
-    meta = run_fetch_weights(weights_params, PARAMS.model, workspace=tmp_path, root=REPO)
+    return loading.StageParams(PARAMS.model_copy(update={"weights": weights}), SECTIONS)
+
+
+def test_fetch_weights_installs_the_demo_file_with_its_label(tmp_path):
+    from petscan.pipeline.fetch_weights import fetch_weights
+
+    weights = PARAMS.weights.model_copy(update={"dir": "backbone", "sources": []})
+    meta = fetch_weights(fetch_params(weights), tmp_path, repo=REPO, progress=False)
     assert meta["backbone"] == "pet_demo" and meta["random_init"] is False
     assert meta["weights_label"] == DEMO_LABEL == records.banner(meta)
     assert (tmp_path / "backbone" / "weights.h5").read_bytes() == DEMO_FILE.read_bytes()
 
 
 def test_a_changed_demo_file_is_refused_in_one_line(tmp_path):
-    from petscan.weights.fetch import WeightsError, run_fetch_weights
+    from petscan.pipeline.fetch_weights import fetch_weights
+    from petscan.weights.errors import WeightsError
 
     copy = tmp_path / "demo.h5"
     copy.write_bytes(DEMO_FILE.read_bytes()[:-10] + b"0123456789")
-    weights_params = PARAMS.weights.model_copy(
+    weights = PARAMS.weights.model_copy(
         update={"dir": "backbone", "demo": DEMO.model_copy(update={"path": str(copy)})}
     )
     with pytest.raises(WeightsError, match="weights.demo.sha256 pins") as err:
-        run_fetch_weights(weights_params, PARAMS.model, workspace=tmp_path, root=REPO)
+        fetch_weights(fetch_params(weights), tmp_path, repo=REPO, progress=False)
     assert "\n" not in str(err.value) and "make pretrain-demo" in str(err.value)
     assert not (tmp_path / "backbone" / "weights.h5").exists()
 
@@ -268,9 +277,9 @@ def test_a_corpus_is_reused_only_for_the_same_spec(tmp_path):
     spec = schema.section("pretrain", {"corpus": {"seed": 7001, "prefix": "syn", "counts": counts}})
     spec = spec.corpus
     folder = make_corpus(tmp_path / "corpus", spec, 96)
-    truth = (folder / generate.TRUTH_FILE).read_bytes()
-    stamp = (folder / generate.TRUTH_FILE).stat().st_mtime_ns
+    truth = (folder / ground_truth.TRUTH_FILE).read_bytes()
+    stamp = (folder / ground_truth.TRUTH_FILE).stat().st_mtime_ns
     make_corpus(folder, spec, 96)
-    assert (folder / generate.TRUTH_FILE).stat().st_mtime_ns == stamp  # reused
+    assert (folder / ground_truth.TRUTH_FILE).stat().st_mtime_ns == stamp  # reused
     make_corpus(folder, spec.model_copy(update={"seed": 7003}), 96)
-    assert (folder / generate.TRUTH_FILE).read_bytes() != truth  # another seed: regenerated
+    assert (folder / ground_truth.TRUTH_FILE).read_bytes() != truth  # another seed: regenerated

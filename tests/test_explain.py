@@ -184,12 +184,12 @@ def test_reloaded_model_in_safe_mode_explains_the_same(model, tmp_path):
 
 
 def test_project_model_with_tiny_backbone(tmp_path):
-    from petscan.model import network
+    from petscan.model import network, saving
 
     params = tiny_model_params(resize="pad")
     full = network.build_full_model(params, 3, None)
     full.save(tmp_path / "model.keras")
-    loaded = network.load_model(tmp_path / "model.keras")
+    loaded = saving.load_model(tmp_path / "model.keras")
     layer, tensor = explain.find_target(loaded)
     assert layer.name == "tiny_backbone" and tuple(tensor.shape[1:3]) == (4, 4)
     rng = np.random.default_rng(0)
@@ -391,11 +391,11 @@ def test_cli_with_a_registered_mlflow_model(square_file, scans, tmp_path, mlflow
 def test_every_known_backbone_reloaded(backbone, size, tmp_path):
     """The target is found from the structure of a saved and reloaded model, whatever the
     backbone's own layer names (which differ from process to process)."""
-    from petscan.model import network
+    from petscan.model import network, saving
 
     params = tiny_model_params(backbone=backbone, input_size=[size, size], resize="pad")
     network.build_full_model(params, 3, None).save(tmp_path / "model.keras")
-    loaded = network.load_model(tmp_path / "model.keras")
+    loaded = saving.load_model(tmp_path / "model.keras")
     layer, tensor = explain.find_target(loaded)
     assert isinstance(layer, keras.Model) and len(tensor.shape) == 4
     rgb = np.random.default_rng(1).integers(0, 255, (120, 70, 3), dtype=np.uint8)

@@ -14,7 +14,7 @@ from conftest import CLASS_NAMES as CLASSES
 from conftest import tiny_image_classifier, tiny_model_params, write_png
 
 from petscan.data.images import ImageError, load_resized
-from petscan.model.network import load_model
+from petscan.model.saving import load_model
 from petscan.params.schema import section
 from petscan.serving import predict
 
@@ -126,6 +126,7 @@ def test_cli_exit_code_when_nothing_was_predicted(model_file, folder, params_fil
 
 
 def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow_store, capsys):
+    from petscan.tracking import model_logging
     from petscan.tracking import runs as tracking
 
     mlflow_params = section(
@@ -133,7 +134,7 @@ def test_cli_with_a_registered_mlflow_model(model_file, folder, tmp_path, mlflow
     )
     model_params = tiny_model_params()
     with tracking.start_training_run(mlflow_params, {}, {}):
-        tracking.log_keras_model(
+        model_logging.log_keras_model(
             model_file, mlflow_params, CLASSES, model_params, input_example=[str(folder / "a.png")]
         )
     assert mlflow.active_run() is None

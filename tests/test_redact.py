@@ -51,13 +51,13 @@ def test_redact_values_and_text():
 
 def test_credentials_over_plain_http_to_another_machine_are_refused(monkeypatch):
     from petscan.params.schema import section
-    from petscan.tracking import runs as tracking
+    from petscan.tracking import store
     from petscan.utils.errors import UserError
     from petscan.utils.redact import refuse_cleartext_credentials
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(UserError) as err:
-        tracking.use_store(
+        store.use_store(
             section("mlflow", {"tracking_uri": "http://me:S3CRET@mlflow.example:5000/"})
         )
     assert str(err.value) == (

@@ -33,6 +33,7 @@ import petscan
 from petscan.data.images import load_rgb, resize
 from petscan.params.schema import section
 from petscan.serving import loading
+from petscan.tracking import model_logging, store
 from petscan.tracking import runs as tracking
 
 MODEL_NAME = "pet-serve-test"
@@ -77,7 +78,7 @@ def repo(tmp_path_factory, mlflow_globals_restored):
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mlflow_params = section("mlflow", params["mlflow"])
         with tracking.start_training_run(mlflow_params, {}, {"random_init": "true"}):
-            info = tracking.log_keras_model(
+            info = model_logging.log_keras_model(
                 root / "model.keras",
                 mlflow_params,
                 CLASSES,
@@ -213,7 +214,7 @@ def test_load_model_outside_a_repository_says_where_it_looked(tmp_path, monkeypa
 
 
 def test_resolve_model_uri(in_repo):
-    tracking.use_store(section("mlflow"))
+    store.use_store(section("mlflow"))
     assert loading.resolve_model_uri("models:/x@champion", section("mlflow")) == (
         "models:/x@champion"
     )

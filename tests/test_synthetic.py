@@ -17,6 +17,7 @@ from petscan.demo import generate as synthetic
 from petscan.demo import rendering, truth
 from petscan.demo.anatomy import Anatomy
 from petscan.demo.shapes import ellipse, gauss
+from petscan.handoff import ground_truth
 from petscan.params.loading import load_section
 from petscan.params.schema import section
 from petscan.utils.errors import ParamsError
@@ -55,8 +56,8 @@ def test_same_params_give_byte_identical_files_whatever_the_workers(tiny, tmp_pa
     )
     assert len(again) == 15
     assert file_bytes(tmp_path / "raw") == file_bytes(out)
-    expected = (out / truth.TRUTH_FILE).read_text().replace(str(out), "OUT")
-    assert (tmp_path / "raw" / truth.TRUTH_FILE).read_text().replace(
+    expected = (out / ground_truth.TRUTH_FILE).read_text().replace(str(out), "OUT")
+    assert (tmp_path / "raw" / ground_truth.TRUTH_FILE).read_text().replace(
         str(tmp_path / "raw"), "OUT"
     ) == expected
 
@@ -72,7 +73,7 @@ def test_exact_counts_per_folder(tiny):
     assert {folder: len(list_images(out / folder)) for folder in TINY} == TINY
     assert frame.groupby("folder").size().to_dict() == TINY
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == sorted(TINY)
-    assert (out / truth.TRUTH_FILE).is_file()
+    assert (out / ground_truth.TRUTH_FILE).is_file()
     assert not list(out.parent.glob(".raw.tmp-*"))  # the temporary folder is gone
 
 
@@ -190,8 +191,8 @@ def test_lesion_sits_where_the_truth_says(medium):
 
 def test_lesions_file_records_every_lesion_in_file_pixels(medium):
     out, frame = medium
-    lesions = pd.read_csv(out / truth.LESIONS_FILE)
-    assert list(lesions.columns) == list(truth.LESION_COLUMNS)
+    lesions = pd.read_csv(out / ground_truth.LESIONS_FILE)
+    assert list(lesions.columns) == list(ground_truth.LESION_COLUMNS)
     cancer = frame[frame.folder != "No cancer"]
     assert set(lesions.path) == set(cancer.path)  # every cancer file, no other
     counts = lesions.groupby("path").size()
@@ -214,8 +215,8 @@ def test_visibility_threshold_changes_the_lesions_file_only(tiny, tmp_path):
         again, TINY, seed=11, base_height=80, workers=1, progress=False, visible_contrast=0.5
     )
     assert file_bytes(again) == file_bytes(out)
-    before = pd.read_csv(out / truth.LESIONS_FILE)
-    after = pd.read_csv(again / truth.LESIONS_FILE)
+    before = pd.read_csv(out / ground_truth.LESIONS_FILE)
+    after = pd.read_csv(again / ground_truth.LESIONS_FILE)
     pd.testing.assert_series_equal(before.contrast, after.contrast)
     assert (after.visible == (after.contrast >= 0.5)).all()
     assert before.visible.sum() > after.visible.sum()

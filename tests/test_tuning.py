@@ -35,7 +35,7 @@ from petscan.params.space import (
     sample,
     schedule_from_phases,
 )
-from petscan.tracking import runs as tracking
+from petscan.tracking import provenance
 from petscan.training import fit as training
 from petscan.tuning.apply import apply_best
 from petscan.tuning.command import with_command_line
@@ -395,7 +395,7 @@ def test_tiny_study_has_one_mlflow_child_per_trial(tiny_study):
     assert {k: v for k, v in parent.data.params.items() if k in TUNE_LOGGED} == TUNE_LOGGED
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     # the same data hash as a training run on this split (train + val + test manifests)
-    assert parent.data.tags["data_manifest_sha256"] == tracking.data_hash(root / "data" / "split")
+    assert parent.data.tags["data_manifest_sha256"] == provenance.data_hash(root / "data" / "split")
     contexts = {
         {t.key: t.value for t in d.tags}["mlflow.data.context"]: d.dataset.name
         for d in parent.inputs.dataset_inputs

@@ -21,7 +21,9 @@ What counts as an import of a project module (`petscan` under `src/`):
   (Python runs it). Importing a *submodule* runs only the `__init__.py`'s module-level
   code, so the imports inside its functions are followed only when the package itself is
   used: `import petscan`, `from petscan import <a name defined in __init__.py>`.
-  (Otherwise every stage would depend on `serve.py`, which `petscan.load_model` imports.)
+  (Otherwise every stage would depend on `serving/loading.py`, which `petscan.load_model`
+  imports.) An `__init__.py` that holds only a docstring (a package's map) runs no code,
+  so no output can change with it: it is not listed.
 - `importlib.import_module("petscan.x")` (or `__import__`) with a literal string: as
   `import petscan.x`. With an f-string, every project module whose name starts with its
   literal beginning: `import_module(f"{__name__}.{name}")` in a package's `__init__.py`
@@ -96,8 +98,18 @@ class ImportGraph:
         return set(self._walk(self._script_needs(script)))
 
     def files_of(self, script: str | Path) -> set[Path]:
-        """`modules_of` as files (under `src`)."""
-        return {self.files[module] for module in self.modules_of(script)}
+        """`modules_of` as files (under `src`), without docstring-only `__init__.py` files."""
+        return {self.files[m] for m in self.modules_of(script) if self.runs_code(m)}
+
+    def runs_code(self, module: str) -> bool:
+        """False for a package whose `__init__.py` holds nothing but a docstring."""
+        if not self.is_package(module):
+            return True
+        body = ast.parse(self.files[module].read_text(encoding="utf-8")).body
+        docstring = (
+            body[:1] and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+        )
+        return len(body) > (1 if docstring else 0)
 
     def why(self, script: str | Path, module: str) -> list[str]:
         """A shortest chain of imports from `script` to `module` (empty if it is not run)."""

@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from petscan.demo.anatomy import build_anatomy
 from petscan.demo.rendering import DEFAULT_VISIBLE_CONTRAST, draw_view, encode, render
-from petscan.demo.truth import LESION_COLUMNS, LESIONS_FILE, TRUTH_FILE, class_kind
+from petscan.demo.truth import class_kind
+from petscan.handoff.ground_truth import LESION_COLUMNS, LESIONS_FILE, TRUTH_FILE
 from petscan.params.inputs import DEMO_PATIENT_PREFIX
 from petscan.params.loading import PARAMS_FILE, load_section
 from petscan.utils.errors import UserError, reports_user_errors

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 
 from petscan.demo.generate import generate
-from petscan.demo.truth import BREAST, LESIONS_FILE, NORMAL, PROSTATE, TRUTH_FILE, class_kind
+from petscan.demo.truth import BREAST, NORMAL, PROSTATE, class_kind
+from petscan.handoff.ground_truth import LESIONS_FILE, TRUTH_FILE
 from petscan.model import pet_demo
 from petscan.params.loading import PARAMS_FILE, load_sections, workspace_root
 from petscan.utils.io import atomic_path, sha256_file, write_json

@@ -18,12 +18,6 @@ import numpy as np
 from petscan.demo.shapes import Blob, capsule, ellipse, gauss, log_uniform
 
 NORMAL, BREAST, PROSTATE = "normal", "breast", "prostate"
-TRUTH_FILE = ".ground_truth.csv"  # hidden: `data.folders.list_images` skips it
-LESIONS_FILE = ".lesions.csv"  # every lesion of every file, one row each
-LESION_COLUMNS = (
-    "path", "patient", "view", "lesion", "kind", "col", "row", "diam_mm", "radius_col",
-    "radius_row", "px_per_mm_col", "px_per_mm_row", "suv", "contrast", "in_view", "visible",
-)  # fmt: skip
 
 
 def class_kind(folder: str) -> str:

@@ -32,10 +32,10 @@ import pandas as pd
 from petscan.data.images import load_rgb
 from petscan.evaluation import metrics
 from petscan.evaluation.gradcam import PREDICTED, explain_classes, explainer_for, to_image_grid
+from petscan.handoff.ground_truth import LESIONS_FILE
 
 BODY_BELOW = 250  # grey levels under this are body: the display's background is white (255)
 MAPS = ("model", "centre_prior", "random")
-LESIONS_FILE = ".lesions.csv"
 
 
 def file_key(path: str | Path) -> str:

@@ -35,7 +35,7 @@ def evaluate(params: StageParams, root: Path, splits: Sequence[str] = SPLITS) ->
     from petscan.evaluation.predictions import evaluate_split
     from petscan.handoff.records import read_train_info
     from petscan.handoff.results import write_metrics
-    from petscan.model.network import load_model
+    from petscan.model.saving import load_model
     from petscan.tracking.registry import describe_model_version
     from petscan.tracking.runs import training_run
 

@@ -53,7 +53,7 @@ def explain(params: StageParams, root: Path) -> dict[str, Any]:
     from petscan.evaluation.gallery import write_gallery
     from petscan.handoff.records import read_train_info
     from petscan.handoff.results import json_safe
-    from petscan.model.network import load_model
+    from petscan.model.saving import load_model
     from petscan.tracking.runs import training_run
     from petscan.utils import io
 

@@ -55,7 +55,7 @@ def train(params: StageParams, root: Path, verbose: int | str = "auto") -> dict[
 
     from petscan.handoff.manifests import manifest_paths, read_manifest
     from petscan.handoff.records import read_weights_info, weights_file
-    from petscan.tracking import runs
+    from petscan.tracking import model_logging, provenance, registry, runs
     from petscan.training.callbacks import MlflowEpochLogger
     from petscan.training.collapse import record_collapse
     from petscan.utils.redact import redact_text
@@ -69,10 +69,10 @@ def train(params: StageParams, root: Path, verbose: int | str = "auto") -> dict[
     weights_path = weights_file(weights_dir)
     # read before a run opens: a missing or stale cache is one error line, not a FAILED run
     cached = _load_cached(params, root, manifests) if params.train.mode == "cached" else None
-    tags = runs.run_tags(split_dir, weights)
-    run_name = runs.run_name("train", tags)
+    tags = provenance.run_tags(split_dir, weights)
+    run_name = provenance.run_name("train", tags)
     with runs.start_training_run(params.mlflow, params.as_dict(), tags, run_name=run_name) as run:
-        runs.log_datasets(run.info.run_id, split_dir, root)
+        provenance.log_datasets(run.info.run_id, split_dir, root)
         logger = MlflowEpochLogger(run.info.run_id)
         if cached is not None:
             result, full = _train_cached(params, cached, weights_path, logger, verbose)
@@ -92,7 +92,7 @@ def train(params: StageParams, root: Path, verbose: int | str = "auto") -> dict[
         mlflow.log_artifact(str(paths["history"]))
         mlflow.log_artifact(str(paths["summary"]))
         example = [str(root / read_manifest(manifests["val"])["path"].iloc[0])]
-        info = runs.log_keras_model(
+        info = model_logging.log_keras_model(
             paths["model"],
             params.mlflow,
             class_names,
@@ -103,7 +103,7 @@ def train(params: StageParams, root: Path, verbose: int | str = "auto") -> dict[
             max_aspect=params.split.max_aspect,
         )
         version_tags = {**tags, "model_sha256": summary["model_sha256"]}
-        summary["registered_version"] = runs.register_version(info, params.mlflow, version_tags)
+        summary["registered_version"] = registry.register_version(info, params.mlflow, version_tags)
     return summary
 
 

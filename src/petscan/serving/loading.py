@@ -69,15 +69,15 @@ def mlflow_params_from(params_path: str | Path | None = None) -> MlflowParams:
 def open_store(mlflow_params: MlflowParams) -> str:
     """Select the project's MLflow store (`tracking.runs.use_store`); return its URI. A local
     SQLite store that does not exist is a `MissingInputError`, not created empty."""
-    from petscan.tracking import runs
+    from petscan.tracking import store
 
-    store = runs.resolve_tracking_uri(mlflow_params)
+    store = store.resolve_tracking_uri(mlflow_params)
     if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
         raise MissingInputError(
             f"no MLflow store at {store}: run from the repository (or set MLFLOW_TRACKING_URI) "
             "and train a model first (`make run`)"
         )
-    return runs.use_store(mlflow_params)
+    return store.use_store(mlflow_params)
 
 
 def load_pyfunc(uri: str | None = None, params_path: str | Path | None = None) -> PyFuncModel:

@@ -158,7 +158,7 @@ def load_from_file(path: str | Path, params_path: str | Path) -> LoadedModel:
 
 def load_keras_file(path: Path):
     """A `.keras` file loaded in safe mode; `BadInputError` says why a file is not a model."""
-    from petscan.model.network import load_model
+    from petscan.model.saving import load_model
 
     size = path.stat().st_size
     if size == 0:
@@ -187,14 +187,14 @@ def load_from_uri(
     control.
     """
     from petscan.serving.loading import load_petscan_model
-    from petscan.tracking import runs
+    from petscan.tracking import store
 
     mlflow_params = (
         load_section("mlflow", params_path)
         if params_path is not None and Path(params_path).is_file()
         else defaults().mlflow
     )
-    runs.use_store(mlflow_params)
+    store.use_store(mlflow_params)
     if not trust_store:
         return load_keras_artifact(uri)
     _, inner = load_petscan_model(uri)
@@ -207,7 +207,7 @@ def load_keras_artifact(uri: str) -> LoadedModel:
     the `MLmodel` file (`yaml.safe_load`). Nothing is unpickled."""
     import mlflow
 
-    from petscan.model.network import load_model
+    from petscan.model.saving import load_model
 
     with tempfile.TemporaryDirectory(prefix="petscan-model-") as tmp:
         folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))

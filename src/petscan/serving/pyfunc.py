@@ -39,7 +39,7 @@ from mlflow.types import ColSpec, Schema
 from PIL import Image
 
 from petscan.data.images import ImageError, ImageRules, read_image, resize
-from petscan.model.network import load_model
+from petscan.model.saving import load_model
 
 INPUT_COLUMNS = ("path", "image")
 ERROR_COLUMN = "error"

@@ -17,7 +17,7 @@ import optuna
 from mlflow.entities import Metric, Param
 from optuna.trial import TrialState
 
-from petscan.tracking import runs
+from petscan.tracking import provenance, runs, store
 from petscan.tuning.data import TuneData
 from petscan.tuning.storage import storage_label
 
@@ -65,7 +65,7 @@ def log_batch(
 def study_tags(data: TuneData) -> dict[str, str]:
     """`tracking.runs.run_tags` for the study: code, data manifests, backbone weights (the same
     `data_manifest_sha256` as the training runs on the same split)."""
-    return runs.run_tags(data.split_dir, data.weights)
+    return provenance.run_tags(data.split_dir, data.weights)
 
 
 class Tracker:
@@ -162,7 +162,7 @@ def parent_run(
     root: str | Path | None = None,
 ) -> tuple[str, str]:
     """(experiment id, parent run id): the study's run, found by tags or created; RUNNING."""
-    experiment_id = runs.configure(mlflow_params)
+    experiment_id = store.configure(mlflow_params)
     client = mlflow.MlflowClient()
     label = storage_label(storage_url)
     quoteless = label.replace("'", "")  # a tag value the search filter can quote
@@ -191,7 +191,7 @@ def parent_run(
     log_batch(client, run.info.run_id, params=params)
     client.log_dict(run.info.run_id, tune.space, "tune_space.json")
     if split_dir is not None:  # the study's data as MLflow datasets (train, validation, test)
-        runs.log_datasets(run.info.run_id, split_dir, root)
+        provenance.log_datasets(run.info.run_id, split_dir, root)
     return experiment_id, run.info.run_id
 
 

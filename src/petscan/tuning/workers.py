@@ -21,7 +21,7 @@ import optuna
 
 from petscan.params.schema import validate
 from petscan.params.space import check_space
-from petscan.tracking import runs
+from petscan.tracking import store
 from petscan.tuning.data import load_tune_data
 from petscan.tuning.objective import Objective
 from petscan.tuning.storage import make_storage
@@ -108,7 +108,7 @@ def run_worker(config_path: str | Path, worker: int) -> int:
     data = load_tune_data(root, params)
     storage = make_storage(spec["storage"])
     study = open_study(tune, storage, max_steps(params.train, tune), worker=worker + 1)
-    runs.use_store(params.mlflow)
+    store.use_store(params.mlflow)
     tracker = Tracker(
         spec["experiment_id"], spec["parent_run_id"], tune.study_name, study_tags(data)
     )
