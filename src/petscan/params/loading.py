@@ -18,6 +18,7 @@ from typing import Any
 
 from petscan.params.reading import read_params_yaml
 from petscan.params.schema import Params, resolve_model, validate
+from petscan.params.stage import StageParams
 from petscan.utils.errors import MissingInputError, ParamsError
 
 PARAMS_FILE = "params.yaml"
@@ -81,86 +82,6 @@ def load_sections(names: Iterable[str], path: str | Path = PARAMS_FILE) -> Stage
     in; the result gives only what `names` declares (`StageParams`).
     """
     return StageParams(load_validated(path), names, path)
-
-
-class StageParams:
-    """What one stage may read of the params: whole typed sections and single keys.
-
-    `load_sections(["train", "split.out_dir"])` gives `.train` (the `TrainParams`) and
-    `.split.out_dir`; reading anything else (`.split.ratios`, `.evaluate`) is an
-    `AttributeError` naming the declaration, a bug in the stage (dvc.yaml would not re-run it
-    when that value changes). `as_dict()` is the declared values, nested as in the file (what
-    the stage logs to MLflow).
-    """
-
-    def __init__(self, params: Params, names: Iterable[str], path: str | Path = PARAMS_FILE):
-        self._names = tuple(names)
-        self._params = params
-        self._path = path
-        tree: dict[str, Any] = {}
-        for name in self._names:
-            _declare(tree, name.split("."), params, name, path)
-        self._tree = tree
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _pick(self._tree, self._params, name, name, self._names)
-
-    def as_dict(self) -> dict[str, Any]:
-        """The declared sections and keys as plain values, nested as in params.yaml."""
-        return _as_dict(self._tree, self._params.model_dump())
-
-    def __repr__(self) -> str:
-        return f"StageParams({', '.join(self._names)})"
-
-
-class _Keys:
-    """Some keys of a section (a stage declared `split.out_dir`, not the whole `split`)."""
-
-    def __init__(self, tree: dict[str, Any], node: Any, where: str, names: tuple[str, ...]):
-        self._tree, self._node, self._where, self._names = tree, node, where, names
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _pick(self._tree, self._node, name, f"{self._where}.{name}", self._names)
-
-
-def _declare(tree: dict[str, Any], parts: list[str], node: Any, name: str, path: Any) -> None:
-    """Mark `parts` in `tree` (True: the whole value), checking the schema has them."""
-    for depth, part in enumerate(parts):
-        fields = getattr(type(node), "model_fields", None)
-        if fields is None or part not in fields:
-            where = ".".join(parts[:depth])
-            if not depth:
-                raise KeyError(f"{path} has no '{name}' section (sections: {', '.join(fields)})")
-            found = f"keys: {', '.join(fields)}" if fields is not None else "not a mapping"
-            raise KeyError(f"{path} has no '{name}' ('{where}' {found})")
-        node = getattr(node, part)
-        if depth == len(parts) - 1:
-            tree[part] = True
-        elif tree.get(part) is not True:
-            tree = tree.setdefault(part, {})
-        else:
-            return  # the whole of it is declared already
-
-
-def _pick(tree: dict[str, Any], node: Any, name: str, dotted: str, names: tuple[str, ...]) -> Any:
-    declared = tree.get(name)
-    if declared is None:
-        raise AttributeError(
-            f"{dotted} is not among the params this stage declares ({', '.join(names)}): add it"
-            " to the stage's SECTIONS and its dvc.yaml params"
-        )
-    value = getattr(node, name)
-    return value if declared is True else _Keys(declared, value, dotted, names)
-
-
-def _as_dict(tree: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: values[key] if sub is True else _as_dict(sub, values[key]) for key, sub in tree.items()
-    }
 
 
 def stage_parser(doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:

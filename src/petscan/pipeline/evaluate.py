@@ -21,7 +21,7 @@ from petscan.handoff.records import banner
 from petscan.params.loading import StageParams, load_sections, stage_parser, workspace_root
 from petscan.utils import errors, logs
 
-SECTIONS = ("data", "model", "train", "evaluate", "mlflow", "split.out_dir")
+SECTIONS = ("data.classes", "model", "train", "evaluate", "mlflow", "split.out_dir")
 SPLITS = ("val", "test")
 
 

@@ -32,7 +32,16 @@ if TYPE_CHECKING:
     from petscan.params.learning import FeaturizeParams, ModelParams
     from petscan.params.loading import StageParams
 
-SECTIONS = ("data", "model", "featurize", "weights.dir", "split.out_dir")
+SECTIONS = (  # not the head's params: changing those must not re-run featurize
+    "data.classes",
+    "model.backbone",
+    "model.input_size",
+    "model.preprocessing",
+    "model.resize",
+    "featurize",
+    "weights.dir",
+    "split.out_dir",
+)
 
 
 def featurize(

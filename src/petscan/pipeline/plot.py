@@ -18,7 +18,15 @@ from petscan.params.loading import StageParams, load_sections, stage_parser, wor
 from petscan.utils import errors, logs
 from petscan.utils.errors import MissingInputError
 
-SECTIONS = ("data", "plot", "evaluate", "mlflow", "train.out_dir", "explain.out_dir")
+SECTIONS = (
+    "data.classes",
+    "plot",
+    "mlflow",
+    "train.out_dir",
+    "evaluate.out_dir",
+    "evaluate.ece_bins",
+    "explain.out_dir",
+)
 FIGURES = ("confusion", "roc", "pr", "reliability")
 SPLITS = ("val", "test")
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from petscan.training.fit import TrainResult
 
 SECTIONS = (
-    "data",
+    "data.classes",
     "model",
     "train",
     "mlflow",

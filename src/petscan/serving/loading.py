@@ -1,6 +1,6 @@
 """Finding and loading a logged model in the project's MLflow store.
 
-The store is the one the pipeline logs to (`tracking.runs.resolve_tracking_uri`); a local
+The store is the one the pipeline logs to (`tracking.store.resolve_tracking_uri`); a local
 SQLite store that does not exist is an error, never created empty. The model is a URI as
 given (`models:/pet-classifier@champion`, `models:/pet-classifier/3`, `runs:/...`), else the
 latest version of `mlflow.registered_model`. `load_petscan_model` is the one place that
@@ -67,14 +67,14 @@ def mlflow_params_from(params_path: str | Path | None = None) -> MlflowParams:
 
 
 def open_store(mlflow_params: MlflowParams) -> str:
-    """Select the project's MLflow store (`tracking.runs.use_store`); return its URI. A local
+    """Select the project's MLflow store (`tracking.store.use_store`); return its URI. A local
     SQLite store that does not exist is a `MissingInputError`, not created empty."""
     from petscan.tracking import store
 
-    store = store.resolve_tracking_uri(mlflow_params)
-    if store.startswith("sqlite:///") and not Path(store.removeprefix("sqlite:///")).is_file():
+    uri = store.resolve_tracking_uri(mlflow_params)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise MissingInputError(
-            f"no MLflow store at {store}: run from the repository (or set MLFLOW_TRACKING_URI) "
+            f"no MLflow store at {uri}: run from the repository (or set MLFLOW_TRACKING_URI) "
             "and train a model first (`make run`)"
         )
     return store.use_store(mlflow_params)

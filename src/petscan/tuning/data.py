@@ -30,7 +30,7 @@ class TuneData:
     val_groups: np.ndarray
     class_names: list[str]
     weights: WeightsInfo | None = None  # the backbone the features came from
-    split_dir: str = ""  # the manifests' folder (`tracking.runs.data_hash` reads it)
+    split_dir: str = ""  # the manifests' folder (`tracking.provenance.data_hash` reads it)
     fingerprint: str = ""  # a resumed study must see the same data (`_data_fingerprint`)
 
     def combined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -63,7 +63,7 @@ def log_batch(
 
 
 def study_tags(data: TuneData) -> dict[str, str]:
-    """`tracking.runs.run_tags` for the study: code, data manifests, backbone weights (the same
+    """`tracking.provenance.run_tags` for the study: code, data manifests, backbone weights (the same
     `data_manifest_sha256` as the training runs on the same split)."""
     return provenance.run_tags(data.split_dir, data.weights)
 

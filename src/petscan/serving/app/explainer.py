@@ -25,7 +25,8 @@ import numpy as np
 from PIL import Image
 
 from petscan.data.images import ImageRules, resize
-from petscan.evaluation.gradcam import explain_images, overlay
+from petscan.evaluation.gradcam import explain_images
+from petscan.evaluation.overlay import overlay
 from petscan.serving.loading import load_petscan_model
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[^/]+))$")
@@ -38,7 +39,7 @@ class ServedModel:
 
     keras_model: Any
     class_names: list[str]
-    model_params: dict[str, Any]  # the logged model config: input_size, resize, backbone, ...
+    model_config: dict[str, Any]  # the logged model config: input_size, resize, backbone, ...
     uri: str
     name: str | None = None
     version: str | None = None
@@ -76,7 +77,7 @@ def load_served_model(
     served = ServedModel(
         keras_model=inner.keras_model,
         class_names=list(inner.class_names),
-        model_params=dict(inner.config),
+        model_config=dict(inner.config),
         uri=uri,
         run_id=pyfunc.metadata.run_id,
         max_pixels=rules.max_pixels,
@@ -176,7 +177,7 @@ class Batcher:
             explanations = explain_images(
                 self.served.keras_model,
                 [job.image for job in jobs],
-                self.served.model_params,
+                self.served.model_config["resize"],
                 batch_size=self.max_batch,
                 timings=spent,
             )
