@@ -4,9 +4,9 @@ The same five patient-grouped folds (scikit-learn's `StratifiedGroupKFold`, shuf
 `tune.seed`) over train + val of the demo data; every row is scored on the held-out fold
 (view 0 only) by accuracy and macro one-vs-rest ROC AUC:
 
-- head:   the pipeline's head and recipe from params.yaml (`training.fit.fit_cached`, all cached
-          views); its early stopping watches an inner validation part carved from the fold's
-          own training patients, never the held-out fold;
+- head:   the pipeline's head and recipe from params.yaml (`training.fit.fit_cached`, all
+          cached views); its early stopping watches an inner validation part carved from the
+          fold's own training patients, never the held-out fold;
 - probe:  StandardScaler + logistic regression on the same cached features (view 0);
 - pixels: StandardScaler + logistic regression on 32 x 32 grey pixels of the same images.
 

@@ -4,7 +4,7 @@
    params.yaml on the cached features under `--data-dir` (features/ and split/), in a
    temporary Optuna storage and MLflow store (the repository's are not touched), and
    prints the time per trial and the extrapolated time of the full study (`tune.n_trials`).
-2. Times end-to-end image training (`training.fit_end_to_end`, backbone frozen, on-line
+2. Times end-to-end image training (`training.fit.fit_end_to_end`, backbone frozen, on-line
    augmentation) on the same images for `--e2e-epochs` epoch(s) (the last one is used),
    optionally on the first `--e2e-images` training images and scaled to the full split,
    and prints what the same study (same trials, same epochs run per trial) would cost
@@ -14,8 +14,8 @@
    of the default recipe on the same features with early stopping off, its median epoch
    (training, validation and callbacks) beside the bare head's forward and backward
    passes over the same batches in a plain `tf.function` (and with the optimizer's update,
-   Keras' Adam and `training.FusedAdam`), all in the same process, so the ratio holds
-   even when other jobs load the machine.
+   Keras' Adam and `training.fused_adam.FusedAdam`), all in the same process, so the ratio
+   holds even when other jobs load the machine.
 
 `--random-features` times step 1 on random features of the demo's shapes (train 1,072 x
 (1 + featurize.augment_views) x D, val 58 x 1 x D; a test manifest, which the study's run
