@@ -38,18 +38,22 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
 from PIL import Image
 
-from petscan.params import loading as config
+from petscan.params.loading import load_params, load_sections, stage_parser
 
-SECTIONS = ("model", "data.classes")
+if TYPE_CHECKING:
+    from petscan.params.loading import StageParams
+
+SECTIONS = ("model", "data")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = config.stage_parser(__doc__)
+    parser = stage_parser(__doc__)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0, help="warm-up seconds")
@@ -80,31 +84,30 @@ def test_image(size: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def register_random_init_model(root: Path, params: dict) -> str:
+def register_random_init_model(root: Path, params: StageParams) -> str:
     """Build the configured network with a random-init backbone and register it under root."""
     from petscan.model.network import build_full_model
-    from petscan.tracking import model_logging
-    from petscan.tracking import runs as tracking
+    from petscan.params.schema import section
+    from petscan.tracking.model_logging import log_keras_model
+    from petscan.tracking.runs import start_training_run
 
     os.environ["PETSCAN_ROOT"] = str(root)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    class_names = config.class_names(params["data"])
-    model = build_full_model(params["model"], len(class_names), None)
+    class_names = params.data.class_names
+    model = build_full_model(params.model, len(class_names), None)
     model.save(root / "model.keras")
-    mlflow_params = {"experiment": "bench", "registered_model": "pet-bench"}
+    mlflow_params = section("mlflow", {"experiment": "bench", "registered_model": "pet-bench"})
     tags = {"random_init": "true", "weights_label": "RANDOM-INIT backbone (not RadImageNet)"}
-    with tracking.start_training_run(mlflow_params, {}, tags):
-        model_logging.log_keras_model(
-            root / "model.keras", mlflow_params, class_names, params["model"]
-        )
+    with start_training_run(mlflow_params, {}, tags):
+        log_keras_model(root / "model.keras", mlflow_params, class_names, params.model)
     (root / "model.keras").unlink()
     return "models:/pet-bench/1"
 
 
 def write_params(root: Path, source: str) -> Path:
     """The project's params.yaml with the store at `root` (for the app subprocess)."""
-    params = config.load_params(source)
-    params["mlflow"]["tracking_uri"] = None
+    params = load_params(source)
+    params.setdefault("mlflow", {})["tracking_uri"] = None
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
@@ -226,7 +229,7 @@ def stage_percentiles(timings: list[dict]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    params = config.load_sections(SECTIONS, args.params)
+    params = load_sections(SECTIONS, args.params)
     body = test_image(args.size)
     with tempfile.TemporaryDirectory(prefix="petscan-bench-") as tmp:
         root = Path(tmp)
@@ -240,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             uri, params_path = args.model_uri, Path(args.params).resolve()
             label = args.model_uri
         else:
-            print(f"building {params['model']['backbone']} (RANDOM-INIT backbone) ...", flush=True)
+            print(f"building {params.model.backbone} (RANDOM-INIT backbone) ...", flush=True)
             uri = register_random_init_model(root, params)
             params_path = write_params(root, args.params)
             env["PETSCAN_ROOT"] = str(root)
             env.pop("MLFLOW_TRACKING_URI", None)
-            label = f"{params['model']['backbone']}, RANDOM-INIT backbone (not RadImageNet)"
+            label = f"{params.model.backbone}, RANDOM-INIT backbone (not RadImageNet)"
         proc, url = start_app(root, params_path, uri, env)
         try:
             warm = load(url, body, args.clients, args.warmup, args.max_requests)

@@ -15,6 +15,7 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,16 +24,20 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from petscan.data.images import list_images, load_rgb
-from petscan.params import loading as config
+from petscan.data.folders import list_images
+from petscan.data.images import load_rgb
+from petscan.params.loading import PARAMS_FILE, load_section
+
+if TYPE_CHECKING:
+    from petscan.params.inputs import DataParams
 
 
-def load_pixels(raw_dir: Path, classes: dict[str, str], pattern: str | None, size: int):
+def load_pixels(raw_dir: Path, data: DataParams, size: int):
     """Grey pixels (N, size*size) in [0, 1], labels and patient groups of every image."""
-    names = config.class_names({"classes": classes})
-    regex = re.compile(pattern) if pattern else None
+    names = data.class_names
+    regex = re.compile(data.patient_pattern) if data.patient_pattern else None
     pixels, labels, groups = [], [], []
-    for folder, name in classes.items():
+    for folder, name in data.classes.items():
         files = list_images(raw_dir / folder)
         if not files:
             raise FileNotFoundError(f"{raw_dir / folder} has no images: generate the data first")
@@ -47,17 +52,17 @@ def load_pixels(raw_dir: Path, classes: dict[str, str], pattern: str | None, siz
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (section `data`)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (section `data`)")
     parser.add_argument("--raw-dir", help="image folder (default: data.raw_dir)")
     parser.add_argument("--size", type=int, default=32, help="side of the downsampled image")
     parser.add_argument("--folds", type=int, default=5, help="patient-grouped stratified folds")
     parser.add_argument("--C", type=float, default=1.0, help="inverse L2 strength")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    data = config.load_section("data", args.params)
-    raw_dir = Path(args.raw_dir or data["raw_dir"])
+    data = load_section("data", args.params)
+    raw_dir = Path(args.raw_dir or data.raw_dir)
     start = time.perf_counter()
-    x, y, groups = load_pixels(raw_dir, data["classes"], data.get("patient_pattern"), args.size)
+    x, y, groups = load_pixels(raw_dir, data, args.size)
     seconds = time.perf_counter() - start
     print(f"{len(y)} images of {len(set(groups))} patients from {raw_dir} ({seconds:.1f} s)")
     folds = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)

@@ -4,7 +4,7 @@ In one process, on the same images and the same model, measured side by side (th
 methods alternate round by round, so a busy machine slows them alike):
 
 1. in memory: `model.predict` on the decoded images (resized as `model.resize` says) vs
-   `explain.explain_images` (resize, Grad-CAM or Grad-CAM++, heatmap on each file's own
+   `gradcam.explain_images` (resize, Grad-CAM or Grad-CAM++, heatmap on each file's own
    pixel grid);
 2. from files: `predict.predict_paths` (decode, resize, predict) vs `explain.explain_files`
    (decode, explain, write an overlay PNG per image and return the index rows).
@@ -28,8 +28,10 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from petscan.data.images import list_images  # noqa: E402
-from petscan.params import loading as config  # noqa: E402
+from petscan.data.folders import list_images  # noqa: E402
+from petscan.params.loading import PARAMS_FILE, load_sections  # noqa: E402
+
+SECTIONS = ("model", "data")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", required=True, help="folder of images (searched recursively)")
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (params.yaml)")
     parser.add_argument("--images", type=int, default=32, help="images to use (default 32)")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds; the median counts")
     parser.add_argument("--batch-size", type=int, default=8, help="images per batch (8)")
@@ -53,21 +55,22 @@ def timed(fn) -> float:
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
+    from petscan.cli import explain
     from petscan.data.images import load_rgb, resize
-    from petscan.evaluation import gradcam as explain
+    from petscan.evaluation import gradcam
     from petscan.model.network import build_full_model
     from petscan.serving import predict
 
     args = parse_args(argv)
-    params = config.load_sections(["model", "data.classes"], args.params)
-    model_params = params["model"]
-    class_names = config.class_names(params["data"])
+    params = load_sections(SECTIONS, args.params)
+    model_params = params.model
+    class_names = params.data.class_names
     files = list_images(args.data_dir)[: args.images]
     if not files:
         print(f"no images under {args.data_dir}: run `petscan generate` first", file=sys.stderr)
-        return 2
+        return 1
     model = build_full_model(model_params, len(class_names), None)  # random init
-    size, mode, batch = tuple(model_params["input_size"]), model_params["resize"], args.batch_size
+    size, mode, batch = tuple(model_params.input_size), model_params.resize, args.batch_size
     images = [load_rgb(f) for f in files]
     loaded = predict.LoadedModel(model, class_names, size, mode, "random-init")
     pairs = [(f, Path(f.name)) for f in files]
@@ -79,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
 
     tasks = {
         "memory: predict": predict_memory,
-        "memory: gradcam": lambda: explain.explain_images(
-            model, images, model_params, "gradcam", batch_size=batch
+        "memory: gradcam": lambda: gradcam.explain_images(
+            model, images, mode, "gradcam", batch_size=batch
         ),
-        "memory: gradcam++": lambda: explain.explain_images(
-            model, images, model_params, "gradcam++", batch_size=batch
+        "memory: gradcam++": lambda: gradcam.explain_images(
+            model, images, mode, "gradcam++", batch_size=batch
         ),
         "files: predict": lambda: predict.predict_paths(
             model, files, class_names, size, mode, batch_size=batch
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds[name].append(timed(fn))
     per_image = {name: statistics.median(s) / len(files) * 1000 for name, s in seconds.items()}
     print(
-        f"{model_params['backbone']} at {size[0]} x {size[1]}, resize {mode}, RANDOM-INIT "
+        f"{model_params.backbone} at {size[0]} x {size[1]}, resize {mode}, RANDOM-INIT "
         f"weights; {len(files)} images of {args.data_dir}, batch {batch}, "
         f"{os.cpu_count()} CPU cores, median of {args.rounds} rounds"
     )

@@ -29,12 +29,17 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from petscan.data.images import list_images  # noqa: E402
-from petscan.params import loading as config  # noqa: E402
+from petscan.data.folders import list_images  # noqa: E402
+from petscan.params.loading import PARAMS_FILE, load_sections  # noqa: E402
+
+if TYPE_CHECKING:
+    from petscan.params.learning import FeaturizeParams, ModelParams
+
+SECTIONS = ("model", "featurize")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--data-dir", required=True, help="folder of images (searched recursively)")
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (params.yaml)")
     parser.add_argument(
         "--images", type=int, default=0, help="images to use (0: all in the folder)"
     )
@@ -72,22 +77,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def _setup(args: argparse.Namespace) -> tuple[dict[str, Any], int, Any]:
+def _setup(args: argparse.Namespace) -> tuple[ModelParams, FeaturizeParams, int, Any]:
     from petscan.model.network import build_feature_extractor
 
-    model = config.load_section("model", args.params)
-    featurize = config.load_section("featurize", args.params)
-    batch = int(args.batch_size or featurize["batch_size"])
-    return model, batch, build_feature_extractor(model, weights_path=None)
+    params = load_sections(SECTIONS, args.params)
+    batch = args.batch_size or params.featurize.batch_size
+    extractor = build_feature_extractor(params.model, weights_path=None)
+    return params.model, params.featurize, batch, extractor
 
 
 def child_raw(args: argparse.Namespace) -> dict[str, Any]:
     """`model.predict` on in-memory tensors: the backbone alone."""
     import numpy as np
 
-    model, batch, extractor = _setup(args)
+    model, _, batch, extractor = _setup(args)
     n = len(_files(args))
-    height, width = (int(v) for v in model["input_size"])
+    height, width = model.input_size
     x = np.random.default_rng(0).uniform(0, 255, (n, height, width, 3)).astype("float32")
     for size in {batch, n % batch} - {0}:  # warm-up: trace and compile both batch shapes
         extractor.predict(x[:size], batch_size=batch, verbose=0)
@@ -107,12 +112,11 @@ def child_featurize(args: argparse.Namespace) -> dict[str, Any]:
     from petscan.data.features import featurize_split
     from petscan.data.tf_data import build_augmenter, images_per_batch
 
-    model, batch, extractor = _setup(args)
-    featurize = config.load_section("featurize", args.params)
+    model, featurize, batch, extractor = _setup(args)
     files = _files(args) * args.scale
     views = 1 + args.augment_views
     per_batch = images_per_batch(batch, views)
-    height, width = (int(v) for v in model["input_size"])
+    height, width = model.input_size
     for size in {per_batch * views, (len(files) % per_batch) * views} - {0}:
         extractor.predict_on_batch(np.zeros((size, height, width, 3), "float32"))  # warm-up
     rss_ready = _peak_rss_mb()
@@ -121,7 +125,7 @@ def child_featurize(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="featurize-bench-") as tmp:
         for _ in range(args.repeats):
             augmenter = (
-                build_augmenter(featurize["augmentation"], int(featurize["seed"]))
+                build_augmenter(featurize.augmentation, featurize.seed)
                 if args.augment_views
                 else None
             )
@@ -166,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         fn = child_raw if args.child == "raw" else child_featurize
         print(json.dumps(fn(args)))
         return 0
-    model = config.load_section("model", args.params)
+    model = load_sections(SECTIONS, args.params).model
     n = len(_files(args))
     print(
-        f"backbone {model['backbone']} {model['input_size']} (random init), {n} images, "
+        f"backbone {model.backbone} {model.input_size} (random init), {n} images, "
         f"{os.cpu_count()} CPUs, best of {args.repeats}"
     )
     raw = _run_child(args, "raw")

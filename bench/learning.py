@@ -4,9 +4,9 @@ The same five patient-grouped folds (scikit-learn's `StratifiedGroupKFold`, shuf
 `tune.seed`) over train + val of the demo data; every row is scored on the held-out fold
 (view 0 only) by accuracy and macro one-vs-rest ROC AUC:
 
-- head:   the pipeline's head and recipe from params.yaml (`training.fit_cached`, all cached
-          views); its early stopping watches an inner validation part carved from the fold's
-          own training patients, never the held-out fold;
+- head:   the pipeline's head and recipe from params.yaml (`training.fit.fit_cached`, all
+          cached views); its early stopping watches an inner validation part carved from the
+          fold's own training patients, never the held-out fold;
 - probe:  StandardScaler + logistic regression on the same cached features (view 0);
 - pixels: StandardScaler + logistic regression on 32 x 32 grey pixels of the same images.
 
@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -36,33 +37,29 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from petscan.data.images import load_rgb
-from petscan.evaluation.metrics import bootstrap_ci
-from petscan.params import loading as config
-from petscan.training import fit as training
+from petscan.evaluation.metrics import bootstrap_distribution, percentile_interval
+from petscan.params.loading import PARAMS_FILE, load_validated, workspace_root
+from petscan.params.schema import with_overrides
+from petscan.training.fit import fit_cached
 from petscan.tuning.data import cv_folds, load_tune_data
+
+if TYPE_CHECKING:
+    from petscan.params.schema import Params
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (train idx, test idx) -> proba
 # What the seed notebook ran, over params.yaml: the row that shows the collapse.
 SEED_RECIPE = {
-    "model": {"standardize": False},
-    "train": {
-        "lr_schedule": {"boundaries": [5, 15, 25], "values": [5e-5, 1e-4, 5e-5, 1e-5]},
-        "early_stopping": {"monitor": "val_loss", "patience": 5},
-    },
+    "model.standardize": False,
+    "train.lr_schedule.boundaries": [5, 15, 25],
+    "train.lr_schedule.values": [5e-5, 1e-4, 5e-5, 1e-5],
+    "train.early_stopping.monitor": "val_loss",
+    "train.early_stopping.patience": 5,
 }
 
 
-def merged(params: dict, changes: dict) -> dict:
-    """`params` with the nested `changes` applied (a new dict)."""
-    out = dict(params)
-    for key, value in changes.items():
-        out[key] = merged(params.get(key, {}), value) if isinstance(value, dict) else value
-    return out
-
-
-def pixels(root: Path, params: dict, size: int = 32) -> np.ndarray:
+def pixels(root: Path, params: Params, size: int = 32) -> np.ndarray:
     """Grey pixels (N, size * size) in [0, 1] of train + val, in the feature cache's order."""
-    split_dir = root / params["split"]["out_dir"]
+    split_dir = root / params.split.out_dir
     paths = pd.concat(pd.read_csv(split_dir / f"{s}.csv") for s in ("train", "val"))["path"]
     rows = []
     for path in paths:
@@ -80,14 +77,14 @@ def logistic(x: np.ndarray, y: np.ndarray) -> Scorer:
 
 
 def head(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, params: dict, names: list[str], seed: int
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, params: Params, names: list[str], seed: int
 ) -> Scorer:
     def score(train: np.ndarray, test: np.ndarray) -> np.ndarray:
         inner = StratifiedGroupKFold(n_splits=10, shuffle=True, random_state=seed)
         fit_idx, stop_idx = next(inner.split(train, y[train], groups[train]))
         fit, stop = train[fit_idx], train[stop_idx]
-        result = training.fit_cached(
-            x[fit], y[fit], x[stop][:, :1], y[stop], params["model"], params["train"],
+        result = fit_cached(
+            x[fit], y[fit], x[stop][:, :1], y[stop], params.model, params.train,
             len(names), verbose=0, class_names=names,
         )  # fmt: skip
         features = np.ascontiguousarray(x[test][:, 0], dtype=np.float32)
@@ -110,7 +107,8 @@ def evaluate(scorer: Scorer, y: np.ndarray, groups: np.ndarray, folds: list) -> 
         majority.append(float(np.bincount(predicted).max() / len(predicted)))
     pooled_scores = {}
     for name, fn in (("auc", macro_auc), ("accuracy", top1)):
-        low, high = bootstrap_ci(fn, y, pooled, groups, n_resamples=1000, seed=0)
+        values = bootstrap_distribution(fn, y, pooled, groups, n_resamples=1000, seed=0)
+        low, high, _ = percentile_interval(values["value"], 0.95)
         pooled_scores[name] = (fn(y, pooled), low, high)
     return {
         "accuracy": np.array(accuracy),
@@ -132,13 +130,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file")
     parser.add_argument("--folds", type=int, default=5, help="patient-grouped folds")
     parser.add_argument("--seed-head", action="store_true", help="add the seed's head as a row")
     args = parser.parse_args(argv)
-    root = config.workspace_root()
-    params = config.load_validated(args.params)
-    seed = int(params["tune"]["seed"])
+    root = workspace_root()
+    params = load_validated(args.params)
+    seed = params.tune.seed
     start = time.perf_counter()
     data = load_tune_data(root, params)
     x, y, groups = data.combined()
@@ -154,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "pixels (logistic, 32 x 32 grey)": logistic(pixels(root, params), y),
     }
     if args.seed_head:
-        seed_params = merged(params, SEED_RECIPE)
+        seed_params = with_overrides(params, SEED_RECIPE, args.params)
         rows["the seed's head and recipe"] = head(x, y, groups, seed_params, data.class_names, seed)
     results = {name: evaluate(scorer, y, groups, folds) for name, scorer in rows.items()}
     print(f"\n{'row':<42} {'accuracy':>15} {'macro ROC AUC':>15}  majority share per fold")

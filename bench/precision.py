@@ -19,45 +19,48 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from learning import evaluate, head
 
-from petscan.data.features import run_featurize
 from petscan.handoff.records import read_weights_info, weights_file
 from petscan.model.network import native_bfloat16
-from petscan.params import loading as config
+from petscan.params.loading import PARAMS_FILE, load_validated, workspace_root
+from petscan.pipeline.featurize import featurize_manifests
 from petscan.tuning.data import cv_folds, load_tune_data
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/learning.py, also when imported
+from learning import evaluate, head  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file")
     parser.add_argument("--folds", type=int, default=5, help="patient-grouped folds")
     args = parser.parse_args(argv)
-    root = config.workspace_root()
-    params = config.load_validated(args.params)
-    split_dir = root / params["split"]["out_dir"]
-    weights_dir = root / params["weights"]["dir"]
+    root = workspace_root()
+    params = load_validated(args.params)
+    split_dir = root / params.split.out_dir
+    weights_dir = root / params.weights.dir
     print(f"CPU/GPU with native bfloat16: {native_bfloat16()}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="precision-") as tmp:
         for precision in ("float32", "bfloat16"):
             out = Path(tmp) / precision
-            done = run_featurize(
+            done = featurize_manifests(
                 {s: split_dir / f"{s}.csv" for s in ("train", "val")},
                 out,
-                params["model"],
-                {**params["featurize"], "precision": precision},
+                params.model,
+                params.featurize.model_copy(update={"precision": precision}),
                 weights_path=weights_file(weights_dir),
                 weights=read_weights_info(weights_dir),
-                class_names=config.class_names(params["data"]),
+                class_names=params.data.class_names,
                 root=root,
             )
             inputs = sum(d["rows"] * d["views"] for d in done.values())
             seconds = sum(d["timing"]["seconds"] for d in done.values())
             rate = inputs / seconds
-            local = {**params, "featurize": {**params["featurize"], "out_dir": str(out)}}
+            featurize = params.featurize.model_copy(update={"out_dir": str(out)})
+            local = params.model_copy(update={"featurize": featurize})
             results[precision] = {"rate": rate, "data": load_tune_data(root, local)}
     a, b = (results[p]["data"].combined()[0] for p in ("float32", "bfloat16"))
     flat_a, flat_b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
@@ -65,14 +68,15 @@ def main(argv: list[str] | None = None) -> int:
         (flat_a * flat_b).sum(1) / np.linalg.norm(flat_a, axis=1) / np.linalg.norm(flat_b, axis=1)
     )
     _, y, groups = results["float32"]["data"].combined()
-    seed = int(params["tune"]["seed"])
+    seed = params.tune.seed
     folds = cv_folds(y, groups, args.folds, seed)
     names = results["float32"]["data"].class_names
-    print(f"\n{'precision':<10} {'inputs/s':>9} {'head macro AUC (5 folds)':>26}")
+    auc_title = f"head macro AUC ({args.folds} folds)"
+    print(f"\n{'precision':<10} {'inputs/s':>9} {auc_title:>26}")
     aucs = {}
     for precision, r in results.items():
         x = r["data"].combined()[0]
-        aucs[precision] = evaluate(head(x, y, groups, params, names, seed), y, folds)["auc"]
+        aucs[precision] = evaluate(head(x, y, groups, params, names, seed), y, groups, folds)["auc"]
         print(f"{precision:<10} {r['rate']:9.1f} {aucs[precision].mean():.3f} +- "
               f"{aucs[precision].std():.3f}")  # fmt: skip
     speedup = results["bfloat16"]["rate"] / results["float32"]["rate"]

@@ -18,6 +18,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,25 +30,28 @@ from sklearn.preprocessing import StandardScaler
 from petscan.data.images import load_resized
 from petscan.demo.pretrain import run_pretrain
 from petscan.model.network import build_feature_extractor
-from petscan.params import loading as config
+from petscan.params.loading import PARAMS_FILE, load_validated, workspace_root
 from petscan.tuning.data import cv_folds
 from petscan.utils.io import read_json
+
+if TYPE_CHECKING:
+    from petscan.params.schema import Params
 
 OUT = Path("bench/results/pretrain_curve")
 
 
-def demo_images(root: Path, params: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def demo_images(root: Path, params: Params) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images, labels, patients) of the demo's train + val manifests."""
-    split_dir = root / params["split"]["out_dir"]
+    split_dir = root / params.split.out_dir
     frame = pd.concat(pd.read_csv(split_dir / f"{s}.csv") for s in ("train", "val"))
-    size = tuple(params["model"]["input_size"])
-    images = np.stack([load_resized(root / p, size, params["model"]["resize"]) for p in frame.path])
+    size = tuple(params.model.input_size)
+    images = np.stack([load_resized(root / p, size, params.model.resize) for p in frame.path])
     return images, frame["label"].to_numpy(), frame["patient"].astype(str).to_numpy()
 
 
-def downstream(weights: Path, params: dict, data, folds) -> dict[str, float]:
+def downstream(weights: Path, params: Params, data, folds) -> dict[str, float]:
     images, y, _ = data
-    model_params = {**params["model"], "backbone": "pet_demo"}
+    model_params = params.model.model_copy(update={"backbone": "pet_demo"})
     features = build_feature_extractor(model_params, weights).predict(images, verbose=0)
     auc, accuracy = [], []
     for train, test in folds:
@@ -80,16 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file")
     parser.add_argument(
         "--patients", nargs="*", type=int, default=[300, 1000], help="corpus sizes to pretrain"
     )
     parser.add_argument("--shipped", action="store_true", help="add the committed file as a row")
     args = parser.parse_args(argv)
-    root = config.workspace_root()
-    params = config.load_validated(args.params)
+    root = workspace_root()
+    params = load_validated(args.params)
     data = demo_images(root, params)
-    folds = cv_folds(data[1], data[2], 5, params["tune"]["seed"])
+    folds = cv_folds(data[1], data[2], 5, params.tune.seed)
     print(
         f"{'size':>8} {'patients':>8} {'images':>7} {'min':>6}  {'lesion':>6} {'label':>6}"
         f"  {'select':>6}  {'demo macro AUC':>14}  {'demo accuracy':>14}"
@@ -99,17 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         out = root / OUT / f"pet_demo_{patients}.h5"
         start = time.perf_counter()
         record = run_pretrain(
-            params["pretrain"],
-            params["synthetic"]["base_height"],
+            params.pretrain,
+            params.synthetic.base_height,
             out,
-            root / params["pretrain"]["work_dir"],
+            root / params.pretrain.work_dir,
             patients=patients,
             command=f"bench/pretrain_curve.py --patients {patients}",
         )
         print(row(str(patients), record, downstream(out, params, data, folds)), flush=True)
         print(f"    ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.shipped:
-        shipped = root / params["weights"]["demo"]["path"]
+        shipped = root / params.weights.demo.path
         record = read_json(shipped.with_suffix(".json"))
         print(row("shipped", record, downstream(shipped, params, data, folds)), flush=True)
     return 0

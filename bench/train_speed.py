@@ -12,18 +12,17 @@ nothing is written. Example:
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 import time
 from pathlib import Path
 
-from petscan.params import loading as config
+from petscan.params.loading import load_sections, stage_parser, workspace_root
 
 SECTIONS = ("data", "model", "train", "featurize", "split.out_dir", "weights.dir")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = config.stage_parser(__doc__)
+    parser = stage_parser(__doc__)
     parser.add_argument(
         "--limit", type=int, default=None, help="use only the first N training images"
     )
@@ -35,21 +34,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from petscan.data.features import load_features
     from petscan.handoff.records import weights_file
-    from petscan.training import fit as training
+    from petscan.training.fit import fit_cached, fit_end_to_end
 
-    root = config.workspace_root()
-    params = config.load_sections(SECTIONS, args.params)
-    featurize = params["featurize"]
-    split_dir = root / params["split"]["out_dir"]
-    weights_path = weights_file(root / params["weights"]["dir"])
-    train = copy.deepcopy(params["train"])
-    train["early_stopping"] = {**train.get("early_stopping", {}), "enabled": False}
+    root = workspace_root()
+    params = load_sections(SECTIONS, args.params)
+    featurize = params.featurize
+    split_dir = root / params.split.out_dir
+    weights_path = weights_file(root / params.weights.dir)
+    stopping = params.train.early_stopping.model_copy(update={"enabled": False})
+    train = params.train.model_copy(update={"early_stopping": stopping})
     if args.epochs:
-        train["epochs"] = args.epochs
-    k = len(config.class_names(params["data"]))
+        train = train.model_copy(update={"epochs": args.epochs})
+    k = len(params.data.class_names)
 
     sets = {
-        s: load_features(root / featurize["out_dir"], s, split_dir / f"{s}.csv")
+        s: load_features(root / featurize.out_dir, s, split_dir / f"{s}.csv")
         for s in ("train", "val")
     }
     n = min(args.limit or len(sets["train"].labels), len(sets["train"].labels))
@@ -57,18 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     vx, vy = sets["val"].features, sets["val"].labels
 
     start = time.perf_counter()
-    cached = training.fit_cached(x, y, vx, vy, params["model"], train, k, verbose=0)
+    cached = fit_cached(x, y, vx, vy, params.model, train, k, verbose=0)
     cached_s = time.perf_counter() - start
 
-    e2e = {**train, "epochs": 1}
+    e2e = train.model_copy(update={"epochs": 1})
     frames = {s: sets[s].frame for s in ("train", "val")}
     start = time.perf_counter()
-    training.fit_end_to_end(
+    fit_end_to_end(
         frames["train"].iloc[:n],
         frames["val"],
-        params["model"],
+        params.model,
         e2e,
-        featurize.get("augmentation"),
+        featurize.augmentation,
         weights_path if Path(weights_path).is_file() else None,
         k,
         root=root,
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     e2e_s = time.perf_counter() - start
 
     epochs = cached.epochs_run
-    print(f"images: {n} train, {len(vy)} val; backbone {params['model']['backbone']}")
+    print(f"images: {n} train, {len(vy)} val; backbone {params.model.backbone}")
     print(f"cached training, {epochs} epochs: {cached_s:8.2f} s ({cached_s / epochs:.3f} s/epoch)")
     print(f"end-to-end training, 1 epoch:    {e2e_s:8.2f} s")
     print(f"one end-to-end epoch / whole cached training: {e2e_s / cached_s:.2f}x")

@@ -4,7 +4,7 @@
    params.yaml on the cached features under `--data-dir` (features/ and split/), in a
    temporary Optuna storage and MLflow store (the repository's are not touched), and
    prints the time per trial and the extrapolated time of the full study (`tune.n_trials`).
-2. Times end-to-end image training (`training.fit_end_to_end`, backbone frozen, on-line
+2. Times end-to-end image training (`training.fit.fit_end_to_end`, backbone frozen, on-line
    augmentation) on the same images for `--e2e-epochs` epoch(s) (the last one is used),
    optionally on the first `--e2e-images` training images and scaled to the full split,
    and prints what the same study (same trials, same epochs run per trial) would cost
@@ -14,11 +14,12 @@
    of the default recipe on the same features with early stopping off, its median epoch
    (training, validation and callbacks) beside the bare head's forward and backward
    passes over the same batches in a plain `tf.function` (and with the optimizer's update,
-   Keras' Adam and `training.FusedAdam`), all in the same process, so the ratio holds
-   even when other jobs load the machine.
+   Keras' Adam and `training.fused_adam.FusedAdam`), all in the same process, so the ratio
+   holds even when other jobs load the machine.
 
 `--random-features` times step 1 on random features of the demo's shapes (train 1,072 x
-(1 + featurize.augment_views) x D, val 58 x 1 x D) when the cache has not been built.
+(1 + featurize.augment_views) x D, val 58 x 1 x D; a test manifest, which the study's run
+tags hash, without features) when the cache has not been built.
 Results are also written to bench/results/tune_speed.json.
 """
 
@@ -26,24 +27,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from petscan.params import loading as config
+from petscan.params.loading import PARAMS_FILE, load_validated, workspace_root
 
-DEMO_ROWS = {"train": 1072, "val": 58}
+if TYPE_CHECKING:
+    from petscan.params.learning import TrainParams
+    from petscan.params.schema import Params
+
+DEMO_ROWS = {"train": 1072, "val": 58, "test": 58}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--params", default=config.PARAMS_FILE, help="params file (params.yaml)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params file (params.yaml)")
     parser.add_argument("--trials", type=int, default=5, help="trials to time (default 5)")
     parser.add_argument(
         "--data-dir", default="data", help="folder holding split/ and features/ (data)"
@@ -63,11 +68,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load_params(path: str) -> dict:
-    names = ("tune", "train", "model", "data", "mlflow", "featurize", "weights")
-    return {name: config.load_section(name, path) for name in names}
-
-
 @contextlib.contextmanager
 def scratch_stores() -> Iterator[Path]:
     """A temporary root for the Optuna storage and the MLflow store of the benchmark."""
@@ -84,8 +84,9 @@ def scratch_stores() -> Iterator[Path]:
                     os.environ[key] = value
 
 
-def write_random_cache(root: Path, params: dict) -> None:
-    """Random features + manifests of the demo's shapes, in the real cache format."""
+def write_random_cache(root: Path, params: Params) -> None:
+    """Random features + manifests of the demo's shapes, in the real cache format (test: the
+    manifest only, the study never reads its features)."""
     import numpy as np
     import pandas as pd
 
@@ -94,10 +95,10 @@ def write_random_cache(root: Path, params: dict) -> None:
     from petscan.model.backbones import backbone_spec
 
     rng = np.random.default_rng(0)
-    dim = backbone_spec(params["model"]["backbone"]).feature_dim
-    names = config.class_names(params["data"])
+    dim = backbone_spec(params.model.backbone).feature_dim
+    names = params.data.class_names
     means = rng.normal(0.0, 0.3, size=(len(names), dim)).astype(np.float32)
-    views = {"train": 1 + int(params["featurize"]["augment_views"]), "val": 1}
+    views = {"train": 1 + params.featurize.augment_views, "val": 1}
     for split, rows in DEMO_ROWS.items():
         labels = np.arange(rows) % len(names)
         frame = pd.DataFrame(
@@ -112,9 +113,11 @@ def write_random_cache(root: Path, params: dict) -> None:
         manifest = root / "split" / f"{split}.csv"
         manifest.parent.mkdir(parents=True, exist_ok=True)
         frame.to_csv(manifest, index=False)
+        if split not in views:
+            continue
         x = means[labels][:, None, :] + rng.normal(0, 1, (rows, views[split], dim))
         weights = WeightsInfo(
-            backbone=params["model"]["backbone"],
+            backbone=params.model.backbone,
             weights_source="random features (benchmark)",
             weights_sha256="0" * 64,
             random_init=True,
@@ -123,7 +126,7 @@ def write_random_cache(root: Path, params: dict) -> None:
         save_features(root / "features", split, x, manifest, weights)
 
 
-def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
+def time_study(params: Params, data_dir: Path, trials: int, root: Path) -> dict:
     """Run `trials` trials in a scratch storage; per-trial durations and epochs."""
     import optuna
 
@@ -131,11 +134,15 @@ def time_study(params: dict, data_dir: Path, trials: int, root: Path) -> dict:
     from petscan.tuning.run import run_tune
     from petscan.tuning.storage import make_storage
 
-    study_params = copy.deepcopy(params)
-    study_params["split"] = {"out_dir": str(data_dir.resolve() / "split")}
-    study_params["featurize"] = {"out_dir": str(data_dir.resolve() / "features")}
-    study_params["tune"] = {**params["tune"], "storage": None, "timeout_s": None}
-    study_params["mlflow"] = {**params["mlflow"], "experiment": "tune-speed-bench"}
+    data = data_dir.resolve()
+    study_params = params.model_copy(
+        update={
+            "split": params.split.model_copy(update={"out_dir": str(data / "split")}),
+            "featurize": params.featurize.model_copy(update={"out_dir": str(data / "features")}),
+            "tune": params.tune.model_copy(update={"storage": None, "timeout_s": None}),
+            "mlflow": params.mlflow.model_copy(update={"experiment": "tune-speed-bench"}),
+        }
+    )
     os.environ["PETSCAN_ROOT"] = str(root)
     start = time.perf_counter()
     summary = run_tune(
@@ -178,7 +185,7 @@ def epoch_timer():
     return EpochTimer()
 
 
-def load_cache(data_dir: Path, params: dict) -> dict:
+def load_cache(data_dir: Path) -> dict:
     """Train and val features and labels of the cache under `data_dir`."""
     from petscan.data.features import load_features
 
@@ -188,7 +195,9 @@ def load_cache(data_dir: Path, params: dict) -> dict:
     return {"x": train.features, "y": train.labels, "val_x": val.features, "val_y": val.labels}
 
 
-def bare_epoch_s(head, train_params: dict, batches, optimizer=None, repeats: int = 5) -> float:
+def bare_epoch_s(
+    head, train_params: TrainParams, batches, optimizer=None, repeats: int = 5
+) -> float:
     """Median seconds of the head's forward and backward passes over `batches` (x, y,
     sample weight, stacked: steps x batch x ...) in a plain `tf.function`: the focal loss
     with the L2 penalty, its gradients, and `optimizer`'s update when given (else the
@@ -198,7 +207,7 @@ def bare_epoch_s(head, train_params: dict, batches, optimizer=None, repeats: int
 
     from petscan.model import losses
 
-    loss_fn = losses.make_loss(train_params["loss"], head.output.shape[-1])
+    loss_fn = losses.make_loss(train_params.loss, head.output.shape[-1])
     weights = head.trainable_variables
     if optimizer is not None:
         optimizer.build(weights)
@@ -228,43 +237,51 @@ def bare_epoch_s(head, train_params: dict, batches, optimizer=None, repeats: int
     return float(np.median(seconds))
 
 
-def time_epoch_overhead(params: dict, data_dir: Path, epochs: int) -> dict:
+def without_early_stopping(train: TrainParams, epochs: int) -> TrainParams:
+    """`train` running all `epochs` epochs."""
+    stopping = train.early_stopping.model_copy(update={"enabled": False})
+    return train.model_copy(update={"epochs": epochs, "early_stopping": stopping})
+
+
+def time_epoch_overhead(params: Params, data_dir: Path, epochs: int) -> dict:
     """A cached epoch inside `fit_cached` against the bare head's passes (same process)."""
     import keras
     import numpy as np
 
     from petscan.model import losses
-    from petscan.training import fit as training
+    from petscan.params.learning import OptimizerParams
+    from petscan.training.fit import fit_cached
+    from petscan.training.fused_adam import make_optimizer
+    from petscan.training.sampler import CachedViewSampler
 
-    cache = load_cache(data_dir, params)
-    train_params = copy.deepcopy(params["train"])
-    train_params.update(epochs=int(epochs), early_stopping={"enabled": False})
+    cache = load_cache(data_dir)
+    train_params = without_early_stopping(params.train, epochs)
     timer = epoch_timer()
-    num_classes = len(config.class_names(params["data"]))
-    result = training.fit_cached(
+    num_classes = len(params.data.class_names)
+    result = fit_cached(
         cache["x"],
         cache["y"],
         cache["val_x"],
         cache["val_y"],
-        params["model"],
+        params.model,
         train_params,
         num_classes,
         callbacks=[timer],
         verbose=0,
     )
-    weights = losses.class_weights(cache["y"], train_params["class_weight"], num_classes)
-    batch = int(train_params["batch_size"])
-    sampler = training.CachedViewSampler(cache["x"], cache["y"], batch, 1, seed=0)
+    weights = losses.class_weights(cache["y"], train_params.class_weight, num_classes)
+    batch = train_params.batch_size
+    sampler = CachedViewSampler(cache["x"], cache["y"], batch, 1, seed=0)
     full = len(cache["x"]) // batch  # whole batches, stacked; a short last one is scaled
     xs, ys = zip(*(sampler[i] for i in range(full)), strict=True)
     ws = [np.array([weights[c] for c in y], np.float32) for y in ys]
     batches = (np.stack(xs), np.stack(ys), np.stack(ws))
     scale = sampler.steps_per_epoch / full
-    lr = float(train_params["lr_schedule"]["values"][-1])
+    lr = train_params.lr_schedule.values[-1]
     optimizers = {
         "forward_backward": None,
         "with_keras_adam": keras.optimizers.Adam(lr),
-        "with_fused_adam": training.make_optimizer({"name": "adam"}, lr, fused=True),
+        "with_fused_adam": make_optimizer(OptimizerParams(name="adam"), lr, fused=True),
     }
     bare = {
         name: scale * bare_epoch_s(result.head, train_params, batches, optimizer)
@@ -272,7 +289,7 @@ def time_epoch_overhead(params: dict, data_dir: Path, epochs: int) -> dict:
     }
     fit_epoch = float(np.median(timer.seconds[1:]))
     return {
-        "epochs_timed": int(epochs),
+        "epochs_timed": epochs,
         "steps_per_epoch": sampler.steps_per_epoch,
         "fit_epoch_s": fit_epoch,
         "fit_first_epoch_s": timer.seconds[0],
@@ -282,14 +299,14 @@ def time_epoch_overhead(params: dict, data_dir: Path, epochs: int) -> dict:
     }
 
 
-def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | None) -> dict:
+def time_end_to_end(params: Params, data_dir: Path, epochs: int, images: int | None) -> dict:
     """Seconds of one end-to-end epoch over the full train split (scaled from a subset)."""
     import pandas as pd
 
     from petscan.handoff.records import weights_file
-    from petscan.training import fit as training
+    from petscan.training.fit import fit_end_to_end
 
-    root = config.workspace_root()
+    root = workspace_root()
     frames = {
         s: pd.read_csv(data_dir / "split" / f"{s}.csv", dtype={"patient": str})
         for s in ("train", "val")
@@ -300,23 +317,21 @@ def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | Non
         frames["train"] = frames["train"].sample(n=min(images, full), random_state=0)
         frames["val"] = frames["val"].head(max(3, round(len(frames["val"]) * fraction)))
     missing = [p for p in frames["train"]["path"].head(3) if not (root / p).is_file()]
-    weights = root / params["weights"]["dir"]
+    weights = root / params.weights.dir
     if missing or not weights_file(weights).is_file():
         raise FileNotFoundError(
             f"end-to-end timing needs the images ({missing[:1] or 'ok'}) and "
             f"{weights_file(weights)}: run `make data` and `dvc repro fetch_weights`"
         )
-    train_params = copy.deepcopy(params["train"])
-    train_params.update(epochs=int(epochs), early_stopping={"enabled": False})
     timer = epoch_timer()
-    training.fit_end_to_end(
+    fit_end_to_end(
         frames["train"],
         frames["val"],
-        params["model"],
-        train_params,
-        params["featurize"]["augmentation"],
+        params.model,
+        without_early_stopping(params.train, epochs),
+        params.featurize.augmentation,
         weights_file(weights),
-        len(config.class_names(params["data"])),
+        len(params.data.class_names),
         root=root,
         callbacks=[timer],
         verbose=0,
@@ -324,8 +339,8 @@ def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | Non
     measured = timer.seconds[-1]
     scale = full / len(frames["train"])
     return {
-        "images_timed": int(len(frames["train"])),
-        "epochs_timed": int(epochs),
+        "images_timed": len(frames["train"]),
+        "epochs_timed": epochs,
         "epoch_s_measured": measured,
         "epoch_s_full_split": measured * scale,
         "includes_first_epoch_warmup": epochs == 1,
@@ -334,8 +349,8 @@ def time_end_to_end(params: dict, data_dir: Path, epochs: int, images: int | Non
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    params = load_params(args.params)
-    n_full = int(params["tune"]["n_trials"])
+    params = load_validated(args.params)
+    n_full = params.tune.n_trials
     result: dict = {"n_trials_full_study": n_full, "cpu_count": os.cpu_count()}
     with scratch_stores() as scratch:
         data_dir = Path(args.data_dir)
@@ -348,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                 "(or pass --random-features)",
                 file=sys.stderr,
             )
-            return 2
+            return 1
         cached = time_study(params, data_dir, args.trials, scratch / "root")
         if args.overhead_epochs > 0:
             result["epoch_overhead"] = time_epoch_overhead(params, data_dir, args.overhead_epochs)
