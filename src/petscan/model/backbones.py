@@ -3,7 +3,7 @@
 RadImageNet publishes no-top weights for InceptionResNetV2, ResNet50, DenseNet121
 and InceptionV3, all as legacy Keras `.h5` files loaded by layer order. `pet_demo` is
 the compact backbone pretrained on synthetic PET that the demo uses when RadImageNet is not
-there (`demo_backbone`). `tiny` is a three-layer convolutional stand-in that makes the
+there (`model/pet_demo.py`). `tiny` is a three-layer convolutional stand-in that makes the
 tests fast.
 """
 

@@ -1,15 +1,17 @@
-"""The schema of `params.yaml`: every section, key, type, allowed value and default.
+"""The schema of `params.yaml`: the whole file as `Params`, one frozen section per key.
 
-`validate(raw, path)` checks a whole params file (as loaded from YAML) and returns it as
-plain dicts with every default filled in, or raises `ParamsError` with one line per problem
-naming the file, the dotted key, the value and what is allowed (`petscan.params.messages`);
-an unknown key gets a "did you mean" suggestion. `config.load_sections` validates the whole
-file before it picks a stage's sections, so every stage (and `dvc exp run -S`, which writes
-params.yaml) goes through the same check before it does any work.
+`validate(raw, path)` checks a whole params file (as loaded from YAML) once and returns
+`Params`, every default filled in, or raises `ParamsError` with one line per problem naming
+the file, the dotted key, the value and what is allowed (`params.messages`); an unknown key
+gets a "did you mean" suggestion. `params.loading.load_sections` validates the whole file
+before it gives a stage its sections, so every stage (and `dvc exp run -S`, which writes
+params.yaml) goes through the same check before it does any work. The sections are defined
+by concern in `params.inputs`, `params.learning` and `params.results`.
 
-To add a key: add a field to the section's model below, with its type, constraints and
-default (the default is the value `params.yaml` ships with), then add it to `params.yaml`
-with a short comment and to the `params:` of the stages that read it in `dvc.yaml`.
+To add a key: add a field to its section's model, with its type, constraints and default
+(the default is the value `params.yaml` ships with), then add it to `params.yaml` with a
+short comment, and to the `SECTIONS` of the stages that read it (`pipeline/<stage>.py`) and
+their `params:` in `dvc.yaml`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The MLflow pyfunc model: image files or image bytes in, class probabilities out, per row.
 
-The train stage logs it (`log_keras_model` of `petscan.tracking`) as MLflow "models from
+The train stage logs it (`tracking.model_logging.log_keras_model`) as MLflow "models from
 code": the logged Python file is `pyfunc_code.py` (one `set_model(PetscanKerasModel())`
 line, nothing pickled), the network is the artifact `keras_model` (`artifacts/model.keras`
 inside the logged model, loaded with `safe_mode=True`) and the model config holds

@@ -63,8 +63,8 @@ def log_batch(
 
 
 def study_tags(data: TuneData) -> dict[str, str]:
-    """`tracking.provenance.run_tags` for the study: code, data manifests, backbone weights (the same
-    `data_manifest_sha256` as the training runs on the same split)."""
+    """`tracking.provenance.run_tags` for the study: code, data manifests, backbone weights
+    (the same `data_manifest_sha256` as the training runs on the same split)."""
     return provenance.run_tags(data.split_dir, data.weights)
 
 
