@@ -39,7 +39,8 @@ from petscan.tracking import provenance
 from petscan.training import fit as training
 from petscan.tuning.apply import apply_best
 from petscan.tuning.command import with_command_line
-from petscan.tuning.data import TuneData, cv_folds
+from petscan.data.folds import patient_folds as cv_folds
+from petscan.tuning.data import TuneData
 from petscan.tuning.objective import objective_value
 from petscan.tuning.run import run_tune
 from petscan.tuning.storage import make_pruner, make_sampler, make_storage, storage_label

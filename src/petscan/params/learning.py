@@ -123,6 +123,10 @@ class TrainParams(Section):
     unfreeze_top_layers: NonNegInt = 0
     seed: Int = 101
     out_dir: str = "models"
+    # holdout: one head, early stopping on val | cv: one head per patient fold of train + val
+    # (`data.folds`), out-of-fold metrics, the fold ensemble saved as the model
+    protocol: Literal["holdout", "cv"] = "holdout"
+    folds: Annotated[Int, Field(ge=2)] = 5
 
 
 class PrunerParams(OpenSection):

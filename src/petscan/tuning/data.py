@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from petscan.data.features import load_features
+from petscan.data.folds import patient_groups, pool_splits
 from petscan.handoff.records import FeatureMeta, WeightsInfo, feature_files
-from petscan.utils.errors import BadInputError, MissingInputError, ParamsError
+from petscan.utils.errors import BadInputError, MissingInputError
 
 FEATURES_HINT = "run `dvc repro featurize` first (the study trains on the cached features)"
 STUDY_SPLITS = ("train", "val")  # a study never sees test
@@ -34,12 +33,10 @@ class TuneData:
     fingerprint: str = ""  # a resumed study must see the same data (`_data_fingerprint`)
 
     def combined(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Train + val as one pool for cross-validation; val's view 0 repeated to V views."""
-        val = np.repeat(self.val_x[:, :1], self.train_x.shape[1], axis=1)
-        x = np.concatenate([self.train_x, val])
-        y = np.concatenate([self.train_y, self.val_y])
-        groups = np.concatenate([self.train_groups, self.val_groups])
-        return x, y, groups
+        """Train + val as one pool for cross-validation (`data.folds.pool_splits`)."""
+        return pool_splits(
+            self.train_x, self.train_y, self.train_groups, self.val_x, self.val_y, self.val_groups
+        )
 
 
 def feature_paths(root: Path, params: Any) -> dict[str, Path]:
@@ -61,11 +58,6 @@ def check_features(root: Path, params: Any) -> None:
             raise MissingInputError(f"{path} not found: {FEATURES_HINT}")
 
 
-def _groups(frame: pd.DataFrame) -> np.ndarray:
-    column = "patient" if "patient" in frame.columns else "path"
-    return frame[column].astype(str).to_numpy()
-
-
 def load_tune_data(root: Path, params: Any) -> TuneData:
     """Train and val features (checked by `data.features.load_features`) for the study;
     `params` has `split.out_dir`, `featurize.out_dir` and `data`."""
@@ -81,10 +73,10 @@ def load_tune_data(root: Path, params: Any) -> TuneData:
     return TuneData(
         train_x=np.asarray(train.features),
         train_y=train.labels,
-        train_groups=_groups(train.frame),
+        train_groups=patient_groups(train.frame),
         val_x=np.asarray(val.features[:, :1]),
         val_y=val.labels,
-        val_groups=_groups(val.frame),
+        val_groups=patient_groups(val.frame),
         class_names=params.data.class_names,
         weights=train.meta.weights,
         split_dir=str(paths["train_manifest"].parent),
@@ -98,23 +90,3 @@ def _data_fingerprint(metas: list[FeatureMeta]) -> str:
         f"{m.manifest_sha256}:{m.weights.weights_sha256 if m.weights else None}:{m.views}:{m.dim}"
         for m in metas
     )
-
-
-def cv_folds(
-    labels: np.ndarray, groups: np.ndarray, k: int, seed: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """StratifiedGroupKFold (shuffled, seeded) folds; patients never straddle a fold.
-
-    `k` >= 2 (`tune.cv_folds`, which the schema checks); the data must have k patients and
-    every class in each fold's training part, else `ParamsError`."""
-    if len(np.unique(groups)) < k:
-        raise ParamsError(f"tune.cv_folds={k} but only {len(np.unique(groups))} patients")
-    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    folds = list(splitter.split(np.zeros(len(labels)), labels, groups))
-    classes = np.unique(labels)
-    for i, (train_idx, _) in enumerate(folds):
-        if len(np.unique(labels[train_idx])) != len(classes):
-            raise ParamsError(
-                f"cv fold {i} lacks a class in its training part: lower tune.cv_folds"
-            )
-    return folds

@@ -20,12 +20,13 @@ import keras
 import numpy as np
 import optuna
 
+from petscan.data.folds import patient_folds
 from petscan.evaluation import metrics
 from petscan.params.learning import OBJECTIVES
 from petscan.params.schema import with_overrides
 from petscan.params.space import overrides_from, sample
 from petscan.training import fit as training
-from petscan.tuning.data import TuneData, cv_folds
+from petscan.tuning.data import TuneData
 
 if TYPE_CHECKING:
     from petscan.params.schema import Params
@@ -136,7 +137,7 @@ class Objective:
         if self.tune.cv_folds >= 2:
             self.pool = data.combined()
             _, labels, groups = self.pool
-            self.folds = cv_folds(labels, groups, self.tune.cv_folds, self.tune.seed)
+            self.folds = patient_folds(labels, groups, self.tune.cv_folds, self.tune.seed)
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = sample(self.dims, trial)
