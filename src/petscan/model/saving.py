@@ -18,7 +18,7 @@ import keras
 
 # Keras finds the custom layers, losses and metrics of a saved model by their registered names:
 # importing these modules registers them
-from petscan.model import losses, network  # noqa: F401
+from petscan.model import calibration, losses, network  # noqa: F401
 from petscan.utils.io import atomic_path
 
 
