@@ -7,6 +7,11 @@ MLflow params. `train.mode: cached` fits the dense head on the cached features; 
 trains from the image files through the backbone. Writes into `train.out_dir`: model.keras
 (image -> probabilities), history.csv and train.json (the same bytes for the same inputs),
 registers the model in MLflow and moves `mlflow.alias` to the new version.
+
+`train.protocol: cv` (cached mode) trains one head per patient fold of train + val
+(`training.cross_validation`) and saves their temperature-scaled average as model.keras
+(`model.ensemble`); `cv/oof.csv` holds every train + val image's out-of-fold prediction
+(evaluate scores it). `cv/protocol.json` names the protocol either way.
 """
 
 from __future__ import annotations
@@ -69,20 +74,29 @@ def train(params: StageParams, root: Path, verbose: int | str = "auto") -> dict[
     weights_path = weights_file(weights_dir)
     # read before a run opens: a missing or stale cache is one error line, not a FAILED run
     cached = _load_cached(params, root, manifests) if params.train.mode == "cached" else None
+    if params.train.protocol == "cv" and cached is None:
+        raise errors.ParamsError(
+            "train.protocol: cv trains heads on cached features: set train.mode: cached in "
+            "params.yaml (or train.protocol: holdout)"
+        )
     tags = provenance.run_tags(split_dir, weights)
     run_name = provenance.run_name("train", tags)
     with runs.start_training_run(params.mlflow, params.as_dict(), tags, run_name=run_name) as run:
         provenance.log_datasets(run.info.run_id, split_dir, root)
         logger = MlflowEpochLogger(run.info.run_id)
-        if cached is not None:
-            result, full = _train_cached(params, cached, weights_path, logger, verbose)
-        else:
-            result = _train_end_to_end(params, root, manifests, weights_path, logger, verbose)
-            full = result.model
         out_dir = root / params.train.out_dir
-        paths, train_info = save_outputs(
-            result, full, out_dir, weights, class_names, params.train.seed
-        )
+        if params.train.protocol == "cv":
+            paths, train_info = _train_folds(params, cached, weights_path, out_dir, weights)
+        else:
+            if cached is not None:
+                result, full = _train_cached(params, cached, weights_path, logger, verbose)
+            else:
+                result = _train_end_to_end(params, root, manifests, weights_path, logger, verbose)
+                full = result.model
+            paths, train_info = save_outputs(
+                result, full, out_dir, weights, class_names, params.train.seed
+            )
+            paths["protocol"] = write_protocol(out_dir, {"protocol": "holdout"})
         summary = {**train_info.to_dict(), "mlflow_run_id": run.info.run_id}
         mlflow.set_tag("model_sha256", summary["model_sha256"])  # evaluate and plot find the run
         mlflow.log_metrics(
@@ -91,6 +105,9 @@ def train(params: StageParams, root: Path, verbose: int | str = "auto") -> dict[
         record_collapse(train_info.collapse)
         mlflow.log_artifact(str(paths["history"]))
         mlflow.log_artifact(str(paths["summary"]))
+        for name in ("oof", "protocol"):
+            if name in paths:
+                mlflow.log_artifact(str(paths[name]), artifact_path="cv")
         example = [str(root / read_manifest(manifests["val"])["path"].iloc[0])]
         info = model_logging.log_keras_model(
             paths["model"],
@@ -163,6 +180,74 @@ def _train_cached(
     return result, full
 
 
+def _train_folds(
+    params: StageParams,
+    cached: tuple[FeatureSet, FeatureSet],
+    weights_path: Path,
+    out_dir: Path,
+    weights: WeightsInfo,
+) -> tuple[dict[str, Path], TrainInfo]:
+    """The `cv` protocol: fold heads on train + val, the ensemble saved as model.keras,
+    the out-of-fold predictions as cv/oof.csv, the folds' summary in train.json."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    from petscan.data.folds import patient_groups, pool_splits
+    from petscan.handoff.records import TrainInfo, write_train_info
+    from petscan.handoff.results import proba_columns
+    from petscan.model.ensemble import build_ensemble_model
+    from petscan.model.saving import save_model
+    from petscan.training.collapse import check_collapse
+    from petscan.training.cross_validation import fit_folds
+    from petscan.utils import io
+
+    train_set, val_set = cached
+    names = params.data.class_names
+    x, y, groups = pool_splits(
+        np.asarray(train_set.features), train_set.labels, patient_groups(train_set.frame),
+        np.asarray(val_set.features[:, :1]), val_set.labels, patient_groups(val_set.frame),
+    )  # fmt: skip
+    cv = fit_folds(x, y, groups, params.model, params.train, len(names), names)
+    _log_feature_health(train_set.meta)
+    full = build_ensemble_model(
+        params.model, cv.heads, weights_path, cv.temperature, train_set.meta.precision
+    )
+    paths = {"model": out_dir / "model.keras", "history": out_dir / "history.csv"}
+    save_model(full, paths["model"])
+    history = cv.history()
+    io.write_csv(paths["history"], history)
+    oof = pd.concat([train_set.frame, val_set.frame], ignore_index=True)  # the pool's order
+    oof["fold"] = cv.fold_of
+    for column, values in zip(proba_columns(names), cv.oof.T, strict=True):
+        oof[column] = values
+    for column, values in zip(proba_columns(names), cv.calibrated_oof().T, strict=True):
+        oof[f"calibrated_{column}"] = values
+    paths["oof"] = out_dir / "cv" / "oof.csv"
+    paths["oof"].parent.mkdir(parents=True, exist_ok=True)
+    io.write_csv(paths["oof"], oof)
+    summary = cv.summary()
+    paths["protocol"] = write_protocol(out_dir, summary)
+    bests = [r.best_values() for r in cv.results]
+    accuracy = history["accuracy"].to_numpy() if "accuracy" in history else []
+    info = TrainInfo(
+        mode="cached",
+        weights=weights,
+        class_names=list(names),
+        seed=params.train.seed,
+        best_epoch=int(np.median(summary["fold_best_epochs"])),  # the folds' median
+        epochs_run=int(max(summary["fold_epochs_run"])),
+        stopped_early=all(r.stopped_early for r in cv.results),
+        model_sha256=io.sha256_file(paths["model"]),
+        best={k: float(np.mean([b[k] for b in bests])) for k in bests[0]},  # mean over folds
+        collapse=check_collapse(cv.oof, y, accuracy, names, params.train.collapse),
+        details={**summary, "views": int(x.shape[1])},
+    )
+    paths["summary"] = write_train_info(out_dir, info)
+    mlflow.log_params({"cv.temperature": f"{cv.temperature:.4f}", "cv.folds": len(cv.results)})
+    return paths, info
+
+
 def _train_end_to_end(
     params: StageParams,
     root: Path,
@@ -231,6 +316,16 @@ def save_outputs(
     )
     paths["summary"] = write_train_info(out_dir, info)
     return paths, info
+
+
+def write_protocol(out_dir: Path, values: dict[str, Any]) -> Path:
+    """`<train.out_dir>/cv/protocol.json`: the protocol (holdout or cv) and, for cv, the folds."""
+    from petscan.utils import io
+
+    path = out_dir / "cv" / "protocol.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json(path, values)
+    return path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
