@@ -2,6 +2,7 @@
 
 * `metrics`: classification and calibration metrics with patient-bootstrap intervals;
 * `predictions`: the saved model on a split's image files (predictions CSV, report, metrics);
+* `out_of_fold`: the cv protocol's pooled out-of-fold predictions, scored, and each fold;
 * `plots`: the report figures (training curves, confusion, ROC, PR, reliability, gallery);
 * `gradcam`: Grad-CAM and Grad-CAM++ heatmaps in each file's own pixel grid;
 * `overlay`: a heatmap blended into its image, and the PNG it is written to;

@@ -104,6 +104,9 @@ def compact_metrics(results: Mapping[str, Any]) -> dict[str, Any]:
             row[name] = values.get(name)
             row[f"{name}_low"] = values.get(f"{name}_ci_low")
             row[f"{name}_high"] = values.get(f"{name}_ci_high")
+            if f"{name}_fold_sd" in values:  # the cv protocol's out-of-fold split
+                row[f"{name}_fold_mean"] = values[f"{name}_fold_mean"]
+                row[f"{name}_fold_sd"] = values[f"{name}_fold_sd"]
         if "majority_prediction_share" in values:  # the head predicts one class for every image
             row["single_class_predictions"] = bool(values["majority_prediction_share"] >= 1.0)
         compact[split] = row

@@ -7,6 +7,11 @@ balanced accuracy, macro F1, macro ROC AUC and ECE with their 95% intervals, and
 random_init) and metrics_full.json (every metric). Logs `val/<metric>`, `test/<metric>` and
 the files into the MLflow run that trained the model (found by the model sha256 recorded in
 `<train.out_dir>/train.json`) and adds the test metrics to its registered version.
+
+When train ran `train.protocol: cv`, also scores its out-of-fold predictions
+(`<train.out_dir>/cv/oof.csv`) as the split `oof` (patient-bootstrap intervals, the folds'
+mean and sd: `evaluation.out_of_fold`), reports the test ECE before the model's temperature
+(`test/ece_uncalibrated`) and logs the per-fold metrics (reports/cv_folds.csv) to MLflow.
 """
 
 from __future__ import annotations
@@ -65,14 +70,42 @@ def evaluate(params: StageParams, root: Path, splits: Sequence[str] = SPLITS) ->
         )
         results[split] = values
         files.extend(paths.values())
+    fold_table = _score_folds(params, train_dir, out_dir, results)
     metrics_path, full_path = write_metrics(out_dir, results)
     with training_run(info.model_sha256, params.mlflow, params.as_dict()) as run:
         if run is not None:
             mlflow.log_metrics(mlflow_metrics(results))
             for path in [metrics_path, full_path, *files]:
                 mlflow.log_artifact(str(path), artifact_path="reports")
+            if fold_table is not None:
+                mlflow.log_text(fold_table.to_csv(index=False), "reports/cv_folds.csv")
             describe_model_version(run.info.run_id, params.mlflow, results)
     return results
+
+
+def _score_folds(
+    params: StageParams, train_dir: Path, out_dir: Path, results: dict[str, Any]
+) -> Any:
+    """With the `cv` protocol: `results["oof"]`, `results["protocol"]`, the test ECE before
+    the temperature; returns the per-fold table (None for holdout, `results` unchanged)."""
+    from petscan.evaluation import metrics
+    from petscan.evaluation.out_of_fold import oof_results, read_oof, read_protocol, uncalibrate
+    from petscan.handoff.results import read_predictions
+
+    protocol = read_protocol(train_dir)
+    if protocol.get("protocol") != "cv":
+        return None
+    class_names = params.data.class_names
+    results["protocol"] = protocol
+    results["oof"], table = oof_results(
+        read_oof(train_dir), class_names, params.train.loss, params.evaluate
+    )
+    if "test" in results:
+        y, proba, _ = read_predictions(out_dir / "predictions_test.csv", class_names)
+        results["test"]["ece_uncalibrated"] = metrics.expected_calibration_error(
+            y, uncalibrate(proba, protocol["temperature"]), params.evaluate.ece_bins
+        )
+    return table
 
 
 def mlflow_metrics(nested: dict[str, Any]) -> dict[str, float]:

@@ -58,6 +58,13 @@ def version_description(tags: dict[str, str], results: dict[str, Any] | None = N
         f"- Code: git commit {tags.get('git_commit', '?')}{dirty}; "
         f"DVC experiment {tags.get('dvc_exp_name', '?')}",
     ]
+    protocol = (results or {}).get("protocol")
+    if isinstance(protocol, dict) and protocol.get("protocol") == "cv":
+        lines.append(
+            f"- Protocol: cv, the mean of {protocol.get('folds')} fold heads (patient-grouped "
+            f"folds of train + val), temperature {protocol.get('temperature')} fitted on the "
+            "out-of-fold predictions"
+        )
     test = (results or {}).get("test")
     if isinstance(test, dict):
         where = f"{test.get('n', '?')} images"
