@@ -40,8 +40,9 @@ def test_ensemble_is_the_mean_of_the_heads_and_survives_safe_mode(tmp_path):
     loaded = load_model(path)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), mean, atol=1e-6)
     # a temperature inside the graph: the numpy map of the mean, saved too
-    hot = save_model(build_ensemble_model(TINY, heads, tmp_path / "weights.h5", 2.5),
-                     tmp_path / "hot.keras")
+    hot = save_model(
+        build_ensemble_model(TINY, heads, tmp_path / "weights.h5", 2.5), tmp_path / "hot.keras"
+    )
     np.testing.assert_allclose(
         load_model(hot).predict(x, verbose=0), scale_probabilities(mean, 2.5), atol=1e-6
     )

@@ -25,7 +25,7 @@ from petscan.cli import main as cli
 from petscan.utils import errors
 
 STAGES = ("evaluate", "explain", "featurize", "fetch_weights", "plot", "split", "train", "tune")
-COMMANDS = ("generate", "contact-sheet", "predict", "explain", "serve", "app")
+COMMANDS = ("generate", "contact-sheet", "predict", "explain", "serve", "app", "compare")
 FREE_SPACE = "free space on that disk (or raise your quota) and rerun"
 
 
@@ -58,6 +58,7 @@ def command_args(name: str, tmp_path: Path) -> list[str]:
     extra = {
         "predict": ["x.png", "--model", "absent.keras"],
         "explain": ["x.png", "--model", "absent.keras", "--out", "o"],
+        "compare": ["run-a", "run-b"],
     }.get(name, [])
     return ["-m", "petscan.cli", name, *extra, "--params", absent]
 

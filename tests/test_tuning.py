@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from sklearn.metrics import f1_score, roc_auc_score
 
 from petscan.data import features
+from petscan.data.folds import patient_folds as cv_folds
 from petscan.evaluation import metrics
 from petscan.params import loading
 from petscan.params.learning import OBJECTIVES
@@ -39,7 +40,6 @@ from petscan.tracking import provenance
 from petscan.training import fit as training
 from petscan.tuning.apply import apply_best
 from petscan.tuning.command import with_command_line
-from petscan.data.folds import patient_folds as cv_folds
 from petscan.tuning.data import TuneData
 from petscan.tuning.objective import objective_value
 from petscan.tuning.run import run_tune

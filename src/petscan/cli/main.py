@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "contact-sheet": ("petscan.data.contact_sheet", "write a PNG with a few images per class"),
     "predict": ("petscan.serving.predict", "class probabilities for an image file or folder"),
     "explain": ("petscan.cli.explain", "Grad-CAM heatmaps of the predictions, as overlay PNGs"),
+    "compare": ("petscan.cli.compare", "is model A's difference from B real? paired intervals"),
     "serve": (
         "petscan.serving.serve",
         "MLflow's scoring server for a registered model (make serve)",

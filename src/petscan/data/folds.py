@@ -68,7 +68,11 @@ def patient_folds(
 
 
 def inner_split(
-    indices: np.ndarray, labels: np.ndarray, groups: np.ndarray, k: int, seed: int,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    k: int,
+    seed: int,
     setting: str = "train.folds",
 ) -> Fold:
     """`indices` (a fold's training part) cut into (fit, early-stopping) parts by patient:
