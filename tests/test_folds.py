@@ -47,3 +47,40 @@ def test_the_pool_never_holds_test_rows():
     # the pool is exactly train then val: its length and its groups say so
     (x, y, groups), _ = _pool()
     assert len(groups) == 48 and all(g[0] in "tv" for g in groups)
+
+
+def test_fit_folds_predicts_every_pooled_image_once_with_the_head_that_never_saw_it():
+    from conftest import tiny_model_params
+
+    from petscan.params.schema import section
+    from petscan.training.cross_validation import fit_folds
+
+    rng = np.random.default_rng(0)
+    n = 36
+    groups = np.array([f"p{i // 2}" for i in range(n)])  # 18 patients, two images each
+    y = np.repeat(np.arange(18) % 3, 2)  # a patient's images share a label
+    x = rng.normal(size=(n, 2, 6)).astype(np.float32)
+    x[np.arange(n), :, y] += 3.0
+    model = section("model", tiny_model_params(preprocessing="rescale", dropout=0.2))
+    train = section(
+        "train",
+        {
+            "batch_size": 8,
+            "epochs": 3,
+            "lr_schedule": {"boundaries": [], "values": [0.05]},
+            "early_stopping": {"enabled": True, "monitor": "val_loss", "patience": 5},
+            "loss": {"name": "crossentropy"},
+            "protocol": "cv",
+            "folds": 3,
+        },
+    )
+    cv = fit_folds(x, y, groups, model, train, 3)
+    np.testing.assert_array_equal(np.bincount(cv.fold_of), [len(va) for _, va in cv.folds])
+    for i, (tr, va) in enumerate(cv.folds):
+        assert set(np.flatnonzero(cv.fold_of == i)) == set(va)
+        np.testing.assert_allclose(
+            cv.oof[va], cv.heads[i].predict(x[va, 0], verbose=0), atol=1e-6
+        )
+    np.testing.assert_allclose(cv.oof.sum(axis=1), 1.0, atol=1e-5)
+    assert 0.05 <= cv.temperature <= 20 and cv.summary()["folds"] == 3
+    assert list(cv.history()["fold"].unique()) == [0, 1, 2]
