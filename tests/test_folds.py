@@ -76,11 +76,9 @@ def test_fit_folds_predicts_every_pooled_image_once_with_the_head_that_never_saw
     )
     cv = fit_folds(x, y, groups, model, train, 3)
     np.testing.assert_array_equal(np.bincount(cv.fold_of), [len(va) for _, va in cv.folds])
-    for i, (tr, va) in enumerate(cv.folds):
+    for i, (_, va) in enumerate(cv.folds):
         assert set(np.flatnonzero(cv.fold_of == i)) == set(va)
-        np.testing.assert_allclose(
-            cv.oof[va], cv.heads[i].predict(x[va, 0], verbose=0), atol=1e-6
-        )
+        np.testing.assert_allclose(cv.oof[va], cv.heads[i].predict(x[va, 0], verbose=0), atol=1e-6)
     np.testing.assert_allclose(cv.oof.sum(axis=1), 1.0, atol=1e-5)
     assert 0.05 <= cv.temperature <= 20 and cv.summary()["folds"] == 3
     assert list(cv.history()["fold"].unique()) == [0, 1, 2]
