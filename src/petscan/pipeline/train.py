@@ -341,6 +341,14 @@ def main(argv: list[str] | None = None) -> int:
     logs.setup(args.verbose)
     logs.import_tensorflow()
     summary = train(params, workspace_root(), verbose=0 if args.quiet else 2)
+    if summary.get("protocol") == "cv":
+        print(
+            f"train: cv, {summary['folds']} fold heads (best epochs {summary['fold_best_epochs']},"
+            f" early stopping on each fold's own patients), temperature {summary['temperature']}"
+            f"; the fold ensemble saved; MLflow run {summary['mlflow_run_id']}"
+            + (f"; {text}" if (text := banner(summary)) else "")
+        )
+        return 0
     print(
         f"train: {summary['epochs_run']} epochs, best epoch {summary['best_epoch']} "
         f"(val data loss {summary.get('best_val_data_loss', float('nan')):.4f}, "

@@ -137,7 +137,8 @@ class Objective:
         if self.tune.cv_folds >= 2:
             self.pool = data.combined()
             _, labels, groups = self.pool
-            self.folds = patient_folds(labels, groups, self.tune.cv_folds, self.tune.seed)
+            # train.seed, as the cv protocol (train.protocol: cv): the same k, the same folds
+            self.folds = patient_folds(labels, groups, self.tune.cv_folds, params.train.seed)
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = sample(self.dims, trial)
