@@ -94,7 +94,8 @@ def fit_folds(
             class_names=class_names,
         )
         held = np.asarray(x[held_idx][:, 0], dtype=np.float32)
-        oof[held_idx] = result.head.predict(held, batch_size=256, verbose=0)
+        # one eager call: `predict` would trace a new function for every fold's head
+        oof[held_idx] = np.asarray(result.head(held, training=False), dtype=np.float64)
         fold_of[held_idx] = i
         results.append(result)
     if np.isnan(oof).any() or (fold_of < 0).any():  # patient_folds covers every index once
