@@ -51,8 +51,13 @@ def plot(params: StageParams, root: Path) -> list[Path]:
     info = read_train_info(train_dir)
     banner = info.weights.banner
     history = pd.read_csv(train_dir / "history.csv")
+    best: int | None = info.best_epoch
+    if "fold" in history.columns:  # train.protocol cv: one curve per fold, no single kept epoch
+        gaps = history.groupby("fold", sort=False, group_keys=False)
+        history = gaps.apply(lambda f: pd.concat([f, f.iloc[:1] * float("nan")]))
+        best = None
     written = [fig_dir / "training_curves.png"]
-    plots.training_curves(history, written[0], banner, dpi, info.best_epoch)
+    plots.training_curves(history, written[0], banner, dpi, best)
     for split in SPLITS:
         source = reports / f"predictions_{split}.csv"
         if not source.is_file():
