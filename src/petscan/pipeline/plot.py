@@ -53,8 +53,8 @@ def plot(params: StageParams, root: Path) -> list[Path]:
     history = pd.read_csv(train_dir / "history.csv")
     best: int | None = info.best_epoch
     if "fold" in history.columns:  # train.protocol cv: one curve per fold, no single kept epoch
-        gaps = history.groupby("fold", sort=False, group_keys=False)
-        history = gaps.apply(lambda f: pd.concat([f, f.iloc[:1] * float("nan")]))
+        folds = [f for _, f in history.groupby("fold", sort=False)]
+        history = pd.concat([part for f in folds for part in (f, f.iloc[:1] * float("nan"))])
         best = None
     written = [fig_dir / "training_curves.png"]
     plots.training_curves(history, written[0], banner, dpi, best)
