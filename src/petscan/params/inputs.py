@@ -31,6 +31,15 @@ SEED_CLASSES = {
 }
 
 
+class SyntheticVolumes(Section):
+    """`petscan generate --volumes`: synthetic PET studies (DICOM, NIfTI) for `ingest`."""
+
+    counts: dict[str, NonNegInt] = Field(
+        default_factory=lambda: {"No cancer": 12, "breast cancer": 12, "prostate cancer": 12}
+    )
+    voxel_mm: Annotated[Float, Field(ge=2, le=30)] = 10.0  # small matrices: ~60 x 50 x 110
+
+
 class SyntheticParams(Section):
     out_dir: str = "data/raw"
     seed: Int = 2024
@@ -40,6 +49,7 @@ class SyntheticParams(Section):
     images_per_patient: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = [1, 3]
     base_height: Annotated[Int, Field(gt=0, le=4096)] = 512  # larger: memory and disk only
     visible_contrast: Fraction = 0.1
+    volumes: SyntheticVolumes = Field(default_factory=SyntheticVolumes)
 
     @field_validator("images_per_patient")
     @classmethod
