@@ -84,51 +84,57 @@ def ingest(params: StageParams, root: str | Path | None = None) -> list[dict[str
 
 
 def _ingest_all(source, labels, key, cfg, staging) -> tuple[list[dict], dict[str, str]]:
-    """Each study in turn (one in memory at a time); a failure is that study's row."""
-    from petscan.ingest import mip
-    from petscan.ingest.pseudonym import pseudonym
-    from petscan.ingest.studies import find_studies, load_study
+    """Each study in turn, one in memory at a time; a failure is that study's row."""
+    from petscan.ingest.studies import find_studies
 
     rows, mapping, views = [], {}, {}
     for study in find_studies(source):
+        written: list[Path] = []
         try:
-            volume = load_study(study, labels, cfg)
-            alias = pseudonym(volume.patient_id, key)
-            iso = mip.isotropic(volume.suv, volume.spacing, cfg.voxel_mm)
-            folder = staging / volume.label.folder
-            names = []
-            for angle in cfg.angles:
-                views[alias] = views.get(alias, 0) + 1
-                name = f"{alias}_v{views[alias]}.png"
-                picture = mip.display(
-                    mip.mip(iso, angle), tuple(cfg.suv_window), cfg.display == "inverted"
-                )
-                mip.write_png(folder / name, picture)
-                names.append(name)
-        except UserError as err:
-            rows.append({"study": study.name, "status": "excluded", "reason": str(err)})
-            continue
+            row, patient_id = _one_study(study, labels, key, cfg, staging, views, written)
         except Exception as err:  # noqa: BLE001 - one bad study never stops the others
-            reason = (
-                f"study {study.name}: unexpected {type(err).__name__}: {err} (a bug? please report)"
-            )
+            for path in written:  # no view of a study left out stays behind
+                path.unlink(missing_ok=True)
+            reason = str(err)
+            if not isinstance(err, UserError):
+                reason = f"study {study.name}: unexpected {type(err).__name__}: {err} (a bug?)"
+                log.debug("study %s failed", study.name, exc_info=True)
             rows.append({"study": study.name, "status": "excluded", "reason": reason})
-            log.debug("study %s failed", study.name, exc_info=True)
             continue
-        mapping[alias] = volume.patient_id
-        rows.append(
-            {
-                "study": study.name,
-                "status": "ok",
-                "pseudonym": alias,
-                **volume.record,
-                "voxel_mm": cfg.voxel_mm,
-                "shape": "x".join(str(n) for n in iso.shape),
-                "views": " ".join(names),
-                "angles": " ".join(f"{a:g}" for a in cfg.angles),
-            }
-        )
+        mapping[row["pseudonym"]] = patient_id
+        rows.append(row)
     return rows, mapping
+
+
+def _one_study(study, labels, key, cfg, staging, views, written) -> tuple[dict, str]:
+    """Load, project and write one study's views (appended to `written`); its report row.
+    Its arrays are freed on return, before the next study is read."""
+    from petscan.ingest import mip
+    from petscan.ingest.pseudonym import pseudonym
+    from petscan.ingest.studies import load_study
+
+    volume = load_study(study, labels, cfg)
+    alias = pseudonym(volume.patient_id, key)
+    iso = mip.isotropic(volume.suv, volume.spacing, cfg.voxel_mm)
+    del volume.suv  # only the resampled copy is needed from here on
+    first = views.get(alias, 0)
+    for k, angle in enumerate(cfg.angles, start=first + 1):
+        projection = mip.mip(iso, angle)
+        picture = mip.display(projection, tuple(cfg.suv_window), cfg.display == "inverted")
+        written.append(staging / volume.label.folder / f"{alias}_v{k}.png")
+        mip.write_png(written[-1], picture)
+    views[alias] = first + len(cfg.angles)
+    row = {
+        "study": study.name,
+        "status": "ok",
+        "pseudonym": alias,
+        **volume.record,
+        "voxel_mm": cfg.voxel_mm,
+        "shape": "x".join(str(n) for n in iso.shape),
+        "views": " ".join(path.name for path in written),
+        "angles": " ".join(f"{a:g}" for a in cfg.angles),
+    }
+    return row, volume.patient_id
 
 
 def _fresh_dir(out_dir: Path) -> Path:
