@@ -110,8 +110,8 @@ def write_study(
     weight = round(float(rng.uniform(50, 110)), 1)
     dose = float(rng.uniform(2.0e8, 4.0e8))
     day = datetime(2024, 3, 5) + timedelta(days=int(rng.integers(0, 300)))
-    injection = day + timedelta(hours=float(rng.uniform(8, 15)))
-    uptake = timedelta(minutes=float(rng.uniform(50, 80)))
+    injection = day + timedelta(seconds=round(float(rng.uniform(8, 15)) * 3600))  # DICOM TM: s
+    uptake = timedelta(seconds=round(float(rng.uniform(50, 80)) * 60))
     spec = PetSeriesSpec(
         spacing=spacing,
         weight_kg=weight,
