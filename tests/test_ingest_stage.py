@@ -93,10 +93,15 @@ def test_ingest_writes_views_in_class_folders_and_a_report(source, monkeypatch):
     assert report["good"]["voxel_mm_in"] == "4x4x4"
     alias = pseudonym("PAT-A", KEY.encode())
     names = sorted(p.name for p in (source / "data/ingested/breast cancer").iterdir())
-    assert names == sorted([f"{alias}_v{k}.png" for k in range(1, 5)] + [
-        f"{pseudonym('PAT-N', KEY.encode())}_v{k}.png" for k in range(1, 5)])  # fmt: skip
+    assert names == sorted(
+        [f"{alias}_v{k}.png" for k in range(1, 5)]
+        + [f"{pseudonym('PAT-N', KEY.encode())}_v{k}.png" for k in range(1, 5)]
+    )
     assert sorted(p.name for p in (source / "data/ingested").iterdir()) == [
-        "No cancer", "breast cancer", "prostate cancer"]  # fmt: skip
+        "No cancer",
+        "breast cancer",
+        "prostate cancer",
+    ]
     for path in (source / "data/ingested").rglob("*.png"):
         with Image.open(path) as img:
             grey = np.asarray(img)
@@ -137,3 +142,28 @@ def test_no_key_is_one_line_naming_the_fix(source, monkeypatch):
     monkeypatch.delenv("PETSCAN_PSEUDONYM_KEY", raising=False)
     with pytest.raises(Exception, match=r"no pseudonym key: set \$PETSCAN_PSEUDONYM_KEY"):
         ingest(params(source, key_file=None), root=source)
+
+
+def test_the_stage_script_answers_in_one_line_with_exit_1(source):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PETSCAN_ROOT": str(source)}
+    env.pop("PETSCAN_PSEUDONYM_KEY", None)
+    (source / "params.yaml").write_text(
+        "data:\n  raw_dir: data/ingested\ningest:\n  source_dir: volumes\n"
+        "  labels: volumes/labels.csv\n  key_file: null\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(REPO / "stages/ingest.py")],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("ingest: error: no pseudonym key: set $PETSCAN_PSEUDONYM_KEY")
+    assert len(done.stderr.splitlines()) == 1
