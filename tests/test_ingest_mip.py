@@ -109,3 +109,14 @@ def test_mip_matches_scipy_rotation_then_maximum(angle):
         cval=0.0,
     )
     np.testing.assert_allclose(mip(volume, angle, chunk=4), rotated.max(axis=1).T[::-1], atol=1e-5)
+
+
+def test_an_oblique_nifti_is_refused(tmp_path):
+    from petscan.ingest.nifti import NiftiError
+
+    turn = math.radians(10)
+    affine = np.eye(4)
+    affine[:2, :2] = [[math.cos(turn), -math.sin(turn)], [math.sin(turn), math.cos(turn)]]
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), affine), tmp_path / "o.nii")
+    with pytest.raises(NiftiError, match="study o: o.nii is stored oblique"):
+        read_nifti(tmp_path / "o.nii", "o")

@@ -20,6 +20,7 @@ import numpy as np
 from petscan.utils.errors import UserError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
+OBLIQUE_TOLERANCE = 1e-3  # direction cosines, as for DICOM (`dicom_series.TOLERANCE`)
 
 
 class NiftiError(UserError):
@@ -61,9 +62,16 @@ def read_nifti(path: str | Path, study: str) -> tuple[np.ndarray, np.ndarray]:
         raise NiftiError(
             f"study {study}: {Path(path).name} has shape {data.shape}, not one 3-D volume"
         )
+    affine = np.asarray(image.affine, dtype=np.float64)
+    directions = affine[:3, :3] / np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.abs(directions).max(axis=0).min() < 1 - OBLIQUE_TOLERANCE:
+        raise NiftiError(
+            f"study {study}: {Path(path).name} is stored oblique (its affine is not "
+            "axis-aligned): resample it to an axial grid first"
+        )
     if not np.isfinite(data).all():
         data = np.nan_to_num(data, nan=0.0, posinf=0.0, neginf=0.0)
-    return data, np.asarray(image.affine, dtype=np.float64)
+    return data, affine
 
 
 def is_nifti(path: Path) -> bool:
