@@ -154,3 +154,21 @@ def test_jpeg_ls_lossless_is_decoded(tmp_path):
     pet = read_pet_series(tmp_path, "st1")
     for k in range(2):
         np.testing.assert_array_equal(pet.data[:, :, k], 2.0 * original.T)
+
+
+def test_of_two_pet_series_the_attenuation_corrected_one_is_kept(tmp_path):
+    write_pet_series(tmp_path / "ac", VOLUME, PetSeriesSpec())
+    nac = write_pet_series(tmp_path / "nac", VOLUME[:, :, :3] * 0, PetSeriesSpec())
+    for path in nac:
+        ds = pydicom.dcmread(path)
+        ds.CorrectedImage, ds.SeriesDescription = ["DECY"], "PET NAC"
+        ds.save_as(path)
+    data, _, pet = read_ras(tmp_path)
+    np.testing.assert_allclose(data, VOLUME, atol=TOL)
+    assert any("'PET NAC' without attenuation correction" in n for n in pet.notes)
+    for path in (tmp_path / "ac").iterdir():  # now neither is corrected: refused
+        ds = pydicom.dcmread(path)
+        ds.CorrectedImage = ["DECY"]
+        ds.save_as(path)
+    with pytest.raises(SeriesError, match=r"study st1: 2 PET series \(.*\) and not one"):
+        read_pet_series(tmp_path, "st1")

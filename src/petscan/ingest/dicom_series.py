@@ -71,17 +71,26 @@ def read_pet_series(folder: str | Path, study: str) -> PetVolume:
         if modality == "PT":
             pet[uid] = files
         else:
-            name = str(first.get("SeriesDescription", "")) or uid
+            name = _name(first, uid)
             notes.append(
                 f"series '{name}' (Modality {modality}, {len(files)} files): not PET, left out"
             )
     if not pet:
         raise SeriesError(f"study {study}: no PET series (Modality PT) among {len(series)} series")
-    if len(pet) > 1:
-        raise SeriesError(
-            f"study {study}: {len(pet)} PET series ({', '.join(sorted(pet))}); keep one per study"
-            " folder"
-        )
+    if len(pet) > 1:  # e.g. attenuation-corrected and not: keep the corrected one
+        corrected = {uid: f for uid, f in pet.items() if "ATTN" in _corrections(f[0][1])}
+        for uid in sorted(set(pet) - set(corrected)):
+            notes.append(
+                f"PET series '{_name(pet[uid][0][1], uid)}' without attenuation "
+                "correction (CorrectedImage), left out"
+            )
+        if len(corrected) != 1:
+            names = ", ".join(sorted(_name(f[0][1], uid) for uid, f in pet.items()))
+            raise SeriesError(
+                f"study {study}: {len(pet)} PET series ({names}) and not one "
+                "attenuation-corrected among them: keep one per study folder"
+            )
+        pet = corrected
     files = next(iter(pet.values()))
     full = [pydicom.dcmread(path) for path, _ in files]
     if len(full) == 1 and int(full[0].get("NumberOfFrames", 1) or 1) > 1:
@@ -92,6 +101,15 @@ def read_pet_series(folder: str | Path, study: str) -> PetVolume:
     ordered = [slices[i] for i in order]
     header = _header(full[0], ordered)
     return PetVolume(data, affine, header, str(full[0].get("PatientID", "")), notes)
+
+
+def _name(ds: Any, uid: str) -> str:
+    return str(ds.get("SeriesDescription", "")) or uid
+
+
+def _corrections(ds: Any) -> set[str]:
+    value = ds.get("CorrectedImage") or []
+    return {str(v).upper() for v in ([value] if isinstance(value, str) else value)}
 
 
 @dataclass
