@@ -172,3 +172,55 @@ def test_of_two_pet_series_the_attenuation_corrected_one_is_kept(tmp_path):
         ds.save_as(path)
     with pytest.raises(SeriesError, match=r"study st1: 2 PET series \(.*\) and not one"):
         read_pet_series(tmp_path, "st1")
+
+
+def jpeg_lossless_sv1(image: np.ndarray) -> bytes:
+    """A minimal JPEG lossless encoder (process 14, selection value 1, 16-bit grey)."""
+    rows, cols = image.shape
+    x = image.astype(np.int64)
+    pred = np.empty_like(x)
+    pred[0, 0] = 1 << 15
+    pred[0, 1:] = x[0, :-1]
+    pred[1:, 0] = x[:-1, 0]
+    pred[1:, 1:] = x[1:, :-1]
+    diff = (x - pred) & 0xFFFF
+    diff = np.where(diff >= 32768, diff - 65536, diff)
+    bits = []
+    for d in diff.ravel().tolist():
+        s = 16 if d == -32768 else abs(d).bit_length()
+        bits.append(format(s, "05b"))  # 17 codes of length 5: code == category
+        if 0 < s < 16:
+            bits.append(format(d if d > 0 else d + (1 << s) - 1, f"0{s}b"))
+    stream = "".join(bits)
+    stream += "1" * (-len(stream) % 8)
+    data = bytearray()
+    for i in range(0, len(stream), 8):
+        byte = int(stream[i : i + 8], 2)
+        data.append(byte)
+        if byte == 0xFF:
+            data.append(0)
+    sof = bytes([0xFF, 0xC3, 0, 11, 16]) + rows.to_bytes(2, "big") + cols.to_bytes(2, "big")
+    sof += bytes([1, 1, 0x11, 0])
+    dht = bytes([0xFF, 0xC4, 0, 36, 0]) + bytes([0, 0, 0, 0, 17] + [0] * 11) + bytes(range(17))
+    sos = bytes([0xFF, 0xDA, 0, 8, 1, 1, 0, 1, 0, 0])
+    return b"\xff\xd8" + sof + dht + sos + bytes(data) + b"\xff\xd9"
+
+
+def test_jpeg_lossless_sv1_is_decoded(tmp_path):
+    # no JPEG lossless encoder is installed: the minimal one above (an independent writer)
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGLosslessSV1
+
+    stored = RNG.integers(0, 65536, (5, 6)).astype(np.uint16)
+    stored[0, 0], stored[0, 1] = 0, 32768  # the +-32768 difference: category 16
+    paths = write_pet_series(tmp_path, np.zeros((6, 5, 2), np.float32), PetSeriesSpec())
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds.RescaleSlope = "0.5"
+        ds.PixelData = encapsulate([jpeg_lossless_sv1(stored)])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(path)
+    pet = read_pet_series(tmp_path, "st1")
+    for k in range(2):
+        np.testing.assert_array_equal(pet.data[:, :, k], 0.5 * stored.T.astype(np.float32))
