@@ -99,3 +99,19 @@ def test_pseudonym_key_rules(tmp_path, monkeypatch):
     import hmac
 
     assert pseudonym("PAT-1", key) == "p" + hmac.new(key, b"PAT-1", hashlib.sha256).hexdigest()[:16]
+
+
+def test_the_pet_nifti_is_chosen_by_name(tmp_path):
+    from petscan.ingest.nifti import NiftiError
+
+    table = labels(tmp_path, "study,class\nc1,No cancer\nc2,No cancer\n")
+    ingest = validate({}).ingest
+    for name, scale in (("CT", 0.0), ("PET", 2.0), ("SEG", 0.0)):  # DEEP-PSMA: PET.nii.gz
+        (tmp_path / "c1").mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(SUV * scale, np.eye(4)), tmp_path / "c1" / f"{name}.nii.gz")
+    volume = load_study(Study("c1", tmp_path / "c1"), table, ingest)
+    np.testing.assert_array_equal(volume.suv, 2 * SUV)
+    (tmp_path / "c2").mkdir()
+    nib.save(nib.Nifti1Image(SUV, np.eye(4)), tmp_path / "c2" / "image.nii.gz")
+    with pytest.raises(NiftiError, match=r"study c2: no single NIfTI file among image.nii.gz"):
+        load_study(Study("c2", tmp_path / "c2"), table, ingest)

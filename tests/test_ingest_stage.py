@@ -49,7 +49,10 @@ def source(tmp_path):
     write_pet_series(src / "unlabelled", SUV, PetSeriesSpec(patient_id="PAT-E"))
     (src / "broken").mkdir()
     (src / "broken" / "notes.txt").write_text("no dicom here")
-    nib.save(nib.Nifti1Image(SUV, np.diag([4.0, 4.0, 4.0, 1.0])), src / "nifti1.nii.gz")
+    (src / "nifti1").mkdir()  # autoPET: SUV.nii.gz beside the CT
+    nib.save(nib.Nifti1Image(SUV, np.diag([4.0, 4.0, 4.0, 1.0])), src / "nifti1" / "SUV.nii.gz")
+    nib.save(nib.Nifti1Image(SUV * 0, np.eye(4)), src / "nifti1" / "CTres.nii.gz")
+    nib.save(nib.Nifti1Image(SUV, np.eye(4)), src / "case7_0000.nii.gz")  # nnU-Net CT
     rows = [
         "study,patient,class,weight_kg",
         "good,,breast cancer,",
@@ -85,6 +88,7 @@ def test_ingest_writes_views_in_class_folders_and_a_report(source, monkeypatch):
     assert "PatientWeight (0010,1030) missing: add a weight_kg" in report["noweight"]["reason"]
     assert "not in the labels table" in report["unlabelled"]["reason"]
     assert "no PET series" in report["broken"]["reason"]
+    assert report["case7_0000.nii.gz"]["status"] == "skipped"
     assert report["supplied"]["supplied_by_labels"] == "weight_kg"
     good = PetSeriesSpec()
     assert float(report["good"]["scale_factor"]) == pytest.approx(factor(good), rel=1e-6)

@@ -1,13 +1,16 @@
 """One study, from its files to an SUV volume in RAS+ (`load_study`), and finding studies.
 
-A study is a direct child of `ingest.source_dir`: a `.nii` / `.nii.gz` file, or a folder
-holding either one NIfTI file or the DICOM files of one PET series (other series, such as
+A study is a direct child of `ingest.source_dir`: a `.nii` / `.nii.gz` file whose name
+matches `ingest.nifti_names`, or a folder holding either NIfTI files (the PET one chosen by
+`ingest.nifti_names`: autoPET's `SUV.nii.gz` beside CT and SEG) or the DICOM files of one
+PET series (other series, such as
 the CT, are named in the report and left out). Values the labels table supplies override
 the headers'; nothing missing is ever filled in by a default.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,23 +42,28 @@ class StudyVolume:
     record: dict[str, Any] = field(default_factory=dict)  # report columns
 
 
-def find_studies(source_dir: str | Path) -> list[Study]:
-    """The studies under `source_dir`, by name (hidden entries and the labels CSV skipped)."""
-    studies = []
+def find_studies(source_dir: str | Path, nifti_names: list[str]) -> tuple[list[Study], list[str]]:
+    """The studies under `source_dir`, by name (hidden entries and other files skipped), and
+    the NIfTI files left out because no pattern of `nifti_names` matches their name (the
+    CT channel `<case>_0000` of an nnU-Net folder, ...)."""
+    studies, skipped = [], []
     for path in sorted(Path(source_dir).iterdir()):
         if path.name.startswith("."):
             continue
         if path.is_dir():
             studies.append(Study(path.name, path))
         elif is_nifti(path):
-            studies.append(Study(nifti_stem(path), path))
-    return studies
+            if any(re.fullmatch(p, nifti_stem(path)) for p in nifti_names):
+                studies.append(Study(nifti_stem(path), path))
+            else:
+                skipped.append(path.name)
+    return studies, skipped
 
 
 def load_study(study: Study, labels: LabelsTable, params: IngestParams) -> StudyVolume:
     """The study's SUV volume (RAS+), its patient id, label and report entries, or a
     `UserError` naming the study and why it is left out."""
-    nifti = _nifti_file(study)
+    nifti = _nifti_file(study, params.nifti_names)
     if nifti is not None:
         return _load_nifti(study, nifti, labels, params)
     pet = read_pet_series(study.path, study.name)
@@ -71,16 +79,25 @@ def load_study(study: Study, labels: LabelsTable, params: IngestParams) -> Study
     )
 
 
-def _nifti_file(study: Study) -> Path | None:
+def _nifti_file(study: Study, nifti_names: list[str]) -> Path | None:
+    """The study's NIfTI file: itself, or in its folder the file whose name (without
+    .nii/.nii.gz) matches the first pattern of `ingest.nifti_names` that matches one; None
+    for a folder without NIfTI files (DICOM)."""
     if study.path.is_file():
         return study.path
     found = sorted(p for p in study.path.iterdir() if p.is_file() and is_nifti(p))
-    if len(found) > 1:
-        raise NiftiError(
-            f"study {study.name}: {len(found)} NIfTI files "
-            f"({', '.join(p.name for p in found)}); keep one per study"
-        )
-    return found[0] if found else None
+    if not found:
+        return None
+    for pattern in nifti_names:
+        chosen = [p for p in found if re.fullmatch(pattern, nifti_stem(p))]
+        if len(chosen) == 1:
+            return chosen[0]
+        if len(chosen) > 1:
+            break
+    raise NiftiError(
+        f"study {study.name}: no single NIfTI file among {', '.join(p.name for p in found)} "
+        f"matches ingest.nifti_names {nifti_names}: name the PET volume's file there"
+    )
 
 
 def _load_nifti(study: Study, path: Path, labels: LabelsTable, params: IngestParams) -> StudyVolume:

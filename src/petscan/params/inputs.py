@@ -214,6 +214,9 @@ class IngestParams(Section):
     out_dir: str = "data/ingested"  # class folders of <pseudonym>_v<k>.png
     report: str = "reports/ingest/report.csv"  # one row per study: factors, times, reasons
     nifti_units: Literal["suv", "bqml"] = "suv"
+    # which NIfTI file is the PET (regexes on the name without .nii.gz, tried in order):
+    # autoPET's SUV.nii.gz, DEEP-PSMA's PET.nii.gz, nnU-Net's <case>_0001.nii.gz
+    nifti_names: Annotated[list[str], Field(min_length=1)] = ["SUV", "PET", r".+_0001"]
     voxel_mm: Annotated[Float, Field(gt=0.5, le=20)] = 4.0
     angles: Annotated[list[Annotated[Float, Field(ge=0, lt=360)]], Field(min_length=1)] = [
         0.0,
@@ -233,6 +236,16 @@ class IngestParams(Section):
     def _distinct_angles(cls, value: list[float]) -> list[float]:
         if len({round(a % 360.0, 6) for a in value}) != len(value):
             raise ValueError("needs distinct angles in [0, 360): 0 and 360 are the same view")
+        return value
+
+    @field_validator("nifti_names")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression ({err})") from None
         return value
 
     @field_validator("suv_window")

@@ -88,7 +88,11 @@ def _ingest_all(source, labels, key, cfg, staging) -> tuple[list[dict], dict[str
     from petscan.ingest.studies import find_studies
 
     rows, mapping, views = [], {}, {}
-    for study in find_studies(source):
+    studies, skipped = find_studies(source, cfg.nifti_names)
+    for name in skipped:
+        reason = f"{name}: not a PET volume by its name (ingest.nifti_names), skipped"
+        rows.append({"study": name, "status": "skipped", "reason": reason})
+    for study in studies:
         written: list[Path] = []
         try:
             row, patient_id = _one_study(study, labels, key, cfg, staging, views, written)
