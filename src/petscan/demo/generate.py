@@ -280,15 +280,15 @@ if __name__ == "__main__":
 
 def _volumes(args: argparse.Namespace, params: Any) -> int:
     """`petscan generate --volumes`: see `demo.volumes`."""
-    from petscan.demo.volumes import generate_volumes  # here: nibabel and pydicom load late
+    from petscan.demo.volumes import generate_volumes, studies_in  # here: nibabel, pydicom
 
     ingest = load_section("ingest", args.params)
     out_dir = Path(args.out or ingest.source_dir)
     labels = Path(ingest.labels) if args.out is None else out_dir / "labels.csv"
-    if args.if_missing and out_dir.exists():
-        print(f"{out_dir} exists: not generating volumes")
+    if args.if_missing and studies_in(out_dir):
+        print(f"{out_dir} holds studies: not generating volumes")
         return 0
-    if out_dir.exists() and any(out_dir.iterdir()) and not args.force:
+    if studies_in(out_dir) and not args.force:
         raise UserError(f"{out_dir} is not empty: --force replaces it")
     seed = params.seed if args.seed is None else args.seed
     start = time.perf_counter()

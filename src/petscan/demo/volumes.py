@@ -146,6 +146,14 @@ def write_study(
     return f"{weight:g}" if convention == "weight_in_labels" else None
 
 
+KEPT = frozenset({"README.md"})  # the folder's committed README stays
+
+
+def studies_in(folder: Path) -> list[Path]:
+    """What `folder` holds besides its README (nothing when it does not exist)."""
+    return [p for p in folder.iterdir() if p.name not in KEPT] if folder.is_dir() else []
+
+
 def generate_volumes(
     source_dir: str | Path,
     labels: str | Path,
@@ -155,8 +163,8 @@ def generate_volumes(
 ) -> int:
     """Write `counts` synthetic studies per class folder and the labels table; how many."""
     source_dir, labels = Path(source_dir), Path(labels)
-    if source_dir.exists():
-        shutil.rmtree(source_dir)
+    for old in studies_in(source_dir):
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
     plans = plan_patients(counts, seed, (1, 1), VOLUME_PREFIX)
     rows = ["study,class,weight_kg"]
     for plan in plans:
