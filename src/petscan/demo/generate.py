@@ -225,6 +225,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--if-missing", action="store_true", help="do nothing when the output folder exists"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--volumes",
+        action="store_true",
+        help="write 3-D PET studies (DICOM, NIfTI) and their labels table for the ingest "
+        "stage instead (synthetic.volumes, into ingest.source_dir)",
+    )
     return parser.parse_args(argv)
 
 
@@ -232,6 +238,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = load_section("synthetic", args.params)
+    if args.volumes:
+        return _volumes(args, params)
     out_dir = Path(args.out or params.out_dir)
     if args.if_missing and out_dir.exists():
         print(f"{out_dir} exists: not generating demo data")
@@ -268,3 +276,26 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _volumes(args: argparse.Namespace, params: Any) -> int:
+    """`petscan generate --volumes`: see `demo.volumes`."""
+    from petscan.demo.volumes import generate_volumes, studies_in  # here: nibabel, pydicom
+
+    ingest = load_section("ingest", args.params)
+    out_dir = Path(args.out or ingest.source_dir)
+    labels = Path(ingest.labels) if args.out is None else out_dir / "labels.csv"
+    if args.if_missing and studies_in(out_dir):
+        print(f"{out_dir} holds studies: not generating volumes")
+        return 0
+    if studies_in(out_dir) and not args.force:
+        raise UserError(f"{out_dir} is not empty: --force replaces it")
+    seed = params.seed if args.seed is None else args.seed
+    start = time.perf_counter()
+    counts = scaled_counts(params.volumes.counts, args.scale)
+    n = generate_volumes(out_dir, labels, counts, seed, params.volumes.voxel_mm)
+    print(
+        f"wrote {n} synthetic PET studies to {out_dir} (labels: {labels}) in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return 0

@@ -31,6 +31,15 @@ SEED_CLASSES = {
 }
 
 
+class SyntheticVolumes(Section):
+    """`petscan generate --volumes`: synthetic PET studies (DICOM, NIfTI) for `ingest`."""
+
+    counts: dict[str, NonNegInt] = Field(
+        default_factory=lambda: {"No cancer": 12, "breast cancer": 12, "prostate cancer": 12}
+    )
+    voxel_mm: Annotated[Float, Field(ge=2, le=30)] = 10.0  # small matrices: ~60 x 50 x 110
+
+
 class SyntheticParams(Section):
     out_dir: str = "data/raw"
     seed: Int = 2024
@@ -40,6 +49,7 @@ class SyntheticParams(Section):
     images_per_patient: Annotated[list[PositiveInt], Field(min_length=2, max_length=2)] = [1, 3]
     base_height: Annotated[Int, Field(gt=0, le=4096)] = 512  # larger: memory and disk only
     visible_contrast: Fraction = 0.1
+    volumes: SyntheticVolumes = Field(default_factory=SyntheticVolumes)
 
     @field_validator("images_per_patient")
     @classmethod
@@ -191,3 +201,56 @@ BACKBONE_DEFAULTS: dict[str, tuple[tuple[int, int], str]] = {
 Backbone = Literal[
     "inception_resnet_v2", "resnet50", "densenet121", "inception_v3", "pet_demo", "tiny"
 ]
+
+
+class IngestParams(Section):
+    """The `ingest` stage: DICOM / NIfTI PET studies -> SUV MIP views in class folders.
+
+    The pipeline starts from them when `data.raw_dir` is `out_dir` (the switch: one `-S`).
+    """
+
+    source_dir: str = "data/volumes"  # one study a sub-folder (DICOM) or a .nii / .nii.gz
+    labels: str = "data/volumes/labels.csv"  # study or patient, class (+ supplied values)
+    out_dir: str = "data/ingested"  # class folders of <pseudonym>_v<k>.png
+    report: str = "reports/ingest/report.csv"  # one row per study: factors, times, reasons
+    nifti_units: Literal["suv", "bqml"] = "suv"
+    # which NIfTI file is the PET (regexes on the name without .nii.gz, tried in order):
+    # autoPET's SUV.nii.gz, DEEP-PSMA's PET.nii.gz, nnU-Net's <case>_0001.nii.gz
+    nifti_names: Annotated[list[str], Field(min_length=1)] = ["SUV", "PET", r".+_0001"]
+    voxel_mm: Annotated[Float, Field(gt=0.5, le=20)] = 4.0
+    angles: Annotated[list[Annotated[Float, Field(ge=0, lt=360)]], Field(min_length=1)] = [
+        0.0,
+        45.0,
+        90.0,
+        135.0,
+    ]
+    suv_window: Annotated[list[Float], Field(min_length=2, max_length=2)] = [0.0, 10.0]
+    display: Literal["inverted", "plain"] = "inverted"
+    max_uptake_h: PositiveFloat = 24.0  # a longer injection-to-scan time is refused
+    key_env: str = "PETSCAN_PSEUDONYM_KEY"  # the pseudonym key: this environment variable,
+    key_file: str | None = "~/.config/petscan/pseudonym.key"  # ... else this file (not in the repo)
+    pseudonym_map: str | None = None  # pseudonym -> PatientID CSV, only when set; not in data/
+
+    @field_validator("angles")
+    @classmethod
+    def _distinct_angles(cls, value: list[float]) -> list[float]:
+        if len({round(a % 360.0, 6) for a in value}) != len(value):
+            raise ValueError("needs distinct angles in [0, 360): 0 and 360 are the same view")
+        return value
+
+    @field_validator("nifti_names")
+    @classmethod
+    def _regexes(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"{pattern!r} is not a regular expression ({err})") from None
+        return value
+
+    @field_validator("suv_window")
+    @classmethod
+    def _low_then_high(cls, value: list[float]) -> list[float]:
+        if value[0] >= value[1]:
+            raise ValueError("needs [low, high] SUV with low < high")
+        return value

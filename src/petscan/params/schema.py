@@ -27,6 +27,7 @@ from petscan.params.inputs import (
     BACKBONE_DEFAULTS,
     DEMO_PATIENT_PREFIX,
     DataParams,
+    IngestParams,
     SplitParams,
     SyntheticParams,
     WeightsParams,
@@ -55,6 +56,7 @@ class Params(Section):
 
     synthetic: SyntheticParams = Field(default_factory=SyntheticParams)
     data: DataParams = Field(default_factory=DataParams)
+    ingest: IngestParams = Field(default_factory=IngestParams)
     split: SplitParams = Field(default_factory=SplitParams)
     weights: WeightsParams = Field(default_factory=WeightsParams)
     model: ModelParams = Field(default_factory=ModelParams)
