@@ -109,6 +109,7 @@ clean: ## Remove pipeline outputs (keeps data/raw, .venv and mlruns)
 # The team's services on this machine (README "Working as a team"): PostgreSQL and an
 # MLflow server with logins, on 127.0.0.1; secrets in $PETSCAN_TEAM_DIR (~/.config/petscan/team).
 .PHONY: team-up team-down
+tune: export PETSCAN_TUNE_STORAGE = $(STORAGE)  # make tune STORAGE=$$PETSCAN_TEAM_OPTUNA_URL
 team-up: setup ## PostgreSQL + MLflow server (logins, proxied artifacts) on 127.0.0.1 for the team
 	deploy/team-up
 
