@@ -108,7 +108,14 @@ def configure(mlflow_params: MlflowParams) -> str:
         raise (refused_login(err, uri) or err) from None
     if experiment is None:
         location = experiment_artifact_location(name) if uri.startswith("sqlite:") else None
-        experiment_id = client.create_experiment(name, artifact_location=location)
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException as err:
+            # another machine created it a moment ago (two clones starting together)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+            experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":
