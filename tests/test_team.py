@@ -15,6 +15,7 @@ from base64 import b64encode
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from team_server import VENV_BIN, Team, team_up
 from test_pipeline import FIGURES, dvc, git, tiny_repo
 
@@ -188,3 +189,15 @@ def test_two_clones_share_one_experiment_registry_and_remote(team, tmp_path):
 
 def by_run(runs: list) -> dict:
     return {run.info.run_id: run for run in runs}
+
+
+def test_eight_clients_logging_metrics_lose_no_point_and_get_no_5xx(team, monkeypatch):
+    """bench/team_load.py, short: 8 processes logging per-epoch metric batches for 5 s."""
+    for key, value in team.client_env("admin", team.admin_password).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # importable by the spawned clients
+    import team_load as bench
+
+    figures = bench.run_load(clients=8, seconds=5, state=team.state)
+    assert figures["points_sent"] > 0 and figures["points_stored"] == figures["points_sent"]
+    assert figures["client_errors"] == 0 and figures["server_5xx_in_log"] == 0, figures
