@@ -105,3 +105,13 @@ contact-sheet: data ## Write reports/contact_sheet.png with a few demo images pe
 
 clean: ## Remove pipeline outputs (keeps data/raw, .venv and mlruns)
 	rm -rf data/split data/features models/backbone models/*.keras reports
+
+# The team's services on this machine (README "Working as a team"): PostgreSQL and an
+# MLflow server with logins, on 127.0.0.1; secrets in $PETSCAN_TEAM_DIR (~/.config/petscan/team).
+.PHONY: team-up team-down
+tune: export PETSCAN_TUNE_STORAGE = $(STORAGE)  # make tune STORAGE=$$PETSCAN_TEAM_OPTUNA_URL
+team-up: setup ## PostgreSQL + MLflow server (logins, proxied artifacts) on 127.0.0.1 for the team
+	deploy/team-up
+
+team-down: ## Stop what team-up started (PURGE=1 also deletes its databases, runs and passwords)
+	deploy/team-down $(if $(filter 1 yes true,$(PURGE)),--purge)

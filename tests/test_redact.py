@@ -55,14 +55,26 @@ def test_credentials_over_plain_http_to_another_machine_are_refused(monkeypatch)
     from petscan.utils.errors import UserError
     from petscan.utils.redact import refuse_cleartext_credentials
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://me:S3CRET@mlflow.example:5000/")
     with pytest.raises(UserError) as err:
-        store.use_store(
-            section("mlflow", {"tracking_uri": "http://me:S3CRET@mlflow.example:5000/"})
-        )
+        store.use_store(section("mlflow", {}))
     assert str(err.value) == (
         "the MLflow tracking URI http://me:***@mlflow.example:5000/ would send its credentials "
         "unencrypted over http: use https://"
     )
     for fine in ("https://me:pw@mlflow.example/", "http://me:pw@127.0.0.1:5000", "http://h:5000"):
         refuse_cleartext_credentials(fine, "x")  # https, this machine, or no credentials
+
+
+def test_a_login_in_params_yaml_is_refused_without_showing_it(tmp_path):
+    """Credentials never go in params.yaml (committed, logged): the schema refuses a tracking
+    URI with a user name or password, and the error line masks the password."""
+    from petscan.params.schema import section
+    from petscan.utils.errors import ParamsError
+
+    for uri in ("http://me:S3CRET@127.0.0.1:5000/", "https://S3CRET@mlflow.example/"):
+        with pytest.raises(ParamsError) as err:
+            section("mlflow", {"tracking_uri": uri})
+        assert "S3CRET" not in str(err.value)
+        assert "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in str(err.value)
+    assert section("mlflow", {"tracking_uri": "https://mlflow.example:443/"}).tracking_uri

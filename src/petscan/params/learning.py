@@ -168,6 +168,11 @@ class TuneParams(Section):
     )
     storage: str | None = None
     max_failures: PositiveInt = 5
+    # a database server's storage: a worker silent for grace_period_s (a lost machine) has
+    # its trial failed by a live worker and retried up to max_retry times
+    heartbeat_interval_s: PositiveInt = 60
+    grace_period_s: PositiveInt = 180
+    max_retry: NonNegInt = 3
     out_dir: str = "tune"
     space: dict[str, Any] = Field(default_factory=dict)  # checked after the sections
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
+from petscan.utils.redact import redact_url
+
 MAX_PROBLEMS = 20  # lines of one ParamsError; the rest are counted
 
 
@@ -75,8 +77,9 @@ _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
 
 
 def show(value: Any) -> str:
-    """A value as written, cut to 60 characters (and never expanded whole first)."""
-    text = _REPR.repr(value)
+    """A value as written (a URL without its password or query), cut to 60 characters (and
+    never expanded whole first)."""
+    text = _REPR.repr(redact_url(value) if isinstance(value, str) else value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

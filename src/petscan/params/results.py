@@ -5,9 +5,10 @@ Sections `mlflow`, `evaluate`, `explain`, `plot`, `serve` and `app`.
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from petscan.params.fields import (
     BatchSize,
@@ -26,6 +27,17 @@ class MlflowParams(Section):
     experiment: Annotated[str, Field(min_length=1)] = "pet-classification"
     registered_model: str | None = "pet-classifier"
     alias: str | None = "candidate"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        """params.yaml is committed and logged: a login in it would be shared with it."""
+        if value and "@" in urllib.parse.urlsplit(value).netloc:
+            raise ValueError(
+                "holds a user name or password, which never go in params.yaml: set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials)"
+            )
+        return value
 
 
 Port = Annotated[Int, Field(ge=1, le=65535)]

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import mlflow
 
 from petscan.params.loading import repo_root
-from petscan.utils.redact import refuse_cleartext_credentials
+from petscan.utils.errors import UserError
+from petscan.utils.redact import redact_url, refuse_cleartext_credentials
 
 if TYPE_CHECKING:
     from petscan.params.results import MlflowParams
@@ -60,6 +61,31 @@ def use_store(mlflow_params: MlflowParams | None = None) -> str:
     return uri
 
 
+class LoginRefusedError(UserError):
+    """The tracking server refused the request: no login, a wrong one, or no permission."""
+
+
+def refused_login(err: Exception, uri: str) -> LoginRefusedError | None:
+    """The one-line `LoginRefusedError` for an MLflow error of HTTP 401 or 403, else None.
+    It names the variables to set, never their values."""
+    status = getattr(err, "get_http_status_code", lambda: None)()
+    if status not in (401, 403):
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 403:
+        return LoginRefusedError(
+            f"the MLflow server {redact_url(uri)} refused user {user!r} (HTTP 403: no "
+            "permission): ask its admin for EDIT permission, or set MLFLOW_TRACKING_USERNAME "
+            "and MLFLOW_TRACKING_PASSWORD to another login"
+        )
+    given = f"the login of MLFLOW_TRACKING_USERNAME={user!r}" if user else "a request without login"
+    return LoginRefusedError(
+        f"the MLflow server {redact_url(uri)} refused {given} (HTTP 401): set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to "
+        "your login on that server"
+    )
+
+
 def experiment_artifact_location(name: str, root: Path | None = None) -> str:
     """`file://<root>/mlruns/artifacts/<experiment name as a folder name>`."""
     _, artifacts = store_paths(root)
@@ -76,10 +102,20 @@ def configure(mlflow_params: MlflowParams) -> str:
     uri = use_store(mlflow_params)
     name = mlflow_params.experiment
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(name)
+    try:  # the first request: a server that refuses the login says so here, in one line
+        experiment = client.get_experiment_by_name(name)
+    except mlflow.exceptions.MlflowException as err:
+        raise (refused_login(err, uri) or err) from None
     if experiment is None:
         location = experiment_artifact_location(name) if uri.startswith("sqlite:") else None
-        experiment_id = client.create_experiment(name, artifact_location=location)
+        try:
+            experiment_id = client.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException as err:
+            # another machine created it a moment ago (two clones starting together)
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = client.get_experiment_by_name(name)
+            experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
         if experiment.lifecycle_stage == "deleted":

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,7 @@ from petscan.params.schema import with_overrides
 from petscan.params.space import overrides_from, sample
 from petscan.training import fit as training
 from petscan.tuning.data import TuneData
+from petscan.tuning.storage import IN_FLIGHT
 
 if TYPE_CHECKING:
     from petscan.params.schema import Params
@@ -34,6 +37,7 @@ if TYPE_CHECKING:
     from petscan.tuning.study_runs import Tracker
 
 log = logging.getLogger(__name__)
+WORKER = f"{socket.gethostname()}:{os.getpid()}"  # a trial's user attribute `worker`
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train x, y, val x, y
 
@@ -108,6 +112,24 @@ class EpochObjective(keras.callbacks.Callback):
             raise optuna.TrialPruned(f"pruned at epoch {epoch} ({self.objective} {value:.4f})")
 
 
+class SurplusTrial(RuntimeError):
+    """Workers asked for one trial more than `tune.n_trials` at the same moment: the one with
+    the higher number does not run (it is recorded FAIL with the user attribute `surplus`)."""
+
+
+def is_surplus(trial: optuna.Trial, target: int) -> bool:
+    """Whether the trials numbered before `trial` that are done, running or waiting already
+    reach `target`. Numbers are given out by the storage, so of two workers asking at once
+    the later one yields, and the study stops at exactly `target` (a retried trial counts
+    in place of the one it replaces, which failed)."""
+    before = [
+        t
+        for t in trial.study.get_trials(deepcopy=False, states=IN_FLIGHT)
+        if t.number < trial.number
+    ]
+    return len(before) >= target
+
+
 class TrialFailed(RuntimeError):
     """A trial whose training diverged or whose score is not a number."""
 
@@ -141,6 +163,13 @@ class Objective:
             self.folds = patient_folds(labels, groups, self.tune.cv_folds, params.train.seed)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr("worker", WORKER)  # which machine and process ran it
+        if is_surplus(trial, self.tune.n_trials):
+            trial.set_user_attr("surplus", True)
+            raise SurplusTrial(
+                f"trial {trial.number}: the trials before it reach tune.n_trials "
+                f"({self.tune.n_trials}); not run"
+            )
         values = sample(self.dims, trial)
         overrides = overrides_from(values, self.num_classes)
         trial.set_user_attr("overrides", overrides)

@@ -33,7 +33,13 @@ from petscan.tuning.study import (
     record_backbone,
     resume_study,
 )
-from petscan.tuning.study_runs import Tracker, close_stale_children, parent_run, study_tags
+from petscan.tuning.study_runs import (
+    Tracker,
+    close_lost_trial_run,
+    close_stale_children,
+    parent_run,
+    study_tags,
+)
 from petscan.tuning.workers import spawn_workers, worker_spec
 from petscan.utils.errors import BadInputError
 
@@ -100,7 +106,9 @@ def run_tune(
     data = load_tune_data(root, params)
     objective = Objective(study_values, data, dims)
     url = resolve_storage(tune, root, workers)
-    study = resume_study(tune, url, max_steps(params.train, tune), data.fingerprint)
+    study = resume_study(
+        tune, url, max_steps(params.train, tune), data.fingerprint, close_lost_trial_run
+    )
     record_backbone(study, data.weights)
     tracker = open_tracker(params.mlflow, tune, url, data, study, root)
     target = tune.n_trials

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import optuna
-from optuna.storages import JournalStorage
+from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from petscan.utils.errors import ParamsError, UserError
 from petscan.utils.redact import redact_text, redact_url
@@ -25,9 +27,13 @@ from petscan.utils.redact import redact_text, redact_url
 if TYPE_CHECKING:
     from petscan.params.learning import PrunerParams, TuneParams
 
+log = logging.getLogger(__name__)
+
 SQLITE_FILE = "optuna.db"
 JOURNAL_FILE = "optuna.journal"
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+# counted, or on its way: running somewhere, or waiting to be retried
+IN_FLIGHT = (*COUNTED, TrialState.RUNNING, TrialState.WAITING)
 # the Python module of a database driver -> the pip package that provides it
 DRIVER_PACKAGES = {
     "psycopg": "'psycopg[binary]'",
@@ -102,9 +108,19 @@ def check_driver(url: str) -> None:
         ) from None
 
 
-def make_storage(url: str) -> optuna.storages.BaseStorage:
+def make_storage(
+    url: str,
+    tune: TuneParams | None = None,
+    on_failed: Callable[[FrozenTrial], None] | None = None,
+) -> optuna.storages.BaseStorage:
     """An Optuna storage for a URL (RDB, heartbeat on servers) or a journal-file path;
-    `StorageError` when its database driver is missing (`check_driver`)."""
+    `StorageError` when its database driver is missing (`check_driver`).
+
+    On a database server every running trial's worker records a heartbeat each
+    `tune.heartbeat_interval_s`; a trial silent for `tune.grace_period_s` (its machine was
+    lost) is failed by whichever worker next starts a trial, which calls `on_failed(trial)`
+    and enqueues a copy with the same values (`RetryHeartbeatStaleTrialCallback`, at most
+    `tune.max_retry` times). `tune` None: 60 s, 180 s, 3 retries (the schema's defaults)."""
     check_driver(url)
     if is_journal(url):
         path = Path(url.removeprefix("journal:"))
@@ -114,9 +130,35 @@ def make_storage(url: str) -> optuna.storages.BaseStorage:
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
     # A database server: heartbeats let another machine's crashed trial be failed.
+    interval, grace, retries = (
+        (tune.heartbeat_interval_s, tune.grace_period_s, tune.max_retry) if tune else (60, 180, 3)
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=retries)
+
+        def failed(study: optuna.Study, trial: FrozenTrial) -> None:
+            log.warning(
+                "trial %d: its worker %s stopped sending heartbeats: marked FAIL%s",
+                trial.number,
+                trial.user_attrs.get("worker", "?"),
+                "" if retries == 0 else ", retried",
+            )
+            if on_failed is not None:
+                on_failed(trial)
+            retry(study, trial)
+
+        return optuna.storages.RDBStorage(
+            url,
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=failed,
+        )
+
+
+def heartbeat_interval(study: optuna.Study) -> int | None:
+    """Seconds between a running trial's heartbeats; None: the storage has none (a file)."""
+    return getattr(study._storage, "get_heartbeat_interval", lambda: None)()
 
 
 def storage_label(url: str) -> str:

@@ -7,6 +7,7 @@ the study's total target of COMPLETE + PRUNED trials, not the count of one run.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -17,8 +18,10 @@ from tqdm.auto import tqdm
 from petscan.handoff.records import WeightsInfo
 from petscan.tuning.storage import (
     COUNTED,
+    IN_FLIGHT,
     count_done,
     fail_stale_trials,
+    heartbeat_interval,
     is_local_file_storage,
     make_pruner,
     make_sampler,
@@ -82,10 +85,15 @@ def check_fingerprint(
 
 
 def resume_study(
-    tune: TuneParams, storage_url: str, max_steps: int, fingerprint: str
+    tune: TuneParams,
+    storage_url: str,
+    max_steps: int,
+    fingerprint: str,
+    on_failed: Callable[[FrozenTrial], None] | None = None,
 ) -> optuna.Study:
-    """Open the study for the main process, check it matches, fail its stale trials."""
-    study = open_study(tune, make_storage(storage_url), max_steps)
+    """Open the study for the main process, check it matches, fail its stale trials (on a
+    file; on a server the heartbeats do it, calling `on_failed`)."""
+    study = open_study(tune, make_storage(storage_url, tune, on_failed), max_steps)
     check_fingerprint(study, tune, fingerprint, storage_url)
     stale = fail_stale_trials(study) if is_local_file_storage(storage_url) else []
     if stale:
@@ -109,6 +117,8 @@ class FailureGuard:
         self.tripped = False
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.user_attrs.get("surplus"):
+            return  # not run: neither a failure nor a success
         self.streak = self.streak + 1 if trial.state == TrialState.FAIL else 0
         if self.limit > 0 and self.streak >= self.limit:
             self.tripped = True
@@ -123,18 +133,37 @@ def optimize(
     callbacks: Sequence[Callable] = (),
     max_failures: int = 5,
 ) -> FailureGuard:
-    """Run trials until `target` COMPLETE + PRUNED trials are stored (or the timeout)."""
+    """Run trials until `target` COMPLETE + PRUNED trials are stored (or the timeout).
+
+    A trial running in another worker counts towards the target, so the workers together
+    stop at it (not one trial past it each). On a database server a worker whose share is
+    done waits while others' trials run: when a machine is lost, Optuna's heartbeat check
+    fails its trial and enqueues the retry (see `storage.make_storage`), which this worker
+    then runs, so the study still reaches `target`. Only Optuna schedules trials."""
     guard = FailureGuard(max_failures)
-    if count_done(study) >= target:
-        return guard
-    study.optimize(
-        objective,
-        n_trials=None,
-        timeout=timeout_s,
-        catch=(Exception,),
-        callbacks=[optuna.study.MaxTrialsCallback(target, states=COUNTED), guard, *callbacks],
-        gc_after_trial=False,
-    )
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    heartbeat = heartbeat_interval(study)
+    stop = optuna.study.MaxTrialsCallback(target, states=IN_FLIGHT)
+    while count_done(study) < target and not guard.tripped:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            break
+        in_flight = study.get_trials(deepcopy=False, states=IN_FLIGHT)
+        waiting = any(t.state == TrialState.WAITING for t in in_flight)  # a retry to run
+        if waiting or len(in_flight) < target:
+            study.optimize(
+                objective,
+                n_trials=None,
+                timeout=left,
+                catch=(Exception,),
+                callbacks=[stop, guard, *callbacks],
+                gc_after_trial=False,
+            )
+        elif heartbeat is None:
+            break  # a file: no heartbeats; the next `make tune` fails a killed trial
+        else:  # the rest run elsewhere: wait for them, or for a lost one to be failed
+            optuna.storages.fail_stale_trials(study)
+            time.sleep(min(heartbeat, left) if left is not None else heartbeat)
     return guard
 
 

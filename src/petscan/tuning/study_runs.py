@@ -6,6 +6,7 @@ processes can log into the same parent at once.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -209,3 +210,15 @@ def close_stale_children(
         if int(run.data.tags.get(TAG_TRIAL, -1)) not in running:
             client.set_tag(run.info.run_id, TAG_STATE, "killed")
             client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def close_lost_trial_run(trial: optuna.trial.FrozenTrial) -> None:
+    """The child run of a trial failed by the heartbeat check (its worker was lost): KILLED,
+    tagged `lost`. Best effort: the retry goes on whatever the server answers."""
+    run_id = trial.user_attrs.get("mlflow_run_id")
+    if not run_id:
+        return
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(Exception):
+        client.set_tag(run_id, TAG_STATE, "lost")
+        client.set_terminated(run_id, status="KILLED")

@@ -26,7 +26,7 @@ from petscan.tuning.data import load_tune_data
 from petscan.tuning.objective import Objective
 from petscan.tuning.storage import make_storage
 from petscan.tuning.study import max_steps, open_study, optimize
-from petscan.tuning.study_runs import Tracker, study_tags
+from petscan.tuning.study_runs import Tracker, close_lost_trial_run, study_tags
 from petscan.utils import io
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def run_worker(config_path: str | Path, worker: int) -> int:
     params, root = validate(spec["params"], config_path), Path(spec["root"])
     tune = params.tune
     data = load_tune_data(root, params)
-    storage = make_storage(spec["storage"])
+    storage = make_storage(spec["storage"], tune, close_lost_trial_run)
     study = open_study(tune, storage, max_steps(params.train, tune), worker=worker + 1)
     store.use_store(params.mlflow)
     tracker = Tracker(

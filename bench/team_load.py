@@ -1,0 +1,141 @@
+"""Load on the team's MLflow server: N concurrent clients logging per-epoch metrics.
+
+Each client (its own process, its own login from the environment) opens a run and logs,
+"epoch" after "epoch", a batch of 4 metrics (loss, val_loss, accuracy, learning_rate) at
+step = epoch, as training does, for `--seconds`. Afterwards every run's metric histories are
+read back: the points stored must equal the points sent. The server's processes (its pid
+file's process group) are sampled for memory (RSS) every second; a 5xx is any request that
+failed after MLflow's own retries, or a `" 5xx` status in the server's log.
+
+    set -a; source ~/.config/petscan/team/team.env; source ~/.config/petscan/team/admin.env
+    python bench/team_load.py --clients 8 --seconds 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import queue
+import re
+import sys
+import time
+from pathlib import Path
+
+METRICS = ("loss", "val_loss", "accuracy", "learning_rate")
+
+
+def client(index: int, seconds: float, experiment_id: str, out: mp.Queue) -> None:
+    """One client: a run, batches of per-epoch metrics until the time is up."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    mlflow_client = mlflow.MlflowClient()
+    run = mlflow_client.create_run(experiment_id, run_name=f"load-{index}")
+    sent, errors, latencies, step = 0, [], [], 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, 1.0 / (step + 1) + i, now, step) for i, k in enumerate(METRICS)]
+        started = time.monotonic()
+        try:
+            mlflow_client.log_batch(run.info.run_id, metrics=batch)
+            sent += len(batch)
+        except Exception as err:  # after MLflow's own retries
+            errors.append(f"{type(err).__name__}: {str(err)[:200]}")
+        latencies.append(time.monotonic() - started)
+        step += 1
+    mlflow_client.set_terminated(run.info.run_id)
+    out.put({"run_id": run.info.run_id, "sent": sent, "errors": errors, "latencies": latencies})
+
+
+def server_rss_mb(pid: int) -> float:
+    """Resident memory of the server's process group (the server and its workers)."""
+    import psutil
+
+    total = 0
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pid:
+                total += proc.memory_info().rss
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return total / 2**20
+
+
+def run_load(clients: int, seconds: float, state: Path) -> dict:
+    """Run the load; return the figures (points sent and stored, errors, memory, latency)."""
+    import mlflow
+    import numpy as np
+
+    pid = int((state / "mlflow.pid").read_text())
+    log_path = state / "mlflow.log"
+    log_start = log_path.stat().st_size
+    mlflow_client = mlflow.MlflowClient()
+    name = f"team-load-{os.getpid()}-{int(time.time())}"
+    experiment_id = mlflow_client.create_experiment(name)
+    out: mp.Queue = mp.get_context("spawn").Queue()
+    ctx = mp.get_context("spawn")
+    procs = [
+        ctx.Process(target=client, args=(i, seconds, experiment_id, out)) for i in range(clients)
+    ]
+    memory = [(0.0, server_rss_mb(pid))]
+    started = time.monotonic()
+    for p in procs:
+        p.start()
+    results = []
+    while len(results) < clients:
+        with_timeout = max(0.1, 1.0 - (time.monotonic() - started) % 1.0)
+        with contextlib.suppress(queue.Empty):
+            results.append(out.get(timeout=with_timeout))
+        memory.append((time.monotonic() - started, server_rss_mb(pid)))
+        if time.monotonic() - started > seconds + 300:
+            raise RuntimeError("clients did not finish within 5 minutes after the load")
+    for p in procs:
+        p.join()
+    stored = 0
+    for result in results:
+        for key in METRICS:
+            stored += len(mlflow_client.get_metric_history(result["run_id"], key))
+    log = log_path.read_text(errors="ignore")[log_start:]
+    server_5xx = len(re.findall(r'" 5\d\d', log))
+    rss = np.array([m for _, m in memory])
+    k = max(1, len(rss) // 5)
+    latencies = np.concatenate([r["latencies"] for r in results])
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "points_sent": sum(r["sent"] for r in results),
+        "points_stored": stored,
+        "client_errors": sum(len(r["errors"]) for r in results),
+        "first_errors": [e for r in results for e in r["errors"]][:3],
+        "server_5xx_in_log": server_5xx,
+        "batches_per_s": round(len(latencies) / seconds, 1),
+        "latency_ms_median": round(float(np.median(latencies)) * 1000, 1),
+        "latency_ms_p99": round(float(np.percentile(latencies, 99)) * 1000, 1),
+        "server_rss_mb_first_fifth": round(float(rss[:k].mean()), 1),
+        "server_rss_mb_last_fifth": round(float(rss[-k:].mean()), 1),
+        "server_rss_mb_max": round(float(rss.max()), 1),
+        "experiment": name,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    default_state = Path(os.environ.get("PETSCAN_TEAM_DIR", "~/.config/petscan/team"))
+    parser.add_argument("--state", type=Path, default=default_state, help="team-up's folder")
+    args = parser.parse_args(argv)
+    if not (args.clients <= 32 and args.seconds <= 600):
+        parser.error("bounded: at most 32 clients and 600 seconds")
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        parser.error("set MLFLOW_TRACKING_URI (and the login): source team.env and a user's env")
+    print(json.dumps(run_load(args.clients, args.seconds, args.state.expanduser()), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
