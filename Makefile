@@ -19,7 +19,7 @@ export PYTHONHASHSEED := 0
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup setup-gpu data run test pretrain-demo lint format deps ui serve app tune dashboard bench contact-sheet clean
+.PHONY: help setup setup-gpu data run test test-team pretrain-demo lint format deps ui serve app tune dashboard bench contact-sheet clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ run: data ## Set up, make the demo data if needed, then run the whole DVC pipeli
 
 test: setup ## Run the test suite
 	$(BIN)/python -m pytest -q
+
+test-team: setup ## The team tests: a team server, two clones, distributed tuning (about 10 min)
+	PETSCAN_TEST_TEAM=1 $(BIN)/python -m pytest -q tests/test_team.py tests/test_team_tuning.py
 
 lint: setup ## Check style with ruff
 	$(BIN)/ruff check src stages tests bench

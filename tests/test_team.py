@@ -7,6 +7,7 @@ Skipped, with the reason, when PostgreSQL cannot start here (`.ci/run` starts it
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import urllib.error
@@ -19,7 +20,13 @@ from conftest import REPO
 from team_server import VENV_BIN, Team, team_up
 from test_pipeline import FIGURES, dvc, git, tiny_repo
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.environ.get("PETSCAN_TEST_TEAM"),
+        reason="the team tests take about 10 minutes on 2 cores: `make test-team` runs them",
+    ),
+]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,13 @@ from optuna.trial import TrialState
 from team_server import Team, team_up
 from test_tuning import make_cache, make_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.environ.get("PETSCAN_TEST_TEAM"),
+        reason="the team tests take about 10 minutes on 2 cores: `make test-team` runs them",
+    ),
+]
 N_TRIALS = 6
 HEARTBEAT_S, GRACE_S = 1, 8  # the test's; params.yaml ships 60 and 180
 
