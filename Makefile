@@ -45,7 +45,7 @@ run: data ## Set up, make the demo data if needed, then run the whole DVC pipeli
 test: setup ## Run the test suite
 	$(BIN)/python -m pytest -q
 
-test-team: setup ## The team tests: a team server, two clones, distributed tuning (about 10 min)
+test-team: setup ## Only the team tests (PostgreSQL, make team-up, two clones, tuning; about 5 min)
 	PETSCAN_TEST_TEAM=1 $(BIN)/python -m pytest -q tests/test_team.py tests/test_team_tuning.py
 
 lint: setup ## Check style with ruff

@@ -10,7 +10,8 @@ Helpers (import them: `from conftest import CLASS_NAMES, write_png`):
 - `serve_mlflow`: a real `mlflow server` on 127.0.0.1 for the duration of a `with` block.
 
 Fixtures: `make_raw_dir`, `data_params`, `split_params` (a folder laid out like
-`data.raw_dir`) and `mlflow_store` (an isolated MLflow store).
+`data.raw_dir`), `mlflow_store` (an isolated MLflow store) and `team` (one `make team-up`
+for the session's team tests, see team_server.py).
 Keras is imported only inside the helpers that need it, so tests without TensorFlow
 stay fast.
 """
@@ -350,3 +351,14 @@ def mlflow_globals_restored() -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+@pytest.fixture(scope="session")
+def team(tmp_path_factory):
+    """The team's services (team_server.Team) for the session; skips when none can start."""
+    from team_server import USERS, team_up
+
+    with team_up(tmp_path_factory.mktemp("team"), users=USERS) as team:
+        if isinstance(team, str):
+            pytest.skip(team)
+        yield team

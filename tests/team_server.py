@@ -1,6 +1,10 @@
 """The team's services for the tests: `deploy/team-up` in a private state folder, on a free
 port of 127.0.0.1, with its own PostgreSQL role and databases; `deploy/team-down --purge`
-afterwards. The caller skips (with the reason) when PostgreSQL cannot start here."""
+afterwards. The `team` fixture (conftest.py) starts one for the whole session and skips,
+with the reason, when PostgreSQL cannot start here.
+
+The team tests run when PETSCAN_TEST_TEAM is set (`.ci/run` sets it once PostgreSQL is up;
+`make test-team` does too): on a laptop without PostgreSQL they would only be skipped."""
 
 from __future__ import annotations
 
@@ -12,9 +16,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from conftest import REPO, free_port
 
 VENV_BIN = Path(sys.executable).parent
+USERS = ("alice", "bob", "w0", "w1", "w2")  # two researchers, three tuning machines
+team_tests = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not os.environ.get("PETSCAN_TEST_TEAM"),
+        reason="set PETSCAN_TEST_TEAM=1 (`make test-team`; CI does) to run the team tests "
+        "against PostgreSQL",
+    ),
+]
 
 
 @dataclass

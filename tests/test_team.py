@@ -7,7 +7,6 @@ Skipped, with the reason, when PostgreSQL cannot start here (`.ci/run` starts it
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
 import urllib.error
@@ -17,24 +16,10 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from team_server import VENV_BIN, Team, team_up
+from team_server import VENV_BIN, Team, team_tests
 from test_pipeline import FIGURES, dvc, git, tiny_repo
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get("PETSCAN_TEST_TEAM"),
-        reason="the team tests take about 10 minutes on 2 cores: `make test-team` runs them",
-    ),
-]
-
-
-@pytest.fixture(scope="module")
-def team(tmp_path_factory) -> Team:
-    with team_up(tmp_path_factory.mktemp("team"), users=("alice", "bob")) as team:
-        if isinstance(team, str):
-            pytest.skip(team)
-        yield team
+pytestmark = team_tests
 
 
 def get(team: Team, path: str, login: tuple[str, str] | None) -> tuple[int, dict]:
@@ -208,3 +193,24 @@ def test_eight_clients_logging_metrics_lose_no_point_and_get_no_5xx(team, monkey
     figures = bench.run_load(clients=8, seconds=5, state=team.state)
     assert figures["points_sent"] > 0 and figures["points_stored"] == figures["points_sent"]
     assert figures["client_errors"] == 0 and figures["server_5xx_in_log"] == 0, figures
+
+
+def test_a_user_without_permission_on_the_experiment_gets_one_line_403(team, monkeypatch):
+    import mlflow
+    from mlflow.server import get_app_client
+
+    from petscan.params.results import MlflowParams
+    from petscan.tracking.store import LoginRefusedError, configure
+
+    for key, value in team.client_env("admin", team.admin_password).items():
+        monkeypatch.setenv(key, value)
+    experiment_id = mlflow.MlflowClient(team.uri).create_experiment("team-private")
+    admin = get_app_client("basic-auth", tracking_uri=team.uri)
+    admin.grant_user_permission("w2", "experiment", experiment_id, "DENY")
+    for key, value in team.client_env("w2").items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(LoginRefusedError) as refused:
+        configure(MlflowParams(tracking_uri=team.uri, experiment="team-private"))
+    said = str(refused.value)
+    assert "refused user 'w2' (HTTP 403: no permission)" in said and "\n" not in said
+    assert team.logins["w2"] not in said

@@ -18,31 +18,16 @@ from pathlib import Path
 
 import mlflow
 import optuna
-import pytest
 import yaml
 from conftest import REPO
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
-from team_server import Team, team_up
+from team_server import Team, team_tests
 from test_tuning import make_cache, make_params
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get("PETSCAN_TEST_TEAM"),
-        reason="the team tests take about 10 minutes on 2 cores: `make test-team` runs them",
-    ),
-]
+pytestmark = team_tests
 N_TRIALS = 6
 HEARTBEAT_S, GRACE_S = 1, 8  # the test's; params.yaml ships 60 and 180
-
-
-@pytest.fixture(scope="module")
-def team(tmp_path_factory) -> Team:
-    with team_up(tmp_path_factory.mktemp("team-tune"), users=("w0", "w1", "w2")) as team:
-        if isinstance(team, str):
-            pytest.skip(team)
-        yield team
 
 
 def clone(root: Path) -> Path:

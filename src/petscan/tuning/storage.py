@@ -138,6 +138,9 @@ def make_storage(
         retry = RetryHeartbeatStaleTrialCallback(max_retry=retries)
 
         def failed(study: optuna.Study, trial: FrozenTrial) -> None:
+            # The retry first: until it is enqueued the lost trial counts nowhere, and a
+            # worker asking for a trial then would start a new one in its place.
+            retry(study, trial)
             log.warning(
                 "trial %d: its worker %s stopped sending heartbeats: marked FAIL%s",
                 trial.number,
@@ -146,7 +149,6 @@ def make_storage(
             )
             if on_failed is not None:
                 on_failed(trial)
-            retry(study, trial)
 
         return optuna.storages.RDBStorage(
             url,
