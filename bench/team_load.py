@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 METRICS = ("loss", "val_loss", "accuracy", "learning_rate")
 
 
@@ -32,6 +34,7 @@ def client(index: int, seconds: float, experiment_id: str, out: mp.Queue) -> Non
     import mlflow
     from mlflow.entities import Metric
 
+    sys.stdout = sys.stderr  # MLflow prints each run's URL: stdout is the figures' JSON
     mlflow_client = mlflow.MlflowClient()
     run = mlflow_client.create_run(experiment_id, run_name=f"load-{index}")
     sent, errors, latencies, step = 0, [], [], 0
@@ -65,10 +68,15 @@ def server_rss_mb(pid: int) -> float:
     return total / 2**20
 
 
+def rss_every(memory: list[tuple[float, float]], step_s: float, until_s: float) -> list[float]:
+    """The first memory sample at or after 0, step_s, 2 step_s, ... until the load ends."""
+    marks = np.arange(0.0, until_s + 1e-9, step_s)
+    return [next((m for t, m in memory if t >= mark), memory[-1][1]) for mark in marks]
+
+
 def run_load(clients: int, seconds: float, state: Path) -> dict:
     """Run the load; return the figures (points sent and stored, errors, memory, latency)."""
     import mlflow
-    import numpy as np
 
     pid = int((state / "mlflow.pid").read_text())
     log_path = state / "mlflow.log"
@@ -118,6 +126,9 @@ def run_load(clients: int, seconds: float, state: Path) -> dict:
         "server_rss_mb_first_fifth": round(float(rss[:k].mean()), 1),
         "server_rss_mb_last_fifth": round(float(rss[-k:].mean()), 1),
         "server_rss_mb_max": round(float(rss.max()), 1),
+        "server_rss_mb_every_10_s": [
+            round(m, 1) for m in rss_every(memory, step_s=10.0, until_s=seconds)
+        ],
         "experiment": name,
     }
 
