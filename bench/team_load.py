@@ -29,29 +29,33 @@ import numpy as np
 METRICS = ("loss", "val_loss", "accuracy", "learning_rate")
 
 
-def client(index: int, seconds: float, experiment_id: str, out: mp.Queue) -> None:
-    """One client: a run, batches of per-epoch metrics until the time is up."""
+def client(index: int, seconds: float, uri: str, experiment_id: str, out: mp.Queue) -> None:
+    """One client: a run, batches of per-epoch metrics until the time is up. Always puts
+    its result, so a client that cannot even open its run fails the load at once."""
     import mlflow
     from mlflow.entities import Metric
 
     sys.stdout = sys.stderr  # MLflow prints each run's URL: stdout is the figures' JSON
-    mlflow_client = mlflow.MlflowClient()
-    run = mlflow_client.create_run(experiment_id, run_name=f"load-{index}")
-    sent, errors, latencies, step = 0, [], [], 0
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        now = int(time.time() * 1000)
-        batch = [Metric(k, 1.0 / (step + 1) + i, now, step) for i, k in enumerate(METRICS)]
-        started = time.monotonic()
-        try:
-            mlflow_client.log_batch(run.info.run_id, metrics=batch)
-            sent += len(batch)
-        except Exception as err:  # after MLflow's own retries
-            errors.append(f"{type(err).__name__}: {str(err)[:200]}")
-        latencies.append(time.monotonic() - started)
-        step += 1
-    mlflow_client.set_terminated(run.info.run_id)
-    out.put({"run_id": run.info.run_id, "sent": sent, "errors": errors, "latencies": latencies})
+    mlflow_client = mlflow.MlflowClient(uri)
+    sent, errors, latencies, step, run_id = 0, [], [], 0, None
+    try:
+        run_id = mlflow_client.create_run(experiment_id, run_name=f"load-{index}").info.run_id
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            now = int(time.time() * 1000)
+            batch = [Metric(k, 1.0 / (step + 1) + i, now, step) for i, k in enumerate(METRICS)]
+            started = time.monotonic()
+            try:
+                mlflow_client.log_batch(run_id, metrics=batch)
+                sent += len(batch)
+            except Exception as err:  # after MLflow's own retries
+                errors.append(f"{type(err).__name__}: {str(err)[:200]}")
+            latencies.append(time.monotonic() - started)
+            step += 1
+        mlflow_client.set_terminated(run_id)
+    except Exception as err:
+        errors.append(f"{type(err).__name__}: {str(err)[:200]}")
+    out.put({"run_id": run_id, "sent": sent, "errors": errors, "latencies": latencies})
 
 
 def server_rss_mb(pid: int) -> float:
@@ -74,20 +78,22 @@ def rss_every(memory: list[tuple[float, float]], step_s: float, until_s: float) 
     return [next((m for t, m in memory if t >= mark), memory[-1][1]) for mark in marks]
 
 
-def run_load(clients: int, seconds: float, state: Path) -> dict:
-    """Run the load; return the figures (points sent and stored, errors, memory, latency)."""
+def run_load(clients: int, seconds: float, state: Path, uri: str) -> dict:
+    """Run the load on the server at `uri` (the login from the environment); return the
+    figures (points sent and stored, errors, memory, latency)."""
     import mlflow
 
     pid = int((state / "mlflow.pid").read_text())
     log_path = state / "mlflow.log"
     log_start = log_path.stat().st_size
-    mlflow_client = mlflow.MlflowClient()
+    mlflow_client = mlflow.MlflowClient(uri)
     name = f"team-load-{os.getpid()}-{int(time.time())}"
     experiment_id = mlflow_client.create_experiment(name)
-    out: mp.Queue = mp.get_context("spawn").Queue()
     ctx = mp.get_context("spawn")
+    out: mp.Queue = ctx.Queue()
     procs = [
-        ctx.Process(target=client, args=(i, seconds, experiment_id, out)) for i in range(clients)
+        ctx.Process(target=client, args=(i, seconds, uri, experiment_id, out))
+        for i in range(clients)
     ]
     memory = [(0.0, server_rss_mb(pid))]
     started = time.monotonic()
@@ -105,6 +111,8 @@ def run_load(clients: int, seconds: float, state: Path) -> dict:
         p.join()
     stored = 0
     for result in results:
+        if result["run_id"] is None:
+            continue
         for key in METRICS:
             stored += len(mlflow_client.get_metric_history(result["run_id"], key))
     log = log_path.read_text(errors="ignore")[log_start:]
@@ -144,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("bounded: at most 32 clients and 600 seconds")
     if "MLFLOW_TRACKING_URI" not in os.environ:
         parser.error("set MLFLOW_TRACKING_URI (and the login): source team.env and a user's env")
-    print(json.dumps(run_load(args.clients, args.seconds, args.state.expanduser()), indent=1))
+    figures = run_load(
+        args.clients, args.seconds, args.state.expanduser(), os.environ["MLFLOW_TRACKING_URI"]
+    )
+    print(json.dumps(figures, indent=1))
     return 0
 
 

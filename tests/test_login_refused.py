@@ -35,24 +35,32 @@ def refusing_server(status: int) -> ThreadingHTTPServer:
 
 
 @pytest.mark.parametrize(
-    ("status", "user", "said"),
+    ("status", "login", "said"),
     [
         (401, None, "refused a request without login (HTTP 401): set MLFLOW_TRACKING_USERNAME"),
-        (401, "ann", "refused the login of MLFLOW_TRACKING_USERNAME='ann' (HTTP 401)"),
-        (403, "ann", "refused user 'ann' (HTTP 403: no permission): ask its admin"),
+        (401, "env", "refused the login of MLFLOW_TRACKING_USERNAME='ann' (HTTP 401)"),
+        (401, "file", "refused the login 'ann' of ~/.mlflow/credentials (HTTP 401)"),
+        (403, "env", "refused user 'ann' (HTTP 403: no permission): ask its admin"),
+        (403, "file", "refused user 'ann' (HTTP 403: no permission): ask its admin"),
     ],
 )
 def test_a_refused_login_is_one_line_without_the_password(
-    status, user, said, monkeypatch, mlflow_globals_restored
+    status, login, said, tmp_path, monkeypatch, mlflow_globals_restored
 ):
     server = refusing_server(status)
     uri = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # it wins over params.yaml's, as in MLflow
+    monkeypatch.setenv("HOME", str(tmp_path))  # MLflow's credentials file: ~/.mlflow/credentials
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
-    if user:
-        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", user)
+    if login == "env":
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "ann")
         monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret-Pa55")
+    elif login == "file":
+        (tmp_path / ".mlflow").mkdir()
+        (tmp_path / ".mlflow" / "credentials").write_text(
+            "[mlflow]\nmlflow_tracking_username = ann\nmlflow_tracking_password = s3cret-Pa55\n"
+        )
     try:
         with pytest.raises(LoginRefusedError) as refused:
             configure(MlflowParams(tracking_uri=uri))

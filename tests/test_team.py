@@ -91,7 +91,7 @@ def test_two_clones_share_one_experiment_registry_and_remote(team, tmp_path):
     logs.append(dvc(second, bob, "exp", "run", "-S", "train.seed=7"))  # bob's own training
 
     # both runs, their metrics, figures and datasets, in one experiment on the server
-    admin = mlflow.MlflowClient(team.uri)
+    admin = mlflow.MlflowClient(team.uri, registry_uri=team.uri)
     with pytest.MonkeyPatch.context() as patch:
         for key, value in team.client_env("admin", team.admin_password).items():
             patch.setenv(key, value)
@@ -190,12 +190,12 @@ def test_eight_clients_logging_metrics_lose_no_point_and_get_no_5xx(team, monkey
     monkeypatch.syspath_prepend(str(REPO / "bench"))  # importable by the spawned clients
     import team_load as bench
 
-    figures = bench.run_load(clients=8, seconds=5, state=team.state)
+    figures = bench.run_load(clients=8, seconds=5, state=team.state, uri=team.uri)
     assert figures["points_sent"] > 0 and figures["points_stored"] == figures["points_sent"]
     assert figures["client_errors"] == 0 and figures["server_5xx_in_log"] == 0, figures
 
 
-def test_a_user_without_permission_on_the_experiment_gets_one_line_403(team, monkeypatch):
+def test_a_user_without_permission_on_the_experiment_gets_one_line_403(team, tmp_path, monkeypatch):
     import mlflow
     from mlflow.server import get_app_client
 
@@ -207,8 +207,15 @@ def test_a_user_without_permission_on_the_experiment_gets_one_line_403(team, mon
     experiment_id = mlflow.MlflowClient(team.uri).create_experiment("team-private")
     admin = get_app_client("basic-auth", tracking_uri=team.uri)
     admin.grant_user_permission("w2", "experiment", experiment_id, "DENY")
-    for key, value in team.client_env("w2").items():
-        monkeypatch.setenv(key, value)
+    # w2 logs in with MLflow's credentials file: allowed in general, denied on this one
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text(
+        f"[mlflow]\nmlflow_tracking_username = w2\nmlflow_tracking_password = {team.logins['w2']}\n"
+    )
+    assert configure(MlflowParams(tracking_uri=team.uri, experiment="team-shared"))
     with pytest.raises(LoginRefusedError) as refused:
         configure(MlflowParams(tracking_uri=team.uri, experiment="team-private"))
     said = str(refused.value)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+from mlflow.utils.credentials import read_mlflow_creds
 
 from petscan.params.loading import repo_root
 from petscan.utils.errors import UserError
@@ -71,14 +72,18 @@ def refused_login(err: Exception, uri: str) -> LoginRefusedError | None:
     status = getattr(err, "get_http_status_code", lambda: None)()
     if status not in (401, 403):
         return None
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    user = read_mlflow_creds().username  # the variables, then ~/.mlflow/credentials
     if status == 403:
         return LoginRefusedError(
             f"the MLflow server {redact_url(uri)} refused user {user!r} (HTTP 403: no "
             "permission): ask its admin for EDIT permission, or set MLFLOW_TRACKING_USERNAME "
             "and MLFLOW_TRACKING_PASSWORD to another login"
         )
-    given = f"the login of MLFLOW_TRACKING_USERNAME={user!r}" if user else "a request without login"
+    given = "a request without login"
+    if os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        given = f"the login of MLFLOW_TRACKING_USERNAME={user!r}"
+    elif user:
+        given = f"the login {user!r} of ~/.mlflow/credentials"
     return LoginRefusedError(
         f"the MLflow server {redact_url(uri)} refused {given} (HTTP 401): set "
         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ~/.mlflow/credentials) to "
