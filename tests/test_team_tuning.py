@@ -22,6 +22,7 @@ import yaml
 from conftest import REPO
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
+from sqlalchemy.pool import NullPool
 from team_server import Team, team_tests
 from test_tuning import make_cache, make_params
 
@@ -83,13 +84,22 @@ def start_worker(team: Team, root: Path, user: str) -> subprocess.Popen:
     )
 
 
-def wait_for_trial(team: Team, worker: subprocess.Popen, timeout_s: float = 180) -> int | None:
+def observer(team: Team) -> optuna.storages.RDBStorage:
+    """The test's own view of the study: connections closed after each look (a storage per
+    look would hold its connections until garbage-collected, and PostgreSQL's 100 are
+    shared with the server and the workers)."""
+    return optuna.storages.RDBStorage(team.optuna_url, engine_kwargs={"poolclass": NullPool})
+
+
+def wait_for_trial(
+    storage: optuna.storages.RDBStorage, worker: subprocess.Popen, timeout_s: float = 180
+) -> int | None:
     """The number of a trial `worker` is running (its MLflow child run started), or None."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and worker.poll() is None:
         time.sleep(0.3)
         try:
-            study = optuna.load_study(study_name="team-study", storage=team.optuna_url)
+            study = optuna.load_study(study_name="team-study", storage=storage)
         except KeyError:
             continue  # not created yet
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -107,13 +117,14 @@ def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_comp
     for key, value in team.client_env("w0").items():
         monkeypatch.setenv(key, value)
     roots = [clone(tmp_path / f"machine{i}") for i in range(3)]
+    storage = observer(team)
     # machine 0 starts the study; machines 1 and 2 join it; machine 2 dies mid-trial
     workers = [start_worker(team, roots[0], "w0")]
-    assert wait_for_trial(team, workers[0]) is not None, workers[0].communicate()[0][-3000:]
+    assert wait_for_trial(storage, workers[0]) is not None, workers[0].communicate()[0][-3000:]
     workers += [start_worker(team, root, f"w{i}") for i, root in enumerate(roots[1:], 1)]
     victim = workers[2]
     try:
-        killed = wait_for_trial(team, victim)
+        killed = wait_for_trial(storage, victim)
         assert killed is not None, "machine 2 never ran a trial"
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
@@ -124,7 +135,7 @@ def test_a_killed_worker_trial_is_failed_by_heartbeat_retried_and_the_study_comp
             if w.poll() is None:
                 w.kill()
 
-    trials = optuna.load_study(study_name="team-study", storage=team.optuna_url).get_trials()
+    trials = optuna.load_study(study_name="team-study", storage=storage).get_trials()
     # a trial asked at the same moment as the last one needed is recorded, not run
     surplus = [t.number for t in trials if t.user_attrs.get("surplus")]
     ran = [t for t in trials if t.number not in surplus]
