@@ -131,41 +131,11 @@ def test_two_clones_share_one_experiment_registry_and_remote(team, tmp_path):
 
     # bob loads alice's model by its alias, through the server's proxied artifacts
     images = first / "data" / "raw" / "No cancer"
-    out_bob = tmp_path / "bob.csv"
-    subprocess.run(
-        [
-            str(VENV_BIN / "petscan"),
-            "predict",
-            str(images),
-            "--model-uri",
-            "models:/pet-classifier@alice-best",
-            "--csv",
-            str(out_bob),
-        ],
-        cwd=second,
-        env=bob,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    out_alice = tmp_path / "alice.csv"
-    subprocess.run(
-        [
-            str(VENV_BIN / "petscan"),
-            "predict",
-            str(images),
-            "--model",
-            str(first / "models" / "model.keras"),
-            "--csv",
-            str(out_alice),
-        ],
-        cwd=first,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    assert out_bob.read_text() == out_alice.read_text()
+    by_alias = ("--model-uri", "models:/pet-classifier@alice-best")
+    from_bob = predict_csv(second, bob, images, by_alias, tmp_path / "bob.csv")
+    local_file = ("--model", str(first / "models" / "model.keras"))
+    from_alice = predict_csv(first, env, images, local_file, tmp_path / "alice.csv")
+    assert from_bob == from_alice
 
     # no password anywhere: the logs, params, tags, registry descriptions, the repositories
     files = [
@@ -177,6 +147,14 @@ def test_two_clones_share_one_experiment_registry_and_remote(team, tmp_path):
     for secret in team.secrets():
         for text in (*logs, *recorded, *files):
             assert secret not in text
+
+
+def predict_csv(root: Path, env: dict, images: Path, model: tuple[str, str], out: Path) -> str:
+    """`petscan predict` of `images` with `model` (its option and value), run in `root`:
+    the CSV it writes."""
+    command = [str(VENV_BIN / "petscan"), "predict", str(images), *model, "--csv", str(out)]
+    subprocess.run(command, cwd=root, env=env, check=True, capture_output=True, text=True)
+    return out.read_text()
 
 
 def by_run(runs: list) -> dict:
